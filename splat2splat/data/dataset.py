@@ -1,0 +1,225 @@
+"""Posed images for training and editing.
+
+A :class:`Dataset` keeps two sets of images side by side:
+
+* the ORIGINAL images, read once from disk and never modified (the editor conditions on them), and
+* the CURRENT training images, which start as copies of the originals and are replaced one by one by
+  the Iterative Dataset Update.
+
+Cameras live in a normalised world frame (centred, scaled to unit radius) that keeps optimisation
+hyper-parameters scene independent; :class:`SceneNormalization` maps results back to the original frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from splat2splat.data.cameras import Cameras
+from splat2splat.errors import InputError
+from splat2splat.io import load_image
+
+
+@dataclass(frozen=True)
+class SceneNormalization:
+    """``normalised = (original - center) * scale``: translation and uniform scale only.
+
+    No rotation, so spherical-harmonic colours are the same in both frames and exports need no SH rotation.
+    """
+
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    scale: float = 1.0
+
+    def to_normalized(self, points: torch.Tensor) -> torch.Tensor:
+        return (points - torch.tensor(self.center).to(points)) * self.scale
+
+    def to_original(self, points: torch.Tensor) -> torch.Tensor:
+        return points / self.scale + torch.tensor(self.center).to(points)
+
+    def cameras_to_normalized(self, cameras: Cameras) -> Cameras:
+        shift = torch.eye(4)
+        shift[:3, 3] = -torch.tensor(self.center)
+        return cameras.transformed(shift, self.scale)
+
+    @staticmethod
+    def fit(camera_centers: torch.Tensor, points: torch.Tensor | None = None) -> "SceneNormalization":
+        """Centre on the cameras and scale so the farthest camera is at distance 1 (nerfstudio's 'poses' scaling)."""
+        center = camera_centers.mean(0)
+        radius = (camera_centers - center).norm(dim=-1).max().item()
+        if radius < 1e-8 and points is not None and len(points):
+            radius = (points - center).norm(dim=-1).max().item()
+        return SceneNormalization(tuple(float(c) for c in center), 1.0 / max(radius, 1e-8))
+
+
+@dataclass
+class RawScene:
+    """What a format reader returns: cameras in the ORIGINAL world frame (OpenCV axes) and file paths.
+
+    Readers only parse metadata; :func:`build_dataset` loads and checks the images.
+    """
+
+    cameras: Cameras
+    image_paths: list[Path]
+    mask_paths: list[Path | None] | None = None
+    points: torch.Tensor | None = None  # [P, 3] sparse points (COLMAP / nerfstudio ply), original frame
+    point_colors: torch.Tensor | None = None  # [P, 3] in [0, 1]
+    split: dict[str, list[int]] | None = None  # explicit train / eval indices (Blender); else every Nth
+    source: Path = Path(".")
+    # Resolution of ``image_paths`` relative to the camera intrinsics (readers that pick `images_N`
+    # folders set this to 1/N so intrinsics get scaled to match the files).
+    intrinsics_scale: float = 1.0
+
+
+@dataclass
+class Dataset:
+    cameras: Cameras  # [N] all views, normalised world frame
+    image_names: list[str]
+    originals: tuple[torch.Tensor, ...]  # per view [H, W, 3] float32 in [0, 1]; never modified
+    train_indices: list[int]
+    eval_indices: list[int]
+    normalization: SceneNormalization = field(default_factory=SceneNormalization)
+    masks: tuple[torch.Tensor | None, ...] | None = None  # per view [H, W] bool (True = supervise)
+    points: torch.Tensor | None = None  # [P, 3] normalised frame
+    point_colors: torch.Tensor | None = None
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    source: Path = Path(".")
+    current: list[torch.Tensor] = field(init=False)  # the training images, replaced by edits
+    edit_counts: list[int] = field(init=False)  # how often each view has been replaced
+
+    def __post_init__(self) -> None:
+        self.originals = tuple(img.clone() for img in self.originals)
+        for img in self.originals:
+            img.requires_grad_(False)
+        self.current = [img.clone() for img in self.originals]
+        self.edit_counts = [0] * len(self.originals)
+
+    def __len__(self) -> int:
+        return len(self.originals)
+
+    def original(self, index: int) -> torch.Tensor:
+        """A copy of the unedited image of view ``index`` ([H, W, 3]); the stored original cannot be changed through it."""
+        return self.originals[index].clone()
+
+    def replace_image(self, index: int, image: torch.Tensor) -> None:
+        """Replace the CURRENT training image of view ``index`` (the originals stay as they are)."""
+        expected = self.originals[index].shape
+        if tuple(image.shape) != tuple(expected):
+            raise ValueError(f"edited image has shape {tuple(image.shape)}, view {index} needs {tuple(expected)}")
+        self.current[index] = image.detach().to(torch.float32).cpu().clamp(0.0, 1.0).clone()
+        self.edit_counts[index] += 1
+
+    def reset_edits(self) -> None:
+        self.current = [img.clone() for img in self.originals]
+        self.edit_counts = [0] * len(self)
+
+    @property
+    def train_cameras(self) -> Cameras:
+        return self.cameras[self.train_indices]
+
+    @property
+    def eval_cameras(self) -> Cameras:
+        return self.cameras[self.eval_indices]
+
+    def edit_state(self) -> dict:
+        """The mutable part (current images, edit counts) for checkpoints; originals are re-read from disk."""
+        return {"current": [img.clone() for img in self.current], "edit_counts": list(self.edit_counts)}
+
+    def load_edit_state(self, state: dict) -> None:
+        if len(state["current"]) != len(self):
+            raise ValueError(f"checkpoint holds {len(state['current'])} images, dataset has {len(self)}")
+        self.current = [img.clone() for img in state["current"]]
+        self.edit_counts = list(state["edit_counts"])
+
+
+def split_every(n_views: int, eval_every: int) -> tuple[list[int], list[int]]:
+    """Every ``eval_every``-th view is held out for evaluation (the 3DGS / Mip-NeRF 360 convention)."""
+    if eval_every <= 0 or n_views < 2:
+        return list(range(n_views)), []
+    eval_indices = [i for i in range(n_views) if i % eval_every == 0]
+    return [i for i in range(n_views) if i % eval_every != 0], eval_indices
+
+
+def build_dataset(
+    raw: RawScene,
+    downscale: int = 1,
+    eval_every: int = 8,
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    normalize: bool = True,
+) -> Dataset:
+    """Load the images a reader found, check them against the cameras and normalise the scene."""
+    n = len(raw.cameras)
+    if len(raw.image_paths) != n:
+        raise InputError(raw.source, f"{len(raw.image_paths)} images for {n} cameras")
+    if n == 0:
+        raise InputError(raw.source, "no images found")
+    # Intrinsics always describe the full-resolution image; the files may already be shrunk (images_N).
+    cameras = raw.cameras.scaled(1.0 / downscale) if downscale != 1 else raw.cameras
+    bg = torch.tensor(background, dtype=torch.float32)
+    images, masks = [], []
+    for i, path in enumerate(raw.image_paths):
+        height, width = cameras.image_size(i)
+        images.append(_load_view_image(path, height, width, bg, raw.cameras.image_size(i), downscale, raw.intrinsics_scale))
+        mask_path = raw.mask_paths[i] if raw.mask_paths else None
+        masks.append(None if mask_path is None else _load_mask(mask_path, height, width))
+    normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
+    if raw.split is not None:
+        train_indices, eval_indices = list(raw.split["train"]), list(raw.split.get("eval", []))
+    else:
+        train_indices, eval_indices = split_every(n, eval_every)
+    points = None if raw.points is None else normalization.to_normalized(raw.points.float())
+    return Dataset(
+        cameras=normalization.cameras_to_normalized(cameras),
+        image_names=[p.name for p in raw.image_paths],
+        originals=tuple(images),
+        train_indices=train_indices,
+        eval_indices=eval_indices,
+        normalization=normalization,
+        masks=tuple(masks) if any(m is not None for m in masks) else None,
+        points=points,
+        point_colors=raw.point_colors,
+        background=tuple(background),
+        source=raw.source,
+    )
+
+
+def _load_view_image(path: Path, height: int, width: int, background: torch.Tensor,
+                     full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> torch.Tensor:
+    """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width)."""
+    array = load_image(path)
+    file_hw = array.shape[:2]
+    expected_file_hw = tuple(int(round(s * intrinsics_scale)) for s in full_size)
+    if not (_close(file_hw, expected_file_hw) or _close(file_hw, (height, width))):
+        raise InputError(path, f"image is {file_hw[1]}x{file_hw[0]} but its camera says "
+                               f"{expected_file_hw[1]}x{expected_file_hw[0]}")
+    image = torch.from_numpy(array)
+    if image.shape[-1] == 4:
+        image = image[..., :3] * image[..., 3:] + background * (1.0 - image[..., 3:])
+    if file_hw != (height, width):
+        image = _resize(image, height, width)
+    return image.contiguous()
+
+
+def _close(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    """Sizes equal up to the one-pixel rounding differences of pre-shrunk image folders."""
+    return abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1
+
+
+def _load_mask(path: Path, height: int, width: int) -> torch.Tensor:
+    array = load_image(path)
+    mask = torch.from_numpy(array[..., 0] > 0.5)
+    if mask.shape != (height, width):
+        resized = Image.fromarray(mask.numpy()).resize((width, height), Image.NEAREST)
+        mask = torch.from_numpy(np.asarray(resized))
+    return mask
+
+
+def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Area-average resize (what a downscale wants: no aliasing)."""
+    chw = image.permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(chw, size=(height, width), mode="area" if height < image.shape[0] else "bilinear",
+                                          align_corners=None if height < image.shape[0] else False)
+    return out[0].permute(1, 2, 0).clamp(0, 1).contiguous()

@@ -1,0 +1,108 @@
+"""Atomic file writes and image I/O.
+
+Every output and checkpoint goes through :func:`atomic_write` (temp file in the same folder, fsync,
+rename), so an interrupted run never leaves a half-written file where a good one used to be.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from splat2splat.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a temp file beside ``path``; on success rename it over ``path``, on failure delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    buffer = _io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def load_torch(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "checkpoint file does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for a corrupt archive
+        raise InputError(path, f"not a readable splat2splat checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "not a text file") from None
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "image file is missing")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("RGB", "RGBA"):
+                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
+            array = np.asarray(im)
+    except Exception as exc:
+        raise InputError(path, f"cannot read image ({exc})") from None
+    return array.astype(np.float32) / 255.0
+
+
+def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(image, torch.Tensor):
+        image = image.detach().float().cpu().numpy()
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
+    """Save an HxWx3 (or x4) float image in [0, 1] atomically; format from the suffix."""
+    path = Path(path)
+    buffer = _io.BytesIO()
+    Image.fromarray(to_uint8(image)).save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
+    write_bytes(path, buffer.getvalue())

@@ -1,0 +1,44 @@
+"""The scene-backend interface that the training and editing loops drive.
+
+A backend owns a 3D representation and its optimiser. The IDU loop (``splat2splat.edit.idu``) only calls
+the methods below, so a Gaussian scene (``gaussian``) and a NeRF (``nerf``) are interchangeable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from splat2splat.data.cameras import Cameras
+from splat2splat.data.dataset import Dataset
+
+# A loss on image batches: (prediction [B, H, W, 3], target [B, H, W, 3]) -> (scalar loss, logged terms).
+# The Gaussian backend passes whole images, the NeRF backend patches of rays (in2n: 32x32).
+ImageLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+
+@runtime_checkable
+class SceneBackend(Protocol):
+    name: str  # "gaussian" or "nerf"
+    step: int  # optimisation steps taken so far (schedules depend on it)
+
+    def render(self, cameras: Cameras) -> list[torch.Tensor]:
+        """Render every camera; returns [H, W, 3] images in [0, 1] on the CPU, without gradients."""
+        ...
+
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
+        """One optimisation step on a batch drawn from ALL training views' CURRENT images."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: parameters, optimiser and strategy state, step, RNG."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+    def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
+        """Write the scene's deliverables into ``output_dir`` (PLY for Gaussians; renders for a NeRF)."""
+        ...
