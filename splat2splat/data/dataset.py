@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from splat2splat.data.cameras import Cameras
+from splat2splat.data.distortion import LensDistortion, undistort_view
 from splat2splat.errors import InputError
 from splat2splat.io import load_image
 
@@ -72,6 +73,12 @@ class RawScene:
     # Resolution of ``image_paths`` relative to the camera intrinsics (readers that pick `images_N`
     # folders set this to 1/N so intrinsics get scaled to match the files).
     intrinsics_scale: float = 1.0
+    # Per-view lens distortion of the image FILES (None = already pinhole); build_dataset resamples
+    # those images to the pinhole ``cameras`` right after loading them.
+    distortion: list[LensDistortion | None] | None = None
+    # [4, 4] map from the capture's original world frame into the frame of ``cameras`` (nerfstudio's
+    # ``applied_transform``); None = identity. Kept so results can be exported back to that frame.
+    frame_transform: torch.Tensor | None = None
 
 
 @dataclass
@@ -87,6 +94,7 @@ class Dataset:
     point_colors: torch.Tensor | None = None
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     source: Path = Path(".")
+    frame_transform: torch.Tensor | None = None  # see RawScene.frame_transform (original frame, not normalised)
     current: list[torch.Tensor] = field(init=False)  # the training images, replaced by edits
     edit_counts: list[int] = field(init=False)  # how often each view has been replaced
 
@@ -162,9 +170,15 @@ def build_dataset(
     images, masks = [], []
     for i, path in enumerate(raw.image_paths):
         height, width = cameras.image_size(i)
-        images.append(_load_view_image(path, height, width, bg, raw.cameras.image_size(i), downscale, raw.intrinsics_scale))
+        image = _load_view_image(path, height, width, bg, raw.cameras.image_size(i), downscale, raw.intrinsics_scale)
         mask_path = raw.mask_paths[i] if raw.mask_paths else None
-        masks.append(None if mask_path is None else _load_mask(mask_path, height, width))
+        mask = None if mask_path is None else _load_mask(mask_path, height, width)
+        lens = raw.distortion[i] if raw.distortion else None
+        if lens is not None:
+            intrinsics = (float(cameras.fx[i]), float(cameras.fy[i]), float(cameras.cx[i]), float(cameras.cy[i]))
+            image, mask = undistort_view(image, mask, intrinsics, lens, bg)
+        images.append(image)
+        masks.append(mask)
     normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
     if raw.split is not None:
         train_indices, eval_indices = list(raw.split["train"]), list(raw.split.get("eval", []))
@@ -183,6 +197,7 @@ def build_dataset(
         point_colors=raw.point_colors,
         background=tuple(background),
         source=raw.source,
+        frame_transform=raw.frame_transform,
     )
 
 

@@ -1,0 +1,357 @@
+"""InstructPix2Pix as the image editor of the Iterative Dataset Update, exactly as Instruct-NeRF2NeRF runs it.
+
+One edit (in2n's ``InstructPix2Pix.edit_image``):
+
+1. the instruction is encoded once per prompt into three branches ``[text, uncond, uncond]``;
+2. a maximum timestep ``T`` is drawn uniformly from ``noise_range`` (fractions of the 1000 training steps);
+3. the CURRENT RENDER is VAE-encoded (a sample of the latent distribution, times the VAE scaling factor)
+   and noised to ``T``; the ORIGINAL image's latents (the distribution's mode, unscaled) condition the UNet
+   as ``[cond, cond, zeros]``;
+4. DDIM runs ``diffusion_steps`` steps spread over ``[0, T]`` (not over all 1000 steps) with the full
+   1000-step noise schedule, combining the three UNet branches with text and image guidance;
+5. the latents are decoded and the image is resized back to the render's size.
+
+All randomness (``T``, the VAE sample, the noise) comes from the caller's CPU ``torch.Generator``, drawn in
+that order, so a seed fixes the edit on any device.
+
+Precision: ``dtype="auto"`` is float16 on CUDA (what in2n uses) and float32 on the CPU. float16 and
+bfloat16 also run on the CPU (PyTorch has CPU kernels for every op used) but are much slower than
+float32 there, so a warning is logged for CPU float16.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from splat2splat.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "timbrooks/instruct-pix2pix"
+DEFAULT_NOISE_RANGE = (0.02, 0.98)
+# in2n samples with the DDIM scheduler of CompVis/stable-diffusion-v1-4, whose betas equal IP2P's. Its
+# sampler flags are pinned here because IP2P's own scheduler config (Euler-ancestral) may lack them or
+# carry others, and DDIM's defaults (clip_sample=True, set_alpha_to_one=True) would clip latents to
+# [-1, 1] and change the last step.
+IN2N_DDIM_FLAGS = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class IP2PConfig:
+    """Options of the InstructPix2Pix editor."""
+
+    model: str = DEFAULT_MODEL
+    """Hugging Face hub id or local folder of a diffusers InstructPix2Pix pipeline (a folder with
+    model_index.json). Without hub access, pass a local folder or have the model in the HF cache."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Precision of the diffusion models: auto is float16 on CUDA (as in Instruct-NeRF2NeRF) and float32 on
+    the CPU (half precision runs there too, but slowly)."""
+    guidance_scale: float = 7.5
+    """Text guidance scale: how strongly the edit follows the instruction."""
+    image_guidance_scale: float = 1.5
+    """Image guidance scale: how strongly the edit stays close to the original image."""
+    diffusion_steps: int = 20
+    """Number of DDIM denoising steps per edit, spread over [0, T] for the sampled noise level T."""
+    device: str = "auto"
+    """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
+    offload: bool = False
+    """Keep the models in CPU memory and move each one to the GPU only while it runs: saves about 2 GB of
+    GPU memory at float16 for scene optimisation, at the cost of host-to-GPU copies on every edit."""
+
+
+@dataclass
+class IP2PModels:
+    """The parts of an InstructPix2Pix pipeline the editor uses."""
+
+    tokenizer: Any  # transformers.CLIPTokenizer
+    text_encoder: torch.nn.Module  # CLIPTextModel
+    unet: torch.nn.Module  # UNet2DConditionModel with 8 input channels
+    vae: torch.nn.Module  # AutoencoderKL
+    scheduler: Any  # diffusers.DDIMScheduler with the full training schedule; never mutated
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in TORCH_DTYPES:
+        raise InputError(None, f"unknown dtype {dtype!r}: use one of auto, {', '.join(TORCH_DTYPES)}")
+    return TORCH_DTYPES[dtype]
+
+
+def looks_like_path(model: str) -> bool:
+    """A hub id is ``owner/name``; anything else with path syntax names a local folder."""
+    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or Path(model).exists()
+
+
+HOW_TO_SUPPLY_A_MODEL = (
+    "pass a local diffusers InstructPix2Pix folder with --model PATH (saved with save_pretrained, or a random "
+    "test model from scripts/make_tiny_ip2p.py), or run where the Hugging Face hub is reachable or the model "
+    "is in the HF cache (HF_HOME)"
+)
+
+
+@contextlib.contextmanager
+def quiet_diffusers() -> Iterator[None]:
+    """Silence the library chatter (missing accelerate, ignored config keys) while loading."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    previous = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            # Recent diffusers renamed torch_dtype to dtype; older ones (>= 0.27 is supported) only know torch_dtype.
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            yield
+    finally:
+        diffusers_logging.set_verbosity(previous[0])
+        transformers_logging.set_verbosity(previous[1])
+
+
+def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
+    """Load tokenizer, text encoder, UNet, VAE and DDIM scheduler from a hub id or a local folder (on the CPU).
+
+    Honours ``HF_HUB_OFFLINE``; every failure becomes an :class:`InputError` that says how to supply a model.
+    """
+    from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+
+    local = looks_like_path(model)
+    folder = Path(model).expanduser()
+    if local and not folder.is_dir():
+        raise InputError(folder, f"no such model folder; {HOW_TO_SUPPLY_A_MODEL}")
+    source = str(folder) if local else model
+    try:
+        with quiet_diffusers():
+            pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False,
+                low_cpu_mem_usage=importlib.util.find_spec("accelerate") is not None,
+            )
+            # The model's noise schedule loaded into DDIM, with in2n's sampler flags.
+            scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **IN2N_DDIM_FLAGS)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        cause = str(error).split("\n")[0][:300]
+        if local:
+            raise InputError(folder, f"not a loadable InstructPix2Pix pipeline folder ({cause})") from error
+        raise InputError(model, f"cannot load this InstructPix2Pix model ({cause}); {HOW_TO_SUPPLY_A_MODEL}") from error
+    if pipeline.unet.config.in_channels != 8:
+        raise InputError(model, f"the UNet takes {pipeline.unet.config.in_channels} input channels, not the 8 "
+                                "of InstructPix2Pix (4 noisy latents + 4 image-conditioning latents)")
+    return IP2PModels(pipeline.tokenizer, pipeline.text_encoder, pipeline.unet, pipeline.vae, scheduler)
+
+
+# ------------------------------------------------------------------------------------- pure helpers
+
+def encode_prompt(tokenizer, text_encoder: torch.nn.Module, prompt: str) -> torch.Tensor:
+    """CLIP embeddings [3, L, D] of in2n's three guidance branches: [text, uncond(""), uncond("")]."""
+    tokens = tokenizer([prompt, ""], padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt")
+    device = next(text_encoder.parameters()).device
+    text, uncond = text_encoder(tokens.input_ids.to(device))[0]
+    return torch.stack([text, uncond, uncond])
+
+
+def standard_normal(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) noise drawn in float32 on the CPU generator, then moved: the same seed gives the same noise
+    on every device and at every precision."""
+    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like)
+
+
+def encode_render(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Latents of the image to edit: a SAMPLE of the VAE posterior, times the VAE scaling factor.
+
+    ``image`` is [1, 3, H, W] in [-1, 1].
+    """
+    posterior = vae.encode(image).latent_dist
+    sample = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, posterior.mean)
+    return sample * vae.config.scaling_factor
+
+
+def encode_condition(vae: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Image-conditioning latents [3, 4, h, w] of the three branches: [cond, cond, zeros].
+
+    The conditioning is the posterior MODE, unscaled (as IP2P was trained); the third, unconditional
+    branch sees no image. ``image`` is [1, 3, H, W] in [-1, 1].
+    """
+    condition = vae.encode(image).latent_dist.mode()
+    return torch.cat([condition, condition, torch.zeros_like(condition)])
+
+
+def sample_max_timestep(noise_range: tuple[float, float], num_train_timesteps: int,
+                        generator: torch.Generator) -> int:
+    """T uniform over the integers [int(lower * N), int(upper * N)], inclusive (in2n's choice)."""
+    lower, upper = noise_range
+    min_step, max_step = int(num_train_timesteps * lower), int(num_train_timesteps * upper)
+    return int(torch.randint(min_step, max_step + 1, (1,), generator=generator).item())
+
+
+def scheduler_for(base_scheduler, max_timestep: int, steps: int):
+    """A fresh DDIM scheduler with ``steps`` timesteps spread over [0, max_timestep].
+
+    in2n sets ``scheduler.config.num_train_timesteps = T`` before ``set_timesteps``: the timesteps and the
+    step size to the previous timestep (``num_train_timesteps // steps``) then span [0, T], while
+    ``alphas_cumprod`` stay those of the full training schedule. The same is done here on a new scheduler,
+    so the shared one is never mutated. Degenerate ranges that would crash in2n (T = 0 or fewer timesteps
+    than steps) are clamped: T >= 1 and at most T steps.
+    """
+    from diffusers import DDIMScheduler
+
+    max_timestep = max(1, max_timestep)
+    scheduler = DDIMScheduler.from_config(base_scheduler.config)  # full-schedule alphas_cumprod
+    scheduler.register_to_config(num_train_timesteps=max_timestep)  # from now on only the spacing reads it
+    scheduler.set_timesteps(min(steps, max_timestep))
+    return scheduler
+
+
+def combine_guidance(text: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor,
+                     text_scale: float, image_scale: float) -> torch.Tensor:
+    """IP2P's two-way classifier-free guidance of the noise predictions of the three branches."""
+    return uncond + text_scale * (text - image) + image_scale * (image - uncond)
+
+
+def denoise(unet: torch.nn.Module, scheduler, latents: torch.Tensor, condition: torch.Tensor,
+            text_embeddings: torch.Tensor, text_scale: float, image_scale: float) -> torch.Tensor:
+    """DDIM from the noised render latents [1, 4, h, w] over ``scheduler.timesteps``."""
+    for t in scheduler.timesteps:
+        # The three branches share the noisy latents; channels 4-7 carry their image conditioning.
+        unet_input = torch.cat([torch.cat([latents] * 3), condition], dim=1)
+        noise_pred = unet(unet_input, t, encoder_hidden_states=text_embeddings, return_dict=False)[0]
+        text, image, uncond = noise_pred.chunk(3)
+        latents = scheduler.step(combine_guidance(text, image, uncond, text_scale, image_scale), t, latents).prev_sample
+    return latents
+
+
+def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+    """Image [1, 3, H, W] in [0, 1] from latents."""
+    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    return (image / 2 + 0.5).clamp(0, 1)
+
+
+def size_for_vae(height: int, width: int, factor: int) -> tuple[int, int]:
+    """The nearest size whose sides are multiples of the VAE's downsampling factor (8 for IP2P)."""
+    return max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of [B, C, H, W]; a no-op at the same size so exact sizes stay exact."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move ``module``; cast only when needed (diffusers warns on every cast, even a no-op one)."""
+    module.to(device)
+    if next(module.parameters()).dtype != dtype:
+        module.to(dtype)
+    return module
+
+
+def check_noise_range(noise_range: tuple[float, float]) -> tuple[float, float]:
+    lower, upper = (float(value) for value in noise_range)
+    if not 0.0 <= lower <= upper <= 1.0:
+        raise InputError(None, f"noise range ({lower}, {upper}) must satisfy 0 <= lower <= upper <= 1")
+    return lower, upper
+
+
+# ---------------------------------------------------------------------------------------------- editor
+
+class InstructPix2PixEditor:
+    """The :class:`~splat2splat.edit.editor.Editor` of Instruct-NeRF2NeRF: InstructPix2Pix + partial DDIM."""
+
+    def __init__(self, models: IP2PModels, config: IP2PConfig | None = None):
+        self.config = config or IP2PConfig()
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.device)
+        if self.config.offload and self.device.type == "cpu":
+            raise InputError(None, "--offload moves models to the GPU only while they run; it needs a CUDA device")
+        if self.dtype == torch.float16 and self.device.type == "cpu":
+            logger.warning("float16 on the CPU runs, but far slower than float32; prefer --dtype float32 there")
+        self.models = models
+        self._prompt_embeddings: dict[str, torch.Tensor] = {}
+        # Without offload every model lives on the device for good; with it, each waits in CPU memory.
+        home = torch.device("cpu") if self.config.offload else self.device
+        for module in (models.text_encoder, models.unet, models.vae):
+            place_module(module, home, self.dtype).eval().requires_grad_(False)
+        self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+
+    @classmethod
+    def from_config(cls, config: IP2PConfig) -> InstructPix2PixEditor:
+        """Load the model named by ``config.model`` (hub id or local folder) and build the editor."""
+        device = resolve_device(config.device)
+        return cls(load_ip2p_models(config.model, resolve_dtype(config.dtype, device)), config)
+
+    @torch.no_grad()
+    def edit(self, render: torch.Tensor, original: torch.Tensor, prompt: str,
+             noise_range: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+        """Edit ``render`` [H, W, 3] in [0, 1] towards ``prompt``, conditioned on ``original``; returns
+        [H, W, 3] in [0, 1] (float32, on the render's device)."""
+        noise_range = check_noise_range(noise_range)
+        height, width = render.shape[:2]
+        size = size_for_vae(height, width, self.vae_scale_factor)
+        text_embeddings = self.prompt_embeddings(prompt)
+
+        max_timestep = sample_max_timestep(noise_range, self.models.scheduler.config.num_train_timesteps, generator)
+        scheduler = scheduler_for(self.models.scheduler, max_timestep, self.config.diffusion_steps)
+
+        with self.on_device(self.models.vae) as vae:
+            latents = encode_render(vae, self.model_input(render, size), generator)
+            condition = encode_condition(vae, self.model_input(original, size))
+
+        noise = standard_normal(latents.shape, generator, latents)
+        latents = scheduler.add_noise(latents, noise, scheduler.timesteps[:1])
+
+        with self.on_device(self.models.unet) as unet:
+            latents = denoise(unet, scheduler, latents, condition, text_embeddings,
+                              self.config.guidance_scale, self.config.image_guidance_scale)
+
+        with self.on_device(self.models.vae) as vae:
+            edited = decode_latents(vae, latents)
+        edited = resize(edited.float(), (height, width)).clamp(0, 1)
+        return edited[0].permute(1, 2, 0).to(render.device)
+
+    @torch.no_grad()
+    def prompt_embeddings(self, prompt: str) -> torch.Tensor:
+        """[text, uncond, uncond] embeddings on the device, encoded once per prompt."""
+        if prompt not in self._prompt_embeddings:
+            with self.on_device(self.models.text_encoder) as text_encoder:
+                embeddings = encode_prompt(self.models.tokenizer, text_encoder, prompt)
+            self._prompt_embeddings[prompt] = embeddings.to(self.device, self.dtype)
+        return self._prompt_embeddings[prompt]
+
+    def model_input(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """[H, W, 3] in [0, 1] -> [1, 3, h, w] in [-1, 1] at the VAE-friendly size, device and dtype."""
+        image = image.detach().to(self.device, torch.float32).permute(2, 0, 1)[None]
+        return (resize(image, size) * 2 - 1).to(self.dtype)
+
+    @contextlib.contextmanager
+    def on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Yield ``module`` on the device; with offload, move it there only for the block."""
+        if not self.config.offload:
+            yield module
+            return
+        module.to(self.device)
+        try:
+            yield module
+        finally:
+            module.to("cpu")

@@ -1,0 +1,290 @@
+"""The Gaussian scene backend: 3DGS parameters, per-parameter Adam, gsplat densification strategies.
+
+Training follows gsplat's simple_trainer: one random training view per step (each view once per epoch,
+in a seeded random order), per-parameter learning rates with an exponential decay of the position
+learning rate, SH degree raised every ``sh_degree_interval`` steps, and densification / pruning through
+gsplat's ``DefaultStrategy`` or ``MCMCStrategy`` with explicit strategy state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from splat2splat.data.cameras import Cameras
+from splat2splat.data.dataset import Dataset
+from splat2splat.errors import InputError
+from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
+from splat2splat.gaussians.rasterize import rasterize
+from splat2splat.scene import ImageLoss
+
+
+@dataclass
+class StrategyConfig:
+    """Densification and pruning (gsplat strategies). Steps count from the start of this backend's training."""
+
+    kind: Literal["default", "mcmc", "none"] = "default"
+    """gsplat strategy: 'default' (3DGS clone/split/prune), 'mcmc' (3DGS-MCMC relocation) or 'none'."""
+    refine_start: int = 500
+    """First step at which Gaussians are densified or pruned."""
+    refine_stop: int = 15_000
+    """Last step of densification (default) / relocation (mcmc)."""
+    refine_every: int = 100
+    """Steps between densification rounds."""
+    reset_opacity_every: int = 3000
+    """Steps between opacity resets (default strategy only)."""
+    grow_grad2d: float = 0.0002
+    """Image-plane gradient above which a Gaussian is cloned or split (default strategy)."""
+    prune_opacity: float = 0.005
+    """Opacity under which Gaussians are pruned (default) or relocated (mcmc)."""
+    cap_max: int = 1_000_000
+    """Maximum number of Gaussians (mcmc)."""
+
+
+@dataclass
+class GaussianConfig:
+    """The Gaussian scene and its optimisation."""
+
+    sh_degree: int = 3
+    """Maximum spherical-harmonics degree of the colours (0-3)."""
+    sh_degree_interval: int = 1000
+    """Steps between raising the active SH degree by one."""
+    init: Literal["auto", "points", "random"] = "auto"
+    """Initial Gaussians: at the dataset's sparse points, random in the scene bounds, or points when available."""
+    init_random_count: int = 20_000
+    """Number of Gaussians for random initialisation."""
+    init_random_extent: float = 1.0
+    """Half-size of the cube (normalised units; cameras lie within radius 1) for random initialisation."""
+    init_opacity: float = 0.1
+    """Initial opacity of every Gaussian."""
+    init_scale: float = 1.0
+    """Initial size as a multiple of the mean distance to the 3 nearest points."""
+    means_lr: float = 1.6e-4
+    """Position learning rate (times the scene scale), decayed exponentially to means_lr_final_ratio."""
+    means_lr_final_ratio: float = 0.01
+    """Final position learning rate as a fraction of the first, reached at lr_decay_steps."""
+    lr_decay_steps: int = 30_000
+    """Steps over which the position learning rate decays."""
+    scales_lr: float = 5e-3
+    """Learning rate of the log-scales."""
+    quats_lr: float = 1e-3
+    """Learning rate of the rotations."""
+    opacities_lr: float = 5e-2
+    """Learning rate of the opacity logits."""
+    sh0_lr: float = 2.5e-3
+    """Learning rate of the base colour."""
+    shN_lr: float = 2.5e-3 / 20
+    """Learning rate of the higher SH coefficients."""
+    scene_scale: float = 1.1
+    """Scene extent in normalised units (cameras lie within radius 1), as gsplat's simple_trainer."""
+    random_background: bool = False
+    """Train against a random background colour on masked/transparent data (discourages floaters)."""
+    rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
+    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA)."""
+    device: str = "auto"
+    """'cuda', 'cpu' or 'auto' (cuda when available)."""
+    seed: int = 0
+    """Seed of initialisation and of the view order."""
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"--device {device} asked for, but no CUDA GPU is available (use --device cpu)")
+    return torch.device(device)
+
+
+class GaussianBackend:
+    """A 3D Gaussian scene with its optimisers; implements :class:`splat2splat.scene.SceneBackend`."""
+
+    name = "gaussian"
+
+    def __init__(self, splats: torch.nn.ParameterDict, config: GaussianConfig, background: tuple[float, float, float]):
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.splats = splats.to(self.device)
+        self.max_sh_degree = sh_degree_of(self.splats)
+        self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self._view_order: list[int] = []
+        self.optimizers = self._make_optimizers()
+        self.strategy, self.strategy_state = self._make_strategy()
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    @classmethod
+    def from_dataset(cls, dataset: Dataset, config: GaussianConfig) -> "GaussianBackend":
+        generator = torch.Generator().manual_seed(config.seed)
+        use_points = config.init == "points" or (config.init == "auto" and dataset.points is not None)
+        if use_points:
+            if dataset.points is None:
+                raise InputError(dataset.source, "--init points needs a sparse point cloud, the dataset has none")
+            points, colors = dataset.points, dataset.point_colors
+            if colors is None:
+                colors = torch.full_like(points, 0.5)
+        else:
+            points, colors = random_points(config.init_random_count, config.init_random_extent, generator)
+        splats = init_splats(points, colors, config.sh_degree, config.init_opacity, config.init_scale)
+        return cls(splats, config, dataset.background)
+
+    def _make_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        c = self.config
+        rates = {"means": c.means_lr * c.scene_scale, "scales": c.scales_lr, "quats": c.quats_lr,
+                 "opacities": c.opacities_lr, "sh0": c.sh0_lr, "shN": c.shN_lr}
+        # eps 1e-15 as in 3DGS: the default 1e-8 swamps the tiny gradients of the position parameters.
+        return {name: torch.optim.Adam([{"params": self.splats[name], "lr": rates[name], "name": name}], eps=1e-15)
+                for name in SPLAT_KEYS}
+
+    def _make_strategy(self):
+        s = self.config.strategy
+        if s.kind == "none":
+            return None, None
+        if s.kind == "default":
+            from gsplat.strategy import DefaultStrategy
+
+            strategy = DefaultStrategy(prune_opa=s.prune_opacity, grow_grad2d=s.grow_grad2d,
+                                       refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
+                                       reset_every=s.reset_opacity_every, refine_every=s.refine_every)
+            return strategy, strategy.initialize_state(scene_scale=self.config.scene_scale)
+        from splat2splat.kernels.mcmc import mcmc_strategy
+
+        strategy = mcmc_strategy(cap_max=s.cap_max, refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
+                                 refine_every=s.refine_every, min_opacity=s.prune_opacity)
+        return strategy, strategy.initialize_state()
+
+    def _means_lr_factor(self) -> float:
+        c = self.config
+        return c.means_lr_final_ratio ** (min(self.step, c.lr_decay_steps) / max(1, c.lr_decay_steps))
+
+    # -------------------------------------------------------------------------------------------- rendering
+    @property
+    def active_sh_degree(self) -> int:
+        return min(self.step // max(1, self.config.sh_degree_interval), self.max_sh_degree)
+
+    def rasterize(self, cameras: Cameras, background: torch.Tensor | None = None):
+        """Differentiable render of cameras of ONE image size: colours [C, H, W, 3], alphas, gsplat info."""
+        cameras = cameras.to(self.device)
+        height, width = cameras.image_size(0)
+        p = activated(self.splats)
+        return rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["sh"], cameras.viewmats(),
+                         cameras.Ks(), width, height, self.active_sh_degree,
+                         self.background if background is None else background,
+                         absgrad=False, backend=self.config.rasterizer)
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras) -> list[torch.Tensor]:
+        return [self.rasterize(cameras[i])[0][0].clamp(0, 1).cpu() for i in range(len(cameras))]
+
+    # ------------------------------------------------------------------------------------------- training
+    def next_view(self, dataset: Dataset) -> int:
+        """Training views in a seeded random order, each once per epoch (as a shuffling data loader)."""
+        if not self._view_order:
+            order = torch.randperm(len(dataset.train_indices), generator=self.generator).tolist()
+            self._view_order = [dataset.train_indices[k] for k in order]
+        return self._view_order.pop()
+
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
+        view = self.next_view(dataset)
+        target = dataset.current[view].to(self.device)[None]
+        background = self.background
+        if self.config.random_background:
+            background = torch.rand(3, generator=self.generator).to(self.device)
+        image, alpha, info = self.rasterize(dataset.cameras[view], background)
+        if dataset.masks is not None and dataset.masks[view] is not None:
+            # Outside the mask, supervise nothing: copy the prediction into the target there.
+            mask = dataset.masks[view].to(self.device)[None, ..., None]
+            target = torch.where(mask, target, image.detach())
+        if self.strategy is not None:
+            self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
+        loss, stats = loss_fn(image, target)
+        loss.backward()
+        for group in self.optimizers["means"].param_groups:
+            group["lr"] = self.config.means_lr * self.config.scene_scale * self._means_lr_factor()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        self._strategy_post_backward(info)
+        self.step += 1
+        stats.update(loss=float(loss), num_gaussians=float(len(self.splats["means"])))
+        return stats
+
+    def _strategy_post_backward(self, info: dict) -> None:
+        if self.strategy is None:
+            return
+        if self.config.strategy.kind == "mcmc":
+            lr = self.optimizers["means"].param_groups[0]["lr"]
+            self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info, lr=lr)
+        else:
+            self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info,
+                                             packed=False)
+
+    # ------------------------------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict:
+        return {
+            "config": asdict(self.config),
+            "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "strategy_state": _to_cpu(self.strategy_state),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "view_order": list(self._view_order),
+            "background": self.background.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in SPLAT_KEYS:
+            self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device))
+        self.max_sh_degree = sh_degree_of(self.splats)
+        self.optimizers = self._make_optimizers()
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        self.strategy_state = _to_device(state["strategy_state"], self.device)
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
+        self._view_order = list(state["view_order"])
+        self.background = torch.tensor(state["background"], device=self.device)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, overrides: dict | None = None) -> "GaussianBackend":
+        """Rebuild a backend from :meth:`state_dict` (``overrides``: config fields to change, e.g. device)."""
+        config = gaussian_config_from_dict({**state["config"], **(overrides or {})})
+        splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state["splats"].items()})
+        backend = cls(splats, config, tuple(state["background"]))
+        backend.load_state_dict(state)
+        return backend
+
+    def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
+        from splat2splat.gaussians.ply import save_ply, save_splat
+
+        output_dir = Path(output_dir)
+        ply, splat = output_dir / "scene.ply", output_dir / "scene.splat"
+        save_ply(ply, self.splats, dataset.normalization)
+        save_splat(splat, self.splats, dataset.normalization)
+        return [ply, splat]
+
+
+def gaussian_config_from_dict(values: dict) -> GaussianConfig:
+    values = dict(values)
+    strategy = StrategyConfig(**values.pop("strategy", {}))
+    return GaussianConfig(**values, strategy=strategy)
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    return obj
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj

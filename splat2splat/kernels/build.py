@@ -1,0 +1,92 @@
+"""Just-in-time build of splat2splat's own CUDA kernels (the top-level ``cuda/`` folder).
+
+Every kernel has a pure-PyTorch reference, so a kernel is an optimisation, never a requirement:
+:func:`load_extension` returns ``None`` without a CUDA device or when the build fails (after one
+warning), and callers then use the reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# pyproject maps the repository's cuda/ folder into the installed package under this name.
+CUDA_SOURCE_PACKAGE = "splat2splat._cuda_src"
+REPOSITORY_CUDA_DIR = Path(__file__).resolve().parents[2] / "cuda"
+
+
+def cuda_source_dir() -> Path:
+    """Folder holding the ``.cu`` / ``.cpp`` sources: the installed package data, else the repository's ``cuda/``."""
+    try:
+        spec = importlib.util.find_spec(CUDA_SOURCE_PACKAGE)
+    except ModuleNotFoundError:
+        spec = None
+    # cuda/ has no __init__.py, so an installed copy is a namespace package: take its folder.
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if Path(location).is_dir():
+            return Path(location)
+    return REPOSITORY_CUDA_DIR
+
+
+def _device_arch() -> tuple[int, int]:
+    return torch.cuda.get_device_capability(torch.cuda.current_device())
+
+
+def _build_directory(name: str, arch: tuple[int, int]) -> Path:
+    """A folder per extension, GPU architecture and torch build: objects of one never load into another."""
+    import torch.utils.cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    flavour = re.sub(r"[^0-9A-Za-z.]+", "_", f"torch{torch.__version__}_cu{torch.version.cuda}")
+    directory = Path(root) / f"{name}_sm{arch[0]}{arch[1]}_{flavour}"
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _compile(name: str, sources: Sequence[str]) -> ModuleType:
+    # Imported here: importing cpp_extension probes for a CUDA toolkit, which CPU runs never need.
+    import torch.utils.cpp_extension
+
+    arch = _device_arch()
+    source_dir = cuda_source_dir()
+    # An explicit -gencode makes torch skip TORCH_CUDA_ARCH_LIST: build for this device only (fast).
+    gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
+    return torch.utils.cpp_extension.load(
+        name=name,
+        sources=[str(source_dir / source) for source in sources],
+        extra_cflags=["-O3"],
+        # No --use_fast_math: the kernels must reproduce the reference's values.
+        extra_cuda_cflags=["-O3", gencode],
+        extra_include_paths=[str(source_dir)],
+        build_directory=str(_build_directory(name, arch)),
+        verbose=False,
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
+    if not torch.cuda.is_available():
+        return None
+    try:
+        return _compile(name, sources)
+    except Exception as error:  # noqa: BLE001 - any build or import failure means "use the reference"
+        logger.warning("could not build the CUDA extension %r, using the PyTorch reference instead: %s", name, error)
+        return None
+
+
+def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
+    """Build (once per process) and import the extension ``name`` from files of :func:`cuda_source_dir`.
+
+    Returns ``None`` when no CUDA device is available or the build fails; the result is cached either way.
+    """
+    return _load_once(name, tuple(sources))

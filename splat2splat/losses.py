@@ -1,0 +1,50 @@
+"""Image losses shared by every backend: L1, D-SSIM (3DGS) and LPIPS (in2n), as one weighted sum."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from splat2splat.kernels.ssim import ssim
+
+
+@dataclass
+class LossWeights:
+    """Weights of the photometric loss terms."""
+
+    l1: float = 0.8
+    """Weight of the mean absolute error."""
+    dssim: float = 0.2
+    """Weight of (1 - SSIM); 3DGS uses 0.2 with L1 at 0.8."""
+    lpips: float = 0.0
+    """Weight of LPIPS (in2n uses 1.0 with L1 at 1.0); needs the LPIPS backbone weights."""
+
+
+class PhotometricLoss:
+    """``loss(pred, target)`` on [B, H, W, 3] batches; implements :data:`splat2splat.scene.ImageLoss`."""
+
+    def __init__(self, weights: LossWeights, lpips: torch.nn.Module | None = None):
+        if weights.lpips > 0 and lpips is None:
+            raise ValueError("an LPIPS weight > 0 needs an LPIPS module")
+        self.weights = weights
+        self.lpips = lpips
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.weights
+        terms: dict[str, torch.Tensor] = {}
+        if w.l1:
+            terms["l1"] = w.l1 * (pred - target).abs().mean()
+        if w.dssim:
+            terms["dssim"] = w.dssim * (1.0 - ssim(pred, target))
+        if w.lpips:
+            if self.lpips is not None and next(self.lpips.parameters(), torch.empty(0)).device != pred.device:
+                self.lpips.to(pred.device)
+            terms["lpips"] = w.lpips * self.lpips(pred, target).mean()
+        loss = sum(terms.values())
+        return loss, {name: float(value) for name, value in terms.items()}
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
+    mse = torch.mean((pred.float() - target.float()) ** 2).clamp(min=1e-12)
+    return float(-10.0 * torch.log10(mse))

@@ -1,0 +1,32 @@
+"""Shared test set-up: private JIT build folder, deterministic torch, the demo scene once per session."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# gsplat / our kernels JIT-compile into TORCH_EXTENSIONS_DIR; never share the user's build folder.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", tempfile.mkdtemp(prefix="splat2splat-torch-ext-"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+@pytest.fixture(scope="session")
+def demo_scene(tmp_path_factory) -> Path:
+    """The bundled demo scene at a small size (written once per test session; treat as read-only)."""
+    from splat2splat.data.demo import DemoConfig, write_demo_scene
+
+    return write_demo_scene(tmp_path_factory.mktemp("demo"), DemoConfig(n_views=40, image_size=64, n_points=3000))

@@ -1,0 +1,62 @@
+"""Tiny synthetic scenes for the reader and dataset tests (no ray tracing: cheap smooth images).
+
+Geometry comes from the demo scene's cameras (:func:`demo_cameras`), cropped to a non-square image so
+that a width/height swap anywhere shows up.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from splat2splat.data.cameras import Cameras, opencv_to_opengl
+from splat2splat.data.demo import demo_cameras
+from splat2splat.io import save_image, write_json
+
+WIDTH, HEIGHT = 32, 24
+LOOK_AT = torch.tensor([0.0, 0.0, 0.2])  # where every demo camera looks
+
+
+def tiny_cameras(n_views: int = 5) -> Cameras:
+    """Demo-scene poses with a 32x24 pinhole camera (principal point off-centre, fx != fy)."""
+    poses = demo_cameras(n_views, WIDTH).camtoworlds
+    full = lambda value: torch.full((n_views,), float(value))  # noqa: E731
+    return Cameras(poses, full(30.0), full(31.0), full(15.5), full(12.5), full(WIDTH), full(HEIGHT))
+
+
+def pattern_image(index: int, height: int = HEIGHT, width: int = WIDTH) -> torch.Tensor:
+    """A smooth colour pattern [H, W, 3] in [0, 1], different for every view index."""
+    v, u = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    phase = 0.7 * index
+    return torch.stack([
+        0.5 + 0.4 * torch.sin(u / 5.0 + phase),
+        0.5 + 0.4 * torch.cos(v / 4.0 - phase),
+        0.5 + 0.4 * torch.sin((u + v) / 7.0 + 2 * phase),
+    ], -1)
+
+
+def write_nerfstudio_scene(folder: Path, cameras: Cameras, images: list[torch.Tensor] | None = None,
+                           **meta_overrides) -> Path:
+    """Write ``images/frame_i.png`` and a nerfstudio ``transforms.json`` (shared intrinsics); returns the json path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i in range(len(cameras)):
+        name = f"images/frame_{i:05d}.png"
+        height, width = cameras.image_size(i)
+        save_image(folder / name, pattern_image(i, height, width) if images is None else images[i])
+        frames.append({"file_path": name, "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
+    meta = {"camera_model": "OPENCV", "fl_x": float(cameras.fx[0]), "fl_y": float(cameras.fy[0]),
+            "cx": float(cameras.cx[0]), "cy": float(cameras.cy[0]), "w": int(cameras.width[0]),
+            "h": int(cameras.height[0]), "frames": frames}
+    meta.update(meta_overrides)
+    write_json(folder / "transforms.json", meta)
+    return folder / "transforms.json"
+
+
+def assert_looks_at_target(cameras: Cameras, target: torch.Tensor = LOOK_AT) -> None:
+    """Every camera's +z axis (OpenCV forward) points at ``target``: catches any axis-convention slip."""
+    to_target = torch.nn.functional.normalize(target - cameras.centers(), dim=-1)
+    cosine = (to_target * cameras.camtoworlds[:, :3, 2]).sum(-1)
+    assert torch.all(cosine > math.cos(math.radians(1.0))), cosine

@@ -1,0 +1,276 @@
+"""COLMAP reader: binary and text models written by a small writer below, compared with the nerfstudio reader."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splat2splat.data.cameras import Cameras
+from splat2splat.data.distortion import LensDistortion, pixel_grid, sample_image
+from splat2splat.data.readers import load_dataset, read_raw_scene
+from splat2splat.data.readers.colmap import read_colmap
+from splat2splat.data.readers.nerfstudio import read_nerfstudio
+from splat2splat.errors import InputError
+from splat2splat.io import load_image, save_image
+from tests.data.scenes import assert_looks_at_target, pattern_image, tiny_cameras, write_nerfstudio_scene
+
+# ------------------------------------------------------------------------------------------ model writer
+
+_MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4,
+              "OPENCV_FISHEYE": 5, "FULL_OPENCV": 6}
+
+
+@dataclass
+class Model:
+    cameras: dict[int, tuple[str, int, int, list[float]]]  # id -> (model, width, height, params)
+    images: list[tuple[int, list[float], list[float], int, str]]  # (id, qvec, tvec, camera id, name)
+    xyz: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    rgb: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint8))
+
+
+def rotation_to_qvec(rotation: np.ndarray) -> np.ndarray:
+    """COLMAP's own conversion (scripts/python/read_write_model.py): independent of the reader's inverse."""
+    rxx, ryx, rzx, rxy, ryy, rzy, rxz, ryz, rzz = rotation.flat
+    k = np.array([[rxx - ryy - rzz, 0, 0, 0], [ryx + rxy, ryy - rxx - rzz, 0, 0],
+                  [rzx + rxz, rzy + ryz, rzz - rxx - ryy, 0], [ryz - rzy, rzx - rxz, rxy - ryx, rxx + ryy + rzz]]) / 3.0
+    eigenvalues, eigenvectors = np.linalg.eigh(k)
+    qvec = eigenvectors[[3, 0, 1, 2], np.argmax(eigenvalues)]
+    return -qvec if qvec[0] < 0 else qvec
+
+
+def model_from_cameras(cameras: Cameras, model: str = "PINHOLE", extra_params: tuple[float, ...] = ()) -> Model:
+    """One COLMAP camera per view (ids deliberately not in name order) with world-to-camera poses."""
+    colmap_cameras, images = {}, []
+    for i in range(len(cameras)):
+        fx, fy, cx, cy = (float(getattr(cameras, key)[i]) for key in ("fx", "fy", "cx", "cy"))
+        params = [fx, cx, cy] if model.startswith("SIMPLE") or model == "RADIAL" else [fx, fy, cx, cy]
+        camera_id = 100 + i
+        colmap_cameras[camera_id] = (model, int(cameras.width[i]), int(cameras.height[i]), params + list(extra_params))
+        w2c = np.linalg.inv(cameras.camtoworlds[i].double().numpy())
+        images.append((len(cameras) - i, list(rotation_to_qvec(w2c[:3, :3])), list(w2c[:3, 3]), camera_id,
+                       f"frame_{i:05d}.png"))
+    images.reverse()  # file order != name order: the reader must sort
+    return Model(colmap_cameras, images)
+
+
+def write_text_model(model: Model, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cameras = ["# Camera list with one line of data per camera:"]
+    cameras += [f"{cid} {m} {w} {h} " + " ".join(repr(p) for p in params) for cid, (m, w, h, params) in model.cameras.items()]
+    images = ["# Image list with two lines of data per image:"]
+    for image_id, qvec, tvec, camera_id, name in model.images:
+        images.append(" ".join(repr(float(v)) for v in qvec + tvec).join([f"{image_id} ", f" {camera_id} {name}"]))
+        images.append("1.5 2.5 -1 3.5 4.5 7" if image_id % 2 else "")  # 2D points, sometimes none (blank line)
+    points = [f"{k + 1} {x!r} {y!r} {z!r} {r} {g} {b} 0.5 1 0 2 1"
+              for k, ((x, y, z), (r, g, b)) in enumerate(zip(model.xyz.tolist(), model.rgb.tolist()))]
+    for name, lines in (("cameras", cameras), ("images", images), ("points3D", points)):
+        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_binary_model(model: Model, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    cameras = struct.pack("<Q", len(model.cameras))
+    for camera_id, (name, width, height, params) in model.cameras.items():
+        cameras += struct.pack("<iiQQ", camera_id, _MODEL_IDS[name], width, height) + struct.pack(f"<{len(params)}d", *params)
+    images = struct.pack("<Q", len(model.images))
+    for image_id, qvec, tvec, camera_id, name in model.images:
+        images += struct.pack("<idddddddi", image_id, *qvec, *tvec, camera_id) + name.encode() + b"\0"
+        images += struct.pack("<Q", 2) + struct.pack("<ddq", 1.5, 2.5, -1) + struct.pack("<ddq", 3.5, 4.5, 7)
+    points = struct.pack("<Q", len(model.xyz))
+    for k, (xyz, rgb) in enumerate(zip(model.xyz.tolist(), model.rgb.tolist())):
+        points += struct.pack("<QdddBBBd", k + 1, *xyz, *rgb, 0.5) + struct.pack("<Q", 2) + struct.pack("<iiii", 1, 0, 2, 1)
+    for name, data in (("cameras", cameras), ("images", images), ("points3D", points)):
+        (folder / f"{name}.bin").write_bytes(data)
+
+
+def write_model(model: Model, folder: Path, binary: bool) -> None:
+    (write_binary_model if binary else write_text_model)(model, folder)
+
+
+def colmap_scene(tmp_path: Path, binary: bool, model: str = "PINHOLE", extra_params: tuple[float, ...] = (),
+                 n_views: int = 5) -> tuple[Path, Cameras]:
+    """A folder with ``images/`` and ``sparse/0`` for the tiny demo cameras; returns it and the cameras."""
+    cameras = tiny_cameras(n_views)
+    for i in range(n_views):
+        save_image(tmp_path / "images" / f"frame_{i:05d}.png", pattern_image(i))
+    write_model(model_from_cameras(cameras, model, extra_params), tmp_path / "sparse" / "0", binary)
+    return tmp_path, cameras
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+def test_recovers_the_cameras_the_nerfstudio_reader_reads(tmp_path, binary):
+    cameras = tiny_cameras(6)
+    nerfstudio = read_nerfstudio(write_nerfstudio_scene(tmp_path / "ns", cameras))
+    model = model_from_cameras(nerfstudio.cameras)
+    rng = np.random.default_rng(0)
+    model.xyz, model.rgb = rng.normal(size=(20, 3)), rng.integers(0, 256, size=(20, 3)).astype(np.uint8)
+    write_model(model, tmp_path / "ns" / "sparse" / "0", binary)
+
+    raw = read_colmap(tmp_path / "ns", tmp_path / "ns" / "sparse" / "0")
+
+    assert [p.name for p in raw.image_paths] == [p.name for p in nerfstudio.image_paths]
+    assert all(p.is_file() for p in raw.image_paths)
+    torch.testing.assert_close(raw.cameras.camtoworlds, nerfstudio.cameras.camtoworlds, atol=1e-5, rtol=0)
+    for key in ("fx", "fy", "cx", "cy", "width", "height"):
+        torch.testing.assert_close(getattr(raw.cameras, key), getattr(nerfstudio.cameras, key))
+    assert_looks_at_target(raw.cameras)
+    torch.testing.assert_close(raw.points, torch.from_numpy(model.xyz).float())
+    torch.testing.assert_close(raw.point_colors, torch.from_numpy(model.rgb).float() / 255)
+    assert raw.distortion is None and raw.intrinsics_scale == 1.0
+
+
+def test_pose_is_inverted_from_world_to_camera(tmp_path):
+    """A hand-computed case: 90 degrees about z, t = (1, 2, 3) -> camera centre -R^T t = (-2, 1, -3)."""
+    half = math.sqrt(0.5)
+    model = Model({1: ("PINHOLE", 8, 6, [10.0, 11.0, 4.0, 3.0])}, [(1, [half, 0.0, 0.0, half], [1.0, 2.0, 3.0], 1, "a.png")])
+    write_text_model(model, tmp_path / "sparse")
+    (tmp_path / "sparse" / "points3D.txt").unlink()
+    raw = read_colmap(tmp_path, tmp_path / "sparse")
+    expected = torch.tensor([[0.0, 1.0, 0.0, -2.0], [-1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, -3.0], [0.0, 0.0, 0.0, 1.0]])
+    torch.testing.assert_close(raw.cameras.camtoworlds[0], expected, atol=1e-6, rtol=0)
+    assert raw.image_paths == [tmp_path / "images" / "a.png"]
+    assert raw.points is None  # no points3D file: no points, no error
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+@pytest.mark.parametrize("model, extra, expected", [
+    ("SIMPLE_PINHOLE", (), None),
+    ("SIMPLE_RADIAL", (0.05,), LensDistortion("SIMPLE_RADIAL", k1=0.05)),
+    ("RADIAL", (0.05, -0.01), LensDistortion("RADIAL", k1=0.05, k2=-0.01)),
+    ("OPENCV", (0.05, -0.01, 0.001, 0.002), LensDistortion("OPENCV", k1=0.05, k2=-0.01, p1=0.001, p2=0.002)),
+    ("OPENCV", (0.0, 0.0, 0.0, 0.0), None),  # all-zero coefficients: nothing to undistort
+])
+def test_camera_models(tmp_path, binary, model, extra, expected):
+    root, cameras = colmap_scene(tmp_path, binary, model, extra, n_views=2)
+    raw = read_colmap(root, root / "sparse" / "0")
+    single_focal = model.startswith("SIMPLE") or model == "RADIAL"
+    torch.testing.assert_close(raw.cameras.fy, cameras.fx if single_focal else cameras.fy)
+    torch.testing.assert_close(raw.cameras.cx, cameras.cx)
+    assert (raw.distortion is None) if expected is None else (raw.distortion == [expected, expected])
+
+
+def test_uses_images_n_folder_only_when_every_image_is_there(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=3)
+    shutil.copytree(root / "images", root / "images_2")
+    raw = read_raw_scene(root, downscale=2)
+    assert [p.parent.name for p in raw.image_paths] == ["images_2"] * 3 and raw.intrinsics_scale == 0.5
+    (root / "images_2" / "frame_00001.png").unlink()
+    raw = read_raw_scene(root, downscale=2)
+    assert [p.parent.name for p in raw.image_paths] == ["images"] * 3 and raw.intrinsics_scale == 1.0
+
+
+def test_distorted_images_are_undistorted_when_loaded(tmp_path):
+    """Images photographed through an OPENCV lens come out as the pinhole images (up to resampling)."""
+    coefficients = (0.25, 0.02, 0.003, -0.002)
+    root, cameras = colmap_scene(tmp_path, binary=True, model="OPENCV", extra_params=coefficients, n_views=3)
+    lens = LensDistortion("OPENCV", k1=coefficients[0], k2=coefficients[1], p1=coefficients[2], p2=coefficients[3])
+    fx, fy, cx, cy = (float(getattr(cameras, key)[0]) for key in ("fx", "fy", "cx", "cy"))
+    u, v = pixel_grid(24, 32)
+    x, y = lens.undistort((u - cx) / fx, (v - cy) / fy)  # the ideal ray each photographed pixel saw
+    for i in range(3):
+        save_image(root / "images" / f"frame_{i:05d}.png", sample_image(pattern_image(i), x * fx + cx, y * fy + cy))
+
+    dataset = load_dataset(root, eval_every=0)
+
+    assert dataset.masks is not None  # undoing pincushion distortion leaves the corners without data
+    for i in range(3):
+        valid = dataset.masks[i].clone()
+        valid[:2], valid[-2:], valid[:, :2], valid[:, -2:] = False, False, False, False
+        error = (dataset.originals[i] - pattern_image(i)).abs().amax(-1)[valid]
+        error_of_file = (torch.from_numpy(load_image(root / "images" / f"frame_{i:05d}.png")) - pattern_image(i)).abs()
+        assert error_of_file.amax(-1)[valid].max() > 0.05  # the lens moved the pattern noticeably...
+        assert error.max() < 0.015, error.max()  # ...and undistortion moves it back (8-bit PNG, two resamplings)
+        assert not dataset.masks[i][0, 0] and dataset.masks[i][12, 16]
+
+
+# -------------------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+@pytest.mark.parametrize("model", ["FULL_OPENCV", "OPENCV_FISHEYE"])
+def test_unsupported_camera_model_names_the_cameras_file(tmp_path, binary, model):
+    n_extra = {"FULL_OPENCV": 8, "OPENCV_FISHEYE": 4}[model]
+    root, _ = colmap_scene(tmp_path, binary, model, (0.01,) * n_extra, n_views=2)
+    with pytest.raises(InputError) as info:
+        read_raw_scene(root)
+    cameras_file = root / "sparse" / "0" / ("cameras.bin" if binary else "cameras.txt")
+    assert str(cameras_file) in str(info.value) and model in str(info.value)
+
+
+@pytest.mark.parametrize("stem", ["cameras", "images", "points3D"])
+def test_truncated_binary_file_names_the_file(tmp_path, stem):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=2)
+    sparse = root / "sparse" / "0"
+    model = model_from_cameras(tiny_cameras(2))
+    model.xyz, model.rgb = np.ones((3, 3)), np.zeros((3, 3), np.uint8)
+    write_binary_model(model, sparse)
+    path = sparse / f"{stem}.bin"
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(InputError, match="truncated") as info:
+        read_colmap(root, sparse)
+    assert str(path) in str(info.value)
+
+
+def test_count_larger_than_content_or_trailing_bytes_names_the_file(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=2)
+    images = root / "sparse" / "0" / "images.bin"
+    data = images.read_bytes()
+    images.write_bytes(struct.pack("<Q", 3) + data[8:])  # header claims one image more than there is
+    with pytest.raises(InputError, match="truncated") as info:
+        read_colmap(root, root / "sparse" / "0")
+    assert str(images) in str(info.value)
+    images.write_bytes(data + b"\0\0\0")
+    with pytest.raises(InputError, match="unexpected bytes") as info:
+        read_colmap(root, root / "sparse" / "0")
+    assert str(images) in str(info.value)
+
+
+def test_nan_in_a_pose_names_the_images_file(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=False, n_views=2)
+    images = root / "sparse" / "0" / "images.txt"
+    lines = images.read_text().splitlines()
+    header = lines[1].split()
+    header[6] = "nan"  # TY
+    lines[1] = " ".join(header)
+    images.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="NaN") as info:
+        read_colmap(root, root / "sparse" / "0")
+    assert str(images) in str(info.value) and "frame_00001.png" in str(info.value)
+
+
+def test_image_with_undefined_camera_names_the_images_file(tmp_path):
+    model = Model({1: ("PINHOLE", 8, 6, [10.0, 11.0, 4.0, 3.0])}, [(1, [1.0, 0, 0, 0], [0.0, 0, 0], 7, "a.png")])
+    write_binary_model(model, tmp_path / "sparse")
+    with pytest.raises(InputError, match="camera 7") as info:
+        read_colmap(tmp_path, tmp_path / "sparse")
+    assert str(tmp_path / "sparse" / "images.bin") in str(info.value)
+
+
+def test_wrong_parameter_count_and_garbage_in_text_name_the_file_and_line(tmp_path):
+    sparse = tmp_path / "sparse"
+    write_text_model(Model({1: ("PINHOLE", 8, 6, [10.0, 11.0, 4.0])}, []), sparse)
+    with pytest.raises(InputError, match=r"line 2: PINHOLE needs 4 parameters, got 3") as info:
+        read_colmap(tmp_path, sparse)
+    assert str(sparse / "cameras.txt") in str(info.value)
+    (sparse / "cameras.txt").write_text("1 PINHOLE 8 six 10 11 4 3\n")
+    with pytest.raises(InputError, match="line 1: expected numbers"):
+        read_colmap(tmp_path, sparse)
+
+
+def test_missing_image_file_names_the_image(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=3)
+    missing = root / "images" / "frame_00002.png"
+    missing.unlink()
+    with pytest.raises(InputError, match="missing") as info:
+        load_dataset(root)
+    assert str(missing) in str(info.value)

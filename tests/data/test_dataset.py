@@ -1,0 +1,128 @@
+"""Dataset: immutable originals, downscaling, normalisation and the train / eval split."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splat2splat.data.dataset import Dataset, SceneNormalization, build_dataset, split_every
+from splat2splat.data.readers import load_dataset
+from splat2splat.data.readers.nerfstudio import read_nerfstudio
+from splat2splat.errors import InputError
+from splat2splat.io import save_image
+from tests.data.scenes import HEIGHT, WIDTH, pattern_image, tiny_cameras, write_nerfstudio_scene
+
+
+@pytest.fixture
+def scene(tmp_path):
+    """A 4-view nerfstudio scene; returns its folder."""
+    return write_nerfstudio_scene(tmp_path / "scene", tiny_cameras(4)).parent
+
+
+def test_originals_never_change(scene):
+    dataset = load_dataset(scene)
+    before = [img.clone() for img in dataset.originals]
+
+    dataset.original(0).fill_(0.0)  # a copy: writing to it is harmless
+    dataset.replace_image(1, torch.zeros(HEIGHT, WIDTH, 3))
+    dataset.current[2].fill_(0.25)  # even in-place writes to the current images
+    edited = torch.full((HEIGHT, WIDTH, 3), 0.75)
+    dataset.replace_image(3, edited)
+    edited.fill_(0.0)  # the dataset keeps its own copy of an edit
+
+    for original, expected in zip(dataset.originals, before):
+        assert torch.equal(original, expected)
+    assert torch.equal(dataset.current[1], torch.zeros(HEIGHT, WIDTH, 3))
+    assert torch.equal(dataset.current[3], torch.full((HEIGHT, WIDTH, 3), 0.75))
+    assert dataset.edit_counts == [0, 1, 0, 1]
+    dataset.reset_edits()
+    assert all(torch.equal(c, o) for c, o in zip(dataset.current, dataset.originals)) and dataset.edit_counts == [0] * 4
+
+
+def test_originals_are_copied_from_the_constructor_arguments():
+    image = torch.rand(HEIGHT, WIDTH, 3)
+    dataset = Dataset(cameras=tiny_cameras(1), image_names=["a.png"], originals=(image,), train_indices=[0], eval_indices=[])
+    image.fill_(0.0)
+    assert dataset.originals[0].abs().sum() > 0
+
+
+def test_replacing_with_a_wrong_shape_is_refused(scene):
+    dataset = load_dataset(scene)
+    with pytest.raises(ValueError, match="needs"):
+        dataset.replace_image(0, torch.zeros(HEIGHT // 2, WIDTH, 3))
+
+
+def test_downscale_in_memory_averages_pixels_and_scales_intrinsics(scene):
+    full, half = load_dataset(scene), load_dataset(scene, downscale=2)
+    assert half.originals[0].shape == (HEIGHT // 2, WIDTH // 2, 3)
+    area_mean = full.originals[0].reshape(HEIGHT // 2, 2, WIDTH // 2, 2, 3).mean((1, 3))
+    torch.testing.assert_close(half.originals[0], area_mean, atol=1e-6, rtol=0)
+    for key in ("fx", "fy", "cx", "cy"):
+        torch.testing.assert_close(getattr(half.cameras, key), getattr(full.cameras, key) / 2)
+    assert half.cameras.width.tolist() == [WIDTH // 2] * 4 and half.cameras.height.tolist() == [HEIGHT // 2] * 4
+
+
+def test_downscale_reads_images_n_folder(scene):
+    """Pre-shrunk copies are read as they are (their content differs here, to prove which file was used)."""
+    for i in range(4):
+        save_image(scene / "images_2" / f"frame_{i:05d}.png", torch.full((HEIGHT // 2, WIDTH // 2, 3), i / 4))
+    dataset = load_dataset(scene, downscale=2)
+    for i in range(4):
+        torch.testing.assert_close(dataset.original(i), torch.full((HEIGHT // 2, WIDTH // 2, 3), i / 4), atol=1 / 255, rtol=0)
+    torch.testing.assert_close(dataset.cameras.fx, torch.full((4,), 15.0))
+    torch.testing.assert_close(dataset.cameras.cx, torch.full((4,), 7.75))
+
+
+def test_normalisation_round_trip_and_unit_radius():
+    cameras = tiny_cameras(6).transformed(torch.eye(4), 3.0)  # a scene 3x larger than the demo
+    points = torch.randn(50, 3, generator=torch.Generator().manual_seed(0)) + 4.0
+    normalization = SceneNormalization.fit(cameras.centers(), points)
+
+    torch.testing.assert_close(normalization.to_original(normalization.to_normalized(points)), points, atol=1e-5, rtol=0)
+    normalized = normalization.cameras_to_normalized(cameras)
+    torch.testing.assert_close(normalized.centers(), normalization.to_normalized(cameras.centers()))
+    torch.testing.assert_close(normalized.centers().mean(0), torch.zeros(3), atol=1e-6, rtol=0)
+    assert abs(normalized.centers().norm(dim=-1).max().item() - 1.0) < 1e-5
+    torch.testing.assert_close(normalized.camtoworlds[:, :3, :3], cameras.camtoworlds[:, :3, :3])  # no rotation
+
+
+def test_dataset_is_normalised_with_points_in_the_same_frame(scene):
+    raw = read_nerfstudio(scene)
+    raw.points = torch.tensor([[0.0, 0.0, 0.2], [1.0, 1.0, 1.0]])
+    dataset = build_dataset(raw)
+    torch.testing.assert_close(dataset.points, dataset.normalization.to_normalized(raw.points))
+    torch.testing.assert_close(dataset.normalization.to_original(dataset.cameras.centers()), raw.cameras.centers(),
+                               atol=1e-5, rtol=0)
+    unnormalized = build_dataset(raw, normalize=False)
+    torch.testing.assert_close(unnormalized.cameras.camtoworlds, raw.cameras.camtoworlds)
+
+
+def test_split_every_nth_view_or_as_the_reader_says(tmp_path):
+    assert split_every(10, 8) == ([1, 2, 3, 4, 5, 6, 7, 9], [0, 8])
+    assert split_every(10, 0) == (list(range(10)), [])
+    assert split_every(1, 8) == ([0], [])  # a single view always trains
+
+    folder = write_nerfstudio_scene(tmp_path / "ten", tiny_cameras(10)).parent
+    dataset = load_dataset(folder, eval_every=4)
+    assert dataset.train_indices == [1, 2, 3, 5, 6, 7, 9] and dataset.eval_indices == [0, 4, 8]
+    assert dataset.eval_cameras.camtoworlds.shape == (3, 4, 4) and len(dataset.train_cameras) == 7
+
+    raw = read_nerfstudio(folder)
+    raw.split = {"train": [0, 1, 2], "eval": [9]}
+    dataset = build_dataset(raw)
+    assert dataset.train_indices == [0, 1, 2] and dataset.eval_indices == [9]
+
+
+def test_mismatched_image_and_camera_counts_name_the_source(scene):
+    raw = read_nerfstudio(scene)
+    raw.image_paths = raw.image_paths[:3]
+    with pytest.raises(InputError, match="3 images for 4 cameras") as info:
+        build_dataset(raw)
+    assert str(info.value).startswith(f"{scene / 'transforms.json'}: ")
+
+
+def test_images_load_in_camera_order(scene):
+    dataset = load_dataset(scene)
+    assert dataset.image_names == [f"frame_{i:05d}.png" for i in range(4)]
+    for i in range(4):
+        torch.testing.assert_close(dataset.original(i), pattern_image(i), atol=1 / 255, rtol=0)

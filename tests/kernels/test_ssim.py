@@ -1,0 +1,168 @@
+"""SSIM / L1+D-SSIM: the PyTorch reference against direct computations, and the fused CUDA kernel against it."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+from tests.conftest import requires_cuda
+
+from splat2splat.kernels import build
+from splat2splat.kernels.ssim import (
+    C1,
+    C2,
+    fused_ssim_extension,
+    l1_dssim_loss,
+    reference_l1_dssim_loss,
+    reference_ssim_map,
+    ssim,
+    ssim_map,
+)
+
+
+def direct_ssim_map(pred: torch.Tensor, target: torch.Tensor, radius: int = 5, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM of [H, W] images by explicit windowed sums per pixel (zero outside the image), in Python floats."""
+    offsets = range(-radius, radius + 1)
+    weights_1d = [math.exp(-(d * d) / (2 * sigma * sigma)) for d in offsets]
+    total = sum(weights_1d)
+    weights_1d = [w / total for w in weights_1d]
+    height, width = pred.shape
+    x, y = pred.tolist(), target.tolist()
+
+    def windowed_mean(values, i: int, j: int) -> float:
+        return sum(
+            weights_1d[di + radius] * weights_1d[dj + radius] * values(i + di, j + dj)
+            for di in offsets
+            for dj in offsets
+            if 0 <= i + di < height and 0 <= j + dj < width
+        )
+
+    out = torch.empty(height, width, dtype=torch.float64)
+    for i in range(height):
+        for j in range(width):
+            mu_x = windowed_mean(lambda a, b: x[a][b], i, j)
+            mu_y = windowed_mean(lambda a, b: y[a][b], i, j)
+            var_x = windowed_mean(lambda a, b: x[a][b] ** 2, i, j) - mu_x**2
+            var_y = windowed_mean(lambda a, b: y[a][b] ** 2, i, j) - mu_y**2
+            cov = windowed_mean(lambda a, b: x[a][b] * y[a][b], i, j) - mu_x * mu_y
+            out[i, j] = ((2 * mu_x * mu_y + C1) * (2 * cov + C2)) / ((mu_x**2 + mu_y**2 + C1) * (var_x + var_y + C2))
+    return out
+
+
+def random_images(shape, dtype=torch.float64, device="cpu", seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    pred = torch.rand(shape, generator=generator, dtype=dtype).to(device)
+    target = torch.rand(shape, generator=generator, dtype=dtype).to(device)
+    return pred, target
+
+
+# ------------------------------------------------------------------------------------------- reference
+def test_reference_matches_direct_windowed_sums():
+    pred, target = random_images((1, 2, 9, 7))
+    reference = reference_ssim_map(pred, target)
+    for channel in range(2):
+        expected = direct_ssim_map(pred[0, channel], target[0, channel])
+        torch.testing.assert_close(reference[0, channel], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_ssim_of_an_image_with_itself_is_one():
+    pred, _ = random_images((2, 8, 9, 3))
+    torch.testing.assert_close(ssim(pred, pred), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(ssim_map(pred, pred), torch.ones_like(pred))
+
+
+def test_constant_images_have_the_luminance_term_away_from_the_border():
+    a, b = 0.3, 0.7
+    pred = torch.full((1, 1, 13, 13), a, dtype=torch.float64)
+    target = torch.full((1, 1, 13, 13), b, dtype=torch.float64)
+    # Pixels whose whole 11x11 window is inside the image: mean a / b, zero variance.
+    interior = reference_ssim_map(pred, target)[0, 0, 5:8, 5:8]
+    expected = (2 * a * b + C1) / (a * a + b * b + C1)
+    torch.testing.assert_close(interior, torch.full_like(interior, expected))
+
+
+def test_loss_combines_l1_and_dssim():
+    pred, target = random_images((2, 6, 5, 3))
+    weight = 0.2
+    expected = (1 - weight) * (pred - target).abs().mean() + weight * (1 - ssim(pred, target))
+    torch.testing.assert_close(l1_dssim_loss(pred, target, weight), expected)
+    torch.testing.assert_close(l1_dssim_loss(pred, target, 0.0), (pred - target).abs().mean())
+
+
+def test_loss_gradient_matches_finite_differences():
+    pred, target = random_images((1, 6, 5, 2))
+    pred.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: l1_dssim_loss(p, target, 0.3), (pred,), fast_mode=True)
+
+
+def test_cpu_uses_the_reference_without_building_anything():
+    pred, target = random_images((1, 4, 4, 3), dtype=torch.float32)
+    if not torch.cuda.is_available():
+        assert fused_ssim_extension() is None
+    assert torch.equal(l1_dssim_loss(pred, target), reference_l1_dssim_loss(pred, target))
+
+
+# -------------------------------------------------------------------------------------------- build
+def test_sources_are_found():
+    source_dir = build.cuda_source_dir()
+    assert (source_dir / "fused_ssim.cu").is_file() and (source_dir / "fused_ssim.cpp").is_file()
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch, caplog):
+    calls = []
+
+    def failing_compile(name, sources):
+        calls.append(name)
+        raise RuntimeError("nvcc exploded")
+
+    monkeypatch.setattr(build.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(build, "_compile", failing_compile)
+    build._load_once.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger=build.__name__):
+            assert build.load_extension("splat2splat_test_broken", ["broken.cu"]) is None
+            assert build.load_extension("splat2splat_test_broken", ["broken.cu"]) is None
+    finally:
+        build._load_once.cache_clear()
+    assert calls == ["splat2splat_test_broken"]
+    assert [record.levelno for record in caplog.records] == [logging.WARNING]
+    assert "nvcc exploded" in caplog.text
+
+
+# --------------------------------------------------------------------------------------- CUDA parity
+def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
+    """Elementwise closeness relative to the largest magnitude (gradients of a mean are tiny everywhere)."""
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 37, 50, 3), (1, 64, 48, 1)])
+def test_fused_kernel_matches_reference(dtype, shape):
+    assert fused_ssim_extension() is not None, "the fused SSIM extension failed to build (see the warning)"
+    rtol = 1e-4 if dtype == torch.float32 else 1e-9
+    pred, target = random_images(shape, dtype=dtype, device="cuda", seed=1)
+
+    for weight in (0.2, 1.0):
+        fused_pred = pred.clone().requires_grad_(True)
+        reference_pred = pred.clone().requires_grad_(True)
+        fused = l1_dssim_loss(fused_pred, target, weight)
+        reference = reference_l1_dssim_loss(reference_pred, target, weight)
+        fused.backward()
+        reference.backward()
+        assert_close_to_scale(fused, reference, rtol)
+        assert_close_to_scale(fused_pred.grad, reference_pred.grad, rtol)
+
+    # The SSIM map with an arbitrary upstream gradient (the path of ssim() and losses.py).
+    pred_bchw, target_bchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    upstream = torch.randn(pred_bchw.shape, dtype=dtype, device="cuda")
+    fused_pred = pred_bchw.clone().requires_grad_(True)
+    reference_pred = pred_bchw.clone().requires_grad_(True)
+    fused_map, reference_map = ssim_map(fused_pred, target_bchw), reference_ssim_map(reference_pred, target_bchw)
+    assert_close_to_scale(fused_map, reference_map, rtol)
+    (fused_map * upstream).sum().backward()
+    (reference_map * upstream).sum().backward()
+    assert_close_to_scale(fused_pred.grad, reference_pred.grad, rtol)
