@@ -42,7 +42,7 @@ class PhotometricLoss:
                 self.lpips.to(pred.device)
             terms["lpips"] = w.lpips * self.lpips(pred, target).mean()
         loss = sum(terms.values())
-        return loss, {name: float(value) for name, value in terms.items()}
+        return loss, {name: float(value.detach()) for name, value in terms.items()}
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
