@@ -106,3 +106,17 @@ def save_image(path: str | Path, image: np.ndarray | torch.Tensor) -> None:
     buffer = _io.BytesIO()
     Image.fromarray(to_uint8(image)).save(buffer, format=Image.registered_extensions().get(path.suffix.lower(), "PNG"))
     write_bytes(path, buffer.getvalue())
+
+
+def write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> None:
+    """A coloured point cloud (x y z red green blue) as a binary PLY, written atomically."""
+    from plyfile import PlyData, PlyElement
+
+    vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for k, axis in enumerate("xyz"):
+        vertex[axis] = points[:, k].numpy()
+    rgb = (colors.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    vertex["red"], vertex["green"], vertex["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    buffer = _io.BytesIO()
+    PlyData([PlyElement.describe(vertex, "vertex")]).write(buffer)
+    write_bytes(path, buffer.getvalue())

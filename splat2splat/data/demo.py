@@ -12,11 +12,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from splat2splat.data.cameras import Cameras, look_at, opencv_to_opengl
-from splat2splat.io import save_image, write_bytes, write_json
+from splat2splat.io import save_image, write_json, write_point_ply
 
 BACKGROUND = (1.0, 1.0, 1.0)
 _LIGHT = torch.nn.functional.normalize(torch.tensor([0.4, -0.5, 0.8]), dim=0)
@@ -233,7 +232,7 @@ def write_demo_scene(output: str | Path, config: DemoConfig = DemoConfig()) -> P
         save_image(output / name, render_demo_view(cameras, i))
         frames.append({"file_path": name, "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
     points, colors = sample_surface_points(cameras, config.n_points, config.seed)
-    _write_point_ply(output / "points3D.ply", points, colors)
+    write_point_ply(output / "points3D.ply", points, colors)
     size = config.image_size
     write_json(output / "transforms.json", {
         "camera_model": "OPENCV",
@@ -243,18 +242,3 @@ def write_demo_scene(output: str | Path, config: DemoConfig = DemoConfig()) -> P
         "frames": frames,
     })
     return output
-
-
-def _write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> None:
-    from plyfile import PlyData, PlyElement
-
-    vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    for k, axis in enumerate("xyz"):
-        vertex[axis] = points[:, k].numpy()
-    rgb = (colors.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    vertex["red"], vertex["green"], vertex["blue"] = rgb[:, 0], rgb[:, 1], rgb[:, 2]
-    import io
-
-    buffer = io.BytesIO()
-    PlyData([PlyElement.describe(vertex, "vertex")]).write(buffer)
-    write_bytes(path, buffer.getvalue())

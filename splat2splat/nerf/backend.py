@@ -366,9 +366,9 @@ def evaluate_psnr(backend: SceneBackend, dataset: Dataset, indices: list[int] | 
 
 def write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> None:
     """Binary PLY with float xyz and 8-bit rgb per point (what viewers such as MeshLab expect)."""
-    from splat2splat.data.demo import _write_point_ply
+    from splat2splat.io import write_point_ply as _write
 
-    _write_point_ply(path, points.float().cpu(), colors.float().cpu())
+    _write(path, points.float().cpu(), colors.float().cpu())
 
 
 def _build_field(config: NerfConfig, n_views: int) -> NerfField:
