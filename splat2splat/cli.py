@@ -1,18 +1,17 @@
-"""`splat2splat` command line: `demo` writes the bundled scene, `train` fits and exports a Gaussian scene."""
+"""The `splat2splat` command line: one subcommand per job, each a dataclass parsed by tyro.
+
+``splat2splat <command> --help`` explains every option of a command.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Union
-
-import tyro
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.errors import InputError
-from splat2splat.gaussians.backend import GaussianConfig
 
 
 @dataclass
@@ -24,58 +23,61 @@ class Demo:
     scene: DemoConfig = field(default_factory=DemoConfig)
 
 
-@dataclass
-class Train:
-    """Train a Gaussian scene on posed images, evaluate held-out PSNR and export PLY + .splat."""
-
-    data: Path
-    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json)."""
-    output: Path = Path("outputs/train")
-    """Run folder for the checkpoint, exports and metrics."""
-    steps: int = 1000
-    """Optimisation steps."""
-    downscale: int = 1
-    """Image downscale factor."""
-    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
-
-
 def run_demo(cmd: Demo) -> None:
     path = write_demo_scene(cmd.output, cmd.scene)
     print(f"demo scene written to {path}")
 
 
-def run_train(cmd: Train) -> None:
-    from splat2splat.data.readers import load_dataset
-    from splat2splat.gaussians.backend import GaussianBackend
-    from splat2splat.io import save_torch, write_json
-    from splat2splat.losses import LossWeights, PhotometricLoss, psnr
-
-    dataset = load_dataset(cmd.data, downscale=cmd.downscale)
-    backend = GaussianBackend.from_dataset(dataset, cmd.gaussians)
-    loss_fn = PhotometricLoss(LossWeights())
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns) as progress:
-        task = progress.add_task("train", total=cmd.steps, info="")
-        for _ in range(cmd.steps):
-            stats = backend.train_step(dataset, loss_fn)
-            progress.update(task, advance=1, info=f"loss {stats['loss']:.4f} N {int(stats['num_gaussians'])}")
-    renders = backend.render(dataset.eval_cameras)
-    scores = [psnr(r, dataset.originals[i]) for r, i in zip(renders, dataset.eval_indices)]
-    metrics = {"steps": cmd.steps, "eval_psnr": sum(scores) / max(1, len(scores)), "num_gaussians": len(backend.splats["means"])}
-    save_torch(cmd.output / "checkpoint.pt", {"backend": backend.state_dict(), "data": str(cmd.data)})
-    files = backend.export(cmd.output, dataset)
-    write_json(cmd.output / "metrics.json", metrics)
-    print(f"eval PSNR {metrics['eval_psnr']:.2f} dB; wrote {', '.join(str(f) for f in files)}")
+# name -> (module, command dataclass, run function, one-line summary); modules load only when used.
+COMMANDS = {
+    "demo": ("splat2splat.cli", "Demo", "run_demo", "write the bundled demo scene"),
+    "train": ("splat2splat.training", "Train", "run_train", "fit a Gaussian (or NeRF) scene to posed images"),
+    "edit": ("splat2splat.edit.run", "Edit", "run_edit", "edit a scene with a text instruction (IDU)"),
+    "preview": ("splat2splat.preview", "Preview", "run_preview", "see what an instruction does, in seconds"),
+    "render": ("splat2splat.render", "Render", "run_render", "render dataset views and a turntable video"),
+    "export": ("splat2splat.export", "Export", "run_export", "write PLY / .splat / compressed PLY for viewers"),
+}
 
 
-def entrypoint() -> None:
-    command = tyro.cli(Union[Annotated[Demo, tyro.conf.subcommand("demo")], Annotated[Train, tyro.conf.subcommand("train")]])
+def usage() -> str:
+    lines = ["usage: splat2splat COMMAND [OPTIONS]   (splat2splat COMMAND --help for its options)", "", "commands:"]
+    lines += [f"  {name:<9} {summary}" for name, (_, _, _, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def parse(name: str, args: list[str]):
+    import tyro
+
+    module_name, class_name, _, _ = COMMANDS[name]
+    if name == "edit":  # --preset supplies the defaults of the other options
+        from splat2splat.edit.run import parse_edit_args
+
+        return parse_edit_args(args)
+    command_class = getattr(importlib.import_module(module_name), class_name)
+    return tyro.cli(command_class, args=args, prog=f"splat2splat {name}")
+
+
+def entrypoint(argv: list[str] | None = None) -> None:
+    from splat2splat.runner import Interrupted
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    name, args = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
     try:
-        run_demo(command) if isinstance(command, Demo) else run_train(command)
+        command = parse(name, args)
+        module_name, _, run_name, _ = COMMANDS[name]
+        getattr(importlib.import_module(module_name), run_name)(command)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as interrupted:
+        print(f"stopped: {interrupted}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -210,7 +210,7 @@ class GaussianBackend:
             optimizer.zero_grad(set_to_none=True)
         self._strategy_post_backward(info)
         self.step += 1
-        stats.update(loss=float(loss), num_gaussians=float(len(self.splats["means"])))
+        stats.update(loss=float(loss.detach()), num_gaussians=float(len(self.splats["means"])))
         return stats
 
     def _strategy_post_backward(self, info: dict) -> None:

@@ -1,0 +1,178 @@
+"""`splat2splat edit` end to end on the demo scene: tiny InstructPix2Pix, both backends, Ctrl-C and --resume."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from splat2splat.cli import entrypoint
+from splat2splat.data.demo import DemoConfig, write_demo_scene
+from splat2splat.edit.presets import PRESETS
+from splat2splat.edit.run import parse_edit_args, run_edit
+from splat2splat.io import load_image, load_torch, read_json
+from splat2splat.runner import Interrupted
+
+# Small and fast: 16 views at 32 px, 30 initial steps, an edit every step for 16 steps.
+NERF_TINY = ["--nerf.rays-per-batch", "256", "--nerf.samples-per-ray", "16", "--nerf.no-unbounded",
+             "--nerf.plane-resolutions", "16", "32", "--nerf.plane-features", "4", "--nerf.hidden-dim", "16",
+             "--nerf.appearance-dim", "4", "--nerf.occupancy-resolution", "16", "--nerf.render-chunk", "2048"]
+
+
+@pytest.fixture(scope="module")
+def small_scene(tmp_path_factory) -> Path:
+    return write_demo_scene(tmp_path_factory.mktemp("edit-demo"), DemoConfig(n_views=16, image_size=32, n_points=800))
+
+
+def edit_args(data: Path, output: Path, model: Path, *extra: str, steps: int = 16) -> list[str]:
+    return ["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make it autumn", "--output", str(output),
+            "--model", str(model), "--device", "cpu", "--init-steps", "30", "--idu.steps", str(steps),
+            "--idu.edit-rate", "1", "--idu.editor.dtype", "float32", "--idu.editor.diffusion-steps", "3",
+            "--gaussians.strategy.kind", "none", "--checkpoint-every", "5", "--eval-every", "8",
+            "--turntable-frames", "4", "--video-format", "gif", *extra]
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("backend", ["gaussian", "nerf"])
+def test_edit_end_to_end_with_the_tiny_model(small_scene, tiny_ip2p_folder, tmp_path, backend):
+    """The same command drives either backend: every view is edited, outputs exist and load, inputs untouched."""
+    inputs_before = file_digests(small_scene)
+    output = tmp_path / "run"
+    extra = ["--backend", backend, *(NERF_TINY if backend == "nerf" else [])]
+    entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder, *extra)])
+
+    record = read_json(output / "run.json")
+    assert record["backend"] == backend and record["prompt"] == "make it autumn" and record["preset"] == "in2n-tiny"
+    assert record["views_edited"] == record["views"] == 14 and record["edits"] == 16
+    assert set(record["seconds"]) >= {"render", "edit", "train", "outputs"}
+    assert (output / "before_after.png").is_file() and (output / "turntable.gif").is_file()
+    edited = sorted((output / "edited").glob("*.png"))
+    assert len(edited) == 14 and load_image(edited[0]).shape == (32, 32, 3)
+    checkpoint = load_torch(output / "checkpoint.pt")
+    assert checkpoint["backend"] == backend and checkpoint["idu"]["step"] == 16
+    assert checkpoint["backend_state"]["step"] == 30 + 16  # initial training, then the edit's steps
+    if backend == "gaussian":
+        from splat2splat.data.readers import load_dataset
+        from splat2splat.gaussians.ply import load_ply
+
+        splats = load_ply(output / "scene.ply", load_dataset(small_scene).normalization)
+        assert len(splats["means"]) == 800
+        # The edited images are the editor's, not the originals.
+        original = load_image(small_scene / "images" / edited[0].name)
+        assert not (load_image(edited[0]) == original).all()
+    else:
+        assert (output / "points.ply").is_file() or any(output.glob("*.ply"))
+    assert file_digests(small_scene) == inputs_before
+
+
+def test_interrupted_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path):
+    reference = tmp_path / "reference"
+    run_edit(parse_edit_args(edit_args(small_scene, reference, tiny_ip2p_folder)))
+
+    interrupted = tmp_path / "interrupted"
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run_edit(parse_edit_args(edit_args(small_scene, interrupted, tiny_ip2p_folder)), on_step=press_ctrl_c)
+    saved = load_torch(interrupted / "checkpoint.pt")
+    assert saved["idu"]["step"] == 7 and not (interrupted / "run.json").exists()
+
+    # --resume needs nothing but the folder: data, prompt and settings come from the checkpoint.
+    run_edit(parse_edit_args(["--output", str(interrupted), "--resume"]))
+    a, b = load_torch(reference / "checkpoint.pt"), load_torch(interrupted / "checkpoint.pt")
+    for key, value in a["backend_state"]["splats"].items():
+        assert torch.equal(value, b["backend_state"]["splats"][key]), key
+    for x, y in zip(a["dataset_edits"]["current"], b["dataset_edits"]["current"]):
+        assert torch.equal(x, y)
+    assert (reference / "scene.ply").read_bytes() == (interrupted / "scene.ply").read_bytes()
+
+
+def test_interrupted_initial_training_resumes(small_scene, tiny_ip2p_folder, tmp_path):
+    output = tmp_path / "run"
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 10:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cmd = parse_edit_args(edit_args(small_scene, output, tiny_ip2p_folder, steps=2))
+    import splat2splat.edit.run as run_module
+
+    original_train_scene = run_module.train_scene
+    run_module.train_scene = lambda *a, **k: original_train_scene(*a, **{**k, "on_step": press_ctrl_c})
+    try:
+        with pytest.raises(Interrupted):
+            run_edit(cmd)
+    finally:
+        run_module.train_scene = original_train_scene
+    assert load_torch(output / "initial" / "checkpoint.pt")["backend_state"]["step"] == 10
+    record = run_edit(parse_edit_args(["--output", str(output), "--resume"]))
+    assert record["scene_steps"] == 30 + 2
+
+
+def test_every_preset_parses_and_fields_override(tmp_path):
+    for name, preset in PRESETS.items():
+        cmd = parse_edit_args(["--preset", name, "--data", "x", "--prompt", "p"])
+        assert cmd.preset == name and cmd.idu == preset
+    cmd = parse_edit_args(["--preset", "in2n", "--data", "x", "--prompt", "p", "--idu.loss.lpips", "0.5",
+                           "--idu.editor.guidance-scale", "9"])
+    assert cmd.idu.loss.lpips == 0.5 and cmd.idu.editor.guidance_scale == 9
+    assert cmd.idu.editor.dtype == "float32" and PRESETS["in2n"].loss.lpips == 1.0  # the preset itself is untouched
+
+
+def test_presets_mirror_in2n():
+    assert PRESETS["in2n"].editor.dtype == "float32" and PRESETS["in2n"].loss.lpips > 0
+    assert PRESETS["in2n-small"].editor.dtype == "float16" and PRESETS["in2n-small"].loss.lpips > 0
+    assert PRESETS["in2n-tiny"].editor.dtype == "float16" and PRESETS["in2n-tiny"].loss.lpips == 0
+    for name in ("in2n", "in2n-small", "in2n-tiny"):
+        p = PRESETS[name]
+        assert (p.schedule, p.edit_rate, p.edit_count, p.noise_range) == ("in2n", 10, 1, (0.02, 0.98))
+        assert (p.editor.guidance_scale, p.editor.image_guidance_scale, p.editor.diffusion_steps) == (7.5, 1.5, 20)
+    assert PRESETS["igs2gs"].schedule == "igs2gs"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "p"], "--data is required"),
+    (["--data", "{data}"], "--prompt is required"),
+    (["--data", "{data}", "--prompt", "p", "--preset", "nope"], "unknown preset"),
+    (["--output", "{tmp}/nothing", "--resume"], "no interrupted edit"),
+    (["--data", "{tmp}/missing", "--prompt", "p", "--output", "{tmp}/o"], "missing"),
+])
+def test_bad_edit_input_is_one_clear_line(small_scene, tmp_path, capsys, args, message):
+    args = [a.format(data=small_scene, tmp=tmp_path) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_lpips_preset_without_backbone_weights_fails_clearly(small_scene, tiny_ip2p_folder, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    args = edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder)
+    args[args.index("in2n-tiny")] = "in2n"
+    with pytest.raises(SystemExit):
+        entrypoint(["edit", *args])
+    err = capsys.readouterr().err
+    assert "LPIPS" in err or "lpips" in err
+    assert not (tmp_path / "run" / "initial").exists()  # failed before training the initial scene
+
+
+def test_existing_run_is_not_overwritten(small_scene, tiny_ip2p_folder, tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "command.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder)])
+    assert "--resume" in capsys.readouterr().err and (output / "command.json").read_text() == "{}"

@@ -1,0 +1,68 @@
+"""The step driver: evaluation and checkpoint schedule, Ctrl-C handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from splat2splat.runner import Interrupted, drive
+
+
+class CountingLoop:
+    def __init__(self, step: int = 0):
+        self.step = step
+        self.evaluated_at: list[int] = []
+
+    def run_step(self):
+        self.step += 1
+        return {"loss": 1.0 / self.step}
+
+    def evaluate(self):
+        self.evaluated_at.append(self.step)
+        return {"metric": float(self.step)}
+
+    def progress_info(self, stats):
+        return f"loss {stats['loss']:.3f}"
+
+
+def test_drive_evaluates_and_checkpoints_on_schedule_and_at_the_end():
+    loop, saved_at = CountingLoop(), []
+    report = drive(loop, 10, lambda: saved_at.append(loop.step), checkpoint_every=4, eval_every=5, description="t")
+    assert loop.step == 10
+    assert loop.evaluated_at == [5, 10] and [e["step"] for e in report.evaluations] == [5, 10]
+    assert saved_at == [4, 8, 10]
+    assert report.last_stats == {"loss": 0.1}
+
+
+def test_drive_continues_from_the_loops_step():
+    loop = CountingLoop(step=6)
+    drive(loop, 8, lambda: None, 0, 0, "t")
+    assert loop.step == 8
+
+
+def test_ctrl_c_finishes_the_step_saves_and_stops():
+    loop, saved_at = CountingLoop(), []
+
+    def press_ctrl_c(step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted, match="--resume"):
+        drive(loop, 10, lambda: saved_at.append(loop.step), 0, 0, "t", on_step=press_ctrl_c)
+    assert loop.step == 3 and saved_at == [3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_second_ctrl_c_stops_at_once():
+    loop = CountingLoop()
+
+    def press_twice(step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        drive(loop, 10, lambda: None, 0, 0, "t", on_step=press_twice)
+    assert loop.step == 2
