@@ -3,12 +3,13 @@
 The ``lpips`` package ships its calibrated linear layers, but its backbone (VGG-16 / AlexNet / SqueezeNet
 ImageNet weights) is downloaded by torchvision on first use, which fails without internet. Here the
 backbone is built empty and its weights are read from an explicit file or from the torch hub cache
-(where torchvision would have put them), and a missing file is a one-line :class:`InputError` that says
-where to put it. ``random_backbone=True`` skips the weights (tests only: the values are then meaningless).
+(where torchvision would have put them; downloaded there first unless ``HF_HUB_OFFLINE=1``), and a missing
+file is a one-line :class:`InputError` that says where to put it. ``random_backbone=True`` skips the weights (tests only: the values are then meaningless).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -48,10 +49,26 @@ def resolve_backbone_weights(net: LpipsNet, backbone_weights: Path | None) -> Pa
     cached = cached_backbone_path(net)
     if not cached.is_file():
         url = torchvision_weights(net).url
-        raise InputError(cached, f"LPIPS needs the ImageNet {net} backbone weights and they cannot be "
-                                 f"downloaded here: copy {url} to this path (or set TORCH_HOME), or pass the "
-                                 "checkpoint file explicitly")
+        if not downloads_allowed() or not try_download(url, cached):
+            raise InputError(cached, f"LPIPS needs the ImageNet {net} backbone weights and they cannot be "
+                                     f"downloaded here: copy {url} to this path (or set TORCH_HOME), or pass the "
+                                     "checkpoint file explicitly")
     return cached
+
+
+def downloads_allowed() -> bool:
+    """HF_HUB_OFFLINE=1 means no network for any model file, the LPIPS backbone included."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("1", "true", "yes")
+
+
+def try_download(url: str, path: Path) -> bool:
+    """Fetch ``url`` to ``path`` as torchvision would (atomically: it writes a temp file, then renames)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), progress=True)
+        return True
+    except Exception:  # noqa: BLE001 - no network, proxy, disk: the caller reports how to supply the file
+        return False
 
 
 def load_torchvision_backbone(net: LpipsNet, path: Path) -> torch.nn.Module:

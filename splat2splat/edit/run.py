@@ -239,7 +239,7 @@ def write_outputs(run: EditRun, report, seconds: float) -> dict:
         "seeds": {"idu": cmd.idu.seed, "scene": cmd.gaussians.seed if backend.name == "gaussian" else cmd.nerf.seed},
         "versions": software_versions(), "steps": run.idu.step, "scene_steps": backend.step,
         "edits": run.idu.edits_done, "views_edited": run.idu.views_edited(),
-        "views": len(dataset.train_indices), "metrics": final, "history": report.evaluations,
+        "views": len(dataset.train_indices), "metrics": final, "last_step": report.last_stats, "history": report.evaluations,
         "seconds": {**run.idu.seconds, "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"],
                     "outputs": io_seconds, "this_session": seconds + io_seconds},
         "files": [str(f) for f in files],

@@ -61,3 +61,26 @@ def test_backbone_weights_load_from_the_hub_cache(empty_torch_home):
     assert torch.equal(loaded["slice7.12.expand3x3.weight"], weights["features.12.expand3x3.weight"])
     lpips.train()
     assert not lpips.training  # dropout in the linear layers stays off
+
+
+def test_missing_backbone_is_downloaded_to_the_torch_cache_unless_offline(tmp_path, monkeypatch):
+    import torchvision
+
+    from splat2splat.edit import lpips_loss
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    fetched = []
+
+    def fake_download(url, destination, progress=True):  # stands in for the network
+        fetched.append(url)
+        torch.save(torchvision.models.alexnet(weights=None).state_dict(), destination)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError, match="cannot be downloaded"):
+        lpips_loss.load_lpips("alex")
+    assert fetched == []
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    model = lpips_loss.load_lpips("alex")
+    assert len(fetched) == 1 and lpips_loss.cached_backbone_path("alex").is_file()
+    assert float(model(torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3)).mean()) >= 0

@@ -176,3 +176,20 @@ def test_existing_run_is_not_overwritten(small_scene, tiny_ip2p_folder, tmp_path
     with pytest.raises(SystemExit):
         entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder)])
     assert "--resume" in capsys.readouterr().err and (output / "command.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("backend", ["gaussian", "nerf"])
+def test_lpips_presets_train_with_an_explicitly_random_backbone(small_scene, tiny_ip2p_folder, tmp_path, backend):
+    """in2n's L1 + LPIPS loss runs on both backends (NeRF on in2n's 32x32 patches); weights random in tests."""
+    from splat2splat.edit.lpips_loss import load_lpips
+
+    extra = ["--backend", backend]
+    if backend == "nerf":
+        extra += [*NERF_TINY, "--nerf.rays-per-batch", "1024"]  # one 32x32 patch per step
+    args = edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, *extra, steps=3)
+    args[args.index("in2n-tiny")] = "in2n"
+    record = run_edit(parse_edit_args(args), lpips=load_lpips("alex", random_backbone=True))
+    assert record["steps"] == 3 and record["last_step"]["lpips"] > 0 and record["last_step"]["l1"] > 0
+    checkpoint = load_torch(tmp_path / "run" / "checkpoint.pt")
+    if backend == "nerf":
+        assert checkpoint["backend_state"]["config"]["patch_size"] == 32
