@@ -24,8 +24,9 @@ from splat2splat.losses import LossWeights, PhotometricLoss, psnr
 from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss
 from splat2splat.runner import drive, load_rng_state, rng_state
 from splat2splat.scene import ImageLoss, SceneBackend
+from splat2splat.scene_files import backend_from_checkpoint, read_checkpoint
 
-CHECKPOINT_FORMAT = "splat2splat-checkpoint-v1"
+CHECKPOINT_FORMAT_VERSION = 1  # bumped whenever the checkpoint layout changes
 BackendName = Literal["gaussian", "nerf"]
 
 
@@ -63,12 +64,6 @@ def make_backend(kind: BackendName, dataset: Dataset, gaussians: GaussianConfig,
     if kind == "nerf":
         return NerfBackend.from_dataset(dataset, nerf)
     raise InputError(None, f"unknown backend {kind!r}: use gaussian or nerf")
-
-
-def backend_from_state(kind: BackendName, state: dict, device: str | None = None) -> SceneBackend:
-    if kind == "gaussian":
-        return GaussianBackend.from_state_dict(state, {"device": device} if device else None)
-    return NerfBackend.from_state_dict(state, device)
 
 
 def reconstruction_loss(kind: BackendName) -> ImageLoss:
@@ -123,24 +118,10 @@ def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save_checkp
 
 
 def checkpoint_payload(backend: SceneBackend, data: Path, downscale: int, **extra) -> dict:
-    """The checkpoint dict every command writes: enough to rebuild the scene and find its dataset."""
-    return {"format": CHECKPOINT_FORMAT, "backend": backend.name, "backend_state": backend.state_dict(),
+    """The checkpoint dict every command writes (layout: :mod:`splat2splat.scene_files`): the scene, its dataset,
+    the global RNG state, and what the writing loop needs to resume (``extra``)."""
+    return {"format": CHECKPOINT_FORMAT_VERSION, "backend": backend.name, "backend_state": backend.state_dict(),
             "data": str(data), "downscale": downscale, "rng": rng_state(), **extra}
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Load and validate a checkpoint written by :func:`checkpoint_payload`."""
-    from splat2splat.io import load_torch
-
-    if not Path(path).is_file():
-        raise InputError(path, "checkpoint not found")
-    state = load_torch(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(path, "not a splat2splat checkpoint (missing or unknown 'format')")
-    missing = [key for key in ("backend", "backend_state", "data", "downscale") if key not in state]
-    if missing:
-        raise InputError(path, f"checkpoint lacks {', '.join(missing)}")
-    return state
 
 
 # -------------------------------------------------------------------------------------------- the command
@@ -153,9 +134,11 @@ def run_train(cmd: Train, on_step=None) -> dict:
     checkpoint_path = cmd.output / "checkpoint.pt"
     if cmd.resume:
         state = read_checkpoint(checkpoint_path)
+        if "command" not in state:
+            raise InputError(checkpoint_path, "this checkpoint was not written by `splat2splat train`; nothing to resume")
         saved = state["command"]
         dataset = load_dataset(saved["data"], downscale=saved["downscale"])
-        backend = backend_from_state(state["backend"], state["backend_state"])
+        backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
         cmd = dataclasses.replace(config_from_dict(Train, saved), output=cmd.output)
     else:

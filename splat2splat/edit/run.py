@@ -37,8 +37,8 @@ from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfBackend, NerfConfig
 from splat2splat.runner import drive, load_rng_state
 from splat2splat.scene import SceneBackend
-from splat2splat.training import (BackendName, backend_from_state, checkpoint_payload, make_backend, read_checkpoint,
-                                  train_scene)
+from splat2splat.scene_files import backend_from_checkpoint, read_checkpoint
+from splat2splat.training import BackendName, checkpoint_payload, make_backend, train_scene
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
@@ -110,7 +110,7 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
     path = cmd.output / "initial" / "checkpoint.pt"
     if path.exists():
         state = read_checkpoint(path)
-        backend = backend_from_state(state["backend"], state["backend_state"], device)
+        backend = backend_from_checkpoint(path, state, device)
         load_rng_state(state["rng"])
     else:
         torch.manual_seed(cmd.gaussians.seed)
@@ -174,6 +174,8 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
             raise InputError(cmd.output / "run.json", "this edit has already finished; nothing to resume")
         if checkpoint_path.exists():
             state = read_checkpoint(checkpoint_path)
+            if "idu" not in state:
+                raise InputError(checkpoint_path, "not an edit checkpoint (written by another command); nothing to resume")
             saved = state["command"]
         elif command_path.exists():  # interrupted while training the initial scene
             saved = read_json(command_path)
@@ -191,7 +193,7 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
     if not cmd.resume:
         write_json(command_path, config_to_dict(cmd))  # from here on the run exists and --resume continues it
     if state is not None:
-        backend = backend_from_state(state["backend"], state["backend_state"], resolve_device(cmd.device))
+        backend = backend_from_checkpoint(checkpoint_path, state, resolve_device(cmd.device))
         dataset.load_edit_state(state["dataset_edits"])
     else:
         backend = initial_scene(cmd, dataset)

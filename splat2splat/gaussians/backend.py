@@ -52,6 +52,8 @@ class GaussianConfig:
     """Maximum spherical-harmonics degree of the colours (0-3)."""
     sh_degree_interval: int = 1000
     """Steps between raising the active SH degree by one."""
+    initial_sh_degree: int = 0
+    """SH degree active at step 0 (a scene imported from a PLY starts at its file's degree)."""
     init: Literal["auto", "points", "random"] = "auto"
     """Initial Gaussians: at the dataset's sparse points, random in the scene bounds, or points when available."""
     init_random_count: int = 20_000
@@ -164,7 +166,8 @@ class GaussianBackend:
     # -------------------------------------------------------------------------------------------- rendering
     @property
     def active_sh_degree(self) -> int:
-        return min(self.step // max(1, self.config.sh_degree_interval), self.max_sh_degree)
+        scheduled = self.step // max(1, self.config.sh_degree_interval)
+        return min(max(self.config.initial_sh_degree, scheduled), self.max_sh_degree)
 
     def rasterize(self, cameras: Cameras, background: torch.Tensor | None = None):
         """Differentiable render of cameras of ONE image size: colours [C, H, W, 3], alphas, gsplat info."""

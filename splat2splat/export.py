@@ -1,0 +1,173 @@
+"""``splat2splat export``: a Gaussian scene as files for viewers and other tools, optionally slimmed down.
+
+Formats (all in the dataset's ORIGINAL world frame):
+
+* ``ply``: INRIA 3DGS PLY (``scene.ply``), read by every Gaussian-splatting viewer and by ``--scene``;
+* ``splat``: antimatter15's ``.splat`` (``scene.splat``), 32 bytes per Gaussian, colour only;
+* ``ply_compressed``: PlayCanvas / SuperSplat compressed PLY (``scene.compressed.ply``), about 4x smaller;
+* ``points``: a coloured point cloud (``point_cloud.ply``): Gaussian centres with their base colour, or,
+  for a NeRF checkpoint, the NeRF's surface points plus renders of the eval views (its own export).
+
+A checkpoint keeps its Gaussians in the normalised frame; the normalisation comes from the dataset
+(``--data``, default the one the checkpoint names), recomputed from its cameras exactly as training did.
+A ``.ply`` already is in the original frame and needs no dataset.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+
+from splat2splat.data.dataset import SceneNormalization
+from splat2splat.errors import InputError
+from splat2splat.gaussians.model import SPLAT_KEYS, sh_to_rgb
+from splat2splat.gaussians.ply import load_ply, prune_splats, save_ply, save_ply_compressed, save_splat
+from splat2splat.io import write_json, write_point_ply
+from splat2splat.scene_files import (backend_from_checkpoint, dataset_normalization, dataset_path_for, downscale_for,
+                                     read_checkpoint, scene_format)
+
+ExportFormat = Literal["ply", "splat", "ply_compressed", "points"]
+FILE_NAMES: dict[str, str] = {"ply": "scene.ply", "splat": "scene.splat", "ply_compressed": "scene.compressed.ply",
+                              "points": "point_cloud.ply"}
+GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed")
+
+
+@dataclass
+class Export:
+    """Export a Gaussian scene as PLY / .splat / compressed PLY (optionally pruned, cropped, with fewer SH bands)."""
+
+    scene: Path
+    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting .ply."""
+    output: Path = Path("outputs/export")
+    """Folder for the exported files and export.json."""
+    data: Path | None = None
+    """Dataset of a checkpoint, for its normalisation (default: the dataset the checkpoint names); ignored for a
+    .ply, which is already in the original frame."""
+    formats: tuple[ExportFormat, ...] = ("ply", "splat")
+    """Files to write: ply (INRIA 3DGS), splat (antimatter15), ply_compressed (SuperSplat), points (point cloud)."""
+    sh_degree: int | None = None
+    """Keep spherical harmonics up to this degree (0 = base colour only; default: all of the scene's)."""
+    min_opacity: float = 0.0
+    """Leave out Gaussians less opaque than this (0-1; 0 keeps all)."""
+    max_scale: float | None = None
+    """Leave out Gaussians whose largest standard deviation exceeds this, in original-frame units (huge floaters)."""
+    crop_box: tuple[float, float, float, float, float, float] | None = None
+    """Keep only Gaussians with centres inside xmin ymin zmin xmax ymax zmax (original world frame)."""
+    downscale: int | None = None
+    """Image downscale for a NeRF's renders (default: the checkpoint's training downscale)."""
+    device: str = "auto"
+    """Device a NeRF checkpoint renders on ('cuda', 'cpu' or 'auto')."""
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    if not formats:
+        raise InputError(None, "--formats is empty: name at least one of " + ", ".join(FILE_NAMES))
+    unknown = [f for f in formats if f not in FILE_NAMES]
+    if unknown:
+        raise InputError(None, f"unknown export format {unknown[0]!r}: use {', '.join(FILE_NAMES)}")
+
+
+def check_not_overwriting(scene: Path, output_files: list[Path]) -> None:
+    """Never write an export over the scene it was read from."""
+    for path in output_files:
+        if path.resolve() == Path(scene).resolve():
+            raise InputError(scene, f"exporting to {path} would overwrite this input: choose another --output")
+
+
+def gaussians_and_normalization(cmd: Export, checkpoint: dict | None
+                                ) -> tuple[torch.nn.ParameterDict, SceneNormalization]:
+    """The scene's Gaussians and the normalisation that maps them back to the original frame.
+
+    A PLY is read with the identity normalisation: it stays in the original frame, so writing it back
+    is bit-exact and the crop box and max scale apply in the file's own units.
+    """
+    if checkpoint is None:
+        return load_ply(cmd.scene, SceneNormalization()), SceneNormalization()
+    splats = checkpoint_splats(cmd.scene, checkpoint)
+    return splats, dataset_normalization(dataset_path_for(cmd.scene, cmd.data, checkpoint))
+
+
+def checkpoint_splats(scene: Path, checkpoint: dict) -> torch.nn.ParameterDict:
+    """The Gaussians of a Gaussian checkpoint (normalised frame) as float32 Parameters."""
+    splats = checkpoint["backend_state"]["splats"]  # checked by read_checkpoint
+    return torch.nn.ParameterDict({key: torch.nn.Parameter(splats[key].detach().float()) for key in SPLAT_KEYS})
+
+
+def write_point_cloud(path: Path, splats: dict[str, torch.Tensor], normalization: SceneNormalization) -> int:
+    """Gaussian centres coloured with their base (degree-0) colour, in the original frame."""
+    points = normalization.to_original(splats["means"].detach().double()).float()
+    colors = sh_to_rgb(splats["sh0"].detach()[:, 0, :]).clamp(0, 1)
+    write_point_ply(path, points, colors)
+    return len(points)
+
+
+def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor], normalization: SceneNormalization) -> dict[str, str]:
+    """Write every requested format of the (already pruned) Gaussians; returns format -> file."""
+    written = {}
+    for name in dict.fromkeys(cmd.formats):  # each format once, in the order asked for
+        path = cmd.output / FILE_NAMES[name]
+        if name == "ply":
+            save_ply(path, splats, normalization, cmd.sh_degree)
+        elif name == "splat":
+            save_splat(path, splats, normalization)
+        elif name == "ply_compressed":
+            save_ply_compressed(path, splats, normalization, cmd.sh_degree)
+        else:
+            write_point_cloud(path, splats, normalization)
+        written[name] = str(path)
+    return written
+
+
+def export_nerf(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
+    """A NeRF holds no Gaussians: only ``points`` (its surface point cloud and eval renders) applies."""
+    gaussian_formats = [f for f in cmd.formats if f in GAUSSIAN_ONLY_FORMATS]
+    if gaussian_formats:
+        raise InputError(cmd.scene, f"is a NeRF checkpoint, and {', '.join(gaussian_formats)} export Gaussians, "
+                                    f"which need a Gaussian scene; use --formats points for the NeRF's point cloud "
+                                    f"and renders")
+    if cmd.sh_degree is not None or cmd.min_opacity or cmd.max_scale is not None or cmd.crop_box is not None:
+        raise InputError(cmd.scene, "is a NeRF checkpoint: --sh-degree, --min-opacity, --max-scale and --crop-box "
+                                    "apply to Gaussian scenes only")
+    from splat2splat.data.readers import load_dataset
+
+    dataset = load_dataset(dataset_path_for(cmd.scene, cmd.data, checkpoint),
+                           downscale=downscale_for(checkpoint, cmd.downscale))
+    backend = backend_from_checkpoint(cmd.scene, checkpoint, cmd.device)
+    return {"points": [str(path) for path in backend.export(cmd.output, dataset)]}
+
+
+def run_export(cmd: Export) -> dict:
+    """Export the scene; returns what export.json holds."""
+    check_formats(cmd.formats)
+    check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
+    checkpoint = read_checkpoint(cmd.scene) if scene_format(cmd.scene) == "checkpoint" else None
+    summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}
+    if checkpoint is not None and checkpoint["backend"] == "nerf":
+        summary["files"] = export_nerf(cmd, checkpoint)
+    else:
+        splats, normalization = gaussians_and_normalization(cmd, checkpoint)
+        kept = prune_splats(splats, cmd.min_opacity or None, cmd.max_scale, cmd.crop_box, normalization)
+        summary.update(gaussians_in=len(splats["means"]), gaussians_out=len(kept["means"]),
+                       sh_degree=cmd.sh_degree, min_opacity=cmd.min_opacity, max_scale=cmd.max_scale,
+                       crop_box=cmd.crop_box)
+        summary["files"] = export_gaussians(cmd, kept, normalization)
+    write_json(cmd.output / "export.json", summary)
+    print(f"exported {', '.join(summary['files'])} to {cmd.output}")
+    return summary
+
+
+def main() -> None:
+    try:
+        run_export(tyro.cli(Export))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

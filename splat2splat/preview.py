@@ -1,0 +1,248 @@
+"""``splat2splat preview``: try an instruction on a few dataset images before editing the 3D scene.
+
+A 3D edit takes long; whether InstructPix2Pix understands an instruction at all, and which guidance scales
+suit it, shows on single images in seconds. The preview edits a few representative views the way the
+Iterative Dataset Update edits a view for the first time: at that point the scene renders the original
+image, so the editor gets the ORIGINAL image both as the render to noise and as its condition.
+
+Writes into ``--output``: ``preview.png`` (rows = views, columns original | edited), ``sweep.png`` when
+guidance scales are swept (rows = text guidance, columns = image guidance, on the first view) and
+``preview.json`` (the prompt, every setting and the seconds taken).
+
+``--3d`` then runs a short, low-resolution 3D edit (``splat2splat edit`` with the in2n-tiny preset on
+downscaled images, few steps, the same editor) into ``--output/3d``: scene PLY, turntable, before/after sheet.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Callable
+
+import torch
+import tyro
+from rich.progress import Progress
+
+from splat2splat.data.dataset import Dataset
+from splat2splat.edit.editor import Editor
+from splat2splat.edit.presets import preset
+from splat2splat.edit.run import Edit, run_edit
+from splat2splat.edit.ip2p import (InstructPix2PixEditor, IP2PConfig, IP2PModels, check_noise_range, load_ip2p_models,
+                                   resolve_device, resolve_dtype)
+from splat2splat.errors import InputError
+from splat2splat.io import save_image, write_json
+from splat2splat.media import contact_sheet
+
+# Builds the editor for one set of options; injectable so tests and callers can supply their own.
+EditorFactory = Callable[[IP2PConfig], Editor]
+
+
+@dataclass
+class Fast3D:
+    """The short 3D edit of ``preview --3d``: in2n-tiny (no LPIPS) on smaller images with fewer steps."""
+
+    downscale: int = 2
+    """Extra image downscale on top of --downscale."""
+    init_steps: int = 500
+    """Training steps of the initial (unedited) scene."""
+    steps: int = 300
+    """Editing steps."""
+    edit_rate: int = 5
+    """Steps between single-view edits (in2n uses 10; more edits per step converge sooner)."""
+    turntable_frames: int = 30
+    """Frames of the turntable video."""
+    device: str = "auto"
+    """Device of the scene ('cuda', 'cpu', auto)."""
+
+
+@dataclass
+class Preview:
+    """Preview a text instruction as 2D InstructPix2Pix edits of a few dataset views (and sweep guidance scales)."""
+
+    data: Path
+    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json)."""
+    prompt: str
+    """The editing instruction, e.g. "Turn the sphere into a glass ball"."""
+    output: Path = Path("outputs/preview")
+    """Folder for preview.png, sweep.png and preview.json."""
+    views: int = 4
+    """Number of views to edit, spread over the training cameras (farthest-point sampling of their centres)."""
+    editor: IP2PConfig = field(default_factory=IP2PConfig)
+    noise_range: tuple[float, float] = (0.98, 0.98)
+    """Noise level range (fractions of the diffusion timesteps) the edit starts from. The render IS the original
+    here, so a low level would return it nearly unchanged; the default starts from (almost) pure noise, as
+    plain InstructPix2Pix does, to show what the instruction does. The IDU itself uses (0.02, 0.98)."""
+    guidance_scales: tuple[float, ...] = ()
+    """Text guidance scales to sweep on the first view (sweep.png rows); empty: only the editor's scale."""
+    image_guidance_scales: tuple[float, ...] = ()
+    """Image guidance scales to sweep on the first view (sweep.png columns); empty: only the editor's scale."""
+    seed: int = 0
+    """Seed of every edit (each edit starts from it, so sweep cells differ only in their scales)."""
+    downscale: int = 1
+    """Image downscale factor of the dataset."""
+    three_d: Annotated[bool, tyro.conf.arg(name="3d")] = False
+    """Also run a short low-resolution 3D edit (Iterative Dataset Update) into OUTPUT/3d: PLY + turntable."""
+    fast: Fast3D = field(default_factory=lambda: Fast3D())
+    """Settings of the --3d edit."""
+
+
+# ------------------------------------------------------------------------------------------------ editors
+
+
+class IP2PEditorFactory:
+    """InstructPix2Pix editors that share ONE loaded model, whatever their guidance scales."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str, str], IP2PModels] = {}
+
+    def __call__(self, config: IP2PConfig) -> Editor:
+        key = (config.model, config.dtype, config.device)
+        if key not in self._models:
+            dtype = resolve_dtype(config.dtype, resolve_device(config.device))
+            self._models[key] = load_ip2p_models(config.model, dtype)
+        return InstructPix2PixEditor(self._models[key], config)
+
+
+# ------------------------------------------------------------------------------------------------- views
+
+
+def representative_views(dataset: Dataset, count: int) -> list[int]:
+    """``count`` training views far apart: farthest-point sampling of the camera centres, from the first view.
+
+    Returned in dataset order, so the sheet reads like the capture.
+    """
+    candidates = list(dataset.train_indices) or list(range(len(dataset)))
+    if count >= len(candidates):
+        return sorted(candidates)
+    centers = dataset.cameras.centers()[candidates].cpu()
+    chosen = [0]
+    distance = (centers - centers[0]).norm(dim=-1)
+    while len(chosen) < count:
+        farthest = int(distance.argmax())
+        chosen.append(farthest)
+        distance = torch.minimum(distance, (centers - centers[farthest]).norm(dim=-1))
+    return sorted(candidates[k] for k in chosen)
+
+
+def sweep_scales(cmd: Preview) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(text scales, image scales) of the sweep grid, or None without a sweep; an unswept axis keeps the editor's."""
+    if not cmd.guidance_scales and not cmd.image_guidance_scales:
+        return None
+    return (cmd.guidance_scales or (cmd.editor.guidance_scale,),
+            cmd.image_guidance_scales or (cmd.editor.image_guidance_scale,))
+
+
+# -------------------------------------------------------------------------------------------------- edits
+
+
+def edit_original(editor: Editor, dataset: Dataset, view: int, cmd: Preview) -> torch.Tensor:
+    """A first edit of ``view``: the original is both the render and the condition (render == original)."""
+    original = dataset.original(view)
+    generator = torch.Generator().manual_seed(cmd.seed)
+    return editor.edit(original, original, cmd.prompt, cmd.noise_range, generator).detach().float().cpu().clamp(0, 1)
+
+
+def check_preview(cmd: Preview) -> None:
+    if not cmd.prompt.strip():
+        raise InputError(None, "the prompt is empty: say what the edit should do")
+    if cmd.views < 1:
+        raise InputError(None, f"--views must be at least 1, got {cmd.views}")
+    check_noise_range(cmd.noise_range)
+
+
+def run_preview(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
+    """Edit representative views (and the sweep grid); write the sheets and preview.json; return its content."""
+    from splat2splat.data.readers import load_dataset
+
+    check_preview(cmd)
+    started = time.perf_counter()
+    dataset = load_dataset(cmd.data, downscale=cmd.downscale)
+    views = representative_views(dataset, cmd.views)
+    scales = sweep_scales(cmd)
+    make_editor = make_editor or IP2PEditorFactory()
+    editor = make_editor(cmd.editor)
+    n_edits = len(views) + (len(scales[0]) * len(scales[1]) if scales else 0)
+    with Progress() as progress:
+        task = progress.add_task("edit", total=n_edits)
+        edited = []
+        for view in views:
+            edited.append(edit_original(editor, dataset, view, cmd))
+            progress.advance(task)
+        sweep = None if scales is None else sweep_grid(cmd, make_editor, dataset, views[0], scales, progress, task)
+
+    save_image(cmd.output / "preview.png", contact_sheet(
+        [[dataset.original(v), image] for v, image in zip(views, edited)],
+        row_labels=[dataset.image_names[v] for v in views], column_labels=["original", "edited"]))
+    if sweep is not None:
+        save_image(cmd.output / "sweep.png", sweep)
+    summary = {
+        "prompt": cmd.prompt,
+        "data": str(cmd.data),
+        "views": [dataset.image_names[v] for v in views],
+        "noise_range": list(cmd.noise_range),
+        "seed": cmd.seed,
+        "downscale": cmd.downscale,
+        "editor": asdict(cmd.editor),
+        "sweep": None if scales is None else {"guidance_scales": list(scales[0]),
+                                               "image_guidance_scales": list(scales[1]),
+                                               "view": dataset.image_names[views[0]]},
+        "edits": n_edits,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if cmd.three_d:
+        started_3d = time.perf_counter()
+        edit_cmd = quick_edit_command(cmd)
+        record = run_edit(edit_cmd, editor=editor)
+        summary["three_d"] = {"output": str(edit_cmd.output), "seconds": round(time.perf_counter() - started_3d, 3),
+                              "edits": record["edits"], "files": record["files"]}
+    write_json(cmd.output / "preview.json", summary)
+    print(f"{n_edits} 2D edits in {summary['seconds']:.1f} s; wrote {cmd.output}")
+    return summary
+
+
+def free_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist yet: earlier previews are kept."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
+def quick_edit_command(cmd: Preview) -> Edit:
+    """The `splat2splat edit` of --3d: in2n-tiny's loss and schedule, shortened, with the preview's editor settings."""
+    fast = cmd.fast
+    idu = replace(preset("in2n-tiny"), steps=fast.steps, edit_rate=fast.edit_rate, editor=cmd.editor, seed=cmd.seed)
+    return Edit(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
+                init_steps=fast.init_steps, device=fast.device, downscale=cmd.downscale * fast.downscale,
+                checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu)
+
+
+def sweep_grid(cmd: Preview, make_editor: EditorFactory, dataset: Dataset, view: int,
+               scales: tuple[tuple[float, ...], tuple[float, ...]], progress: Progress, task) -> torch.Tensor:
+    """The sweep sheet: one edit of ``view`` per (text scale, image scale), axes labelled with the scales."""
+    text_scales, image_scales = scales
+    rows = []
+    for text_scale in text_scales:
+        row = []
+        for image_scale in image_scales:
+            editor = make_editor(replace(cmd.editor, guidance_scale=text_scale, image_guidance_scale=image_scale))
+            row.append(edit_original(editor, dataset, view, cmd))
+            progress.advance(task)
+        rows.append(row)
+    return contact_sheet(rows, row_labels=[f"text {s:g}" for s in text_scales],
+                         column_labels=[f"image {s:g}" for s in image_scales])
+
+
+def main() -> None:
+    try:
+        run_preview(tyro.cli(Preview))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

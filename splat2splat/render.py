@@ -1,0 +1,153 @@
+"""``splat2splat render``: images, a ground-truth comparison, a turntable video and metrics of a scene.
+
+Writes into ``--output``::
+
+    renders/<split>/<image name>.png   one render per dataset view of the split
+    comparison.png                     ground truth | render for up to 8 of those views
+    turntable.mp4 (or .gif)            an orbit around the scene
+    metrics.json                       PSNR and SSIM per view and their means, against the ORIGINAL images
+
+Metrics compare with the dataset's original (unedited) images: for an edited scene they measure how far
+the edit moved away from the capture, for a reconstruction how well it fits.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+from rich.progress import track
+
+from splat2splat.data.dataset import Dataset
+from splat2splat.errors import InputError
+from splat2splat.io import save_image, write_json
+from splat2splat.kernels.ssim import ssim
+from splat2splat.losses import psnr
+from splat2splat.media import contact_sheet, fit_height, render_turntable, write_video
+from splat2splat.scene import SceneBackend
+from splat2splat.scene_files import load_scene_and_dataset
+
+COMPARISON_VIEWS = 8
+COMPARISON_MAX_HEIGHT = 360  # keeps comparison.png viewable for large captures
+
+
+@dataclass
+class Render:
+    """Render a scene at the dataset's cameras and on a turntable; score the renders against the originals."""
+
+    scene: Path
+    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting .ply."""
+    output: Path = Path("outputs/render")
+    """Folder for renders/, comparison.png, the turntable video and metrics.json."""
+    data: Path | None = None
+    """Dataset folder with the cameras to render (default: the dataset the checkpoint names; required for a .ply)."""
+    downscale: int | None = None
+    """Image downscale factor (default: the checkpoint's training downscale; 1 for a .ply)."""
+    split: Literal["eval", "train", "all"] = "eval"
+    """Which dataset views to render and score: held-out (eval), training or all views."""
+    turntable_frames: int = 60
+    """Frames of the turntable video orbiting the scene; 0 writes no video."""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """Turntable file format: H.264 mp4 (small, needs imageio-ffmpeg) or an endlessly looping gif."""
+    fps: int = 24
+    """Frames per second of the turntable video."""
+    device: str = "auto"
+    """Device to render on: 'cuda', 'cpu' or 'auto' (cuda when available)."""
+
+
+def split_indices(dataset: Dataset, split: str) -> list[int]:
+    """The dataset views of ``split``; a dataset without held-out views has no 'eval' split."""
+    if split == "eval":
+        if not dataset.eval_indices:
+            raise InputError(dataset.source, "the dataset has no held-out (eval) views: use --split train or all")
+        return list(dataset.eval_indices)
+    if split == "train":
+        return list(dataset.train_indices)
+    if split == "all":
+        return list(range(len(dataset)))
+    raise InputError(None, f"unknown split {split!r}: use eval, train or all")
+
+
+def render_views(backend: SceneBackend, dataset: Dataset, indices: list[int]) -> list[torch.Tensor]:
+    """One render per view in ``indices``, with a progress bar."""
+    return [backend.render(dataset.cameras[i])[0] for i in track(indices, description="render views")]
+
+
+def view_metrics(render: torch.Tensor, original: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of one render against its original image."""
+    return {"psnr": psnr(render, original), "ssim": float(ssim(render[None].float(), original[None].float()))}
+
+
+def score_views(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> dict:
+    """Per-view and mean PSNR / SSIM against the ORIGINAL images."""
+    per_view = {dataset.image_names[i]: view_metrics(render, dataset.originals[i])
+                for render, i in zip(renders, indices)}
+    mean = {key: sum(m[key] for m in per_view.values()) / len(per_view) for key in ("psnr", "ssim")}
+    return {"mean": mean, "views": per_view}
+
+
+def comparison_rows(count: int, limit: int = COMPARISON_VIEWS) -> list[int]:
+    """Up to ``limit`` positions spread evenly over ``count`` items (first and last included)."""
+    if count <= limit:
+        return list(range(count))
+    return [round(k * (count - 1) / (limit - 1)) for k in range(limit)]
+
+
+def comparison_sheet(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> torch.Tensor:
+    """Ground truth | render for up to :data:`COMPARISON_VIEWS` views, labelled with the image names."""
+    picks = comparison_rows(len(indices))
+    height = min(COMPARISON_MAX_HEIGHT, int(dataset.originals[indices[picks[0]]].shape[0]))
+    rows = [[fit_height(dataset.originals[indices[k]], height), fit_height(renders[k], height)] for k in picks]
+    labels = [dataset.image_names[indices[k]] for k in picks]
+    return contact_sheet(rows, row_labels=labels, column_labels=["ground truth", "render"])
+
+
+def render_file_name(image_name: str) -> str:
+    """Renders are PNGs named after their view's image (``frame_001.jpg`` -> ``frame_001.png``)."""
+    return f"{Path(image_name).stem}.png"
+
+
+def run_render(cmd: Render) -> dict:
+    """Render, compare and score the scene; returns what metrics.json holds."""
+    if cmd.turntable_frames < 0:
+        raise InputError(None, f"--turntable-frames must be 0 or more, got {cmd.turntable_frames}")
+    started = time.perf_counter()
+    backend, dataset = load_scene_and_dataset(cmd.scene, cmd.data, cmd.downscale, cmd.device)
+    indices = split_indices(dataset, cmd.split)
+    renders = render_views(backend, dataset, indices)
+    for render, i in zip(renders, indices):
+        save_image(cmd.output / "renders" / cmd.split / render_file_name(dataset.image_names[i]), render)
+    save_image(cmd.output / "comparison.png", comparison_sheet(renders, dataset, indices))
+    video = None
+    if cmd.turntable_frames:
+        video = write_video(cmd.output / f"turntable.{cmd.video_format}",
+                            render_turntable(backend, dataset, cmd.turntable_frames), cmd.fps)
+    metrics = {
+        "scene": str(cmd.scene),
+        "backend": backend.name,
+        "split": cmd.split,
+        **score_views(renders, dataset, indices),
+        "turntable": None if video is None else str(video),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(cmd.output / "metrics.json", metrics)
+    print(f"{cmd.split} views: PSNR {metrics['mean']['psnr']:.2f} dB, SSIM {metrics['mean']['ssim']:.4f}; "
+          f"wrote {cmd.output}")
+    return metrics
+
+
+def main() -> None:
+    try:
+        run_render(tyro.cli(Render))
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""``splat2splat export``: round trips, SH reduction, pruning and cropping, every format, NeRF scenes, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import plyfile
+import pytest
+import torch
+
+from splat2splat.errors import InputError
+from splat2splat.export import Export, main, run_export
+from splat2splat.gaussians.ply import save_ply
+from splat2splat.scene_files import load_scene
+from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(demo_scene, tmp_path_factory):
+    path = tmp_path_factory.mktemp("scene") / "checkpoint.pt"
+    backend, dataset = write_gaussian_checkpoint(demo_scene, path)
+    return path, backend, dataset
+
+
+def vertex_element(path) -> plyfile.PlyElement:
+    return plyfile.PlyData.read(str(path))["vertex"]
+
+
+def f_rest_count(path) -> int:
+    return sum(prop.name.startswith("f_rest_") for prop in vertex_element(path).properties)
+
+
+def test_exported_ply_reloads_and_renders_like_the_checkpoint(trained, tmp_path):
+    path, backend, dataset = trained
+    summary = run_export(Export(scene=path, output=tmp_path))  # data: the checkpoint's
+    n = len(backend.splats["means"])
+    assert summary["gaussians_in"] == summary["gaussians_out"] == n
+    assert len(vertex_element(tmp_path / "scene.ply")) == n
+    assert (tmp_path / "scene.splat").stat().st_size == 32 * n  # antimatter15: 32 bytes per Gaussian
+    assert json.loads((tmp_path / "export.json").read_text())["files"] == summary["files"]
+    reloaded = load_scene(tmp_path / "scene.ply", dataset, device="cpu")
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(reloaded.render(views), backend.render(views)):
+        assert (a - b).abs().max() < 1e-3
+
+
+def test_ply_scene_exports_bit_exactly_without_data(trained, tmp_path):
+    _, backend, dataset = trained
+    source = tmp_path / "in" / "scene.ply"
+    save_ply(source, backend.splats, dataset.normalization)
+    run_export(Export(scene=source, output=tmp_path / "out", formats=("ply",)))
+    assert (tmp_path / "out" / "scene.ply").read_bytes() == source.read_bytes()
+
+
+@pytest.mark.parametrize("degree, expected_f_rest", [(None, 45), (2, 24), (1, 9), (0, 0)])
+def test_sh_reduction_drops_f_rest(trained, tmp_path, degree, expected_f_rest):
+    path, _, _ = trained
+    run_export(Export(scene=path, output=tmp_path, formats=("ply",), sh_degree=degree))
+    assert f_rest_count(tmp_path / "scene.ply") == expected_f_rest
+
+
+def test_sh_degree_above_the_scene_is_an_input_error(trained, tmp_path):
+    path, _, _ = trained
+    with pytest.raises(InputError, match="SH degree 4"):
+        run_export(Export(scene=path, output=tmp_path, formats=("ply",), sh_degree=4))
+
+
+def test_min_opacity_and_max_scale_prune_as_expected(trained, tmp_path):
+    path, backend, dataset = trained
+    opacity = torch.sigmoid(backend.splats["opacities"].detach())
+    threshold = float(opacity.median())
+    largest_std = torch.exp(backend.splats["scales"].detach()).amax(dim=1) / dataset.normalization.scale
+    max_scale = float(largest_std.quantile(0.75))
+    expected = int(((opacity >= threshold) & (largest_std <= max_scale)).sum())
+    assert 0 < expected < len(opacity) // 2 + 1
+    summary = run_export(Export(scene=path, output=tmp_path, formats=("ply",), min_opacity=threshold,
+                                max_scale=max_scale))
+    assert summary["gaussians_out"] == expected
+    assert len(vertex_element(tmp_path / "scene.ply")) == expected
+
+
+def test_crop_box_keeps_centres_inside_it_in_the_original_frame(trained, tmp_path):
+    path, backend, dataset = trained
+    original = dataset.normalization.to_original(backend.splats["means"].detach().double())
+    box = (-0.5, -0.5, 0.0, 0.5, 0.5, 0.4)  # the demo objects' middle, in the capture's own units
+    inside = ((original >= torch.tensor(box[:3], dtype=torch.float64)) &
+              (original <= torch.tensor(box[3:], dtype=torch.float64))).all(dim=1)
+    assert 0 < int(inside.sum()) < len(original)
+    run_export(Export(scene=path, output=tmp_path, formats=("ply",), crop_box=box))
+    vertex = vertex_element(tmp_path / "scene.ply")
+    assert len(vertex) == int(inside.sum())
+    for axis, low, high in zip("xyz", box[:3], box[3:]):
+        assert vertex[axis].min() >= low - 1e-5 and vertex[axis].max() <= high + 1e-5
+
+
+def test_compressed_ply_and_point_cloud(trained, tmp_path):
+    path, backend, _ = trained
+    run_export(Export(scene=path, output=tmp_path, formats=("ply_compressed", "points"), sh_degree=1))
+    compressed = plyfile.PlyData.read(str(tmp_path / "scene.compressed.ply"))
+    visible = int((torch.sigmoid(backend.splats["opacities"].detach()) > 1 / 255).sum())  # gsplat drops the rest
+    assert len(compressed["vertex"]) == visible
+    assert len(compressed["sh"].properties) == 9  # degree 1: 3 bases x 3 channels
+    points = vertex_element(tmp_path / "point_cloud.ply")
+    assert len(points) == len(backend.splats["means"])
+    assert {"red", "green", "blue"} <= {prop.name for prop in points.properties}
+    assert not (tmp_path / "scene.ply").exists()
+
+
+def test_pruning_everything_is_an_input_error(trained, tmp_path):
+    path, _, _ = trained
+    with pytest.raises(InputError, match="no Gaussians left"):
+        run_export(Export(scene=path, output=tmp_path, crop_box=(50.0, 50.0, 50.0, 51.0, 51.0, 51.0)))
+
+
+def test_export_never_overwrites_its_input(trained, tmp_path):
+    _, backend, dataset = trained
+    source = tmp_path / "scene.ply"
+    save_ply(source, backend.splats, dataset.normalization)
+    before = source.read_bytes()
+    with pytest.raises(InputError, match="overwrite"):
+        run_export(Export(scene=source, output=tmp_path, sh_degree=0))
+    assert source.read_bytes() == before
+
+
+def test_nerf_checkpoint_exports_points_only(demo_scene, tmp_path):
+    path = tmp_path / "nerf.pt"
+    _, dataset = write_nerf_checkpoint(demo_scene, path)
+    with pytest.raises(InputError, match="Gaussian scene") as error:
+        run_export(Export(scene=path, output=tmp_path / "out"))
+    assert str(path) in str(error.value)
+    summary = run_export(Export(scene=path, output=tmp_path / "out", formats=("points",), device="cpu"))
+    assert (tmp_path / "out" / "point_cloud.ply").is_file()
+    renders = list((tmp_path / "out" / "renders").iterdir())
+    assert len(renders) == len(dataset.eval_indices)
+    assert len(summary["files"]["points"]) == len(renders) + 1
+
+
+def test_checkpoint_with_a_vanished_dataset_needs_data(trained, demo_scene, tmp_path):
+    _, backend, _ = trained
+    from splat2splat.io import save_torch
+
+    moved = tmp_path / "moved.pt"
+    save_torch(moved, {"backend": "gaussian", "backend_state": backend.state_dict(), "data": str(tmp_path / "gone")})
+    with pytest.raises(InputError, match="--data"):
+        run_export(Export(scene=moved, output=tmp_path / "out"))
+    run_export(Export(scene=moved, data=demo_scene, output=tmp_path / "out", formats=("splat",)))
+    assert (tmp_path / "out" / "scene.splat").is_file()
+
+
+def test_command_line_help():
+    result = subprocess.run([sys.executable, "-m", "splat2splat.export", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for option in ("--formats", "--sh-degree", "--min-opacity", "--max-scale", "--crop-box"):
+        assert option in result.stdout
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(sys, "argv", ["splat2splat.export", "--scene", str(corrupt), "--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exit_status:
+        main()
+    assert exit_status.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().count("\n") == 0 and str(corrupt) in stderr
