@@ -82,6 +82,12 @@ class Edit:
     """Turntable video format."""
     resume: bool = False
     """Continue the run in --output from its checkpoint(s), with the settings saved there."""
+    viewer: bool = False
+    """Show the scene and the current training images live in a browser while editing (needs viser)."""
+    viewer_port: int = 8080
+    """Port of the live viewer on localhost."""
+    viewer_every: int = 50
+    """Steps between live-viewer updates."""
     idu: IDUConfig = field(default_factory=lambda: preset(DEFAULT_PRESET))
     """Iterative Dataset Update settings (defaults from --preset)."""
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
@@ -214,8 +220,25 @@ def run_edit(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | N
     """
     started = time.perf_counter()
     run = start_run(cmd, editor, lpips)
-    report = drive(run.idu, run.cmd.idu.steps, run.save_checkpoint, run.cmd.checkpoint_every,
-                   run.cmd.eval_every, f"edit: {run.cmd.prompt[:40]}", on_step)
+    viewer = None
+    if cmd.viewer:  # the CLI's choice, not the saved command's: a resumed run may or may not want one
+        from splat2splat.viewer import LiveViewer
+
+        viewer = LiveViewer(cmd.viewer_port, cmd.viewer_every)
+        viewer.update(run.backend, run.dataset)
+
+    def after_step(step: int) -> None:
+        if viewer is not None:
+            viewer.maybe_update(step, run.backend, run.dataset)
+        if on_step is not None:
+            on_step(step)
+
+    try:
+        report = drive(run.idu, run.cmd.idu.steps, run.save_checkpoint, run.cmd.checkpoint_every,
+                       run.cmd.eval_every, f"edit: {run.cmd.prompt[:40]}", after_step)
+    finally:
+        if viewer is not None:
+            viewer.close()
     return write_outputs(run, report, time.perf_counter() - started)
 
 

@@ -193,3 +193,15 @@ def test_lpips_presets_train_with_an_explicitly_random_backbone(small_scene, tin
     checkpoint = load_torch(tmp_path / "run" / "checkpoint.pt")
     if backend == "nerf":
         assert checkpoint["backend_state"]["config"]["patch_size"] == 32
+
+
+def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
+    pytest.importorskip("viser", reason="viser is not installed")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    record = run_edit(parse_edit_args(edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, "--viewer",
+                                                "--viewer-port", str(port), "--viewer-every", "2", steps=4)))
+    assert record["steps"] == 4
