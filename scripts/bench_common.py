@@ -17,6 +17,7 @@ import re
 import resource
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -93,6 +94,23 @@ def current_command() -> str:
     return shlex.join(["python", *sys.argv])
 
 
+def code_version() -> dict[str, Any]:
+    """The git commit of this checkout and its modified tracked files (numbers of uncommitted code say so)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.rstrip("\n") if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit and commit.strip(),
+            "modified_files": None if status is None else [line[3:] for line in status.splitlines()]}
+
+
 def run_record(device: torch.device, command: str | None = None) -> dict[str, Any]:
     """Machine, device, versions, UTC date and the exact command of a benchmark run."""
     return {
@@ -107,6 +125,7 @@ def run_record(device: torch.device, command: str | None = None) -> dict[str, An
         },
         "device": device_record(device),
         "versions": package_versions(),
+        "code": code_version(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command or current_command(),
     }
