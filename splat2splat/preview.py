@@ -29,8 +29,9 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.presets import preset
 from splat2splat.edit.run import Edit, run_edit
+from splat2splat.devices import resolve_device
 from splat2splat.edit.ip2p import (InstructPix2PixEditor, IP2PConfig, IP2PModels, check_noise_range, load_ip2p_models,
-                                   resolve_device, resolve_dtype)
+                                   resolve_dtype)
 from splat2splat.errors import InputError
 from splat2splat.io import save_image, write_json
 from splat2splat.media import contact_sheet

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
+from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -82,12 +83,6 @@ class IP2PModels:
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":

@@ -31,6 +31,7 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
+from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.losses import PhotometricLoss
@@ -96,10 +97,9 @@ class Edit:
     """The NeRF scene (--backend nerf)."""
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+def device_name(device: str) -> str:
+    """'auto' resolved once, so the scene and the editor agree (and the saved command names the real device)."""
+    return str(resolve_device(device))
 
 
 # ------------------------------------------------------------------------------------------ the scene
@@ -108,7 +108,7 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
     """The scene to edit: --init, or a scene trained here (resumable from initial/checkpoint.pt)."""
     from splat2splat.io import save_torch
 
-    device = resolve_device(cmd.device)
+    device = device_name(cmd.device)
     if cmd.init is not None:
         from splat2splat.scene_files import load_scene
 
@@ -137,7 +137,7 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
 def make_editor(cmd: Edit) -> Editor:
     from splat2splat.edit.ip2p import InstructPix2PixEditor
 
-    config = dataclasses.replace(cmd.idu.editor, device=resolve_device(cmd.device),
+    config = dataclasses.replace(cmd.idu.editor, device=device_name(cmd.device),
                                  model=cmd.model or cmd.idu.editor.model)
     return InstructPix2PixEditor.from_config(config)
 
@@ -199,7 +199,7 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
     if not cmd.resume:
         write_json(command_path, config_to_dict(cmd))  # from here on the run exists and --resume continues it
     if state is not None:
-        backend = backend_from_checkpoint(checkpoint_path, state, resolve_device(cmd.device))
+        backend = backend_from_checkpoint(checkpoint_path, state, device_name(cmd.device))
         dataset.load_edit_state(state["dataset_edits"])
     else:
         backend = initial_scene(cmd, dataset)

@@ -16,6 +16,7 @@ import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
+from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
 from splat2splat.gaussians.rasterize import rasterize
@@ -91,14 +92,6 @@ class GaussianConfig:
     seed: int = 0
     """Seed of initialisation and of the view order."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"--device {device} asked for, but no CUDA GPU is available (use --device cpu)")
-    return torch.device(device)
 
 
 class GaussianBackend:

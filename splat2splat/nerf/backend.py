@@ -27,6 +27,7 @@ import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
+from splat2splat.devices import resolve_device
 from splat2splat.io import save_image
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings, pixel_rays,
@@ -144,7 +145,7 @@ class NerfBackend:
         if not train_indices:
             raise ValueError("the NeRF backend needs at least one training view")
         self.config = config
-        self.device = _resolve_device(config.device)
+        self.device = resolve_device(config.device)
         self.train_indices = list(train_indices)
         self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
         self.space = SceneSpace(config.scene_radius, config.unbounded)
@@ -389,12 +390,6 @@ def _build_optimizer(field: NerfField, config: NerfConfig) -> torch.optim.Adam:
     # eps 1e-15 (Instant-NGP) keeps rarely-touched encoding entries from being scaled down; MLPs use Adam's default.
     return torch.optim.Adam([{"params": encoding, "lr": config.lr, "initial_lr": config.lr, "eps": 1e-15},
                              {"params": rest, "lr": config.mlp_lr, "initial_lr": config.mlp_lr, "eps": 1e-8}])
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _to_cpu(obj):

@@ -1,0 +1,19 @@
+"""One meaning of ``--device`` everywhere: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+
+from __future__ import annotations
+
+import torch
+
+from splat2splat.errors import InputError
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for a ``--device`` value; asking for CUDA without a GPU is a clear error, not a fallback."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"--device {device} asked for, but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise InputError(None, f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
