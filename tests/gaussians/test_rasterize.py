@@ -8,6 +8,7 @@ import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
+from splat2splat.gaussians import rasterize as rasterize_module
 from splat2splat.gaussians.rasterize import ALPHA_THRESHOLD, project, rasterize
 from tests.conftest import requires_cuda
 
@@ -60,11 +61,81 @@ def _naive_composite(means2d, conics, opacities, colors, depths, radii, width, h
     return image
 
 
-def test_matches_naive_per_pixel_reference():
-    width, height = 20, 18
-    means, quats, scales, opacities, sh = _random_scene(40, torch.float64, scale=0.08)
-    opacities[:5] = 0.999  # opaque splats exercise the early termination
-    viewmats, Ks = _camera(width, height, 30.0, dtype=torch.float64)
+def _tile_reference_pairs(means2d, conics, opacities, radii, depths, width, height, tile_size):
+    """The previous implementation: every Gaussian listed for a tile tested against all of the tile's pixels.
+
+    Returns the blended (pixel, Gaussian) pairs sorted by pixel, then front to back.
+    """
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    ids = torch.nonzero((radii > 0).all(-1)).squeeze(-1)
+    center = means2d[ids] / tile_size
+    r = radii[ids].float() / tile_size
+    tmin_x = torch.floor(center[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
+    tmin_y = torch.floor(center[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
+    span_x = torch.ceil(center[:, 0] + r[:, 0]).clamp(0, tiles_x).long() - tmin_x
+    span_y = torch.ceil(center[:, 1] + r[:, 1]).clamp(0, tiles_y).long() - tmin_y
+    counts = span_x * span_y
+    gaussian = torch.repeat_interleave(ids, counts)
+    owner = torch.repeat_interleave(torch.arange(len(ids)), counts)
+    local = torch.arange(len(gaussian)) - (torch.cumsum(counts, 0) - counts)[owner]
+    width_in_tiles = span_x[owner].clamp(min=1)
+    tile = (tmin_y[owner] + local // width_in_tiles) * tiles_x + tmin_x[owner] + local % width_in_tiles
+    order = torch.sort(depths[gaussian], stable=True).indices
+    tile, gaussian = tile[order], gaussian[order]
+    order = torch.sort(tile, stable=True).indices
+    tile, gaussian = tile[order], gaussian[order]
+    pixels, gaussians = [], []
+    py, px = torch.meshgrid(torch.arange(tile_size), torch.arange(tile_size), indexing="ij")
+    for t in range(tiles_x * tiles_y):
+        g = gaussian[tile == t]
+        pix = torch.stack([px.flatten() + t % tiles_x * tile_size, py.flatten() + t // tiles_x * tile_size], -1)
+        alpha = rasterize_module._alpha(means2d[g][:, None], conics[g][:, None], opacities[g][:, None],
+                                        pix.to(means2d.dtype) + 0.5)  # [K, P]
+        blended = alpha >= ALPHA_THRESHOLD
+        alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
+        blended &= torch.cumprod(1.0 - alpha.double(), 0) > 1e-4
+        blended &= ((pix[:, 0] < width) & (pix[:, 1] < height))[None]
+        k, p = torch.nonzero(blended, as_tuple=True)
+        pixels.append(pix[p, 1] * width + pix[p, 0])
+        gaussians.append(g[k])
+    pixel, gaussian = torch.cat(pixels), torch.cat(gaussians)
+    order = torch.sort(pixel, stable=True).indices
+    return pixel[order], gaussian[order]
+
+
+def _projected(width, height, focal, n, dtype=torch.float64, seed=0, scale=0.08, opacity=None, shift=(0.0, 0.0)):
+    means, quats, scales, opacities, sh = _random_scene(n, dtype, seed=seed, scale=scale)
+    means[:, :2] += torch.tensor(shift, dtype=dtype)
+    if opacity is not None:
+        opacities[:] = opacity
+    viewmats, Ks = _camera(width, height, focal, dtype=dtype)
+    radii, means2d, depths, conics = project(means, quats, scales, opacities[None], viewmats, Ks, width, height,
+                                             0.01, 1e10, 0.3)
+    return means, quats, scales, opacities, sh, viewmats, Ks, (means2d[0], conics[0], opacities, radii[0], depths[0])
+
+
+# (width, height, focal, n, scale, opacity, shift): sizes not multiple of the tile, off-screen, huge, opaque.
+EDGE_CASES = {
+    "small": (20, 18, 30.0, 40, 0.08, None, (0.0, 0.0)),
+    "non_square_odd": (37, 13, 40.0, 60, 0.05, None, (0.0, 0.0)),
+    "partly_off_screen": (24, 20, 30.0, 60, 0.08, None, (0.45, -0.3)),
+    "huge": (21, 19, 30.0, 6, 1.5, None, (0.0, 0.0)),
+    "opaque_overlapping": (19, 22, 30.0, 120, 0.1, 0.999, (0.0, 0.0)),
+    "nearly_opaque": (33, 17, 30.0, 150, 0.06, 0.97, (0.0, 0.0)),
+    "saturated": (23, 21, 30.0, 80, 0.1, 1.0, (0.0, 0.0)),  # alpha clamped at 0.999 around the centres
+}
+
+
+@pytest.mark.parametrize("case", ["small", "partly_off_screen", "huge", "opaque_overlapping"])
+def test_matches_naive_per_pixel_reference(case):
+    width, height, focal, n, scale, opacity, shift = EDGE_CASES[case]
+    means, quats, scales, opacities, sh = _random_scene(n, torch.float64, scale=scale)
+    means[:, :2] += torch.tensor(shift, dtype=torch.float64)
+    if opacity is not None:
+        opacities[:] = opacity
+    elif case == "small":
+        opacities[:5] = 0.999  # opaque splats exercise the early termination
+    viewmats, Ks = _camera(width, height, focal, dtype=torch.float64)
     background = torch.tensor([0.2, 0.4, 0.6], dtype=torch.float64)
     image, _, info = rasterize(means, quats, scales, opacities, sh, viewmats, Ks, width, height, 0, background,
                                tile_size=8, backend="torch")
@@ -73,6 +144,123 @@ def test_matches_naive_per_pixel_reference():
                                 info["radii"][0], width, height, 8, background)
     torch.testing.assert_close(image[0], expected, atol=1e-9, rtol=1e-7)
     assert (image[0] - background).abs().amax(-1).gt(0.05).float().mean() > 0.3  # the scene covers the image
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", sorted(EDGE_CASES))
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_pairs_match_tile_reference(case, dtype, tile_size):
+    """The per-Gaussian candidate search finds exactly the pairs of the per-tile search, in the same order."""
+    width, height, focal, n, scale, opacity, shift = EDGE_CASES[case]
+    *_, (means2d, conics, opacities, radii, depths) = _projected(width, height, focal, n, dtype, scale=scale,
+                                                                 opacity=opacity, shift=shift)
+    if case == "small":
+        depths = depths.round(decimals=1)  # depth ties: broken by Gaussian index
+    expected = _tile_reference_pairs(means2d, conics, opacities, radii, depths, width, height, tile_size)
+    for budget in (None, 200, 1):  # one chunk; many chunks of Gaussians (front to back); one Gaussian each
+        pixel, gaussian, alpha, _ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths,
+                                                                      width, height, tile_size, budget=budget)
+        assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
+        centres = torch.stack([pixel % width, pixel // width], -1).to(dtype) + 0.5
+        expected_alpha = rasterize_module._alpha(means2d[gaussian], conics[gaussian], opacities[gaussian], centres)
+        torch.testing.assert_close(alpha, expected_alpha, rtol=0, atol=0)
+    if case == "opaque_overlapping":  # early termination cut some pixels' lists short
+        all_pairs = torch.nonzero(rasterize_module._alpha(
+            means2d[:, None], conics[:, None], opacities[:, None],
+            torch.stack(torch.meshgrid(torch.arange(width), torch.arange(height), indexing="xy"), -1).reshape(-1, 2)
+            .to(dtype) + 0.5) >= ALPHA_THRESHOLD)
+        assert len(pixel) < 0.85 * len(all_pairs)
+    if case == "partly_off_screen":
+        m = means2d[(radii > 0).all(-1)]
+        assert ((m[:, 0] < 0) | (m[:, 0] >= width) | (m[:, 1] < 0) | (m[:, 1] >= height)).any()
+    if case == "huge":
+        assert ((radii[:, 0] > width) & (radii[:, 1] > height)).any()
+
+
+def test_pairs_match_tile_reference_random_scenes():
+    for seed in range(4):
+        *_, projected = _projected(64, 48, 50.0, 400, torch.float32, seed=seed, scale=0.04)
+        expected = _tile_reference_pairs(*projected, 64, 48, 16)
+        pixel, gaussian, *_ = rasterize_module._contributing_pairs(*projected, 64, 48, 16, budget=5000)
+        assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
+
+
+def test_ill_conditioned_conics_fall_back_to_the_tile_box():
+    """Thin rotated splats whose conic leaves no certain ellipse bound are searched over their whole tile box."""
+    means2d = torch.tensor([[10.3, 9.7], [20.0, 12.0], [5.0, 20.0]])
+    # Nearly singular, rotated by 45 degrees: rho = |b| / sqrt(ac) within 1e-7 of 1.
+    conics = torch.tensor([[1.0, -0.9999999, 1.0], [0.5, 0.2, 0.5], [2.0, 0.0, 0.001]])
+    opacities = torch.tensor([0.9, 0.8, 0.7])
+    radii = torch.tensor([[30, 30], [5, 5], [3, 40]], dtype=torch.int32)
+    depths = torch.tensor([1.0, 2.0, 3.0])
+    *_, ok = rasterize_module._alpha_ellipses(means2d, conics, opacities)
+    assert ok.tolist() == [False, True, True]
+    expected = _tile_reference_pairs(means2d, conics, opacities, radii, depths, 32, 24, 16)
+    pixel, gaussian, *_ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths, 32, 24, 16)
+    assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
+
+
+def test_no_visible_gaussians():
+    means, quats, scales, opacities, sh = _random_scene(10)
+    means[:, 2] = -5.0  # all behind the camera
+    params = [t.requires_grad_(True) for t in (means, quats, scales, opacities, sh)]
+    viewmats, Ks = _camera(20, 12, 20.0)
+    background = torch.tensor([0.3, 0.2, 0.1])
+    image, alpha, info = rasterize(*params, viewmats, Ks, 20, 12, 3, background, backend="torch")
+    assert (info["radii"] == 0).all()
+    assert torch.equal(image, background.expand(1, 12, 20, 3)) and torch.equal(alpha, torch.zeros(1, 12, 20, 1))
+    image.sum().backward()
+    assert all(p.grad is None or (p.grad == 0).all() for p in params)
+
+
+def test_segmented_cumsum_is_exact_per_segment():
+    g = torch.Generator().manual_seed(0)
+    segment = torch.sort(torch.randint(0, 3000, (100000,), generator=g)).values
+    values = -torch.rand(100000, generator=g, dtype=torch.float64) * 7.0
+    inclusive, total = rasterize_module._segmented_cumsum(values, segment, totals=True)
+    for s in (0, 1234, 2999):
+        v = values[segment == s]
+        torch.testing.assert_close(inclusive[segment == s], torch.cumsum(v, 0), rtol=0, atol=1e-12)
+        assert torch.allclose(total[segment == s], v.sum(), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["saturated", "nearly_opaque", "partly_off_screen"])
+def test_blend_gradients_match_autograd(case):
+    """Forward and analytic backward equal autograd through ``_alpha`` and a per-pixel product of (1 - alpha),
+    clamped alphas included."""
+    width, height, focal, n, scale, opacity, shift = EDGE_CASES[case]
+    *_, (means2d, conics, opacities, radii, depths) = _projected(width, height, focal, n, torch.float64,
+                                                                 scale=scale, opacity=opacity, shift=shift)
+    colors = torch.rand(len(means2d), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    if case == "saturated":  # centres on pixel centres: alpha = min(0.999, 1.0) there
+        means2d = torch.cat([torch.floor(means2d[:20]) + 0.5, means2d[20:]])
+    inputs = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, opacities, colors)]
+    weights = torch.rand(height, width, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    image, accumulated = rasterize_module._composite(*inputs, depths, radii, width, height, 16)
+    fast_result = torch.cat([image, accumulated], -1)
+    (fast_result * weights).sum().backward()
+    fast = [t.grad for t in inputs]
+
+    inputs = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, opacities, colors)]
+    pixel, gaussian, *_ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths, width,
+                                                              height, 16)
+    m, c, o, col = inputs
+    alpha = rasterize_module._alpha(m[gaussian], c[gaussian], o[gaussian],
+                                    torch.stack([pixel % width, pixel // width], -1).double() + 0.5)
+    assert (alpha == 0.999).any() or case != "saturated"  # clamped alphas are differentiated too
+    image = torch.zeros(width * height, 3, dtype=torch.float64)
+    accumulated = torch.zeros(width * height, dtype=torch.float64)
+    for p in torch.unique(pixel).tolist():
+        k = pixel == p
+        a = alpha[k]
+        w = a * torch.cumprod(torch.cat([a.new_ones(1), 1 - a[:-1]]), 0)
+        image = image.index_add(0, pixel[k][:1], (w[:, None] * col[gaussian[k]]).sum(0, keepdim=True))
+        accumulated = accumulated.index_add(0, pixel[k][:1], w.sum(0, keepdim=True))
+    result = torch.cat([image.reshape(height, width, 3), accumulated.reshape(height, width, 1)], -1)
+    torch.testing.assert_close(fast_result, result, rtol=1e-12, atol=1e-14)
+    (result * weights).sum().backward()
+    for name, a, b in zip(("means2d", "conics", "opacities", "colors"), fast, [t.grad for t in inputs]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11, msg=name)
 
 
 def test_projection_matches_gsplat_torch_reference():
