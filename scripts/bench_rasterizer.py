@@ -9,11 +9,12 @@ the same random scene, and their outputs and gradients are compared.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
+from dataclasses import dataclass
 
 import torch
+import tyro
 
 from splat2splat.gaussians import rasterize as R
 
@@ -131,14 +132,23 @@ def step(params, viewmats, Ks, size, composite):
         R._composite = original
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--counts", type=int, nargs="+", default=[4000, 20000, 50000])
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of the new implementation (best kept)")
-    parser.add_argument("--old-repeats", type=int, default=1, help="timed runs of the previous one (0: skip it)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+@dataclass
+class BenchRasterizer:
+    """Forward + backward seconds of the CPU rasterizer against the previous implementation, in one run."""
+
+    sizes: tuple[int, ...] = (64, 128)
+    """Square image sizes in pixels."""
+    counts: tuple[int, ...] = (4000, 20000, 50000)
+    """Numbers of random Gaussians in view."""
+    repeats: int = 3
+    """Timed runs of the current implementation (the best is kept)."""
+    old_repeats: int = 1
+    """Timed runs of the previous implementation (0: skip it)."""
+    threads: int = 2
+    """torch CPU threads."""
+
+
+def main(args: BenchRasterizer) -> None:
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads; forward + backward, one camera, SH degree 3")
     print(f"{'size':>5} {'gaussians':>9} {'pairs':>9} {'old s':>8} {'new s':>8} {'speed-up':>8}  max |diff| image, grads")
@@ -168,4 +178,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(tyro.cli(BenchRasterizer))
