@@ -98,7 +98,7 @@ class Edit:
 
 
 def device_name(device: str) -> str:
-    """'auto' resolved once, so the scene and the editor agree (and the saved command names the real device)."""
+    """The device name for both the scene and the editor ('auto': cuda when available)."""
     return str(resolve_device(device))
 
 
@@ -110,8 +110,10 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
 
     device = device_name(cmd.device)
     if cmd.init is not None:
-        from splat2splat.scene_files import load_scene
+        from splat2splat.scene_files import load_scene, scene_format
 
+        if cmd.backend == "nerf" and scene_format(cmd.init) == "ply":
+            raise InputError(cmd.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
         return load_scene(cmd.init, dataset, dataclasses.replace(cmd.gaussians, device=device), device)
     path = cmd.output / "initial" / "checkpoint.pt"
     if path.exists():
@@ -127,7 +129,7 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
         save_torch(path, checkpoint_payload(backend, cmd.data, cmd.downscale))
 
     if backend.step < cmd.init_steps or not path.exists():
-        train_scene(dataset, backend, cmd.init_steps, save, checkpoint_every=max(cmd.checkpoint_every, 0),
+        train_scene(dataset, backend, cmd.init_steps, save, checkpoint_every=cmd.checkpoint_every,
                     description="initial scene")
     return backend
 

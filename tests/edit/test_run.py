@@ -205,3 +205,44 @@ def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
     record = run_edit(parse_edit_args(edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, "--viewer",
                                                 "--viewer-port", str(port), "--viewer-every", "2", steps=4)))
     assert record["steps"] == 4
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_scene, tmp_path_factory) -> Path:
+    from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig
+    from splat2splat.training import Train, run_train
+
+    output = tmp_path_factory.mktemp("trained") / "run"
+    run_train(Train(data=small_scene, output=output, steps=20, eval_every=0,
+                    gaussians=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
+    return output
+
+
+def test_edit_starts_from_a_train_checkpoint(small_scene, tiny_ip2p_folder, trained_run, tmp_path):
+    output = tmp_path / "run"
+    record = run_edit(parse_edit_args(edit_args(small_scene, output, tiny_ip2p_folder, "--init",
+                                                str(trained_run / "checkpoint.pt"), steps=2)))
+    assert record["scene_steps"] == 20 + 2 and not (output / "initial").exists()
+
+
+def test_edit_starts_from_an_inria_ply_in_the_original_frame(small_scene, tiny_ip2p_folder, trained_run, tmp_path):
+    from splat2splat.data.readers import load_dataset
+    from splat2splat.scene_files import load_scene
+
+    dataset = load_dataset(small_scene)
+    imported = load_scene(trained_run / "scene.ply", dataset)
+    trained = load_scene(trained_run / "checkpoint.pt", dataset)
+    assert imported.active_sh_degree == 1  # the file's degree, not a restarted SH schedule
+    camera = dataset.cameras[[dataset.eval_indices[0]]]
+    assert torch.allclose(imported.render(camera)[0], trained.render(camera)[0], atol=1e-5)
+
+    record = run_edit(parse_edit_args(edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, "--init",
+                                                str(trained_run / "scene.ply"), steps=2)))
+    assert record["scene_steps"] == 2 and record["views_edited"] == 2
+
+
+def test_a_ply_cannot_start_the_nerf_backend(small_scene, tiny_ip2p_folder, trained_run, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        entrypoint(["edit", *edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, "--backend", "nerf",
+                                       "--init", str(trained_run / "scene.ply"))])
+    assert "cannot start --backend nerf" in capsys.readouterr().err
