@@ -17,3 +17,14 @@ def resolve_device(device: str) -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise InputError(None, f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def to_device(obj, device: str | torch.device):
+    """A copy of nested dicts/lists (optimiser or strategy state) with every tensor moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to(device, copy=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_device(v, device) for v in obj]
+    return obj

@@ -113,6 +113,7 @@ def write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> N
     from plyfile import PlyData, PlyElement
 
     vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    points, colors = points.detach().float().cpu(), colors.detach().float().cpu()
     for k, axis in enumerate("xyz"):
         vertex[axis] = points[:, k].numpy()
     rgb = (colors.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()

@@ -105,3 +105,12 @@ def test_demo_scene_reaches_the_stated_held_out_psnr(demo_scene, tmp_path):
     assert baseline < 10.0
     assert metrics["eval"]["psnr"] > PSNR_FLOOR > baseline + 8.0
     assert metrics["eval"]["ssim"] > 0.8
+
+
+def test_mcmc_strategy_trains_on_cpu_through_the_command(small_scene, tmp_path):
+    output = tmp_path / "mcmc"
+    entrypoint(["train", "--data", str(small_scene), "--output", str(output), "--steps", "20", "--eval-every", "0",
+                "--gaussians.strategy.kind", "mcmc", "--gaussians.strategy.refine-start", "5",
+                "--gaussians.strategy.refine-every", "5", "--gaussians.strategy.cap-max", "1000"])
+    metrics = read_json(output / "metrics.json")
+    assert 800 < metrics["num_gaussians"] <= 1000  # grown by relocation/addition, capped

@@ -55,7 +55,8 @@ class Edit:
     """The editing instruction, e.g. "make it look like autumn"; required unless --resume."""
     preset: PresetName = DEFAULT_PRESET
     """Settings preset: in2n (fp32 editor + LPIPS), in2n-small (fp16 + LPIPS), in2n-tiny (fp16, no LPIPS) or
-    igs2gs (re-edit the whole dataset periodically). Put --preset first: it sets the defaults of --idu.*."""
+    igs2gs (re-edit the whole dataset periodically). It sets the defaults of every --idu.* option; options
+    given explicitly override it."""
     output: Path = Path("outputs/edit")
     """Run folder (see `splat2splat.edit.run`)."""
     init: Path | None = None

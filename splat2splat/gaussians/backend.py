@@ -16,7 +16,8 @@ import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
-from splat2splat.devices import resolve_device
+from splat2splat.configs import config_from_dict
+from splat2splat.devices import resolve_device, to_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
 from splat2splat.gaussians.rasterize import rasterize
@@ -225,7 +226,7 @@ class GaussianBackend:
             "config": asdict(self.config),
             "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "strategy_state": _to_cpu(self.strategy_state),
+            "strategy_state": to_device(self.strategy_state, "cpu"),
             "step": self.step,
             "generator": self.generator.get_state(),
             "view_order": list(self._view_order),
@@ -239,7 +240,7 @@ class GaussianBackend:
         self.optimizers = self._make_optimizers()
         for key, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][key])
-        self.strategy_state = _to_device(state["strategy_state"], self.device)
+        self.strategy_state = to_device(state["strategy_state"], self.device)
         self.step = state["step"]
         self.generator.set_state(state["generator"])
         self._view_order = list(state["view_order"])
@@ -248,7 +249,7 @@ class GaussianBackend:
     @classmethod
     def from_state_dict(cls, state: dict, overrides: dict | None = None) -> "GaussianBackend":
         """Rebuild a backend from :meth:`state_dict` (``overrides``: config fields to change, e.g. device)."""
-        config = gaussian_config_from_dict({**state["config"], **(overrides or {})})
+        config = config_from_dict(GaussianConfig, {**state["config"], **(overrides or {})})
         splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state["splats"].items()})
         backend = cls(splats, config, tuple(state["background"]))
         backend.load_state_dict(state)
@@ -262,25 +263,3 @@ class GaussianBackend:
         save_ply(ply, self.splats, dataset.normalization)
         save_splat(splat, self.splats, dataset.normalization)
         return [ply, splat]
-
-
-def gaussian_config_from_dict(values: dict) -> GaussianConfig:
-    values = dict(values)
-    strategy = StrategyConfig(**values.pop("strategy", {}))
-    return GaussianConfig(**values, strategy=strategy)
-
-
-def _to_cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    return obj
-
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj

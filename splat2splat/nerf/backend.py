@@ -27,8 +27,8 @@ import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
-from splat2splat.devices import resolve_device
-from splat2splat.io import save_image
+from splat2splat.devices import resolve_device, to_device
+from splat2splat.io import save_image, write_point_ply
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings, pixel_rays,
                                        render_rays)
@@ -269,7 +269,7 @@ class NerfBackend:
             "train_indices": list(self.train_indices),
             "background": self.background.cpu().tolist(),
             "field": {k: v.detach().cpu().clone() for k, v in self.field.state_dict().items()},
-            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "optimizer": to_device(self.optimizer.state_dict(), "cpu"),
             "occupancy": self.grid.state_dict(),
             "generator": self.generator.get_state(),
         }
@@ -355,23 +355,6 @@ def sample_patches(dataset: Dataset, views: list[int], n_patches: int, patch_siz
     return torch.tensor(views)[choice], ys, xs
 
 
-def evaluate_psnr(backend: SceneBackend, dataset: Dataset, indices: list[int] | None = None) -> float:
-    """Mean PSNR (dB) of ``backend``'s renders against the ORIGINAL images of ``indices`` (default: eval views)."""
-    indices = dataset.eval_indices if indices is None else indices
-    if not indices:
-        raise ValueError("no views to evaluate")
-    renders = backend.render(dataset.cameras[indices])
-    values = [psnr_from_mse(torch.mean((r - dataset.originals[i]) ** 2).item()) for r, i in zip(renders, indices)]
-    return sum(values) / len(values)
-
-
-def write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> None:
-    """Binary PLY with float xyz and 8-bit rgb per point (what viewers such as MeshLab expect)."""
-    from splat2splat.io import write_point_ply as _write
-
-    _write(path, points.float().cpu(), colors.float().cpu())
-
-
 def _build_field(config: NerfConfig, n_views: int) -> NerfField:
     if config.encoding == "planes":
         encoding = TriPlaneEncoding(tuple(config.plane_resolutions), config.plane_features)
@@ -390,14 +373,3 @@ def _build_optimizer(field: NerfField, config: NerfConfig) -> torch.optim.Adam:
     # eps 1e-15 (Instant-NGP) keeps rarely-touched encoding entries from being scaled down; MLPs use Adam's default.
     return torch.optim.Adam([{"params": encoding, "lr": config.lr, "initial_lr": config.lr, "eps": 1e-15},
                              {"params": rest, "lr": config.mlp_lr, "initial_lr": config.mlp_lr, "eps": 1e-8}])
-
-
-def _to_cpu(obj):
-    """Deep copy of a (nested) optimiser state with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().clone()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
-    return obj
