@@ -35,16 +35,11 @@ from splat2splat.edit.ip2p import InstructPix2PixEditor  # noqa: E402
 from splat2splat.edit.presets import PRESETS, preset  # noqa: E402
 from splat2splat.gaussians.backend import GaussianConfig  # noqa: E402
 from splat2splat.losses import PhotometricLoss  # noqa: E402
-from splat2splat.nerf.backend import NerfConfig  # noqa: E402
+from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfConfig  # noqa: E402
 from splat2splat.io import write_json  # noqa: E402
 from splat2splat.runner import drive  # noqa: E402
 from splat2splat.training import TrainLoop, make_backend, reconstruction_loss  # noqa: E402
 
-# The NeRF settings measured for CPUs on the bounded 64-px demo (tests/nerf): a box instead of the
-# contraction, 64 samples per ray, 512 rays per step, a 64^3 occupancy grid.
-NERF_CPU = dict(rays_per_batch=512, samples_per_ray=64, unbounded=False, plane_resolutions=(32, 64, 128, 256),
-                occupancy_resolution=64, occupancy_warmup_steps=32, occupancy_update_every=8, occupancy_dilation=0,
-                lr_decay_steps=600, render_chunk=4096)
 
 
 @dataclass
@@ -81,7 +76,7 @@ class BenchBackends:
 
 def run_backend(kind: str, dataset, editor, cfg: BenchBackends, device: torch.device) -> dict:
     gaussians = GaussianConfig(device=str(device))
-    nerf = NerfConfig(**(NERF_CPU if cfg.nerf_cpu_settings else {}), device=str(device))
+    nerf = NerfConfig(**(CPU_DEMO_SETTINGS if cfg.nerf_cpu_settings else {}), device=str(device))
     torch.manual_seed(0)
     backend = make_backend(kind, dataset, gaussians, nerf)
     init_steps = cfg.gaussian_init_steps if kind == "gaussian" else cfg.nerf_init_steps

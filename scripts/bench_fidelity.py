@@ -40,15 +40,12 @@ from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, Strat
 from splat2splat.io import write_json  # noqa: E402
 from splat2splat.kernels.ssim import ssim  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss, psnr  # noqa: E402
-from splat2splat.nerf.backend import NerfBackend, NerfConfig  # noqa: E402
+from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfBackend, NerfConfig  # noqa: E402
 from splat2splat.runner import drive  # noqa: E402
 from splat2splat.scene import SceneBackend  # noqa: E402
 from splat2splat.training import TrainLoop, make_backend, reconstruction_loss  # noqa: E402
 
 Method = Literal["idu-in2n", "idu-igs2gs", "idu-in2n-nerf", "naive"]
-NERF_CPU = dict(rays_per_batch=512, samples_per_ray=64, unbounded=False, plane_resolutions=(32, 64, 128, 256),
-                occupancy_resolution=64, occupancy_warmup_steps=32, occupancy_update_every=8, occupancy_dilation=0,
-                lr_decay_steps=600, render_chunk=4096)
 
 
 @dataclass
@@ -111,7 +108,7 @@ def prepare(cfg: BenchFidelity, editor: OracleEditor, scene_folder: Path, device
     eval_cameras = dataset.eval_cameras
     nerf_state = None
     if "idu-in2n-nerf" in cfg.methods:
-        nerf = make_backend("nerf", dataset, gaussians, NerfConfig(**NERF_CPU, seed=cfg.seed, device=str(device)))
+        nerf = make_backend("nerf", dataset, gaussians, NerfConfig(**CPU_DEMO_SETTINGS, seed=cfg.seed, device=str(device)))
         drive(TrainLoop(dataset, nerf, reconstruction_loss("nerf")), cfg.nerf_init_steps, lambda: None, 0, 0,
               "unedited NeRF")
         nerf_state = nerf.state_dict()

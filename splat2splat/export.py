@@ -15,13 +15,11 @@ A ``.ply`` already is in the original frame and needs no dataset.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
@@ -159,15 +157,3 @@ def run_export(cmd: Export) -> dict:
     write_json(cmd.output / "export.json", summary)
     print(f"exported {', '.join(summary['files'])} to {cmd.output}")
     return summary
-
-
-def main() -> None:
-    try:
-        run_export(tyro.cli(Export))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,6 @@ downscaled images, few steps, the same editor) into ``--output/3d``: scene PLY, 
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -235,15 +234,3 @@ def sweep_grid(cmd: Preview, make_editor: EditorFactory, dataset: Dataset, view:
         rows.append(row)
     return contact_sheet(rows, row_labels=[f"text {s:g}" for s in text_scales],
                          column_labels=[f"image {s:g}" for s in image_scales])
-
-
-def main() -> None:
-    try:
-        run_preview(tyro.cli(Preview))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,14 +13,12 @@ the edit moved away from the capture, for a reconstruction how well it fits.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-import tyro
 from rich.progress import track
 
 from splat2splat.data.dataset import Dataset
@@ -139,15 +137,3 @@ def run_render(cmd: Render) -> dict:
     print(f"{cmd.split} views: PSNR {metrics['mean']['psnr']:.2f} dB, SSIM {metrics['mean']['ssim']:.4f}; "
           f"wrote {cmd.output}")
     return metrics
-
-
-def main() -> None:
-    try:
-        run_render(tyro.cli(Render))
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import plyfile
 import pytest
 import torch
 
+from splat2splat.cli import entrypoint
 from splat2splat.errors import InputError
-from splat2splat.export import Export, main, run_export
+from splat2splat.export import Export, run_export
 from splat2splat.gaussians.ply import save_ply
 from splat2splat.scene_files import load_scene
 from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
@@ -149,19 +148,20 @@ def test_checkpoint_with_a_vanished_dataset_needs_data(trained, demo_scene, tmp_
     assert (tmp_path / "out" / "scene.splat").is_file()
 
 
-def test_command_line_help():
-    result = subprocess.run([sys.executable, "-m", "splat2splat.export", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
+def test_command_line_help(capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        entrypoint(["export", "--help"])
+    assert exit_status.value.code == 0
+    result = capsys.readouterr().out
     for option in ("--formats", "--sh-degree", "--min-opacity", "--max-scale", "--crop-box"):
-        assert option in result.stdout
+        assert option in result
 
 
-def test_command_line_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint")
-    monkeypatch.setattr(sys, "argv", ["splat2splat.export", "--scene", str(corrupt), "--output", str(tmp_path / "o")])
     with pytest.raises(SystemExit) as exit_status:
-        main()
+        entrypoint(["export", "--scene", str(corrupt), "--output", str(tmp_path / "o")])
     assert exit_status.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.strip().count("\n") == 0 and str(corrupt) in stderr

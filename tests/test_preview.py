@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 
+from splat2splat.cli import entrypoint
 from splat2splat.data.readers import load_dataset
 from splat2splat.edit.ip2p import IP2PConfig
 from splat2splat.edit.test_editors import TintEditor
 from splat2splat.errors import InputError
 from splat2splat.io import load_image
 from splat2splat.media import contact_sheet
-from splat2splat.preview import Preview, edit_original, main, representative_views, run_preview
+from splat2splat.preview import Preview, edit_original, representative_views, run_preview
 
 DOWNSCALE = 2  # 32-px views
 
@@ -132,18 +131,19 @@ def test_missing_model_folder_is_an_input_error(demo_scene, tmp_path):
         run_preview(cmd)
 
 
-def test_command_line_help_shows_the_3d_switch():
-    result = subprocess.run([sys.executable, "-m", "splat2splat.preview", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
-    for option in ("--prompt", "--3d", "--guidance-scales", "--image-guidance-scales", "--editor.model"):
-        assert option in result.stdout
-
-
-def test_command_line_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
-    missing = tmp_path / "no-dataset"
-    monkeypatch.setattr(sys, "argv", ["splat2splat.preview", "--data", str(missing), "--prompt", "p"])
+def test_command_line_help_shows_the_3d_switch(capsys):
     with pytest.raises(SystemExit) as exit_status:
-        main()
+        entrypoint(["preview", "--help"])
+    assert exit_status.value.code == 0
+    result = capsys.readouterr().out
+    for option in ("--prompt", "--3d", "--guidance-scales", "--image-guidance-scales", "--editor.model"):
+        assert option in result
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "no-dataset"
+    with pytest.raises(SystemExit) as exit_status:
+        entrypoint(["preview", "--data", str(missing), "--prompt", "p"])
     assert exit_status.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.strip().count("\n") == 0 and str(missing) in stderr

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import imageio.v2 as imageio
 import pytest
 import torch
 
+from splat2splat.cli import entrypoint
 from splat2splat.errors import InputError
 from splat2splat.gaussians.ply import save_ply
 from splat2splat.io import load_image
 from splat2splat.kernels.ssim import ssim
 from splat2splat.losses import psnr
 from splat2splat.media import contact_sheet
-from splat2splat.render import Render, comparison_rows, main, render_file_name, run_render
+from splat2splat.render import Render, comparison_rows, render_file_name, run_render
 from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
 
 
@@ -125,17 +124,18 @@ def test_missing_scene_is_an_input_error(tmp_path):
         run_render(Render(scene=tmp_path / "nothing.pt", output=tmp_path / "out"))
 
 
-def test_command_line_help():
-    help_text = subprocess.run([sys.executable, "-m", "splat2splat.render", "--help"], capture_output=True, text=True)
-    assert help_text.returncode == 0
-    assert "--turntable-frames" in help_text.stdout and "--video-format" in help_text.stdout
-
-
-def test_command_line_reports_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
-    missing = tmp_path / "nothing.pt"
-    monkeypatch.setattr(sys, "argv", ["splat2splat.render", "--scene", str(missing)])
+def test_command_line_help(capsys):
     with pytest.raises(SystemExit) as exit_status:
-        main()
+        entrypoint(["render", "--help"])
+    assert exit_status.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--turntable-frames" in help_text and "--video-format" in help_text
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
+    missing = tmp_path / "nothing.pt"
+    with pytest.raises(SystemExit) as exit_status:
+        entrypoint(["render", "--scene", str(missing)])
     assert exit_status.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.strip().count("\n") == 0 and str(missing) in stderr and "Traceback" not in stderr

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,7 +328,3 @@ def _preset_argument(args: list[str]) -> str | None:
         if arg.startswith("--preset="):
             return arg.split("=", 1)[1]
     return None
-
-
-if __name__ == "__main__":
-    run_edit(parse_edit_args(sys.argv[1:]))

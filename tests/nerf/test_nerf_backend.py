@@ -10,17 +10,13 @@ import torch
 from splat2splat.data.demo import camera_rays
 from splat2splat.data.readers import load_dataset
 from splat2splat.io import load_torch, save_torch
-from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss, psnr_from_mse, sample_patches
+from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfBackend, NerfConfig, mse_loss, psnr_from_mse, sample_patches
 from splat2splat.training import evaluate_views
 from splat2splat.nerf.field import HashGridEncoding, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import pixel_rays
 from splat2splat.scene import SceneBackend
 
-# The CPU settings measured on the 64-px demo scene: a box instead of the contraction (the demo is bounded),
-# 64 intervals per ray, a 64^3 occupancy grid updated early and often, no dilation.
-FAST = dict(rays_per_batch=512, samples_per_ray=64, unbounded=False, plane_resolutions=(32, 64, 128, 256),
-            occupancy_resolution=64, occupancy_warmup_steps=32, occupancy_update_every=8, occupancy_dilation=0,
-            lr_decay_steps=600, render_chunk=4096)
+FAST = CPU_DEMO_SETTINGS
 # A field small enough that a few steps take milliseconds (for behaviour, not quality).
 TINY = dict(rays_per_batch=64, samples_per_ray=16, unbounded=False, plane_resolutions=(16, 32), plane_features=4,
             hidden_dim=16, appearance_dim=4, occupancy_resolution=16, occupancy_warmup_steps=2, occupancy_update_every=2,
