@@ -43,7 +43,7 @@ from splat2splat.losses import LossWeights, PhotometricLoss, psnr  # noqa: E402
 from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfBackend, NerfConfig  # noqa: E402
 from splat2splat.runner import drive  # noqa: E402
 from splat2splat.scene import SceneBackend  # noqa: E402
-from splat2splat.training import TrainLoop, make_backend, reconstruction_loss  # noqa: E402
+from splat2splat.training import TrainLoop, evaluate_views, make_backend, reconstruction_loss  # noqa: E402
 
 Method = Literal["idu-in2n", "idu-igs2gs", "idu-in2n-nerf", "naive"]
 
@@ -147,7 +147,6 @@ def edit_with(method: Method, cfg: BenchFidelity, scenes: Scenes, editor: Oracle
 def score(backend: SceneBackend, scenes: Scenes) -> dict[str, float]:
     dataset = scenes.dataset
     renders = backend.render(dataset.eval_cameras)
-    train_renders = backend.render(dataset.train_cameras)
 
     def mean(values):
         return sum(values) / len(values)
@@ -156,8 +155,7 @@ def score(backend: SceneBackend, scenes: Scenes) -> dict[str, float]:
         "psnr_to_target": mean([psnr(r, t) for r, t in zip(renders, scenes.targets)]),
         "ssim_to_target": mean([float(ssim(r[None], t[None])) for r, t in zip(renders, scenes.targets)]),
         "psnr_to_unedited": mean([psnr(r, u) for r, u in zip(renders, scenes.unedited)]),
-        "dataset_consistency_psnr": mean([psnr(r, dataset.current[i]) for r, i in
-                                          zip(train_renders, dataset.train_indices)]),
+        "dataset_consistency_psnr": evaluate_views(backend, dataset, dataset.train_indices, dataset.current)["psnr"],
     }
 
 

@@ -48,3 +48,8 @@ class PhotometricLoss:
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     mse = torch.mean((pred.float() - target.float()) ** 2).clamp(min=1e-12)
     return float(-10.0 * torch.log10(mse))
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """PSNR (dB) and SSIM of one [H, W, 3] image against its target."""
+    return {"psnr": psnr(pred, target), "ssim": float(ssim(pred[None].float(), target[None].float()))}

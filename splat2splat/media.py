@@ -112,6 +112,13 @@ def render_turntable(backend: SceneBackend, dataset: Dataset, n_frames: int = 60
 # ------------------------------------------------------------------------------------------ contact sheets
 
 
+def evenly_spread(count: int, limit: int) -> list[int]:
+    """Up to ``limit`` positions spread evenly over ``count`` items (first and last included): the rows of a sheet."""
+    if count <= limit:
+        return list(range(count))
+    return [round(k * (count - 1) / (limit - 1)) for k in range(limit)]
+
+
 def contact_sheet(
     rows: Sequence[Sequence[torch.Tensor]],
     row_labels: Sequence[str] | None = None,

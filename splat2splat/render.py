@@ -24,9 +24,8 @@ from rich.progress import track
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.io import save_image, write_json
-from splat2splat.kernels.ssim import ssim
-from splat2splat.losses import psnr
-from splat2splat.media import contact_sheet, fit_height, render_turntable, write_video
+from splat2splat.losses import image_metrics
+from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video
 from splat2splat.scene import SceneBackend
 from splat2splat.scene_files import load_scene_and_dataset
 
@@ -76,29 +75,17 @@ def render_views(backend: SceneBackend, dataset: Dataset, indices: list[int]) ->
     return [backend.render(dataset.cameras[i])[0] for i in track(indices, description="render views")]
 
 
-def view_metrics(render: torch.Tensor, original: torch.Tensor) -> dict[str, float]:
-    """PSNR (dB) and SSIM of one render against its original image."""
-    return {"psnr": psnr(render, original), "ssim": float(ssim(render[None].float(), original[None].float()))}
-
-
 def score_views(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> dict:
     """Per-view and mean PSNR / SSIM against the ORIGINAL images."""
-    per_view = {dataset.image_names[i]: view_metrics(render, dataset.originals[i])
+    per_view = {dataset.image_names[i]: image_metrics(render, dataset.originals[i])
                 for render, i in zip(renders, indices)}
     mean = {key: sum(m[key] for m in per_view.values()) / len(per_view) for key in ("psnr", "ssim")}
     return {"mean": mean, "views": per_view}
 
 
-def comparison_rows(count: int, limit: int = COMPARISON_VIEWS) -> list[int]:
-    """Up to ``limit`` positions spread evenly over ``count`` items (first and last included)."""
-    if count <= limit:
-        return list(range(count))
-    return [round(k * (count - 1) / (limit - 1)) for k in range(limit)]
-
-
 def comparison_sheet(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> torch.Tensor:
     """Ground truth | render for up to :data:`COMPARISON_VIEWS` views, labelled with the image names."""
-    picks = comparison_rows(len(indices))
+    picks = evenly_spread(len(indices), COMPARISON_VIEWS)
     height = min(COMPARISON_MAX_HEIGHT, int(dataset.originals[indices[picks[0]]].shape[0]))
     rows = [[fit_height(dataset.originals[indices[k]], height), fit_height(renders[k], height)] for k in picks]
     labels = [dataset.image_names[indices[k]] for k in picks]

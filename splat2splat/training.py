@@ -19,8 +19,7 @@ from splat2splat.configs import config_from_dict, config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
-from splat2splat.kernels.ssim import ssim
-from splat2splat.losses import LossWeights, PhotometricLoss, psnr
+from splat2splat.losses import LossWeights, PhotometricLoss, image_metrics
 from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss
 from splat2splat.runner import drive, load_rng_state, rng_state
 from splat2splat.scene import ImageLoss, SceneBackend
@@ -77,10 +76,8 @@ def evaluate_views(backend: SceneBackend, dataset: Dataset, indices: list[int],
     """Mean PSNR and SSIM of the renders of ``indices`` against ``targets`` (indexed by view)."""
     if not indices:
         return {}
-    renders = backend.render(dataset.cameras[indices])
-    psnrs = [psnr(r, targets[i]) for r, i in zip(renders, indices)]
-    ssims = [float(ssim(r[None], targets[i][None])) for r, i in zip(renders, indices)]
-    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims)}
+    scores = [image_metrics(r, targets[i]) for r, i in zip(backend.render(dataset.cameras[indices]), indices)]
+    return {key: sum(s[key] for s in scores) / len(scores) for key in ("psnr", "ssim")}
 
 
 # ---------------------------------------------------------------------------------------------- the loop

@@ -15,7 +15,8 @@ from splat2splat.io import load_image
 from splat2splat.kernels.ssim import ssim
 from splat2splat.losses import psnr
 from splat2splat.media import contact_sheet
-from splat2splat.render import Render, comparison_rows, render_file_name, run_render
+from splat2splat.media import evenly_spread
+from splat2splat.render import COMPARISON_VIEWS, Render, render_file_name, run_render
 from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
 
 
@@ -66,7 +67,7 @@ def test_comparison_sheet_has_one_row_per_view_and_two_columns(rendered, trained
     output, _ = rendered
     _, _, dataset = trained
     sheet = load_image(output / "comparison.png")
-    n_rows = len(comparison_rows(len(dataset.eval_indices)))
+    n_rows = len(evenly_spread(len(dataset.eval_indices), COMPARISON_VIEWS))
     image = torch.zeros(32, 32, 3)
     expected = contact_sheet([[image, image]] * n_rows, row_labels=[dataset.image_names[0]] * n_rows,
                              column_labels=["ground truth", "render"])
@@ -82,8 +83,8 @@ def test_turntable_video_has_every_frame(rendered):
 
 
 def test_comparison_rows_spread_over_the_views():
-    assert comparison_rows(5) == [0, 1, 2, 3, 4]
-    assert comparison_rows(30, limit=4) == [0, 10, 19, 29]
+    assert evenly_spread(5, COMPARISON_VIEWS) == [0, 1, 2, 3, 4]
+    assert evenly_spread(30, limit=4) == [0, 10, 19, 29]
 
 
 def test_ply_scene_renders_train_split_as_gif(trained, demo_scene, tmp_path):

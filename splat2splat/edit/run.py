@@ -280,10 +280,9 @@ def write_outputs(run: EditRun, report, seconds: float) -> dict:
 def write_before_after(path: Path, backend: SceneBackend, dataset: Dataset, n_views: int = 4) -> Path:
     """Rows of original | edited training image | render of the edited scene, for views spread over the dataset."""
     from splat2splat.io import save_image
-    from splat2splat.media import contact_sheet
+    from splat2splat.media import contact_sheet, evenly_spread
 
-    indices = dataset.train_indices
-    views = [indices[round(k * (len(indices) - 1) / max(n_views - 1, 1))] for k in range(min(n_views, len(indices)))]
+    views = [dataset.train_indices[k] for k in evenly_spread(len(dataset.train_indices), n_views)]
     renders = backend.render(dataset.cameras[views])
     rows = [[dataset.originals[v], dataset.current[v], r] for v, r in zip(views, renders)]
     sheet = contact_sheet(rows, row_labels=[Path(dataset.image_names[v]).stem for v in views],
