@@ -35,10 +35,12 @@ from splat2splat.edit.ip2p import InstructPix2PixEditor  # noqa: E402
 from splat2splat.edit.presets import PRESETS, preset  # noqa: E402
 from splat2splat.gaussians.backend import GaussianConfig  # noqa: E402
 from splat2splat.losses import PhotometricLoss  # noqa: E402
-from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfConfig  # noqa: E402
+from splat2splat.nerf.backend import NerfConfig  # noqa: E402
+from splat2splat.testing.cpu_settings import NERF_CPU_DEMO_SETTINGS  # noqa: E402
 from splat2splat.io import write_json  # noqa: E402
-from splat2splat.runner import drive  # noqa: E402
-from splat2splat.training import TrainLoop, make_backend, reconstruction_loss  # noqa: E402
+from splat2splat.runner import run_loop  # noqa: E402
+from splat2splat.backends import make_backend, reconstruction_loss  # noqa: E402
+from splat2splat.training import TrainLoop  # noqa: E402
 
 
 
@@ -76,13 +78,13 @@ class BenchBackends:
 
 def run_backend(kind: str, dataset, editor, cfg: BenchBackends, device: torch.device) -> dict:
     gaussians = GaussianConfig(device=str(device))
-    nerf = NerfConfig(**(CPU_DEMO_SETTINGS if cfg.nerf_cpu_settings else {}), device=str(device))
+    nerf = NerfConfig(**(NERF_CPU_DEMO_SETTINGS if cfg.nerf_cpu_settings else {}), device=str(device))
     torch.manual_seed(0)
-    backend = make_backend(kind, dataset, gaussians, nerf)
+    backend = make_backend(kind, dataset, gaussians if kind == "gaussian" else nerf)
     init_steps = cfg.gaussian_init_steps if kind == "gaussian" else cfg.nerf_init_steps
     loop = TrainLoop(dataset, backend, reconstruction_loss(kind))
     start = time.perf_counter()
-    drive(loop, init_steps, lambda: None, 0, 0, f"{kind}: initial scene")
+    run_loop(loop, init_steps, lambda: None, 0, 0, f"{kind}: initial scene")
     init_seconds = time.perf_counter() - start
     reconstruction = loop.evaluate()
 
@@ -90,7 +92,7 @@ def run_backend(kind: str, dataset, editor, cfg: BenchBackends, device: torch.de
     idu = IterativeDatasetUpdate(dataset, backend, editor, "make it look like autumn", idu_config,
                                  PhotometricLoss(idu_config.loss))
     start = time.perf_counter()
-    drive(idu, cfg.cycles * cfg.edit_rate, lambda: None, 0, 0, f"{kind}: IDU")
+    run_loop(idu, cfg.cycles * cfg.edit_rate, lambda: None, 0, 0, f"{kind}: IDU")
     idu_seconds = time.perf_counter() - start
     dataset.reset_edits()
     return {
@@ -108,7 +110,7 @@ def main(cfg: BenchBackends) -> dict:
         dataset = load_dataset(scene)
         model = cfg.model
         if model is None:
-            from splat2splat.edit.tiny_model import build_tiny_ip2p
+            from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
 
             model = build_tiny_ip2p(Path(tmp) / "tiny-ip2p")
         editor_config = dataclasses.replace(preset(cfg.preset).editor, model=str(model), dtype=cfg.editor_dtype,

@@ -1,7 +1,7 @@
 """Fidelity of 3D editing against a known answer: IDU (in2n and igs2gs schedules, Gaussian and NeRF backends)
 versus the naive "edit every training image once, then train", with the oracle editor.
 
-The oracle (``splat2splat.edit.oracle``) edits towards a fixed colour transform of the original image, with
+The oracle (``splat2splat.testing.oracle``) edits towards a fixed colour transform of the original image, with
 IP2P-like imperfections (noise-level blend with the render, per-view jitter and colour blobs). The same
 transform applied to the initial Gaussian scene gives the TARGET scene, so every held-out camera has a
 target render. Reported per method on the held-out views: PSNR/SSIM to the target renders, PSNR to the
@@ -35,15 +35,18 @@ from splat2splat.data.dataset import Dataset  # noqa: E402
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate  # noqa: E402
-from splat2splat.edit.oracle import OracleEditor  # noqa: E402
+from splat2splat.testing.oracle import OracleEditor  # noqa: E402
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig  # noqa: E402
 from splat2splat.io import write_json  # noqa: E402
 from splat2splat.kernels.ssim import ssim  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss, psnr  # noqa: E402
-from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfBackend, NerfConfig  # noqa: E402
-from splat2splat.runner import drive  # noqa: E402
+from splat2splat.nerf.backend import NerfBackend, NerfConfig  # noqa: E402
+from splat2splat.testing.cpu_settings import NERF_CPU_DEMO_SETTINGS  # noqa: E402
+from splat2splat.runner import run_loop  # noqa: E402
 from splat2splat.scene import SceneBackend  # noqa: E402
-from splat2splat.training import TrainLoop, evaluate_views, make_backend, reconstruction_loss  # noqa: E402
+from splat2splat.backends import make_backend, reconstruction_loss  # noqa: E402
+from splat2splat.scene import evaluate_views  # noqa: E402
+from splat2splat.training import TrainLoop  # noqa: E402
 
 Method = Literal["idu-in2n", "idu-igs2gs", "idu-in2n-nerf", "naive"]
 
@@ -98,8 +101,8 @@ def prepare(cfg: BenchFidelity, editor: OracleEditor, scene_folder: Path, device
     dataset = load_dataset(write_demo_scene(scene_folder, DemoConfig(n_views=cfg.views, image_size=cfg.image_size)))
     torch.manual_seed(cfg.seed)
     gaussians = GaussianConfig(seed=cfg.seed, device=str(device), strategy=StrategyConfig(kind="none"))
-    backend = make_backend("gaussian", dataset, gaussians, NerfConfig())
-    drive(TrainLoop(dataset, backend, reconstruction_loss("gaussian")), cfg.init_steps, lambda: None, 0, 0,
+    backend = make_backend("gaussian", dataset, gaussians)
+    run_loop(TrainLoop(dataset, backend, reconstruction_loss("gaussian")), cfg.init_steps, lambda: None, 0, 0,
           "unedited Gaussian scene")
     target_background = editor.transform.apply_to_image(backend.background.cpu())
     target_scene = GaussianBackend(editor.transform.apply_to_splats(backend.splats), gaussians,
@@ -108,8 +111,8 @@ def prepare(cfg: BenchFidelity, editor: OracleEditor, scene_folder: Path, device
     eval_cameras = dataset.eval_cameras
     nerf_state = None
     if "idu-in2n-nerf" in cfg.methods:
-        nerf = make_backend("nerf", dataset, gaussians, NerfConfig(**CPU_DEMO_SETTINGS, seed=cfg.seed, device=str(device)))
-        drive(TrainLoop(dataset, nerf, reconstruction_loss("nerf")), cfg.nerf_init_steps, lambda: None, 0, 0,
+        nerf = make_backend("nerf", dataset, NerfConfig(**NERF_CPU_DEMO_SETTINGS, seed=cfg.seed, device=str(device)))
+        run_loop(TrainLoop(dataset, nerf, reconstruction_loss("nerf")), cfg.nerf_init_steps, lambda: None, 0, 0,
               "unedited NeRF")
         nerf_state = nerf.state_dict()
     return Scenes(dataset, backend.state_dict(), nerf_state, target_scene.render(eval_cameras),
@@ -124,7 +127,7 @@ def edit_with(method: Method, cfg: BenchFidelity, scenes: Scenes, editor: Oracle
     if method == "idu-in2n-nerf":
         backend = NerfBackend.from_state_dict(scenes.nerf_state, str(device))
     else:
-        backend = GaussianBackend.from_state_dict(scenes.gaussian_state, {"device": str(device)})
+        backend = GaussianBackend.from_state_dict(scenes.gaussian_state, str(device))
         for group in backend.optimizers["sh0"].param_groups:  # the checkpoint restored the training rate
             group["lr"] = cfg.sh0_lr
     backend.background = scenes.target_background.to(backend.background)
@@ -140,7 +143,7 @@ def edit_with(method: Method, cfg: BenchFidelity, scenes: Scenes, editor: Oracle
         loop = IterativeDatasetUpdate(dataset, backend, editor, "oracle", once, loss)
     else:
         loop = IterativeDatasetUpdate(dataset, backend, editor, "oracle", schedule, loss)
-    drive(loop, cfg.edit_steps, lambda: None, 0, 0, method)
+    run_loop(loop, cfg.edit_steps, lambda: None, 0, 0, method)
     return backend, time.perf_counter() - start
 
 
@@ -155,7 +158,7 @@ def score(backend: SceneBackend, scenes: Scenes) -> dict[str, float]:
         "psnr_to_target": mean([psnr(r, t) for r, t in zip(renders, scenes.targets)]),
         "ssim_to_target": mean([float(ssim(r[None], t[None])) for r, t in zip(renders, scenes.targets)]),
         "psnr_to_unedited": mean([psnr(r, u) for r, u in zip(renders, scenes.unedited)]),
-        "dataset_consistency_psnr": evaluate_views(backend, dataset, dataset.train_indices, dataset.current)["psnr"],
+        "dataset_consistency_psnr": evaluate_views(backend, dataset, dataset.train_indices, dataset.current_image)["psnr"],
     }
 
 

@@ -30,11 +30,11 @@ from splat2splat.configs import config_to_dict  # noqa: E402
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.edit.lpips_loss import load_lpips  # noqa: E402
 from splat2splat.edit.presets import PRESETS, preset  # noqa: E402
-from splat2splat.edit.run import Edit, run_edit  # noqa: E402
+from splat2splat.commands.edit import Edit, run as run_edit  # noqa: E402
 from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig  # noqa: E402
 from splat2splat.io import write_json  # noqa: E402
-from splat2splat.preview import Fast3D, Preview, run_preview  # noqa: E402
-from splat2splat.training import Train, run_train  # noqa: E402
+from splat2splat.commands.preview import Preview, Preview3D, run as run_preview  # noqa: E402
+from splat2splat.commands.train import Train, run as run_train  # noqa: E402
 
 
 @dataclass
@@ -88,7 +88,7 @@ def main(cfg: BenchPresets) -> dict:
                         gaussians=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
         model = cfg.model
         if model is None:
-            from splat2splat.edit.tiny_model import build_tiny_ip2p
+            from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
 
             model = build_tiny_ip2p(tmp / "tiny-ip2p")
         for name in cfg.presets:
@@ -109,7 +109,7 @@ def main(cfg: BenchPresets) -> dict:
                                              dtype="float32" if device.type == "cpu" else "auto")
         for three_d in (False, True):
             cmd = dataclasses.replace(preview, three_d=three_d,
-                                      fast=Fast3D(init_steps=cfg.init_steps, steps=cfg.steps, device=str(device)))
+                                      fast=Preview3D(init_steps=cfg.init_steps, steps=cfg.steps, device=str(device)))
             with measure_peak_memory(device) as peak:
                 summary = run_preview(cmd)
             wall = summary["seconds"] + (summary["three_d"]["seconds"] if three_d else 0.0)

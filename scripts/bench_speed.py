@@ -129,7 +129,7 @@ def prepare_model_folder(config: BenchSpeedConfig, scratch: Path) -> tuple[str, 
     """(model to load, how it was obtained): --model, or a random model built (or found) in its folder."""
     if config.model is not None:
         return config.model, "given"
-    from splat2splat.edit.tiny_model import build_full_size_random_ip2p, build_tiny_ip2p
+    from splat2splat.testing.tiny_ip2p import build_full_size_random_ip2p, build_tiny_ip2p
 
     folder = config.random_model_folder or scratch / f"random-{config.random_model}-ip2p"
     if not (folder / "model_index.json").exists():
@@ -139,7 +139,7 @@ def prepare_model_folder(config: BenchSpeedConfig, scratch: Path) -> tuple[str, 
                 build_tiny_ip2p(folder, seed=config.seed)
             else:
                 build_full_size_random_ip2p(folder, seed=config.seed, dtype=torch.float16)
-    return str(folder), f"random {config.random_model} (built with splat2splat.edit.tiny_model)"
+    return str(folder), f"random {config.random_model} (built with splat2splat.testing.tiny_ip2p)"
 
 
 def stock_pipeline(models, model: str):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from splat2splat.edit.tiny_model import build_full_size_random_ip2p, build_tiny_ip2p
+from splat2splat.testing.tiny_ip2p import build_full_size_random_ip2p, build_tiny_ip2p
 
 
 def main() -> None:

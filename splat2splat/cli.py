@@ -1,5 +1,7 @@
-"""The `splat2splat` command line: one subcommand per job, each a dataclass parsed by tyro.
+"""The `splat2splat` command line: one subcommand per module of :mod:`splat2splat.commands`.
 
+Each command module holds a tyro dataclass of its options and a ``run(options)`` that calls the library
+(and optionally a ``parse(args)`` when its defaults depend on an option, like ``edit --preset``).
 ``splat2splat <command> --help`` explains every option of a command.
 """
 
@@ -7,54 +9,37 @@ from __future__ import annotations
 
 import importlib
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.errors import InputError
 
-
-@dataclass
-class Demo:
-    """Write the bundled offline demo scene (nerfstudio format)."""
-
-    output: Path = Path("demo_scene")
-    """Folder to write the scene into."""
-    scene: DemoConfig = field(default_factory=DemoConfig)
-
-
-def run_demo(cmd: Demo) -> None:
-    path = write_demo_scene(cmd.output, cmd.scene)
-    print(f"demo scene written to {path}")
-
-
-# name -> (module, command dataclass, run function, one-line summary); modules load only when used.
+# name -> (command dataclass in splat2splat.commands.<name>, one-line summary); modules load only when used.
 COMMANDS = {
-    "demo": ("splat2splat.cli", "Demo", "run_demo", "write the bundled demo scene"),
-    "train": ("splat2splat.training", "Train", "run_train", "fit a Gaussian (or NeRF) scene to posed images"),
-    "edit": ("splat2splat.edit.run", "Edit", "run_edit", "edit a scene with a text instruction (IDU)"),
-    "preview": ("splat2splat.preview", "Preview", "run_preview", "see what an instruction does, in seconds"),
-    "render": ("splat2splat.render", "Render", "run_render", "render dataset views and a turntable video"),
-    "export": ("splat2splat.export", "Export", "run_export", "write PLY / .splat / compressed PLY for viewers"),
+    "demo": ("Demo", "write the bundled demo scene"),
+    "train": ("Train", "fit a Gaussian (or NeRF) scene to posed images"),
+    "edit": ("Edit", "edit a scene with a text instruction (IDU)"),
+    "preview": ("Preview", "see what an instruction does, in seconds"),
+    "render": ("Render", "render dataset views and a turntable video"),
+    "export": ("Export", "write PLY / .splat / compressed PLY for viewers"),
 }
 
 
 def usage() -> str:
     lines = ["usage: splat2splat COMMAND [OPTIONS]   (splat2splat COMMAND --help for its options)", "", "commands:"]
-    lines += [f"  {name:<9} {summary}" for name, (_, _, _, summary) in COMMANDS.items()]
+    lines += [f"  {name:<9} {summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
+
+
+def command_module(name: str):
+    return importlib.import_module(f"splat2splat.commands.{name}")
 
 
 def parse(name: str, args: list[str]):
     import tyro
 
-    module_name, class_name, _, _ = COMMANDS[name]
-    if name == "edit":  # --preset supplies the defaults of the other options
-        from splat2splat.edit.run import parse_edit_args
-
-        return parse_edit_args(args)
-    command_class = getattr(importlib.import_module(module_name), class_name)
-    return tyro.cli(command_class, args=args, prog=f"splat2splat {name}")
+    module = command_module(name)
+    if hasattr(module, "parse"):
+        return module.parse(args)
+    return tyro.cli(getattr(module, COMMANDS[name][0]), args=args, prog=f"splat2splat {name}")
 
 
 def entrypoint(argv: list[str] | None = None) -> None:
@@ -69,9 +54,7 @@ def entrypoint(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     try:
-        command = parse(name, args)
-        module_name, _, run_name, _ = COMMANDS[name]
-        getattr(importlib.import_module(module_name), run_name)(command)
+        command_module(name).run(parse(name, args))
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -22,15 +22,16 @@ from splat2splat.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
-    """Open a temp file beside ``path``; on success rename it over ``path``, on failure delete it."""
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temp path beside ``path`` (same suffix, for writers that pick the format from the name); on success
+    it is synced, given the usual permissions and renamed over ``path``; on failure it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield Path(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
@@ -38,6 +39,13 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[Any]:
+    """Open a file to be renamed over ``path`` only once it is completely written (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def current_umask() -> int:
@@ -61,16 +69,6 @@ def save_torch(path: str | Path, obj: Any) -> None:
     buffer = _io.BytesIO()
     torch.save(obj, buffer)
     write_bytes(path, buffer.getvalue())
-
-
-def load_torch(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint file does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a corrupt archive
-        raise InputError(path, f"not a readable splat2splat checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def read_json(path: str | Path) -> Any:

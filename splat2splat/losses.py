@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -45,9 +46,13 @@ class PhotometricLoss:
         return loss, {name: float(value.detach()) for name, value in terms.items()}
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of images in [0, 1] with mean squared error ``mse`` (floored so identical images stay finite)."""
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
-    mse = torch.mean((pred.float() - target.float()) ** 2).clamp(min=1e-12)
-    return float(-10.0 * torch.log10(mse))
+    return psnr_from_mse(float(torch.mean((pred.float() - target.float()) ** 2)))
 
 
 def image_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

@@ -6,23 +6,20 @@ atomically (see :mod:`splat2splat.io`), so an interrupted run never leaves a hal
 
 from __future__ import annotations
 
-import contextlib
 import io as _io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from rich.progress import track
 
 from splat2splat.data.cameras import Cameras, orbit_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
-from splat2splat.io import to_uint8, write_bytes
+from splat2splat.imaging import resize_image
+from splat2splat.io import atomic_path, to_uint8, write_bytes
 from splat2splat.scene import SceneBackend
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -67,24 +64,13 @@ def _write_mp4(path: Path, arrays: list[np.ndarray], fps: int) -> None:
     except ImportError:
         raise InputError(path, "writing .mp4 needs the imageio-ffmpeg package (pip install imageio-ffmpeg); "
                                "or write a .gif") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # ffmpeg picks the container from the file name, so the temp file keeps the .mp4 suffix.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        # yuv420p (what every player decodes) needs even sides; pad by repeating the edge instead of
-        # letting imageio rescale the frames.
-        with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264", pixelformat="yuv420p",
-                                macro_block_size=1, quality=8, ffmpeg_log_level="error") as writer:
-            for array in arrays:
-                writer.append_data(pad_to_even(array))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    # yuv420p (what every player decodes) needs even sides; pad by repeating the edge instead of letting
+    # imageio rescale the frames. ffmpeg picks the container from the name: the temp path keeps the suffix.
+    with atomic_path(path) as tmp, imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                                      pixelformat="yuv420p", macro_block_size=1, quality=8,
+                                                      ffmpeg_log_level="error") as writer:
+        for array in arrays:
+            writer.append_data(pad_to_even(array))
 
 
 def pad_to_even(array: np.ndarray) -> np.ndarray:
@@ -171,9 +157,7 @@ def fit_height(image: torch.Tensor, height: int) -> torch.Tensor:
     if image.shape[0] == height:
         return image
     width = max(1, round(image.shape[1] * height / image.shape[0]))
-    resized = F.interpolate(image.permute(2, 0, 1)[None], size=(height, width), mode="bilinear",
-                            align_corners=False, antialias=True)
-    return resized[0].permute(1, 2, 0).clamp(0, 1)
+    return resize_image(image, (height, width)).clamp(0, 1)
 
 
 def _text_size(font: ImageFont.ImageFont, text: str) -> tuple[int, int]:

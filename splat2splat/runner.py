@@ -1,7 +1,7 @@
 """Drive a step-wise loop (scene training or the Iterative Dataset Update) with checkpoints and resume.
 
 A loop is anything with a ``step`` counter, a ``run_step()`` that advances it by one, ``evaluate()`` and
-``state_dict()``. :func:`drive` runs it to ``total_steps`` behind a rich progress bar, evaluates and
+``state_dict()``. :func:`run_loop` runs it to ``total_steps`` behind a rich progress bar, evaluates and
 checkpoints on a schedule, and turns Ctrl-C into "finish the current step, save, stop": a checkpoint never
 holds a half-done step, so a resumed run continues exactly where the interrupted one stopped. A second
 Ctrl-C stops at once (the last periodic checkpoint stays valid).
@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
-import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
@@ -30,7 +29,7 @@ class SteppedLoop(Protocol):
 
 
 class Interrupted(Exception):
-    """Raised by :func:`drive` after Ctrl-C, once the checkpoint of the last finished step is saved."""
+    """Raised by :func:`run_loop` after Ctrl-C, once the checkpoint of the last finished step is saved."""
 
     def __init__(self, step: int):
         super().__init__(f"interrupted after step {step}; the checkpoint is saved, continue with --resume")
@@ -39,25 +38,11 @@ class Interrupted(Exception):
 
 @dataclass
 class LoopReport:
-    """What :func:`drive` observed: evaluations by step and the wall time spent in each activity."""
+    """What :func:`run_loop` observed: evaluations by step and the wall time spent in each activity."""
 
     evaluations: list[dict[str, float]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: {"steps": 0.0, "eval": 0.0, "checkpoint": 0.0})
     last_stats: dict[str, float] = field(default_factory=dict)
-
-
-def rng_state() -> dict:
-    """The global torch RNG states: gsplat's strategies draw from them (split positions, relocation)."""
-    state = {"cpu": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def load_rng_state(state: dict) -> None:
-    torch.random.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @contextlib.contextmanager
@@ -89,7 +74,7 @@ def progress_bar() -> Progress:
                     TimeRemainingColumn())
 
 
-def drive(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], None], checkpoint_every: int,
+def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], None], checkpoint_every: int,
           eval_every: int, description: str, on_step: Callable[[int], None] | None = None) -> LoopReport:
     """Run ``loop`` until ``loop.step == total_steps``; returns evaluations and timings.
 

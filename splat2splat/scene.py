@@ -7,12 +7,13 @@ the methods below, so a Gaussian scene (``gaussian``) and a NeRF (``nerf``) are 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
+from splat2splat.losses import image_metrics
 
 # A loss on image batches: (prediction [B, H, W, 3], target [B, H, W, 3]) -> (scalar loss, logged terms).
 # The Gaussian backend passes whole images, the NeRF backend patches of rays (in2n: 32x32).
@@ -42,3 +43,15 @@ class SceneBackend(Protocol):
     def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
         """Write the scene's deliverables into ``output_dir`` (PLY for Gaussians; renders for a NeRF)."""
         ...
+
+
+@torch.no_grad()
+def evaluate_views(backend: SceneBackend, dataset: Dataset, indices: Sequence[int],
+                   target_of: Callable[[int], torch.Tensor]) -> dict[str, float]:
+    """Mean PSNR and SSIM of the renders of views ``indices`` against ``target_of(view)`` (e.g.
+    ``dataset.original`` or the current training image)."""
+    if not indices:
+        return {}
+    scores = [image_metrics(render, target_of(view))
+              for render, view in zip(backend.render(dataset.cameras[list(indices)]), indices)]
+    return {key: sum(score[key] for score in scores) / len(scores) for key in ("psnr", "ssim")}

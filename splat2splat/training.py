@@ -1,8 +1,8 @@
-"""`splat2splat train`: fit a scene (Gaussian or NeRF) to posed images, with evaluation and resumable checkpoints.
+"""Fit a scene (Gaussian or NeRF) to posed images, with evaluation and resumable checkpoints.
 
 The run folder holds ``checkpoint.pt`` (written atomically every ``checkpoint_every`` steps, on Ctrl-C and
 at the end), the backend's exports (``scene.ply`` + ``scene.splat`` for Gaussians) and ``metrics.json``.
-``--resume`` continues from the folder's checkpoint and ends exactly where an uninterrupted run would.
+A resumed job continues from the folder's checkpoint and ends exactly where an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -11,26 +11,25 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from splat2splat.configs import config_from_dict, config_to_dict
+from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
+from splat2splat.checkpoint import (backend_from_checkpoint, job_from_dict, load_rng_state, read_checkpoint,
+                                    require_keys, save_checkpoint)
+from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
-from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
-from splat2splat.losses import LossWeights, PhotometricLoss, image_metrics
-from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss
-from splat2splat.runner import drive, load_rng_state, rng_state
-from splat2splat.scene import ImageLoss, SceneBackend
-from splat2splat.scene_files import backend_from_checkpoint, read_checkpoint
+from splat2splat.gaussians.backend import GaussianConfig
+from splat2splat.nerf.backend import NerfConfig
+from splat2splat.runner import LoopReport, run_loop
+from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 
-CHECKPOINT_FORMAT_VERSION = 1  # bumped whenever the checkpoint layout changes
-BackendName = Literal["gaussian", "nerf"]
+CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
-class Train:
+class TrainJob:
     """Train a scene on posed images, evaluate held-out PSNR/SSIM, checkpoint, and export."""
 
     data: Path | None = None
@@ -48,39 +47,9 @@ class Train:
     """Steps between evaluations on the held-out views (0: only at the end)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
-    resume: bool = False
-    """Continue the run in --output from its checkpoint.pt, with the data and settings saved there."""
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
 
-
-# ------------------------------------------------------------------------------------------------ backends
-
-def make_backend(kind: BackendName, dataset: Dataset, gaussians: GaussianConfig, nerf: NerfConfig) -> SceneBackend:
-    """An untrained scene of ``kind`` for ``dataset``."""
-    if kind == "gaussian":
-        return GaussianBackend.from_dataset(dataset, gaussians)
-    if kind == "nerf":
-        return NerfBackend.from_dataset(dataset, nerf)
-    raise InputError(None, f"unknown backend {kind!r}: use gaussian or nerf")
-
-
-def reconstruction_loss(kind: BackendName) -> ImageLoss:
-    """The scene-fitting loss of each backend's reference method: 3DGS' L1 + D-SSIM, nerfacto's MSE."""
-    return PhotometricLoss(LossWeights()) if kind == "gaussian" else mse_loss
-
-
-@torch.no_grad()
-def evaluate_views(backend: SceneBackend, dataset: Dataset, indices: list[int],
-                   targets: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> dict[str, float]:
-    """Mean PSNR and SSIM of the renders of ``indices`` against ``targets`` (indexed by view)."""
-    if not indices:
-        return {}
-    scores = [image_metrics(r, targets[i]) for r, i in zip(backend.render(dataset.cameras[indices]), indices)]
-    return {key: sum(s[key] for s in scores) / len(scores) for key in ("psnr", "ssim")}
-
-
-# ---------------------------------------------------------------------------------------------- the loop
 
 class TrainLoop:
     """Fits ``backend`` to the dataset's current images (a :class:`splat2splat.runner.SteppedLoop`)."""
@@ -98,7 +67,7 @@ class TrainLoop:
     def evaluate(self) -> dict[str, float]:
         """Held-out PSNR/SSIM against the ORIGINAL images (training views when nothing is held out)."""
         indices = self.dataset.eval_indices or self.dataset.train_indices
-        return evaluate_views(self.backend, self.dataset, indices, self.dataset.originals)
+        return evaluate_views(self.backend, self.dataset, indices, self.dataset.original)
 
     def progress_info(self, stats: dict[str, float]) -> str:
         info = f"loss {stats.get('loss', float('nan')):.4f}"
@@ -107,60 +76,61 @@ class TrainLoop:
         return info
 
 
-def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save_checkpoint, checkpoint_every: int = 0,
-                eval_every: int = 0, description: str = "train", on_step=None):
-    """Train ``backend`` up to ``steps`` total steps; returns :class:`splat2splat.runner.LoopReport`."""
+def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, checkpoint_every: int = 0,
+                eval_every: int = 0, description: str = "train", on_step=None) -> LoopReport:
+    """Train ``backend`` with its reconstruction loss up to ``steps`` total steps."""
     loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
-    return drive(loop, steps, save_checkpoint, checkpoint_every, eval_every, description, on_step)
+    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step)
 
 
-def checkpoint_payload(backend: SceneBackend, data: Path, downscale: int, **extra) -> dict:
-    """The checkpoint dict every command writes (layout: :mod:`splat2splat.scene_files`): the scene, its dataset,
-    the global RNG state, and what the writing loop needs to resume (``extra``)."""
-    return {"format": CHECKPOINT_FORMAT_VERSION, "backend": backend.name, "backend_state": backend.state_dict(),
-            "data": str(data), "downscale": downscale, "rng": rng_state(), **extra}
-
-
-# -------------------------------------------------------------------------------------------- the command
-
-def run_train(cmd: Train, on_step=None) -> dict:
-    """Run the ``train`` command; returns the final metrics (also written to metrics.json)."""
+def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, SceneBackend]:
+    """A new training run, or with ``resume`` the one in ``job.output`` (its saved job wins over ``job``)."""
     from splat2splat.data.readers import load_dataset
-    from splat2splat.io import save_torch, write_json
 
-    checkpoint_path = cmd.output / "checkpoint.pt"
-    if cmd.resume:
+    checkpoint_path = job.output / CHECKPOINT_NAME
+    if resume:
         state = read_checkpoint(checkpoint_path)
-        if "command" not in state:
-            raise InputError(checkpoint_path, "this checkpoint was not written by `splat2splat train`; nothing to resume")
-        saved = state["command"]
-        dataset = load_dataset(saved["data"], downscale=saved["downscale"])
+        require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
+        saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
+        job = dataclasses.replace(saved, output=job.output)
+        dataset = load_dataset(job.data, downscale=job.downscale)
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
-        cmd = dataclasses.replace(config_from_dict(Train, saved), output=cmd.output)
-    else:
-        if cmd.data is None:
-            raise InputError(None, "--data is required (the dataset folder to train on)")
-        if checkpoint_path.exists():
-            raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
-        torch.manual_seed(cmd.gaussians.seed)
-        dataset = load_dataset(cmd.data, downscale=cmd.downscale)
-        backend = make_backend(cmd.backend, dataset, cmd.gaussians, cmd.nerf)
+        return job, dataset, backend
+    if job.data is None:
+        raise InputError(None, "--data is required (the dataset folder to train on)")
+    if checkpoint_path.exists():
+        raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
+    torch.manual_seed(job.gaussians.seed)
+    dataset = load_dataset(job.data, downscale=job.downscale)
+    return job, dataset, make_backend(job.backend, dataset, config_for(job.backend, job))
 
-    def save_checkpoint() -> None:
-        save_torch(checkpoint_path, checkpoint_payload(backend, cmd.data, cmd.downscale, command=config_to_dict(cmd)))
+
+def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
+    """Train (or resume) and write the run folder; returns the final metrics (also in metrics.json)."""
+    from splat2splat.io import write_json
+
+    job, dataset, backend = start_training(job, resume)
+    checkpoint_path = job.output / CHECKPOINT_NAME
+
+    def save() -> None:
+        save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=config_to_dict(job))
 
     started = time.perf_counter()
-    report = train_scene(dataset, backend, cmd.steps, save_checkpoint, cmd.checkpoint_every, cmd.eval_every,
+    report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
                          f"train {backend.name}", on_step)
     final = TrainLoop(dataset, backend, reconstruction_loss(backend.name)).evaluate()
-    files = backend.export(cmd.output, dataset)
+    files = backend.export(job.output, dataset)
     metrics = {"steps": backend.step, "eval": final, "history": report.evaluations,
                "seconds": {**report.seconds, "total": time.perf_counter() - started},
-               "eval_views": len(dataset.eval_indices)}
-    if isinstance(backend, GaussianBackend):
-        metrics["num_gaussians"] = len(backend.splats["means"])
-    write_json(cmd.output / "metrics.json", metrics)
+               "eval_views": len(dataset.eval_indices), **backend_size(backend)}
+    write_json(job.output / "metrics.json", metrics)
     print(f"held-out PSNR {final.get('psnr', float('nan')):.2f} dB, SSIM {final.get('ssim', float('nan')):.3f}; "
           f"wrote {', '.join(str(f) for f in [checkpoint_path, *files])}")
     return metrics
+
+
+def backend_size(backend: SceneBackend) -> dict[str, int]:
+    """How big the scene is, where the backend counts primitives (Gaussians)."""
+    splats = getattr(backend, "splats", None)
+    return {} if splats is None else {"num_gaussians": len(splats["means"])}

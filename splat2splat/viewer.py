@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from splat2splat.data.cameras import quaternion_to_matrix
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SH_C0
@@ -73,16 +74,6 @@ def thumbnail(image: torch.Tensor) -> torch.Tensor:
     height, width = image.shape[:2]
     factor = max(1, max(height, width) // THUMBNAIL_SIZE)
     return image[::factor, ::factor]
-
-
-def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
-    """[N, 4] unit quaternions (w, x, y, z; gsplat's order) -> [N, 3, 3] rotation matrices."""
-    w, x, y, z = quats.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
 
 
 def _np(tensor: torch.Tensor) -> np.ndarray:

@@ -30,3 +30,11 @@ def demo_scene(tmp_path_factory) -> Path:
     from splat2splat.data.demo import DemoConfig, write_demo_scene
 
     return write_demo_scene(tmp_path_factory.mktemp("demo"), DemoConfig(n_views=40, image_size=64, n_points=3000))
+
+
+@pytest.fixture(scope="session")
+def tiny_ip2p_folder(tmp_path_factory) -> Path:
+    """A tiny random-weight IP2P pipeline folder, loaded by the editor with from_pretrained like the real one."""
+    from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
+
+    return build_tiny_ip2p(tmp_path_factory.mktemp("tiny-ip2p") / "model", seed=0)

@@ -72,7 +72,7 @@ def test_both_editors_evaluate_the_unet_equally_often(scripts_on_path, tiny_mode
     import bench_speed
 
     if not (tiny_model_folder / "model_index.json").exists():
-        from splat2splat.edit.tiny_model import build_tiny_ip2p
+        from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
 
         build_tiny_ip2p(tiny_model_folder)
     config = bench_speed.BenchSpeedConfig(device="cpu", image_size=32, steps=3)

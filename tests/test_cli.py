@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from pathlib import Path
 
 import pytest
 
+import splat2splat
 from splat2splat.cli import COMMANDS, entrypoint
 
 
@@ -22,8 +24,8 @@ def test_every_command_explains_every_option(name, capsys):
         entrypoint([name, "--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    module, class_name, _, _ = COMMANDS[name]
-    command_class = getattr(importlib.import_module(module), class_name)
+    class_name, _ = COMMANDS[name]
+    command_class = getattr(importlib.import_module(f"splat2splat.commands.{name}"), class_name)
     for f in dataclasses.fields(command_class):
         if not dataclasses.is_dataclass(f.type) and f.name != "three_d":
             assert "--" + f.name.replace("_", "-") in text, f"{name}: --{f.name} missing from --help"
@@ -34,3 +36,24 @@ def test_unknown_command_is_one_line(capsys):
         entrypoint(["frobnicate"])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: unknown command 'frobnicate'")
+
+
+def test_no_library_module_imports_a_command():
+    """Commands sit on top: the library never imports splat2splat.commands (nor the CLI)."""
+    package = Path(splat2splat.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.parent.name == "commands" or path.name == "cli.py":
+            continue
+        text = path.read_text()
+        assert "splat2splat.commands" not in text and "splat2splat.cli" not in text, path
+
+
+def test_commands_never_import_each_other():
+    package = Path(splat2splat.__file__).parent / "commands"
+    for path in package.glob("*.py"):
+        assert "splat2splat.commands" not in path.read_text(), path
+
+
+def test_no_product_file_is_named_like_a_test():
+    package = Path(splat2splat.__file__).parent
+    assert not [p for p in package.rglob("*.py") if p.name.startswith("test_") or p.name.endswith("_test.py")]

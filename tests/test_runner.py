@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from splat2splat.runner import Interrupted, drive
+from splat2splat.runner import Interrupted, run_loop
 
 
 class CountingLoop:
@@ -29,7 +29,7 @@ class CountingLoop:
 
 def test_drive_evaluates_and_checkpoints_on_schedule_and_at_the_end():
     loop, saved_at = CountingLoop(), []
-    report = drive(loop, 10, lambda: saved_at.append(loop.step), checkpoint_every=4, eval_every=5, description="t")
+    report = run_loop(loop, 10, lambda: saved_at.append(loop.step), checkpoint_every=4, eval_every=5, description="t")
     assert loop.step == 10
     assert loop.evaluated_at == [5, 10] and [e["step"] for e in report.evaluations] == [5, 10]
     assert saved_at == [4, 8, 10]
@@ -38,7 +38,7 @@ def test_drive_evaluates_and_checkpoints_on_schedule_and_at_the_end():
 
 def test_drive_continues_from_the_loops_step():
     loop = CountingLoop(step=6)
-    drive(loop, 8, lambda: None, 0, 0, "t")
+    run_loop(loop, 8, lambda: None, 0, 0, "t")
     assert loop.step == 8
 
 
@@ -50,7 +50,7 @@ def test_ctrl_c_finishes_the_step_saves_and_stops():
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted, match="--resume"):
-        drive(loop, 10, lambda: saved_at.append(loop.step), 0, 0, "t", on_step=press_ctrl_c)
+        run_loop(loop, 10, lambda: saved_at.append(loop.step), 0, 0, "t", on_step=press_ctrl_c)
     assert loop.step == 3 and saved_at == [3]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
@@ -64,5 +64,5 @@ def test_second_ctrl_c_stops_at_once():
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        drive(loop, 10, lambda: None, 0, 0, "t", on_step=press_twice)
+        run_loop(loop, 10, lambda: None, 0, 0, "t", on_step=press_twice)
     assert loop.step == 2

@@ -91,6 +91,20 @@ class Cameras:
         """(height, width) of camera ``i``."""
         return int(self.height[i]), int(self.width[i])
 
+    def rays(self, index: int, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """World ray origins and unit directions [..., 3] (on the CPU) of camera ``index`` through the image
+        points (u, v) in pixel units: the centre of pixel (x, y) is (x + 0.5, y + 0.5)."""
+        fx, fy, cx, cy = (float(value[index]) for value in (self.fx, self.fy, self.cx, self.cy))
+        u, v = u.cpu().float(), v.cpu().float()
+        dirs_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u)], -1)
+        c2w = self.camtoworlds[index].float().cpu()
+        dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
+        return c2w[:3, 3].expand_as(dirs).contiguous(), dirs
+
+    def pixel_rays(self, index: int, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`rays` through the centres of the integer pixels (xs, ys)."""
+        return self.rays(index, xs.float() + 0.5, ys.float() + 0.5)
+
     def scaled(self, factor: float) -> "Cameras":
         """Cameras for images resized by ``factor`` (0.5 halves the resolution)."""
         width = torch.clamp((self.width.float() * factor).round(), min=1).long()
@@ -111,6 +125,16 @@ class Cameras:
     @staticmethod
     def from_state_dict(state: dict[str, torch.Tensor]) -> "Cameras":
         return Cameras(**{f: state[f] for f in Cameras._fields()})
+
+
+def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
+    """[..., 4] unit quaternions (w, x, y, z: gsplat's and COLMAP's order) -> [..., 3, 3] rotation matrices."""
+    w, x, y, z = quats.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor = torch.tensor([0.0, 0.0, 1.0])) -> torch.Tensor:

@@ -12,8 +12,9 @@ hyper-parameters scene independent; :class:`SceneNormalization` maps results bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from PIL import Image
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.distortion import LensDistortion, undistort_view
 from splat2splat.errors import InputError
+from splat2splat.imaging import resize_image
 from splat2splat.io import load_image
 
 
@@ -85,7 +87,7 @@ class RawScene:
 class Dataset:
     cameras: Cameras  # [N] all views, normalised world frame
     image_names: list[str]
-    originals: tuple[torch.Tensor, ...]  # per view [H, W, 3] float32 in [0, 1]; never modified
+    originals: InitVar[Sequence[torch.Tensor]]  # per view [H, W, 3] float32 in [0, 1]; read through original()
     train_indices: list[int]
     eval_indices: list[int]
     normalization: SceneNormalization = field(default_factory=SceneNormalization)
@@ -98,30 +100,38 @@ class Dataset:
     current: list[torch.Tensor] = field(init=False)  # the training images, replaced by edits
     edit_counts: list[int] = field(init=False)  # how often each view has been replaced
 
-    def __post_init__(self) -> None:
-        self.originals = tuple(img.clone() for img in self.originals)
-        for img in self.originals:
-            img.requires_grad_(False)
-        self.current = [img.clone() for img in self.originals]
-        self.edit_counts = [0] * len(self.originals)
+    def __post_init__(self, originals: Sequence[torch.Tensor]) -> None:
+        # Private copies: the originals are reachable only through original(), which hands out copies, so
+        # nothing outside this class can change them (the editor conditions on them for the whole run).
+        self._originals = tuple(img.detach().clone() for img in originals)
+        self.current = [img.clone() for img in self._originals]
+        self.edit_counts = [0] * len(self._originals)
 
     def __len__(self) -> int:
-        return len(self.originals)
+        return len(self._originals)
 
     def original(self, index: int) -> torch.Tensor:
-        """A copy of the unedited image of view ``index`` ([H, W, 3]); the stored original cannot be changed through it."""
-        return self.originals[index].clone()
+        """A copy of the unedited image of view ``index`` ([H, W, 3]); writing to it cannot change the original."""
+        return self._originals[index].clone()
+
+    def current_image(self, index: int) -> torch.Tensor:
+        """The CURRENT training image of view ``index`` (the original until an edit replaces it)."""
+        return self.current[index]
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        """(height, width) of view ``index``'s images."""
+        return tuple(self._originals[index].shape[:2])
 
     def replace_image(self, index: int, image: torch.Tensor) -> None:
         """Replace the CURRENT training image of view ``index`` (the originals stay as they are)."""
-        expected = self.originals[index].shape
+        expected = self._originals[index].shape
         if tuple(image.shape) != tuple(expected):
             raise ValueError(f"edited image has shape {tuple(image.shape)}, view {index} needs {tuple(expected)}")
         self.current[index] = image.detach().to(torch.float32).cpu().clamp(0.0, 1.0).clone()
         self.edit_counts[index] += 1
 
     def reset_edits(self) -> None:
-        self.current = [img.clone() for img in self.originals]
+        self.current = [img.clone() for img in self._originals]
         self.edit_counts = [0] * len(self)
 
     @property
@@ -214,7 +224,7 @@ def _load_view_image(path: Path, height: int, width: int, background: torch.Tens
     if image.shape[-1] == 4:
         image = image[..., :3] * image[..., 3:] + background * (1.0 - image[..., 3:])
     if file_hw != (height, width):
-        image = _resize(image, height, width)
+        image = resize_image(image, (height, width), filter="area").clamp(0, 1).contiguous()
     return image.contiguous()
 
 
@@ -232,9 +242,4 @@ def _load_mask(path: Path, height: int, width: int) -> torch.Tensor:
     return mask
 
 
-def _resize(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Area-average resize (what a downscale wants: no aliasing)."""
-    chw = image.permute(2, 0, 1)[None]
-    out = torch.nn.functional.interpolate(chw, size=(height, width), mode="area" if height < image.shape[0] else "bilinear",
-                                          align_corners=None if height < image.shape[0] else False)
-    return out[0].permute(1, 2, 0).clamp(0, 1).contiguous()
+

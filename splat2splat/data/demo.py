@@ -57,18 +57,11 @@ def demo_cameras(n_views: int, image_size: int) -> Cameras:
                    torch.full((n,), image_size), torch.full((n,), image_size))
 
 
-def camera_rays(cameras: Cameras, index: int, supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """World-space ray origins and unit directions [H*s, W*s, 3] of one OpenCV camera."""
+def supersampled_rays(cameras: Cameras, index: int, supersample: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays [H*s, W*s, 3] through an s x s grid of points inside every pixel of camera ``index``."""
     height, width = cameras.image_size(index)
-    s = supersample
-    ys, xs = torch.meshgrid(torch.arange(height * s), torch.arange(width * s), indexing="ij")
-    u = (xs + 0.5) / s
-    v = (ys + 0.5) / s
-    dirs_cam = torch.stack([(u - cameras.cx[index]) / cameras.fx[index],
-                            (v - cameras.cy[index]) / cameras.fy[index], torch.ones_like(u)], -1)
-    c2w = cameras.camtoworlds[index]
-    dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
-    return c2w[:3, 3].expand_as(dirs), dirs
+    ys, xs = torch.meshgrid(torch.arange(height * supersample), torch.arange(width * supersample), indexing="ij")
+    return cameras.rays(index, (xs + 0.5) / supersample, (ys + 0.5) / supersample)
 
 
 def trace(origins: torch.Tensor, dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -201,7 +194,7 @@ def _albedo_cylinder(p):
 
 def render_demo_view(cameras: Cameras, index: int, supersample: int = 2) -> torch.Tensor:
     """Ground-truth image [H, W, 3] of the demo scene for any camera."""
-    origins, dirs = camera_rays(cameras, index, supersample)
+    origins, dirs = supersampled_rays(cameras, index, supersample)
     color, _, _ = trace(origins, dirs)
     h, w = cameras.image_size(index)
     return color.reshape(h, supersample, w, supersample, 3).mean((1, 3))
@@ -212,7 +205,7 @@ def sample_surface_points(cameras: Cameras, n_points: int, seed: int) -> tuple[t
     generator = torch.Generator().manual_seed(seed)
     points, colors = [], []
     for i in range(0, len(cameras), max(1, len(cameras) // 8)):
-        origins, dirs = camera_rays(cameras, i)
+        origins, dirs = supersampled_rays(cameras, i)
         color, hit, p = trace(origins.reshape(-1, 3), dirs.reshape(-1, 3))
         points.append(p[hit])
         colors.append(color[hit])

@@ -33,8 +33,7 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
 from splat2splat.losses import LossWeights
-from splat2splat.scene import ImageLoss, SceneBackend
-from splat2splat.training import evaluate_views
+from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 
 Schedule = Literal["in2n", "igs2gs"]
 
@@ -122,10 +121,10 @@ class IterativeDatasetUpdate:
     def evaluate(self) -> dict[str, float]:
         """How the scene fits the edited dataset (training views vs their CURRENT images) and how far it has
         moved from the unedited scene (held-out views vs their ORIGINAL images)."""
-        train = evaluate_views(self.backend, self.dataset, self.dataset.train_indices, self.dataset.current)
+        train = evaluate_views(self.backend, self.dataset, self.dataset.train_indices, self.dataset.current_image)
         metrics = {"psnr_to_edited": train["psnr"], "views_edited": float(self.views_edited())}
         if self.dataset.eval_indices:
-            held_out = evaluate_views(self.backend, self.dataset, self.dataset.eval_indices, self.dataset.originals)
+            held_out = evaluate_views(self.backend, self.dataset, self.dataset.eval_indices, self.dataset.original)
             metrics["heldout_psnr_to_original"] = held_out["psnr"]
         return metrics
 

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 
 from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
+from splat2splat.imaging import resize_image
 
 logger = logging.getLogger(__name__)
 
@@ -247,13 +247,6 @@ def size_for_vae(height: int, width: int, factor: int) -> tuple[int, int]:
     return max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of [B, C, H, W]; a no-op at the same size so exact sizes stay exact."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
-
-
 def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """Move ``module``; cast only when needed (diffusers warns on every cast, even a no-op one)."""
     module.to(device)
@@ -322,8 +315,8 @@ class InstructPix2PixEditor:
 
         with self.on_device(self.models.vae) as vae:
             edited = decode_latents(vae, latents)
-        edited = resize(edited.float(), (height, width)).clamp(0, 1)
-        return edited[0].permute(1, 2, 0).to(render.device)
+        edited = resize_image(edited[0].float().permute(1, 2, 0), (height, width)).clamp(0, 1)
+        return edited.to(render.device)
 
     @torch.no_grad()
     def prompt_embeddings(self, prompt: str) -> torch.Tensor:
@@ -336,8 +329,8 @@ class InstructPix2PixEditor:
 
     def model_input(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """[H, W, 3] in [0, 1] -> [1, 3, h, w] in [-1, 1] at the VAE-friendly size, device and dtype."""
-        image = image.detach().to(self.device, torch.float32).permute(2, 0, 1)[None]
-        return (resize(image, size) * 2 - 1).to(self.dtype)
+        image = resize_image(image.detach().to(self.device, torch.float32), size)
+        return (image.permute(2, 0, 1)[None] * 2 - 1).to(self.dtype)
 
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:

@@ -23,6 +23,10 @@ from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, rand
 from splat2splat.gaussians.rasterize import rasterize
 from splat2splat.scene import ImageLoss
 
+# What from_state_dict reads, and the shapes of the Gaussian parameters after the leading count N
+# (None: any size; shN holds K-1 SH bases).
+STATE_KEYS = ("config", "splats", "optimizers", "step", "background")
+SPLAT_TRAILING_SHAPES = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3), "shN": (None, 3)}
 
 @dataclass
 class StrategyConfig:
@@ -247,13 +251,36 @@ class GaussianBackend:
         self.background = torch.tensor(state["background"], device=self.device)
 
     @classmethod
-    def from_state_dict(cls, state: dict, overrides: dict | None = None) -> "GaussianBackend":
-        """Rebuild a backend from :meth:`state_dict` (``overrides``: config fields to change, e.g. device)."""
-        config = config_from_dict(GaussianConfig, {**state["config"], **(overrides or {})})
+    def from_state_dict(cls, state: dict, device: str | None = None) -> "GaussianBackend":
+        """Rebuild a backend from :meth:`state_dict` (``device``: where it lives now, default the saved one)."""
+        config = config_from_dict(GaussianConfig, {**state["config"], **({"device": device} if device else {})})
         splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state["splats"].items()})
         backend = cls(splats, config, tuple(state["background"]))
         backend.load_state_dict(state)
         return backend
+
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """Raise ValueError unless ``state`` is a complete :meth:`state_dict`: every parameter, one row per
+        Gaussian, the right shapes (checked before anything is built, for a clear message)."""
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"the state lacks {', '.join(missing)}")
+        splats = state["splats"]
+        if not isinstance(splats, dict):
+            raise ValueError(f"'splats' must be a dict of tensors, found a {type(splats).__name__}")
+        missing = [key for key in SPLAT_KEYS if not isinstance(splats.get(key), torch.Tensor)]
+        if missing:
+            raise ValueError(f"the Gaussians lack the tensors {', '.join(missing)}")
+        count = len(splats["means"])
+        for key, trailing in SPLAT_TRAILING_SHAPES.items():
+            shape = tuple(splats[key].shape)
+            if len(shape) != len(trailing) + 1 or any(want is not None and got != want
+                                                      for got, want in zip(shape[1:], trailing)):
+                expected = ["N", *("K" if t is None else t for t in trailing)]
+                raise ValueError(f"Gaussian '{key}' has shape {list(shape)}, expected {expected}")
+            if shape[0] != count:
+                raise ValueError(f"Gaussian parameters disagree: '{key}' has {shape[0]} rows, 'means' {count}")
 
     def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
         from splat2splat.gaussians.ply import save_ply, save_splat

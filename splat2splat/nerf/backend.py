@@ -11,17 +11,15 @@ seeded from the config and saved in :meth:`NerfBackend.state_dict`, so a resumed
 an uninterrupted one (bit for bit on the CPU; on CUDA, ``grid_sample``'s backward adds atomically, so runs
 agree only up to float rounding).
 
-The defaults aim at real, unbounded captures; on the bundled 64-px demo scene on a CPU, a box
-(``unbounded=False``), 512 rays and 64 intervals per ray, planes (32, 64, 128, 256) and a 64^3 occupancy grid
-reach ~23.5 dB held-out PSNR in 300 steps (~40 s); see ``tests/nerf/test_nerf_backend.py``.
+The defaults aim at real, unbounded captures; small CPU settings for the bounded demo scene are in
+:mod:`splat2splat.testing.cpu_settings` (measured figures: docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
@@ -29,18 +27,13 @@ from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device, to_device
 from splat2splat.io import save_image, write_point_ply
+from splat2splat.losses import psnr_from_mse
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
-from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings, pixel_rays,
+from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings,
                                        render_rays)
 from splat2splat.scene import ImageLoss, SceneBackend
 
-
-# Settings measured for CPUs on the bounded 64-px demo scene (tests/nerf: 23.5 dB held out after 300 steps,
-# 0.13 s/step on 2 threads): a box instead of the contraction (the demo is bounded), 64 intervals per ray,
-# 512 rays per step, a 64^3 occupancy grid updated early and often, no dilation.
-CPU_DEMO_SETTINGS = dict(rays_per_batch=512, samples_per_ray=64, unbounded=False, plane_resolutions=(32, 64, 128, 256),
-                         occupancy_resolution=64, occupancy_warmup_steps=32, occupancy_update_every=8,
-                         occupancy_dilation=0, lr_decay_steps=600, render_chunk=4096)
+STATE_KEYS = ("config", "field", "optimizer", "occupancy", "train_indices", "step", "background")
 
 
 @dataclass
@@ -51,15 +44,13 @@ class NerfConfig:
     """Seed of the field initialisation and of every random choice during training."""
     device: str = "auto"
     """Torch device to train on; "auto" picks CUDA when available, else the CPU."""
-    initial_steps: int = 5000
-    """Reconstruction steps on the unedited images before editing starts (nerfacto trains 30000 on a GPU)."""
     rays_per_batch: int = 4096
     """Rays per training step (rounded down to whole patches)."""
     patch_size: int = 1
     """Side of the square pixel patches a batch is made of; 1 = independent random rays, 32 = in2n's LPIPS patches."""
     lr: float = 0.05
-    """Adam learning rate of the encoding at step 0. For "planes", 0.05 reached 23 dB on the 64-px demo in 200
-    steps where nerfacto's 0.01 reached 18 dB; use about 0.01-0.03 for "hash"."""
+    """Adam learning rate of the encoding at step 0. Higher than nerfacto's 0.01, which trained "planes" far more
+    slowly (docs/BENCHMARKS.md, "NeRF encoding"); use about 0.01-0.03 for "hash"."""
     mlp_lr: float = 0.005
     """Adam learning rate of the MLPs and appearance codes at step 0. Lower than the encoding's: plain PyTorch
     MLPs (with biases, unlike tiny-cuda-nn's) at 0.01 and above can saturate the colour sigmoid for good."""
@@ -68,8 +59,8 @@ class NerfConfig:
     lr_decay_steps: int = 20000
     """Steps over which the learning rates decay by ``lr_final_factor``."""
     encoding: Literal["planes", "hash"] = "planes"
-    """Position encoding: "planes" (K-Planes' multi-scale tri-plane; on a CPU measured 2.7x faster per step and
-    better per step than the hash grid, see ``splat2splat.nerf.field``) or "hash" (Instant-NGP's hash grid, as nerfacto)."""
+    """Position encoding: "planes" (K-Planes' multi-scale tri-plane; faster and better per step than
+    the pure-PyTorch hash grid on a CPU, see ``splat2splat.nerf.field``) or "hash" (Instant-NGP's hash grid, as nerfacto)."""
     plane_resolutions: tuple[int, ...] = (64, 128, 256, 512)
     """Plane resolutions of the "planes" encoding (over the unit cube the scene is mapped into)."""
     plane_features: int = 16
@@ -139,10 +130,6 @@ def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, di
     return mse, {"mse": mse.item(), "psnr": psnr_from_mse(mse.item())}
 
 
-def psnr_from_mse(mse: float) -> float:
-    return -10.0 * math.log10(max(mse, 1e-10))
-
-
 class NerfBackend:
     """A :class:`~splat2splat.scene.SceneBackend` holding a radiance field and its Adam optimiser."""
 
@@ -168,18 +155,8 @@ class NerfBackend:
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, config: NerfConfig | None = None) -> "NerfBackend":
-        """An untrained field for ``dataset`` (one appearance code per view); train it with :meth:`fit`."""
+        """An untrained field for ``dataset`` (one appearance code per view)."""
         return cls(config or NerfConfig(), len(dataset), dataset.train_indices, dataset.background)
-
-    def fit(self, dataset: Dataset, n_steps: int | None = None, loss_fn: ImageLoss = mse_loss,
-            callback: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, float]:
-        """Train ``n_steps`` (default: ``config.initial_steps``) with ``loss_fn``; returns the last step's stats."""
-        stats: dict[str, float] = {}
-        for _ in range(self.config.initial_steps if n_steps is None else n_steps):
-            stats = self.train_step(dataset, loss_fn)
-            if callback is not None:
-                callback(self.step, stats)
-        return stats
 
     # ---------------------------------------------------------------- training
 
@@ -220,7 +197,7 @@ class NerfBackend:
         for view in views.unique().tolist():
             rows = (views == view).nonzero()[:, 0]
             y, x = ys[rows].reshape(-1), xs[rows].reshape(-1)
-            o, d = pixel_rays(dataset.cameras, view, x, y)
+            o, d = dataset.cameras.pixel_rays(view, x, y)
             origins[rows], directions[rows] = o.reshape(len(rows), n_pixels, 3), d.reshape(len(rows), n_pixels, 3)
             target[rows] = dataset.current[view][y, x].reshape(len(rows), n_pixels, 3).float()
             mask = dataset.masks[view] if dataset.masks is not None else None
@@ -251,7 +228,7 @@ class NerfBackend:
         """Colour [H, W, 3], depth [H, W] and opacity [H, W] of one camera, on the CPU."""
         height, width = cameras.image_size(index)
         ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-        origins, directions = pixel_rays(cameras, index, xs.reshape(-1), ys.reshape(-1))
+        origins, directions = cameras.pixel_rays(index, xs.reshape(-1), ys.reshape(-1))
         appearance = self.field.mean_appearance(self.train_indices)
         chunks = []
         for start in range(0, len(origins), self.config.render_chunk):
@@ -293,6 +270,15 @@ class NerfBackend:
         self.background = torch.tensor(state["background"], dtype=torch.float32, device=self.device)
         self.step = int(state["step"])
 
+    @staticmethod
+    def check_state(state: dict) -> None:
+        """Raise ValueError unless ``state`` has what :meth:`from_state_dict` reads."""
+        missing = [key for key in STATE_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"the state lacks {', '.join(missing)}")
+        if not isinstance(state["field"], dict) or not isinstance(state["config"], dict):
+            raise ValueError("'field' and 'config' must be dicts")
+
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "NerfBackend":
         """Rebuild a backend from a checkpoint alone (its saved config; optionally on another device)."""
@@ -329,7 +315,7 @@ class NerfBackend:
             out = self._render_view(dataset.cameras, view)
             height, width = dataset.cameras.image_size(view)
             ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-            origins, directions = pixel_rays(dataset.cameras, view, xs.reshape(-1), ys.reshape(-1))
+            origins, directions = dataset.cameras.pixel_rays(view, xs.reshape(-1), ys.reshape(-1))
             opaque = out.opacity.reshape(-1) >= min_opacity
             depth = out.depth.reshape(-1, 1)
             points.append((origins + directions * depth)[opaque])

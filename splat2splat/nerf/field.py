@@ -9,13 +9,9 @@
 * :class:`NerfField` puts small MLPs on top: position features -> density + geometry features, then
   geometry features + spherical-harmonic view direction (+ per-image appearance embedding) -> colour.
 
-Why planes by default, measured on 2 CPU threads (torch 2.14): for 50k points, the hash grid (12 levels,
-2^16 entries) takes ~110-150 ms forward and ~190 ms forward+backward, because pure PyTorch materialises
-[N, levels, 8] index and weight tensors; the tri-plane (4 scales x 16 channels) takes ~23 ms and ~105 ms,
-being one fused ``grid_sample`` per scale. On the 64-px demo scene (1024 rays/step, box, occupancy grid),
-200 steps gave 23.3 dB held-out PSNR at 0.19 s/step with planes versus 18.0 dB at 0.52 s/step with the
-hash grid (each at its best measured learning rate). On a GPU the balance may differ; the hash grid stays
-available as ``encoding="hash"``.
+The tri-plane is the default because it was both faster and better per step than the pure-PyTorch hash
+grid on a CPU (figures: docs/BENCHMARKS.md, "NeRF encoding"); on a GPU the balance may differ, and the hash
+grid stays available as ``encoding="hash"``.
 """
 
 from __future__ import annotations
@@ -75,10 +71,6 @@ class SceneSpace:
         norm = c.abs().amax(-1, keepdim=True).clamp(min=1e-9, max=2.0 - 1e-6)
         distance = 1.0 / (2.0 - norm)  # L-inf norm of the uncontracted point
         return torch.where(norm <= 1.0, c, c * distance / norm) * self.radius
-
-    def inner_cube_bounds(self) -> tuple[float, float]:
-        """The part of the unit cube where world and cube coordinates are linearly related (no contraction)."""
-        return (0.25, 0.75) if self.unbounded else (0.0, 1.0)
 
 
 # Instant-NGP's hashing primes (the first is 1 so that one axis stays coherent in memory).

@@ -26,19 +26,6 @@ from splat2splat.data.cameras import Cameras
 from splat2splat.nerf.field import NerfField, SceneSpace
 
 
-def pixel_rays(cameras: Cameras, view: int, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """World ray origins and unit directions [N, 3] (on the CPU) through integer pixels (xs, ys) of camera ``view``.
-
-    Same convention as :func:`splat2splat.data.demo.camera_rays`: OpenCV axes, pixel centres at +0.5.
-    """
-    fx, fy, cx, cy = (float(v[view]) for v in (cameras.fx, cameras.fy, cameras.cx, cameras.cy))
-    xs, ys = xs.cpu().float(), ys.cpu().float()
-    dirs_cam = torch.stack([(xs + 0.5 - cx) / fx, (ys + 0.5 - cy) / fy, torch.ones_like(xs)], -1)
-    c2w = cameras.camtoworlds[view].float().cpu()
-    dirs = torch.nn.functional.normalize(dirs_cam @ c2w[:3, :3].T, dim=-1)
-    return c2w[:3, 3].expand_as(dirs).contiguous(), dirs
-
-
 def _box_entry_exit(origins: torch.Tensor, dirs: torch.Tensor, half_size: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Distances where rays enter and leave the cube [-half_size, half_size]^3 (exit < entry: missed)."""
     safe = torch.where(dirs.abs() < 1e-9, torch.full_like(dirs, 1e-9), dirs)

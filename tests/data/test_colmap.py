@@ -186,7 +186,7 @@ def test_distorted_images_are_undistorted_when_loaded(tmp_path):
     for i in range(3):
         valid = dataset.masks[i].clone()
         valid[:2], valid[-2:], valid[:, :2], valid[:, -2:] = False, False, False, False
-        error = (dataset.originals[i] - pattern_image(i)).abs().amax(-1)[valid]
+        error = (dataset.original(i) - pattern_image(i)).abs().amax(-1)[valid]
         error_of_file = (torch.from_numpy(load_image(root / "images" / f"frame_{i:05d}.png")) - pattern_image(i)).abs()
         assert error_of_file.amax(-1)[valid].max() > 0.05  # the lens moved the pattern noticeably...
         assert error.max() < 0.015, error.max()  # ...and undistortion moves it back (8-bit PNG, two resamplings)

@@ -21,7 +21,7 @@ def scene(tmp_path):
 
 def test_originals_never_change(scene):
     dataset = load_dataset(scene)
-    before = [img.clone() for img in dataset.originals]
+    before = [dataset.original(i) for i in range(len(dataset))]
 
     dataset.original(0).fill_(0.0)  # a copy: writing to it is harmless
     dataset.replace_image(1, torch.zeros(HEIGHT, WIDTH, 3))
@@ -30,20 +30,20 @@ def test_originals_never_change(scene):
     dataset.replace_image(3, edited)
     edited.fill_(0.0)  # the dataset keeps its own copy of an edit
 
-    for original, expected in zip(dataset.originals, before):
+    for original, expected in zip(map(dataset.original, range(len(dataset))), before):
         assert torch.equal(original, expected)
     assert torch.equal(dataset.current[1], torch.zeros(HEIGHT, WIDTH, 3))
     assert torch.equal(dataset.current[3], torch.full((HEIGHT, WIDTH, 3), 0.75))
     assert dataset.edit_counts == [0, 1, 0, 1]
     dataset.reset_edits()
-    assert all(torch.equal(c, o) for c, o in zip(dataset.current, dataset.originals)) and dataset.edit_counts == [0] * 4
+    assert all(torch.equal(c, o) for c, o in zip(dataset.current, map(dataset.original, range(len(dataset))))) and dataset.edit_counts == [0] * 4
 
 
 def test_originals_are_copied_from_the_constructor_arguments():
     image = torch.rand(HEIGHT, WIDTH, 3)
     dataset = Dataset(cameras=tiny_cameras(1), image_names=["a.png"], originals=(image,), train_indices=[0], eval_indices=[])
     image.fill_(0.0)
-    assert dataset.originals[0].abs().sum() > 0
+    assert dataset.original(0).abs().sum() > 0
 
 
 def test_replacing_with_a_wrong_shape_is_refused(scene):
@@ -54,9 +54,9 @@ def test_replacing_with_a_wrong_shape_is_refused(scene):
 
 def test_downscale_in_memory_averages_pixels_and_scales_intrinsics(scene):
     full, half = load_dataset(scene), load_dataset(scene, downscale=2)
-    assert half.originals[0].shape == (HEIGHT // 2, WIDTH // 2, 3)
-    area_mean = full.originals[0].reshape(HEIGHT // 2, 2, WIDTH // 2, 2, 3).mean((1, 3))
-    torch.testing.assert_close(half.originals[0], area_mean, atol=1e-6, rtol=0)
+    assert half.original(0).shape == (HEIGHT // 2, WIDTH // 2, 3)
+    area_mean = full.original(0).reshape(HEIGHT // 2, 2, WIDTH // 2, 2, 3).mean((1, 3))
+    torch.testing.assert_close(half.original(0), area_mean, atol=1e-6, rtol=0)
     for key in ("fx", "fy", "cx", "cy"):
         torch.testing.assert_close(getattr(half.cameras, key), getattr(full.cameras, key) / 2)
     assert half.cameras.width.tolist() == [WIDTH // 2] * 4 and half.cameras.height.tolist() == [HEIGHT // 2] * 4

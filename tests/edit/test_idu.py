@@ -10,7 +10,7 @@ import torch
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
 from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
-from splat2splat.edit.test_editors import RecordingEditor, TintEditor
+from splat2splat.testing.editors import RecordingEditor, TintEditor
 from splat2splat.losses import LossWeights, PhotometricLoss
 
 
@@ -69,7 +69,7 @@ def test_each_edit_replaces_the_current_image_before_that_steps_training():
     idu.run_step()
     first = idu.edit_order[0]
     assert backend.seen_edit_counts[0][first] == 1 and sum(backend.seen_edit_counts[0]) == 1
-    assert not torch.equal(idu.dataset.current[first], idu.dataset.originals[first])
+    assert not torch.equal(idu.dataset.current[first], idu.dataset.original(first))
 
 
 def test_editor_gets_the_render_the_original_the_prompt_and_the_noise_range():
@@ -87,7 +87,7 @@ def test_editor_gets_the_render_the_original_the_prompt_and_the_noise_range():
         idu.run_step()
     render, original, prompt, noise_range = calls[-1]
     assert torch.equal(render, torch.full((8, 8, 3), 0.5))
-    assert torch.equal(original, dataset.originals[1])
+    assert torch.equal(original, dataset.original(1))
     assert prompt == "make it orange" and noise_range == (0.3, 0.6)
 
 
@@ -102,11 +102,11 @@ def test_igs2gs_schedule_reedits_every_training_view_each_round():
 
 def test_originals_are_never_modified():
     dataset = tiny_dataset()
-    before = [img.clone() for img in dataset.originals]
+    before = [dataset.original(i) for i in range(len(dataset))]
     idu, _ = make_idu(IDUConfig(edit_rate=1, edit_count=3), dataset)
     for _ in range(5):
         idu.run_step()
-    assert all(torch.equal(a, b) for a, b in zip(before, dataset.originals))
+    assert all(torch.equal(a, b) for a, b in zip(before, map(dataset.original, range(len(dataset)))))
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -159,14 +159,14 @@ def test_idu_on_the_gaussian_scene_moves_it_towards_the_edit(demo_scene):
         backend.train_step(dataset, PhotometricLoss(LossWeights()))
     editor = TintEditor()
     view = dataset.eval_indices[0]
-    target = editor.target(dataset.originals[view])
+    target = editor.target(dataset.original(view))
     # Compare on the objects: the white background is the scene's fixed background colour, which no edit of
     # the Gaussians can tint.
-    objects = (dataset.originals[view] < 0.95).any(-1)
+    objects = (dataset.original(view) < 0.95).any(-1)
 
     def distances():
         render = backend.render(dataset.cameras[[view]])[0]
-        return psnr(render[objects], target[objects]), psnr(render[objects], dataset.originals[view][objects])
+        return psnr(render[objects], target[objects]), psnr(render[objects], dataset.original(view)[objects])
 
     to_target_before, to_original_before = distances()
     idu = IterativeDatasetUpdate(dataset, backend, editor, "tint", IDUConfig(edit_rate=2, noise_range=(0.7, 0.98)),

@@ -7,16 +7,19 @@ import math
 import pytest
 import torch
 
-from splat2splat.data.demo import camera_rays
+from splat2splat.data.demo import supersampled_rays
 from splat2splat.data.readers import load_dataset
-from splat2splat.io import load_torch, save_torch
-from splat2splat.nerf.backend import CPU_DEMO_SETTINGS, NerfBackend, NerfConfig, mse_loss, psnr_from_mse, sample_patches
-from splat2splat.training import evaluate_views
+from splat2splat.checkpoint import load_checkpoint_file
+from splat2splat.io import save_torch
+from splat2splat.losses import psnr_from_mse
+from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss, sample_patches
+from splat2splat.testing.cpu_settings import NERF_CPU_DEMO_SETTINGS
+from tests.checkpoints import train_steps
+from splat2splat.scene import evaluate_views
 from splat2splat.nerf.field import HashGridEncoding, SceneSpace, TriPlaneEncoding
-from splat2splat.nerf.sampling import pixel_rays
 from splat2splat.scene import SceneBackend
 
-FAST = CPU_DEMO_SETTINGS
+FAST = NERF_CPU_DEMO_SETTINGS
 # A field small enough that a few steps take milliseconds (for behaviour, not quality).
 TINY = dict(rays_per_batch=64, samples_per_ray=16, unbounded=False, plane_resolutions=(16, 32), plane_features=4,
             hidden_dim=16, appearance_dim=4, occupancy_resolution=16, occupancy_warmup_steps=2, occupancy_update_every=2,
@@ -37,8 +40,7 @@ def dataset(demo_scene):
 def trained(dataset):
     """The FAST backend after QUALITY_STEPS steps, and the loss of every step."""
     backend = NerfBackend.from_dataset(dataset, NerfConfig(**FAST))
-    losses = []
-    backend.fit(dataset, QUALITY_STEPS, callback=lambda step, stats: losses.append(stats["loss"]))
+    losses = [backend.train_step(dataset, mse_loss)["loss"] for _ in range(QUALITY_STEPS)]
     return backend, losses
 
 
@@ -57,10 +59,10 @@ def test_training_reduces_the_loss(trained):
 
 def test_held_out_psnr_beats_the_floor_and_a_mean_colour_image(trained, dataset):
     backend, _ = trained
-    mean_color = torch.stack([dataset.originals[i] for i in dataset.train_indices]).mean((0, 1, 2))
-    mean_psnr = sum(psnr_from_mse(torch.mean((dataset.originals[i] - mean_color) ** 2).item())
+    mean_color = torch.stack([dataset.original(i) for i in dataset.train_indices]).mean((0, 1, 2))
+    mean_psnr = sum(psnr_from_mse(torch.mean((dataset.original(i) - mean_color) ** 2).item())
                     for i in dataset.eval_indices) / len(dataset.eval_indices)
-    psnr = evaluate_views(backend, dataset, dataset.eval_indices, dataset.originals)["psnr"]
+    psnr = evaluate_views(backend, dataset, dataset.eval_indices, dataset.original)["psnr"]
     assert mean_psnr < 12.0  # 9.2 dB measured
     assert psnr > PSNR_FLOOR, f"held-out PSNR {psnr:.2f} dB (mean colour: {mean_psnr:.2f} dB)"
     assert psnr > mean_psnr + 8.0
@@ -96,15 +98,15 @@ def test_export_writes_eval_renders_and_a_point_cloud(trained, dataset, tmp_path
 def test_state_dict_round_trip_resumes_exactly(dataset, tmp_path):
     config = NerfConfig(**TINY)
     straight = NerfBackend.from_dataset(dataset, config)
-    straight.fit(dataset, 6)
+    train_steps(straight, dataset, 6, mse_loss)
 
     first = NerfBackend.from_dataset(dataset, config)
-    first.fit(dataset, 3)
+    train_steps(first, dataset, 3, mse_loss)
     save_torch(tmp_path / "nerf.pt", first.state_dict())
     resumed = NerfBackend.from_dataset(dataset, config)
-    resumed.load_state_dict(load_torch(tmp_path / "nerf.pt"))
+    resumed.load_state_dict(load_checkpoint_file(tmp_path / "nerf.pt"))
     assert resumed.step == 3
-    resumed.fit(dataset, 3)  # spans an occupancy-grid update (every 2 steps)
+    train_steps(resumed, dataset, 3, mse_loss)  # spans an occupancy-grid update (every 2 steps)
 
     assert resumed.step == straight.step == 6
     for (name, a), b in zip(straight.field.state_dict().items(), resumed.field.state_dict().values()):
@@ -115,7 +117,7 @@ def test_state_dict_round_trip_resumes_exactly(dataset, tmp_path):
 
 def test_from_state_dict_rebuilds_the_backend(dataset):
     backend = NerfBackend.from_dataset(dataset, NerfConfig(**TINY))
-    backend.fit(dataset, 2)
+    train_steps(backend, dataset, 2, mse_loss)
     copy = NerfBackend.from_state_dict(backend.state_dict())
     assert copy.step == 2
     assert torch.equal(copy.render(dataset.cameras[[1]])[0], backend.render(dataset.cameras[[1]])[0])
@@ -124,8 +126,8 @@ def test_from_state_dict_rebuilds_the_backend(dataset):
 def test_same_seed_same_field_other_seed_other_field(dataset):
     a, b = (NerfBackend.from_dataset(dataset, NerfConfig(**TINY, seed=3)) for _ in range(2))
     c = NerfBackend.from_dataset(dataset, NerfConfig(**TINY, seed=4))
-    a.fit(dataset, 2)
-    b.fit(dataset, 2)
+    train_steps(a, dataset, 2, mse_loss)
+    train_steps(b, dataset, 2, mse_loss)
     assert all(torch.equal(x, y) for x, y in zip(a.field.parameters(), b.field.parameters()))
     assert not torch.equal(a.field.encoding.planes[0], c.field.encoding.planes[0])
 
@@ -177,9 +179,9 @@ def test_masked_out_pixels_give_no_loss(demo_scene):
 
 
 def test_pixel_rays_follow_the_demo_convention(dataset):
-    origins, directions = camera_rays(dataset.cameras, 3)
+    origins, directions = supersampled_rays(dataset.cameras, 3)
     ys, xs = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
-    o, d = pixel_rays(dataset.cameras, 3, xs.reshape(-1), ys.reshape(-1))
+    o, d = dataset.cameras.pixel_rays(3, xs.reshape(-1), ys.reshape(-1))
     assert torch.allclose(o, origins.reshape(-1, 3)) and torch.allclose(d, directions.reshape(-1, 3), atol=1e-6)
 
 
@@ -219,5 +221,5 @@ def test_hash_encoding_backend_trains(dataset):
     config = NerfConfig(**{**TINY, "encoding": "hash", "hash_levels": 4, "hash_log2_table_size": 10,
                            "hash_max_resolution": 64, "lr": 0.01})
     backend = NerfBackend.from_dataset(dataset, config)
-    stats = backend.fit(dataset, 2)
+    stats = train_steps(backend, dataset, 2, mse_loss)
     assert math.isfinite(stats["loss"]) and backend.step == 2

@@ -26,8 +26,8 @@ from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, sh_to_rgb
 from splat2splat.gaussians.ply import load_ply, prune_splats, save_ply, save_ply_compressed, save_splat
 from splat2splat.io import write_json, write_point_ply
-from splat2splat.scene_files import (backend_from_checkpoint, dataset_normalization, dataset_path_for, downscale_for,
-                                     read_checkpoint, scene_format)
+from splat2splat.checkpoint import backend_from_checkpoint
+from splat2splat.scene_loading import dataset_normalization, dataset_path_for, downscale_for, read_scene_checkpoint
 
 ExportFormat = Literal["ply", "splat", "ply_compressed", "points"]
 FILE_NAMES: dict[str, str] = {"ply": "scene.ply", "splat": "scene.splat", "ply_compressed": "scene.compressed.ply",
@@ -121,16 +121,16 @@ def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor], normalization
     return written
 
 
-def export_nerf(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
-    """A NeRF holds no Gaussians: only ``points`` (its surface point cloud and eval renders) applies."""
+def export_other_backend(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
+    """A scene without Gaussians (a NeRF): only ``points`` (its own export: surface points and renders) applies."""
     gaussian_formats = [f for f in cmd.formats if f in GAUSSIAN_ONLY_FORMATS]
     if gaussian_formats:
-        raise InputError(cmd.scene, f"is a NeRF checkpoint, and {', '.join(gaussian_formats)} export Gaussians, "
-                                    f"which need a Gaussian scene; use --formats points for the NeRF's point cloud "
-                                    f"and renders")
+        raise InputError(cmd.scene, f"is a {checkpoint['backend']} checkpoint, and {', '.join(gaussian_formats)} "
+                                    f"export Gaussians, which need a Gaussian scene; use --formats points for its "
+                                    f"point cloud and renders")
     if cmd.sh_degree is not None or cmd.min_opacity or cmd.max_scale is not None or cmd.crop_box is not None:
-        raise InputError(cmd.scene, "is a NeRF checkpoint: --sh-degree, --min-opacity, --max-scale and --crop-box "
-                                    "apply to Gaussian scenes only")
+        raise InputError(cmd.scene, f"is a {checkpoint['backend']} checkpoint: --sh-degree, --min-opacity, "
+                                    "--max-scale and --crop-box apply to Gaussian scenes only")
     from splat2splat.data.readers import load_dataset
 
     dataset = load_dataset(dataset_path_for(cmd.scene, cmd.data, checkpoint),
@@ -139,14 +139,14 @@ def export_nerf(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
     return {"points": [str(path) for path in backend.export(cmd.output, dataset)]}
 
 
-def run_export(cmd: Export) -> dict:
+def run(cmd: Export) -> dict:
     """Export the scene; returns what export.json holds."""
     check_formats(cmd.formats)
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
-    checkpoint = read_checkpoint(cmd.scene) if scene_format(cmd.scene) == "checkpoint" else None
+    checkpoint = read_scene_checkpoint(cmd.scene)
     summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}
-    if checkpoint is not None and checkpoint["backend"] == "nerf":
-        summary["files"] = export_nerf(cmd, checkpoint)
+    if checkpoint is not None and checkpoint["backend"] != "gaussian":
+        summary["files"] = export_other_backend(cmd, checkpoint)
     else:
         splats, normalization = gaussians_and_normalization(cmd, checkpoint)
         kept = prune_splats(splats, cmd.min_opacity or None, cmd.max_scale, cmd.crop_box, normalization)

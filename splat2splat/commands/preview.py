@@ -1,16 +1,11 @@
 """``splat2splat preview``: try an instruction on a few dataset images before editing the 3D scene.
 
-A 3D edit takes long; whether InstructPix2Pix understands an instruction at all, and which guidance scales
-suit it, shows on single images in seconds. The preview edits a few representative views the way the
-Iterative Dataset Update edits a view for the first time: at that point the scene renders the original
-image, so the editor gets the ORIGINAL image both as the render to noise and as its condition.
-
 Writes into ``--output``: ``preview.png`` (rows = views, columns original | edited), ``sweep.png`` when
 guidance scales are swept (rows = text guidance, columns = image guidance, on the first view) and
 ``preview.json`` (the prompt, every setting and the seconds taken).
 
-``--3d`` then runs a short, low-resolution 3D edit (``splat2splat edit`` with the in2n-tiny preset on
-downscaled images, few steps, the same editor) into ``--output/3d``: scene PLY, turntable, before/after sheet.
+``--3d`` then runs a short, low-resolution 3D edit (the in2n-tiny preset on downscaled images, few steps, the
+same editor) into ``--output/3d``: scene PLY, turntable, before/after sheet.
 """
 
 from __future__ import annotations
@@ -18,29 +13,23 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
-import torch
 import tyro
 from rich.progress import Progress
 
-from splat2splat.data.dataset import Dataset
-from splat2splat.edit.editor import Editor
+from splat2splat.edit.ip2p import IP2PConfig, check_noise_range
+from splat2splat.edit.job import EditJob, run_edit_job
 from splat2splat.edit.presets import preset
-from splat2splat.edit.run import Edit, run_edit
-from splat2splat.devices import resolve_device
-from splat2splat.edit.ip2p import (InstructPix2PixEditor, IP2PConfig, IP2PModels, check_noise_range, load_ip2p_models,
-                                   resolve_dtype)
+from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
+                                      sweep_grid)
 from splat2splat.errors import InputError
 from splat2splat.io import save_image, write_json
 from splat2splat.media import contact_sheet
 
-# Builds the editor for one set of options; injectable so tests and callers can supply their own.
-EditorFactory = Callable[[IP2PConfig], Editor]
-
 
 @dataclass
-class Fast3D:
+class Preview3D:
     """The short 3D edit of ``preview --3d``: in2n-tiny (no LPIPS) on smaller images with fewer steps."""
 
     downscale: int = 2
@@ -84,46 +73,8 @@ class Preview:
     """Image downscale factor of the dataset."""
     three_d: Annotated[bool, tyro.conf.arg(name="3d")] = False
     """Also run a short low-resolution 3D edit (Iterative Dataset Update) into OUTPUT/3d: PLY + turntable."""
-    fast: Fast3D = field(default_factory=lambda: Fast3D())
+    fast: Preview3D = field(default_factory=lambda: Preview3D())
     """Settings of the --3d edit."""
-
-
-# ------------------------------------------------------------------------------------------------ editors
-
-
-class IP2PEditorFactory:
-    """InstructPix2Pix editors that share ONE loaded model, whatever their guidance scales."""
-
-    def __init__(self) -> None:
-        self._models: dict[tuple[str, str, str], IP2PModels] = {}
-
-    def __call__(self, config: IP2PConfig) -> Editor:
-        key = (config.model, config.dtype, config.device)
-        if key not in self._models:
-            dtype = resolve_dtype(config.dtype, resolve_device(config.device))
-            self._models[key] = load_ip2p_models(config.model, dtype)
-        return InstructPix2PixEditor(self._models[key], config)
-
-
-# ------------------------------------------------------------------------------------------------- views
-
-
-def representative_views(dataset: Dataset, count: int) -> list[int]:
-    """``count`` training views far apart: farthest-point sampling of the camera centres, from the first view.
-
-    Returned in dataset order, so the sheet reads like the capture.
-    """
-    candidates = list(dataset.train_indices) or list(range(len(dataset)))
-    if count >= len(candidates):
-        return sorted(candidates)
-    centers = dataset.cameras.centers()[candidates].cpu()
-    chosen = [0]
-    distance = (centers - centers[0]).norm(dim=-1)
-    while len(chosen) < count:
-        farthest = int(distance.argmax())
-        chosen.append(farthest)
-        distance = torch.minimum(distance, (centers - centers[farthest]).norm(dim=-1))
-    return sorted(candidates[k] for k in chosen)
 
 
 def sweep_scales(cmd: Preview) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -134,16 +85,6 @@ def sweep_scales(cmd: Preview) -> tuple[tuple[float, ...], tuple[float, ...]] | 
             cmd.image_guidance_scales or (cmd.editor.image_guidance_scale,))
 
 
-# -------------------------------------------------------------------------------------------------- edits
-
-
-def edit_original(editor: Editor, dataset: Dataset, view: int, cmd: Preview) -> torch.Tensor:
-    """A first edit of ``view``: the original is both the render and the condition (render == original)."""
-    original = dataset.original(view)
-    generator = torch.Generator().manual_seed(cmd.seed)
-    return editor.edit(original, original, cmd.prompt, cmd.noise_range, generator).detach().float().cpu().clamp(0, 1)
-
-
 def check_preview(cmd: Preview) -> None:
     if not cmd.prompt.strip():
         raise InputError(None, "the prompt is empty: say what the edit should do")
@@ -152,7 +93,25 @@ def check_preview(cmd: Preview) -> None:
     check_noise_range(cmd.noise_range)
 
 
-def run_preview(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
+def free_folder(path: Path) -> Path:
+    """``path``, or ``path-2``, ``path-3``... whichever does not exist yet: earlier previews are kept."""
+    candidate, number = path, 1
+    while candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
+def quick_edit_job(cmd: Preview) -> EditJob:
+    """The edit of --3d: in2n-tiny's loss and schedule, shortened, with the preview's editor settings."""
+    fast = cmd.fast
+    idu = replace(preset("in2n-tiny"), steps=fast.steps, edit_rate=fast.edit_rate, editor=cmd.editor, seed=cmd.seed)
+    return EditJob(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
+                   init_steps=fast.init_steps, device=fast.device, downscale=cmd.downscale * fast.downscale,
+                   checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu)
+
+
+def run(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
     """Edit representative views (and the sweep grid); write the sheets and preview.json; return its content."""
     from splat2splat.data.readers import load_dataset
 
@@ -168,9 +127,11 @@ def run_preview(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
         task = progress.add_task("edit", total=n_edits)
         edited = []
         for view in views:
-            edited.append(edit_original(editor, dataset, view, cmd))
+            edited.append(edit_original(editor, dataset, view, cmd.prompt, cmd.noise_range, cmd.seed))
             progress.advance(task)
-        sweep = None if scales is None else sweep_grid(cmd, make_editor, dataset, views[0], scales, progress, task)
+        sweep = None if scales is None else sweep_grid(make_editor, cmd.editor, dataset, views[0], cmd.prompt,
+                                                       cmd.noise_range, cmd.seed, *scales,
+                                                       advance=lambda: progress.advance(task))
 
     save_image(cmd.output / "preview.png", contact_sheet(
         [[dataset.original(v), image] for v, image in zip(views, edited)],
@@ -193,44 +154,10 @@ def run_preview(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
     }
     if cmd.three_d:
         started_3d = time.perf_counter()
-        edit_cmd = quick_edit_command(cmd)
-        record = run_edit(edit_cmd, editor=editor)
-        summary["three_d"] = {"output": str(edit_cmd.output), "seconds": round(time.perf_counter() - started_3d, 3),
+        job = quick_edit_job(cmd)
+        record = run_edit_job(job, editor=editor)
+        summary["three_d"] = {"output": str(job.output), "seconds": round(time.perf_counter() - started_3d, 3),
                               "edits": record["edits"], "files": record["files"]}
     write_json(cmd.output / "preview.json", summary)
     print(f"{n_edits} 2D edits in {summary['seconds']:.1f} s; wrote {cmd.output}")
     return summary
-
-
-def free_folder(path: Path) -> Path:
-    """``path``, or ``path-2``, ``path-3``... whichever does not exist yet: earlier previews are kept."""
-    candidate, number = path, 1
-    while candidate.exists():
-        number += 1
-        candidate = path.with_name(f"{path.name}-{number}")
-    return candidate
-
-
-def quick_edit_command(cmd: Preview) -> Edit:
-    """The `splat2splat edit` of --3d: in2n-tiny's loss and schedule, shortened, with the preview's editor settings."""
-    fast = cmd.fast
-    idu = replace(preset("in2n-tiny"), steps=fast.steps, edit_rate=fast.edit_rate, editor=cmd.editor, seed=cmd.seed)
-    return Edit(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
-                init_steps=fast.init_steps, device=fast.device, downscale=cmd.downscale * fast.downscale,
-                checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu)
-
-
-def sweep_grid(cmd: Preview, make_editor: EditorFactory, dataset: Dataset, view: int,
-               scales: tuple[tuple[float, ...], tuple[float, ...]], progress: Progress, task) -> torch.Tensor:
-    """The sweep sheet: one edit of ``view`` per (text scale, image scale), axes labelled with the scales."""
-    text_scales, image_scales = scales
-    rows = []
-    for text_scale in text_scales:
-        row = []
-        for image_scale in image_scales:
-            editor = make_editor(replace(cmd.editor, guidance_scale=text_scale, image_guidance_scale=image_scale))
-            row.append(edit_original(editor, dataset, view, cmd))
-            progress.advance(task)
-        rows.append(row)
-    return contact_sheet(rows, row_labels=[f"text {s:g}" for s in text_scales],
-                         column_labels=[f"image {s:g}" for s in image_scales])

@@ -13,8 +13,9 @@ import torch
 from splat2splat.cli import entrypoint
 from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.edit.presets import PRESETS
-from splat2splat.edit.run import parse_edit_args, run_edit
-from splat2splat.io import load_image, load_torch, read_json
+from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
+from splat2splat.checkpoint import load_checkpoint_file
+from splat2splat.io import load_image, read_json
 from splat2splat.runner import Interrupted
 
 # Small and fast: 16 views at 32 px, 30 initial steps, an edit every step for 16 steps.
@@ -56,7 +57,7 @@ def test_edit_end_to_end_with_the_tiny_model(small_scene, tiny_ip2p_folder, tmp_
     assert (output / "before_after.png").is_file() and (output / "turntable.gif").is_file()
     edited = sorted((output / "edited").glob("*.png"))
     assert len(edited) == 14 and load_image(edited[0]).shape == (32, 32, 3)
-    checkpoint = load_torch(output / "checkpoint.pt")
+    checkpoint = load_checkpoint_file(output / "checkpoint.pt")
     assert checkpoint["backend"] == backend and checkpoint["idu"]["step"] == 16
     assert checkpoint["backend_state"]["step"] == 30 + 16  # initial training, then the edit's steps
     if backend == "gaussian":
@@ -85,12 +86,12 @@ def test_interrupted_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_
 
     with pytest.raises(Interrupted):
         run_edit(parse_edit_args(edit_args(small_scene, interrupted, tiny_ip2p_folder)), on_step=press_ctrl_c)
-    saved = load_torch(interrupted / "checkpoint.pt")
+    saved = load_checkpoint_file(interrupted / "checkpoint.pt")
     assert saved["idu"]["step"] == 7 and not (interrupted / "run.json").exists()
 
     # --resume needs nothing but the folder: data, prompt and settings come from the checkpoint.
     run_edit(parse_edit_args(["--output", str(interrupted), "--resume"]))
-    a, b = load_torch(reference / "checkpoint.pt"), load_torch(interrupted / "checkpoint.pt")
+    a, b = load_checkpoint_file(reference / "checkpoint.pt"), load_checkpoint_file(interrupted / "checkpoint.pt")
     for key, value in a["backend_state"]["splats"].items():
         assert torch.equal(value, b["backend_state"]["splats"][key]), key
     for x, y in zip(a["dataset_edits"]["current"], b["dataset_edits"]["current"]):
@@ -106,7 +107,7 @@ def test_interrupted_initial_training_resumes(small_scene, tiny_ip2p_folder, tmp
             os.kill(os.getpid(), signal.SIGINT)
 
     cmd = parse_edit_args(edit_args(small_scene, output, tiny_ip2p_folder, steps=2))
-    import splat2splat.edit.run as run_module
+    import splat2splat.edit.job as run_module
 
     original_train_scene = run_module.train_scene
     run_module.train_scene = lambda *a, **k: original_train_scene(*a, **{**k, "on_step": press_ctrl_c})
@@ -115,7 +116,7 @@ def test_interrupted_initial_training_resumes(small_scene, tiny_ip2p_folder, tmp
             run_edit(cmd)
     finally:
         run_module.train_scene = original_train_scene
-    assert load_torch(output / "initial" / "checkpoint.pt")["backend_state"]["step"] == 10
+    assert load_checkpoint_file(output / "initial" / "checkpoint.pt")["backend_state"]["step"] == 10
     record = run_edit(parse_edit_args(["--output", str(output), "--resume"]))
     assert record["scene_steps"] == 30 + 2
 
@@ -190,7 +191,7 @@ def test_lpips_presets_train_with_an_explicitly_random_backbone(small_scene, tin
     args[args.index("in2n-tiny")] = "in2n"
     record = run_edit(parse_edit_args(args), lpips=load_lpips("alex", random_backbone=True))
     assert record["steps"] == 3 and record["last_step"]["lpips"] > 0 and record["last_step"]["l1"] > 0
-    checkpoint = load_torch(tmp_path / "run" / "checkpoint.pt")
+    checkpoint = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt")
     if backend == "nerf":
         assert checkpoint["backend_state"]["config"]["patch_size"] == 32
 
@@ -210,7 +211,7 @@ def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(small_scene, tmp_path_factory) -> Path:
     from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig
-    from splat2splat.training import Train, run_train
+    from splat2splat.commands.train import Train, run as run_train
 
     output = tmp_path_factory.mktemp("trained") / "run"
     run_train(Train(data=small_scene, output=output, steps=20, eval_every=0,
@@ -227,7 +228,7 @@ def test_edit_starts_from_a_train_checkpoint(small_scene, tiny_ip2p_folder, trai
 
 def test_edit_starts_from_an_inria_ply_in_the_original_frame(small_scene, tiny_ip2p_folder, trained_run, tmp_path):
     from splat2splat.data.readers import load_dataset
-    from splat2splat.scene_files import load_scene
+    from splat2splat.scene_loading import load_scene
 
     dataset = load_dataset(small_scene)
     imported = load_scene(trained_run / "scene.ply", dataset)

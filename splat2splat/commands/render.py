@@ -27,7 +27,7 @@ from splat2splat.io import save_image, write_json
 from splat2splat.losses import image_metrics
 from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video
 from splat2splat.scene import SceneBackend
-from splat2splat.scene_files import load_scene_and_dataset
+from splat2splat.scene_loading import load_scene_and_dataset
 
 COMPARISON_VIEWS = 8
 COMPARISON_MAX_HEIGHT = 360  # keeps comparison.png viewable for large captures
@@ -77,7 +77,7 @@ def render_views(backend: SceneBackend, dataset: Dataset, indices: list[int]) ->
 
 def score_views(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> dict:
     """Per-view and mean PSNR / SSIM against the ORIGINAL images."""
-    per_view = {dataset.image_names[i]: image_metrics(render, dataset.originals[i])
+    per_view = {dataset.image_names[i]: image_metrics(render, dataset.original(i))
                 for render, i in zip(renders, indices)}
     mean = {key: sum(m[key] for m in per_view.values()) / len(per_view) for key in ("psnr", "ssim")}
     return {"mean": mean, "views": per_view}
@@ -86,8 +86,8 @@ def score_views(renders: list[torch.Tensor], dataset: Dataset, indices: list[int
 def comparison_sheet(renders: list[torch.Tensor], dataset: Dataset, indices: list[int]) -> torch.Tensor:
     """Ground truth | render for up to :data:`COMPARISON_VIEWS` views, labelled with the image names."""
     picks = evenly_spread(len(indices), COMPARISON_VIEWS)
-    height = min(COMPARISON_MAX_HEIGHT, int(dataset.originals[indices[picks[0]]].shape[0]))
-    rows = [[fit_height(dataset.originals[indices[k]], height), fit_height(renders[k], height)] for k in picks]
+    height = min(COMPARISON_MAX_HEIGHT, dataset.image_size(indices[picks[0]])[0])
+    rows = [[fit_height(dataset.original(indices[k]), height), fit_height(renders[k], height)] for k in picks]
     labels = [dataset.image_names[indices[k]] for k in picks]
     return contact_sheet(rows, row_labels=labels, column_labels=["ground truth", "render"])
 
@@ -97,7 +97,7 @@ def render_file_name(image_name: str) -> str:
     return f"{Path(image_name).stem}.png"
 
 
-def run_render(cmd: Render) -> dict:
+def run(cmd: Render) -> dict:
     """Render, compare and score the scene; returns what metrics.json holds."""
     if cmd.turntable_frames < 0:
         raise InputError(None, f"--turntable-frames must be 0 or more, got {cmd.turntable_frames}")

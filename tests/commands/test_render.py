@@ -16,8 +16,8 @@ from splat2splat.kernels.ssim import ssim
 from splat2splat.losses import psnr
 from splat2splat.media import contact_sheet
 from splat2splat.media import evenly_spread
-from splat2splat.render import COMPARISON_VIEWS, Render, render_file_name, run_render
-from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
+from splat2splat.commands.render import COMPARISON_VIEWS, Render, render_file_name, run as run_render
+from tests.checkpoints import write_gaussian_checkpoint, write_nerf_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +55,8 @@ def test_metrics_score_each_view_against_its_original(rendered, trained):
     for i in dataset.eval_indices:
         name = dataset.image_names[i]
         saved = torch.from_numpy(load_image(output / "renders" / "eval" / render_file_name(name)))  # 8-bit render
-        assert metrics["views"][name]["psnr"] == pytest.approx(psnr(saved, dataset.originals[i]), abs=0.1)
-        assert metrics["views"][name]["ssim"] == pytest.approx(float(ssim(saved[None], dataset.originals[i][None])),
+        assert metrics["views"][name]["psnr"] == pytest.approx(psnr(saved, dataset.original(i)), abs=0.1)
+        assert metrics["views"][name]["ssim"] == pytest.approx(float(ssim(saved[None], dataset.original(i)[None])),
                                                                abs=0.01)
     mean_psnr = sum(v["psnr"] for v in metrics["views"].values()) / len(metrics["views"])
     assert metrics["mean"]["psnr"] == pytest.approx(mean_psnr)

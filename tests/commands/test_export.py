@@ -10,10 +10,10 @@ import torch
 
 from splat2splat.cli import entrypoint
 from splat2splat.errors import InputError
-from splat2splat.export import Export, run_export
+from splat2splat.commands.export import Export, run as run_export
 from splat2splat.gaussians.ply import save_ply
-from splat2splat.scene_files import load_scene
-from tests.test_scene_files import write_gaussian_checkpoint, write_nerf_checkpoint
+from splat2splat.scene_loading import load_scene
+from tests.checkpoints import write_gaussian_checkpoint, write_nerf_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -138,10 +138,10 @@ def test_nerf_checkpoint_exports_points_only(demo_scene, tmp_path):
 
 def test_checkpoint_with_a_vanished_dataset_needs_data(trained, demo_scene, tmp_path):
     _, backend, _ = trained
-    from splat2splat.io import save_torch
+    from splat2splat.checkpoint import save_checkpoint
 
     moved = tmp_path / "moved.pt"
-    save_torch(moved, {"backend": "gaussian", "backend_state": backend.state_dict(), "data": str(tmp_path / "gone")})
+    save_checkpoint(moved, backend, tmp_path / "gone", 1)
     with pytest.raises(InputError, match="--data"):
         run_export(Export(scene=moved, output=tmp_path / "out"))
     run_export(Export(scene=moved, data=demo_scene, output=tmp_path / "out", formats=("splat",)))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splat2splat.edit.editor import Editor
-from splat2splat.edit.test_editors import IdentityEditor, RecordingEditor, TintEditor
+from splat2splat.testing.editors import IdentityEditor, RecordingEditor, TintEditor
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from splat2splat.edit.editor import Editor
+from splat2splat.imaging import resize_image
 
 
 class IdentityEditor:
@@ -45,7 +45,7 @@ class TintEditor:
         lower, upper = noise_range
         # One draw per edit from the caller's generator, like IP2P's timestep: reproducible per seed.
         level = lower + (upper - lower) * torch.rand((), generator=generator).item()
-        target = self.target(match_size(original.detach(), render.shape[:2]).to(render.device, render.dtype))
+        target = self.target(resize_image(original.detach(), render.shape[:2]).to(render.device, render.dtype))
         return level * target + (1 - level) * render.detach()
 
 
@@ -67,12 +67,3 @@ class RecordingEditor:
              noise_range: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
         self.calls.append(RecordedEdit(prompt, tuple(noise_range), tuple(render.shape[:2])))
         return self.inner.edit(render, original, prompt, noise_range, generator)
-
-
-def match_size(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[H, W, 3] image resized (bilinear) to ``size`` = (H', W'); unchanged when it already matches."""
-    if tuple(image.shape[:2]) == tuple(size):
-        return image
-    resized = F.interpolate(image.permute(2, 0, 1)[None].float(), size=tuple(size), mode="bilinear",
-                            align_corners=False, antialias=True)
-    return resized[0].permute(1, 2, 0).to(image.dtype)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from splat2splat.edit.ip2p import check_noise_range
-from splat2splat.edit.test_editors import match_size
+from splat2splat.imaging import resize_image
 from splat2splat.gaussians.model import SH_C0
 
 # A warm, sepia-like grade. All entries are >= 0 and every row sum plus its offset is <= 1, so it maps
@@ -122,7 +122,7 @@ class OracleEditor:
         blob_draws = draw_blobs(self.blobs, generator)
 
         render = render.detach()
-        original = match_size(original.detach(), tuple(render.shape[:2])).to(render.device, render.dtype)
+        original = resize_image(original.detach(), tuple(render.shape[:2])).to(render.device, render.dtype)
         target = self.transform.jittered(jitter_noise, self.jitter).apply_to_image(original).clamp(0, 1)
         edited = level * target + (1 - level) * render
         edited = paint_blobs(edited, blob_draws, self.blob_size, level * self.blob_strength)

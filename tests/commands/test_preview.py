@@ -11,20 +11,14 @@ import torch
 from splat2splat.cli import entrypoint
 from splat2splat.data.readers import load_dataset
 from splat2splat.edit.ip2p import IP2PConfig
-from splat2splat.edit.test_editors import TintEditor
+from splat2splat.testing.editors import TintEditor
 from splat2splat.errors import InputError
 from splat2splat.io import load_image
 from splat2splat.media import contact_sheet
-from splat2splat.preview import Preview, edit_original, representative_views, run_preview
+from splat2splat.commands.preview import Preview, run as run_preview
+from splat2splat.edit.preview import edit_original, representative_views
 
 DOWNSCALE = 2  # 32-px views
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from splat2splat.edit.tiny_model import build_tiny_ip2p
-
-    return build_tiny_ip2p(tmp_path_factory.mktemp("tiny-ip2p") / "model", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +26,8 @@ def dataset(demo_scene):
     return load_dataset(demo_scene, downscale=DOWNSCALE)
 
 
-def tiny_editor_config(tiny_model, **overrides) -> IP2PConfig:
-    return IP2PConfig(model=str(tiny_model), device="cpu", dtype="float32", diffusion_steps=2, **overrides)
+def tiny_editor_config(tiny_ip2p_folder, **overrides) -> IP2PConfig:
+    return IP2PConfig(model=str(tiny_ip2p_folder), device="cpu", dtype="float32", diffusion_steps=2, **overrides)
 
 
 @dataclass
@@ -52,13 +46,13 @@ def sheet_shape(rows: int, columns: int, row_labels: list[str], column_labels: l
     return tuple(contact_sheet([[image] * columns] * rows, row_labels, column_labels).shape)
 
 
-def test_preview_with_the_tiny_model(demo_scene, tiny_model, dataset, tmp_path):
+def test_preview_with_the_tiny_ip2p_folder(demo_scene, tiny_ip2p_folder, dataset, tmp_path):
     cmd = Preview(data=demo_scene, prompt="make it look like autumn", output=tmp_path, views=2,
-                  editor=tiny_editor_config(tiny_model), downscale=DOWNSCALE)
+                  editor=tiny_editor_config(tiny_ip2p_folder), downscale=DOWNSCALE)
     summary = run_preview(cmd)
     assert json.loads((tmp_path / "preview.json").read_text()) == summary
     assert summary["prompt"] == "make it look like autumn" and summary["edits"] == 2 and summary["sweep"] is None
-    assert summary["editor"]["model"] == str(tiny_model) and summary["seconds"] > 0
+    assert summary["editor"]["model"] == str(tiny_ip2p_folder) and summary["seconds"] > 0
     views = representative_views(dataset, 2)
     assert summary["views"] == [dataset.image_names[v] for v in views]
     sheet = torch.from_numpy(load_image(tmp_path / "preview.png"))
@@ -66,15 +60,15 @@ def test_preview_with_the_tiny_model(demo_scene, tiny_model, dataset, tmp_path):
     assert not (tmp_path / "sweep.png").exists()
 
 
-def test_first_edit_conditions_on_the_original_and_is_reproducible(demo_scene, tiny_model, dataset):
+def test_first_edit_conditions_on_the_original_and_is_reproducible(demo_scene, tiny_ip2p_folder, dataset):
     from splat2splat.edit.ip2p import InstructPix2PixEditor
 
-    cmd = Preview(data=demo_scene, prompt="make it snowy", editor=tiny_editor_config(tiny_model), seed=3)
+    cmd = Preview(data=demo_scene, prompt="make it snowy", editor=tiny_editor_config(tiny_ip2p_folder), seed=3)
     editor = InstructPix2PixEditor.from_config(cmd.editor)
-    first = edit_original(editor, dataset, 5, cmd)
-    assert first.shape == dataset.originals[5].shape
-    assert torch.equal(first, edit_original(editor, dataset, 5, cmd))  # same seed, same edit
-    assert (first - dataset.originals[5]).abs().mean() > 0.01  # random weights at high noise: visibly changed
+    first = edit_original(editor, dataset, 5, cmd.prompt, cmd.noise_range, cmd.seed)
+    assert first.shape == dataset.original(5).shape
+    assert torch.equal(first, edit_original(editor, dataset, 5, cmd.prompt, cmd.noise_range, cmd.seed))  # same seed, same edit
+    assert (first - dataset.original(5)).abs().mean() > 0.01  # random weights at high noise: visibly changed
 
 
 def test_sweep_grid_uses_every_scale_pair_on_the_first_view(demo_scene, dataset, tmp_path):
@@ -150,9 +144,9 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
 
 
 def test_3d_preview_runs_a_short_edit_and_keeps_earlier_previews(demo_scene, tmp_path):
-    from splat2splat.preview import Fast3D
+    from splat2splat.commands.preview import Preview3D
 
-    fast = Fast3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3, device="cpu")
+    fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3, device="cpu")
     cmd = Preview(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE * 2, three_d=True,
                   fast=fast)
     first = run_preview(cmd, RecordingFactory())

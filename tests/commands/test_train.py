@@ -12,9 +12,10 @@ import torch
 from splat2splat.cli import entrypoint
 from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig
-from splat2splat.io import load_torch, read_json
+from splat2splat.checkpoint import load_checkpoint_file
+from splat2splat.io import read_json
 from splat2splat.runner import Interrupted
-from splat2splat.training import Train, run_train
+from splat2splat.commands.train import Train, run as run_train
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def test_train_command_writes_checkpoint_exports_and_metrics(small_scene, tmp_pa
     assert metrics["steps"] == 20 and [h["step"] for h in metrics["history"]] == [10, 20]
     assert metrics["eval"]["psnr"] > 5 and 0 < metrics["eval"]["ssim"] <= 1
     assert {"scene.ply", "scene.splat", "checkpoint.pt"} <= {p.name for p in output.iterdir()}
-    assert load_torch(output / "checkpoint.pt")["backend_state"]["step"] == 20
+    assert load_checkpoint_file(output / "checkpoint.pt")["backend_state"]["step"] == 20
 
 
 def test_same_seed_same_scene_and_interrupted_run_resumes_to_the_same_scene(small_scene, tmp_path):
@@ -53,7 +54,7 @@ def test_same_seed_same_scene_and_interrupted_run_resumes_to_the_same_scene(smal
                   on_step=press_ctrl_c)
     run_train(Train(output=tmp_path / "c", resume=True))
 
-    a, b, c = (load_torch(tmp_path / name / "checkpoint.pt")["backend_state"] for name in "abc")
+    a, b, c = (load_checkpoint_file(tmp_path / name / "checkpoint.pt")["backend_state"] for name in "abc")
     assert len(a["splats"]["means"]) != 800  # densification did change the scene
     for key in a["splats"]:
         assert torch.equal(a["splats"][key], b["splats"][key]), f"not deterministic: {key}"
@@ -99,8 +100,8 @@ def test_demo_scene_reaches_the_stated_held_out_psnr(demo_scene, tmp_path):
     config = GaussianConfig(strategy=StrategyConfig(refine_start=100, refine_every=50))
     metrics = run_train(Train(data=demo_scene, output=tmp_path / "run", steps=300, eval_every=0, gaussians=config))
     dataset = load_dataset(demo_scene)
-    mean_colour = torch.stack([dataset.originals[i] for i in dataset.train_indices]).mean(dim=(0, 1, 2))
-    baseline = sum(psnr(mean_colour.expand_as(dataset.originals[i]), dataset.originals[i])
+    mean_colour = torch.stack([dataset.original(i) for i in dataset.train_indices]).mean(dim=(0, 1, 2))
+    baseline = sum(psnr(mean_colour.expand_as(dataset.original(i)), dataset.original(i))
                    for i in dataset.eval_indices) / len(dataset.eval_indices)
     assert baseline < 10.0
     assert metrics["eval"]["psnr"] > PSNR_FLOOR > baseline + 8.0

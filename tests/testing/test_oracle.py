@@ -7,7 +7,7 @@ import torch
 
 from splat2splat.data.cameras import Cameras, look_at
 from splat2splat.edit.editor import Editor
-from splat2splat.edit.oracle import ColorTransform, OracleEditor
+from splat2splat.testing.oracle import ColorTransform, OracleEditor
 from splat2splat.gaussians.model import activated, rgb_to_sh
 from splat2splat.gaussians.rasterize import rasterize
 

@@ -1,0 +1,261 @@
+"""One instruction-driven 3D edit (Iterative Dataset Update) and the run folder it lives in.
+
+Run folder (``EditJob.output``)::
+
+    command.json            the job, written before any work, so --resume can continue from the start
+    initial/checkpoint.pt   the unedited scene, when trained here (no --init)
+    checkpoint.pt           the edit: scene, edited images, IDU state, RNG; every checkpoint_every steps
+    scene.ply, scene.splat  the edited Gaussian scene in the dataset's original frame (NeRF: renders + points)
+    edited/<view>.png       the current (edited) training images
+    before_after.png        original | edited training image | final render, for a few views
+    turntable.mp4           a turn around the edited scene
+    run.json                prompt, preset and every setting, seeds, versions, timings, metrics
+
+A caller runs :func:`start_edit`, then :meth:`EditRun.edit`, then :meth:`EditRun.finish`. Ctrl-C finishes the
+current step, saves, and stops; a resumed run continues to the same result an uninterrupted one gives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
+from splat2splat.checkpoint import (COMMAND_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
+                                    read_checkpoint, read_command, require_keys, save_checkpoint, write_command)
+from splat2splat.configs import config_to_dict
+from splat2splat.data.dataset import Dataset
+from splat2splat.devices import resolve_device
+from splat2splat.edit.editor import Editor
+from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
+from splat2splat.errors import InputError
+from splat2splat.gaussians.backend import GaussianConfig
+from splat2splat.losses import PhotometricLoss
+from splat2splat.nerf.backend import NerfConfig
+from splat2splat.runner import LoopReport, run_loop
+from splat2splat.scene import SceneBackend
+from splat2splat.training import train_scene
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+@dataclass
+class EditJob:
+    """Edit a 3D scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
+
+    data: Path | None = None
+    """Dataset folder (nerfstudio, COLMAP or Blender); required unless --resume."""
+    prompt: str = ""
+    """The editing instruction, e.g. "make it look like autumn"; required unless --resume."""
+    preset: PresetName = DEFAULT_PRESET
+    """Settings preset: in2n (fp32 editor + LPIPS), in2n-small (fp16 + LPIPS), in2n-tiny (fp16, no LPIPS) or
+    igs2gs (re-edit the whole dataset periodically). It sets the defaults of every --idu.* option; options
+    given explicitly override it."""
+    output: Path = Path("outputs/edit")
+    """Run folder (see `splat2splat.edit.job`)."""
+    init: Path | None = None
+    """Scene to start from: a splat2splat checkpoint (.pt) or an INRIA 3DGS PLY of this dataset. Without it
+    the scene is first trained on the unedited images for --init-steps steps."""
+    init_steps: int = 2000
+    """Training steps of the initial scene when no --init is given."""
+    backend: BackendName = "gaussian"
+    """Scene representation: 'gaussian' (gsplat) or 'nerf' (original in2n's NeRF)."""
+    model: str | None = None
+    """InstructPix2Pix hub id or local pipeline folder (shortcut for --idu.editor.model)."""
+    device: str = "auto"
+    """'cuda', 'cpu' or 'auto' for both the scene and the editor."""
+    downscale: int = 1
+    """Image downscale factor."""
+    lpips_weights: Path | None = None
+    """ImageNet weights of the LPIPS backbone (torchvision checkpoint file) when not in the torch hub cache."""
+    checkpoint_every: int = 250
+    """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
+    eval_every: int = 500
+    """Steps between evaluations (fit to the edited images; held-out distance from the original)."""
+    turntable_frames: int = 60
+    """Frames of the turntable video (0: none)."""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """Turntable video format."""
+    idu: IDUConfig = field(default_factory=lambda: preset(DEFAULT_PRESET))
+    """Iterative Dataset Update settings (defaults from --preset)."""
+    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
+    """The Gaussian scene (initial training, or import of --init PLY)."""
+    nerf: NerfConfig = field(default_factory=NerfConfig)
+    """The NeRF scene (--backend nerf)."""
+
+
+def device_name(device: str) -> str:
+    """The device name for both the scene and the editor ('auto': cuda when available)."""
+    return str(resolve_device(device))
+
+
+def on_device(job: EditJob) -> EditJob:
+    """``job`` with every part's device set to the job's resolved ``--device``."""
+    device = device_name(job.device)
+    return dataclasses.replace(job, gaussians=dataclasses.replace(job.gaussians, device=device),
+                               nerf=dataclasses.replace(job.nerf, device=device),
+                               idu=dataclasses.replace(job.idu, editor=dataclasses.replace(
+                                   job.idu.editor, device=device, model=job.model or job.idu.editor.model)))
+
+
+# ------------------------------------------------------------------------------------------ the scene
+
+
+def initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
+    """The scene to edit: --init, or a scene trained here (resumable from initial/checkpoint.pt)."""
+    if job.init is not None:
+        from splat2splat.scene_loading import load_scene, scene_format
+
+        if job.backend == "nerf" and scene_format(job.init) == "ply":
+            raise InputError(job.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
+        return load_scene(job.init, dataset, job.gaussians, job.gaussians.device)
+    path = job.output / "initial" / CHECKPOINT_NAME
+    if path.exists():
+        state = read_checkpoint(path)
+        backend = backend_from_checkpoint(path, state, device_name(job.device))
+        load_rng_state(state["rng"])
+    else:
+        torch.manual_seed(job.gaussians.seed)
+        backend = make_backend(job.backend, dataset, config_for(job.backend, job))
+
+    def save() -> None:
+        save_checkpoint(path, backend, job.data, job.downscale)
+
+    if backend.step < job.init_steps or not path.exists():
+        train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
+                    description="initial scene")
+    return backend
+
+
+def edit_configured(job: EditJob, backend: SceneBackend) -> SceneBackend:
+    """The scene as the edit trains it: a backend that trains on ray patches (the NeRF) is rebuilt with in2n's
+    32x32 patches when the edit's loss has LPIPS, which needs image structure; whole-image backends are as is."""
+    patch_size = getattr(backend.config, "patch_size", None)
+    if patch_size is not None and job.idu.loss.lpips > 0 and patch_size != IN2N_LPIPS_PATCH:
+        return rebuilt_with(backend, patch_size=IN2N_LPIPS_PATCH)
+    return backend
+
+
+# ----------------------------------------------------------------------------------- editor and loss
+
+
+def make_editor(job: EditJob) -> Editor:
+    from splat2splat.edit.ip2p import InstructPix2PixEditor
+
+    return InstructPix2PixEditor.from_config(job.idu.editor)
+
+
+def make_loss(job: EditJob, lpips: torch.nn.Module | None) -> PhotometricLoss:
+    """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing)."""
+    if job.idu.loss.lpips > 0 and lpips is None:
+        from splat2splat.edit.lpips_loss import load_lpips
+
+        lpips = load_lpips(job.idu.lpips_net, job.lpips_weights)
+    return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None)
+
+
+# ------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class EditRun:
+    """One edit: its job, dataset, scene and IDU loop, and the run folder they are saved in."""
+
+    job: EditJob
+    dataset: Dataset
+    backend: SceneBackend
+    idu: IterativeDatasetUpdate
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.job.output / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint_path, self.backend, self.job.data, self.job.downscale,
+                        command=config_to_dict(self.job), idu=self.idu.state_dict(),
+                        dataset_edits=self.dataset.edit_state())
+
+    def edit(self, on_step: Callable[[int], None] | None = None) -> LoopReport:
+        """Run the IDU to ``job.idu.steps`` (checkpoints, evaluation, Ctrl-C: see :func:`run_loop`)."""
+        job = self.job
+        return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
+                        f"edit: {job.prompt[:40]}", on_step)
+
+    def finish(self, report: LoopReport) -> dict:
+        """Write the deliverables and run.json; returns run.json's content."""
+        from splat2splat.edit.outputs import write_edit_outputs
+
+        return write_edit_outputs(self, report)
+
+
+def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
+    """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing)."""
+    output, checkpoint_path = job.output, job.output / CHECKPOINT_NAME
+    if (output / "run.json").exists():
+        raise InputError(output / "run.json", "this edit has already finished; nothing to resume")
+    if checkpoint_path.exists():
+        state = read_checkpoint(checkpoint_path)
+        require_keys(checkpoint_path, state, ("command", "idu", "dataset_edits"), "`splat2splat edit`")
+        saved = job_from_dict(EditJob, state["command"], checkpoint_path)
+    elif (output / COMMAND_FILE).exists():  # interrupted while training the initial scene
+        state, saved = None, read_command(output, EditJob)
+    else:
+        raise InputError(output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
+    return dataclasses.replace(saved, output=output), state
+
+
+def check_new_edit(job: EditJob) -> None:
+    if (job.output / CHECKPOINT_NAME).exists() or (job.output / COMMAND_FILE).exists():
+        raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
+    if job.data is None:
+        raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
+    if not job.prompt.strip():
+        raise InputError(None, "--prompt is required (the editing instruction)")
+
+
+def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
+               lpips: torch.nn.Module | None = None) -> EditRun:
+    """A new edit, or with ``resume`` the interrupted one in ``job.output`` (its saved job wins).
+
+    ``editor``/``lpips``: injected instead of loading InstructPix2Pix / LPIPS weights (tests, benchmarks).
+    """
+    from splat2splat.data.readers import load_dataset
+
+    state = None
+    if resume:
+        job, state = saved_job(job)
+    else:
+        check_new_edit(job)
+    job = on_device(job)
+    dataset = load_dataset(job.data, downscale=job.downscale)
+    # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
+    editor = editor if editor is not None else make_editor(job)
+    loss = make_loss(job, lpips)
+    if not resume:
+        write_command(job.output, job)  # from here on the run exists and --resume continues it
+    if state is not None:
+        backend = backend_from_checkpoint(job.output / CHECKPOINT_NAME, state, job.gaussians.device)
+        dataset.load_edit_state(state["dataset_edits"])
+    else:
+        backend = edit_configured(job, initial_scene(job, dataset))
+    idu = IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
+    if state is not None:
+        idu.load_state_dict(state["idu"])
+        load_rng_state(state["rng"])
+    return EditRun(job, dataset, backend, idu)
+
+
+def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | None = None,
+                 lpips: torch.nn.Module | None = None, on_step: Callable[[int], None] | None = None) -> dict:
+    """Start (or resume), edit and finish in one call; returns run.json's content."""
+    run = start_edit(job, resume, editor, lpips)
+    return run.finish(run.edit(on_step))

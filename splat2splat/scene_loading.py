@@ -1,0 +1,122 @@
+"""Scenes to continue from: a splat2splat checkpoint or a Gaussian-splatting PLY, with the dataset they belong to.
+
+A ``.ply`` is an INRIA 3DGS file (the original code, nerfstudio's splatfacto, our own export). It holds no
+cameras and lives in the ORIGINAL world frame, so it needs the dataset whose normalisation maps it into the
+frame the dataset's cameras live in. Checkpoints are read by :mod:`splat2splat.checkpoint`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Literal
+
+from splat2splat.checkpoint import CHECKPOINT_SUFFIXES, backend_from_checkpoint, read_checkpoint
+from splat2splat.data.dataset import Dataset, SceneNormalization
+from splat2splat.errors import InputError
+from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
+from splat2splat.gaussians.model import sh_degree_of
+from splat2splat.scene import SceneBackend
+
+PLY_SUFFIX = ".ply"
+SceneFormat = Literal["checkpoint", "ply"]
+
+
+def scene_format(path: Path) -> SceneFormat:
+    """Whether ``path`` names a checkpoint or a PLY (by suffix); anything else is an input error."""
+    path = Path(path)
+    if path.suffix.lower() in CHECKPOINT_SUFFIXES:
+        return "checkpoint"
+    if path.suffix.lower() == PLY_SUFFIX:
+        return "ply"
+    raise InputError(path, f"unknown scene format '{path.suffix}': use a splat2splat checkpoint "
+                           f"({', '.join(CHECKPOINT_SUFFIXES)}) or a Gaussian-splatting {PLY_SUFFIX}")
+
+
+def imported_scene_config(config: GaussianConfig, file_sh_degree: int) -> GaussianConfig:
+    """The config of a scene imported from a PLY of ``file_sh_degree``.
+
+    An imported scene is already trained, so its SH schedule must not restart at degree 0 (it would render
+    view-dependent colour as flat DC colour until ``sh_degree_interval * degree`` steps later).
+    """
+    return replace(config, sh_degree=file_sh_degree, initial_sh_degree=file_sh_degree)
+
+
+def import_ply(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
+               device: str | None = None) -> GaussianBackend:
+    """A fresh Gaussian backend (new optimisers, step 0) holding the Gaussians of an INRIA PLY."""
+    from splat2splat.gaussians.ply import load_ply
+
+    splats = load_ply(path, dataset.normalization)  # raises InputError naming the file
+    config = imported_scene_config(gaussian_config or GaussianConfig(), sh_degree_of(splats))
+    if device:
+        config = replace(config, device=device)
+    return GaussianBackend(splats, config, dataset.background)
+
+
+def load_scene(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
+               device: str | None = None) -> SceneBackend:
+    """A backend from a checkpoint (``.pt`` / ``.ckpt``) or a Gaussian-splatting ``.ply``.
+
+    ``dataset`` maps a PLY into the normalised frame; ``gaussian_config`` configures the training of an
+    imported PLY (a checkpoint keeps its own); ``device`` overrides where the scene lives.
+    """
+    path = Path(path)
+    if scene_format(path) == "ply":
+        return import_ply(path, dataset, gaussian_config, device)
+    return backend_from_checkpoint(path, read_checkpoint(path), device)
+
+
+def dataset_path_for(scene: Path, data: Path | None, checkpoint: dict | None) -> Path:
+    """``data`` when given, else the dataset a checkpoint names; a PLY has no default."""
+    if data is not None:
+        return Path(data)
+    if checkpoint is None:
+        raise InputError(scene, "a .ply scene holds no cameras: pass --data with the dataset it belongs to")
+    if "data" not in checkpoint:
+        raise InputError(scene, "checkpoint does not name its dataset: pass --data")
+    recorded = Path(checkpoint["data"])
+    if not recorded.exists():
+        raise InputError(scene, f"the checkpoint's dataset {recorded} does not exist (it was recorded relative to "
+                                f"where training ran, or moved): pass --data")
+    return recorded
+
+
+def downscale_for(checkpoint: dict | None, downscale: int | None) -> int:
+    """``downscale`` when given, else the checkpoint's training downscale (1 for a PLY)."""
+    if downscale is not None:
+        return downscale
+    return int(checkpoint.get("downscale", 1)) if checkpoint is not None else 1
+
+
+def read_scene_checkpoint(scene: Path) -> dict | None:
+    """The checkpoint ``scene`` names (read and checked), or None for a PLY (which must exist)."""
+    scene = Path(scene)
+    if scene_format(scene) == "checkpoint":
+        return read_checkpoint(scene)
+    if not scene.is_file():
+        raise InputError(scene, "scene file does not exist")
+    return None
+
+
+def load_scene_and_dataset(scene: Path, data: Path | None = None, downscale: int | None = None,
+                           device: str | None = None) -> tuple[SceneBackend, Dataset]:
+    """The scene and its dataset, reading a checkpoint only once (data and downscale default to its own)."""
+    from splat2splat.data.readers import load_dataset
+
+    checkpoint = read_scene_checkpoint(scene)
+    dataset = load_dataset(dataset_path_for(scene, data, checkpoint), downscale=downscale_for(checkpoint, downscale))
+    if checkpoint is None:
+        return import_ply(scene, dataset, device=device), dataset
+    return backend_from_checkpoint(scene, checkpoint, device), dataset
+
+
+def dataset_normalization(data: Path) -> SceneNormalization:
+    """The normalisation :func:`~splat2splat.data.readers.load_dataset` gives ``data``, without reading images.
+
+    It depends on the camera centres (and sparse points) only, so exports need no image loading.
+    """
+    from splat2splat.data.readers import read_raw_scene
+
+    raw = read_raw_scene(data)
+    return SceneNormalization.fit(raw.cameras.centers(), raw.points)

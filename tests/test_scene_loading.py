@@ -1,0 +1,120 @@
+"""Loading scenes to continue from: checkpoints (Gaussian and NeRF), imported PLYs, and their bad inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splat2splat.checkpoint import save_checkpoint
+from splat2splat.errors import InputError
+from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
+from splat2splat.gaussians.ply import save_ply
+from splat2splat.scene_loading import dataset_normalization, load_scene, load_scene_and_dataset
+from tests.checkpoints import TRAIN_STEPS, write_gaussian_checkpoint, write_nerf_checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained(demo_scene, tmp_path_factory):
+    path = tmp_path_factory.mktemp("scene") / "checkpoint.pt"
+    backend, dataset = write_gaussian_checkpoint(demo_scene, path)
+    return path, backend, dataset
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def test_checkpoint_loads_the_same_scene(trained):
+    path, backend, dataset = trained
+    loaded = load_scene(path, dataset, device="cpu")
+    assert isinstance(loaded, GaussianBackend)
+    assert loaded.step == backend.step == TRAIN_STEPS
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(loaded.render(views), backend.render(views)):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_defaults_give_the_dataset_and_its_downscale(trained):
+    path, _, dataset = trained
+    loaded, loaded_dataset = load_scene_and_dataset(path, device="cpu")
+    assert loaded_dataset.cameras.image_size(0) == dataset.cameras.image_size(0) == (32, 32)
+    assert loaded_dataset.normalization == dataset.normalization
+    assert loaded.name == "gaussian"
+
+
+def test_nerf_checkpoint_loads_as_a_nerf(demo_scene, tmp_path):
+    from splat2splat.nerf.backend import NerfBackend
+
+    path = tmp_path / "nerf.ckpt"
+    backend, dataset = write_nerf_checkpoint(demo_scene, path)
+    loaded = load_scene(path, dataset, device="cpu")
+    assert isinstance(loaded, NerfBackend) and loaded.step == backend.step == 2
+    for key, value in backend.field.state_dict().items():
+        assert torch.equal(loaded.field.state_dict()[key], value), key
+
+
+def test_imported_ply_renders_like_the_scene_it_came_from(trained, tmp_path):
+    _, backend, dataset = trained
+    ply = tmp_path / "scene.ply"
+    save_ply(ply, backend.splats, dataset.normalization)
+    imported = load_scene(ply, dataset, device="cpu")
+    assert isinstance(imported, GaussianBackend)
+    assert imported.step == 0  # a fresh optimisation: new optimisers, no strategy state
+    assert imported.config.sh_degree == imported.max_sh_degree == 3
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(imported.render(views), backend.render(views)):
+        # Means and log-scales pass through float32 in the original frame: tiny rounding only.
+        assert (a - b).abs().max() < 1e-3
+
+
+def test_imported_ply_takes_the_given_training_config(trained, tmp_path):
+    _, backend, dataset = trained
+    ply = tmp_path / "scene.ply"
+    save_ply(ply, backend.splats, dataset.normalization, sh_degree=1)
+    imported = load_scene(ply, dataset, GaussianConfig(means_lr=1e-5, sh_degree=3), device="cpu")
+    assert imported.config.means_lr == 1e-5
+    assert imported.config.sh_degree == imported.max_sh_degree == 1  # the file's degree wins
+
+
+def test_imported_ply_starts_at_its_file_sh_degree(trained, tmp_path):
+    _, backend, dataset = trained
+    ply = tmp_path / "scene.ply"
+    save_ply(ply, backend.splats, dataset.normalization, sh_degree=2)
+    assert load_scene(ply, dataset, device="cpu").active_sh_degree == 2
+
+
+def test_export_normalisation_matches_the_dataset(demo_scene, trained):
+    _, _, dataset = trained
+    assert dataset_normalization(demo_scene) == dataset.normalization
+
+
+# --------------------------------------------------------------------------------------------- bad inputs
+
+
+def test_missing_scene_files_name_the_file(trained, tmp_path):
+    _, _, dataset = trained
+    for name in ("missing.pt", "missing.ply"):
+        with pytest.raises(InputError, match="missing") as error:
+            load_scene(tmp_path / name, dataset)
+        assert str(tmp_path / name) in str(error.value)
+
+
+def test_unknown_scene_suffix_is_an_input_error(trained, tmp_path):
+    _, _, dataset = trained
+    with pytest.raises(InputError, match="unknown scene format"):
+        load_scene(tmp_path / "scene.npz", dataset)
+
+
+def test_ply_without_dataset_is_an_input_error(trained, tmp_path):
+    _, backend, dataset = trained
+    ply = tmp_path / "scene.ply"
+    save_ply(ply, backend.splats, dataset.normalization)
+    with pytest.raises(InputError, match="--data"):
+        load_scene_and_dataset(ply)
+
+
+def test_checkpoint_with_a_vanished_dataset_asks_for_data(trained, tmp_path):
+    path, backend, _ = trained
+    moved = tmp_path / "moved.pt"
+    save_checkpoint(moved, backend, tmp_path / "gone", 1)
+    with pytest.raises(InputError, match="pass --data"):
+        load_scene_and_dataset(moved)
