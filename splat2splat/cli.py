@@ -36,6 +36,7 @@ COMMANDS = {
     "preview": ("splat2splat.preview", "Preview", "run_preview", "see what an instruction does, in seconds"),
     "render": ("splat2splat.render", "Render", "run_render", "render dataset views and a turntable video"),
     "export": ("splat2splat.export", "Export", "run_export", "write PLY / .splat / compressed PLY for viewers"),
+    "eval": ("splat2splat.commands.eval", "Eval", "run_eval", "CLIP metrics and a report for edit runs"),
 }
 
 

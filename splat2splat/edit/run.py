@@ -32,6 +32,7 @@ from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
 from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
+from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfBackend, NerfConfig
@@ -95,6 +96,8 @@ class Edit:
     """The Gaussian scene (initial training, or import of --init PLY)."""
     nerf: NerfConfig = field(default_factory=NerfConfig)
     """The NeRF scene (--backend nerf)."""
+    eval: EditEvaluation = field(default_factory=EditEvaluation)
+    """CLIP evaluation of the finished edit (--eval.captions SRC TGT turns it on; see `splat2splat eval`)."""
 
 
 def device_name(device: str) -> str:
@@ -144,6 +147,19 @@ def make_editor(cmd: Edit) -> Editor:
     return InstructPix2PixEditor.from_config(config)
 
 
+def load_eval_clip(cmd: Edit):
+    """The CLIP encoder of --eval.captions (None without them)."""
+    if cmd.eval.captions is None:
+        return None
+    from splat2splat.evaluation.clip_metrics import load_clip
+
+    if not all(caption.strip() for caption in cmd.eval.captions):
+        raise InputError(None, "--eval.captions needs two non-empty captions: the original scene's and the edited one's")
+    if cmd.eval.frames < 2:
+        raise InputError(None, f"--eval.frames must be at least 2 (consistency compares consecutive frames), got {cmd.eval.frames}")
+    return load_clip(cmd.eval.clip_model, device_name(cmd.device))
+
+
 def make_loss(cmd: Edit, lpips: torch.nn.Module | None) -> PhotometricLoss:
     """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing)."""
     if cmd.idu.loss.lpips > 0 and lpips is None:
@@ -158,8 +174,10 @@ def make_loss(cmd: Edit, lpips: torch.nn.Module | None) -> PhotometricLoss:
 class EditRun:
     """One edit: dataset, scene, IDU loop, and the run folder they are saved in."""
 
-    def __init__(self, cmd: Edit, dataset: Dataset, backend: SceneBackend, idu: IterativeDatasetUpdate):
+    def __init__(self, cmd: Edit, dataset: Dataset, backend: SceneBackend, idu: IterativeDatasetUpdate,
+                 clip=None):
         self.cmd, self.dataset, self.backend, self.idu = cmd, dataset, backend, idu
+        self.clip = clip  # the CLIP encoder of --eval.captions, loaded before the edit starts
         self.checkpoint_path = cmd.output / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
@@ -198,6 +216,7 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(cmd)
     loss = make_loss(cmd, lpips)
+    clip = load_eval_clip(cmd)
     if not cmd.resume:
         write_json(command_path, config_to_dict(cmd))  # from here on the run exists and --resume continues it
     if state is not None:
@@ -211,7 +230,7 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
     if state is not None:
         idu.load_state_dict(state["idu"])
         load_rng_state(state["rng"])
-    return EditRun(cmd, dataset, backend, idu)
+    return EditRun(cmd, dataset, backend, idu, clip)
 
 
 def run_edit(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | None = None,
@@ -241,7 +260,12 @@ def run_edit(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | N
     finally:
         if viewer is not None:
             viewer.close()
-    return write_outputs(run, report, time.perf_counter() - started)
+    record = write_outputs(run, report, time.perf_counter() - started)
+    if run.clip is not None:
+        from splat2splat.evaluation.report import add_eval_to_run
+
+        record = add_eval_to_run(run.cmd.output, record, run.cmd.eval, run.clip, device_name(run.cmd.device))
+    return record
 
 
 def write_outputs(run: EditRun, report, seconds: float) -> dict:
