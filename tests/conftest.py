@@ -30,3 +30,11 @@ def demo_scene(tmp_path_factory) -> Path:
     from splat2splat.data.demo import DemoConfig, write_demo_scene
 
     return write_demo_scene(tmp_path_factory.mktemp("demo"), DemoConfig(n_views=40, image_size=64, n_points=3000))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory) -> Path:
+    """A tiny random-weight CLIP model folder with OpenAI CLIP's tokenizer and preprocessing config."""
+    from splat2splat.edit.tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "model", seed=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import tyro
 
@@ -24,7 +25,7 @@ class Eval:
     """CLIP text-image direction similarity and direction consistency (Instruct-NeRF2NeRF's metrics) of edit runs,
     beside their PSNR/SSIM figures, with contact sheets of original vs edited scene."""
 
-    runs: tyro.conf.Positional[tuple[Path, ...]]
+    runs: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="RUN [RUN ...]")]]
     """Edit run folders (the --output of `splat2splat edit`), or edited scene files (.pt/.ply) with --original."""
     source_caption: str = ""
     """Caption of the original scene, e.g. "a photo of a bear" (required)."""
