@@ -135,3 +135,26 @@ def test_edit_with_an_unloadable_eval_model_fails_before_training(small_scene, t
         run_edit(parse_edit_args(edit_args(small_scene, output, "--eval.captions", SOURCE, TARGET,
                                            "--eval.clip-model", str(tmp_path / "nowhere"))), editor=TintEditor())
     assert not (output / "command.json").exists() and not (output / "initial").exists()
+
+
+def test_resumed_edit_keeps_its_eval_captions(small_scene, tiny_clip_folder, tmp_path):
+    """--resume takes the captions from the saved command: the resumed run's run.json gets the numbers."""
+    import os
+    import signal
+
+    from splat2splat.runner import Interrupted
+
+    output = tmp_path / "run"
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    args = edit_args(small_scene, output, "--eval.captions", SOURCE, TARGET, "--eval.clip-model", str(tiny_clip_folder),
+                     "--eval.frames", "3")
+    with pytest.raises(Interrupted):
+        run_edit(parse_edit_args(args), editor=TintEditor(), on_step=press_ctrl_c)
+    assert not (output / "run.json").exists()
+    record = run_edit(parse_edit_args(["--output", str(output), "--resume"]), editor=TintEditor())
+    assert record["eval"]["target_caption"] == TARGET and record["eval"]["frames"] == 3
+    assert read_json(output / "run.json")["eval"] == record["eval"]
