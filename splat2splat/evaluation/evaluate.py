@@ -72,6 +72,14 @@ def path_cameras(dataset: Dataset, n_frames: int, kind: PathKind = "capture") ->
     return capture_path(dataset.train_cameras, n_frames)
 
 
+def path_record(cameras: Cameras) -> dict:
+    """The path in eval.json: frame count, image size, and every camera (dataset's normalised frame, OpenCV axes)."""
+    height, width = cameras.image_size(0)
+    return {"frames": len(cameras), "width": width, "height": height,
+            "camtoworlds": cameras.camtoworlds.tolist(), "fx": cameras.fx.tolist(), "fy": cameras.fy.tolist(),
+            "cx": cameras.cx.tolist(), "cy": cameras.cy.tolist()}
+
+
 def render_frames(backend: SceneBackend, cameras: Cameras, description: str) -> list[torch.Tensor]:
     return [backend.render(cameras[i])[0].detach().float().cpu()
             for i in track(range(len(cameras)), description=description)]
@@ -135,12 +143,11 @@ def evaluate_target(target: EvalTarget, caption: str, source_text: torch.Tensor,
     heldout = render_frames(scene, dataset.eval_cameras, f"edited scene {target.name}, held-out views")
     del scene
     texts = torch.stack([source_text, encoder.encode_texts([caption])[0]])
-    height, width = original.cameras.image_size(0)
     numbers = {
         "name": target.name, "run": str(target.run_folder) if target.run_folder else None,
         "edited_scene": str(target.edited), "original_scene": str(target.original), "data": str(target.data),
         "downscale": target.downscale, "prompt": target.prompt, "finished": target.finished,
-        "target_caption": caption, "path": {"frames": len(frames), "width": width, "height": height},
+        "target_caption": caption, "path": path_record(original.cameras),
         "clip": clip_scores(encoder, original.embeddings, encoder.encode_images(frames), texts),
         "heldout": heldout_scores(dataset, original, heldout, texts, encoder),
         "run_metrics": target.run_metrics,

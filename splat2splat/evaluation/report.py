@@ -98,7 +98,7 @@ def _number(value: float | None, digits: int) -> str:
 def table(record: dict) -> list[str]:
     """The comparison table: one row per run."""
     lines = ["| run | target caption | CLIP direction similarity | CLIP direction consistency | held-out: CLIP "
-             "direction similarity | held-out PSNR / SSIM (edited scene vs photo) | run.json: PSNR to edited images "
+             "direction similarity (photo → edited scene) | held-out PSNR / SSIM (edited scene vs photo) | run.json: PSNR to edited images "
              "| run.json: held-out PSNR to original |",
              "|---|---|---|---|---|---|---|---|"]
     for run in record["runs"]:

@@ -72,7 +72,8 @@ def test_eval_compares_runs_in_one_report(edit_run, tiny_clip_folder, tmp_path):
     assert record["preprocessing"]["resize"] == "clip" and "transformers" in record["versions"]
     per_frame = run["clip"]["per_frame"]
     assert len(per_frame["direction_similarity"]) == 7 and len(per_frame["direction_consistency"]) == 6
-    assert run["path"] == {"frames": 7, "width": 32, "height": 32}
+    assert (run["path"]["frames"], run["path"]["width"], run["path"]["height"]) == (7, 32, 32)
+    assert torch.tensor(run["path"]["camtoworlds"]).shape == (7, 4, 4)
     # One scene, two ways of naming it: the same numbers.
     assert as_file["clip"]["direction_similarity"] == pytest.approx(run["clip"]["direction_similarity"], abs=1e-6)
     # An unedited scene has no image change: every direction is the zero vector (cosine 0), not a pseudo-score.
