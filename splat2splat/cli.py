@@ -20,6 +20,7 @@ COMMANDS = {
     "preview": ("Preview", "see what an instruction does, in seconds"),
     "render": ("Render", "render dataset views and a turntable video"),
     "export": ("Export", "write PLY / .splat / compressed PLY for viewers"),
+    "eval": ("Eval", "CLIP metrics and a report for edit runs"),
 }
 
 

@@ -38,3 +38,11 @@ def tiny_ip2p_folder(tmp_path_factory) -> Path:
     from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
 
     return build_tiny_ip2p(tmp_path_factory.mktemp("tiny-ip2p") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory) -> Path:
+    """A tiny random-weight CLIP model folder with OpenAI CLIP's tokenizer and preprocessing config."""
+    from splat2splat.testing.tiny_clip import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "model", seed=0)

@@ -27,7 +27,8 @@ def test_every_command_explains_every_option(name, capsys):
     class_name, _ = COMMANDS[name]
     command_class = getattr(importlib.import_module(f"splat2splat.commands.{name}"), class_name)
     for f in dataclasses.fields(command_class):
-        if not dataclasses.is_dataclass(f.type) and f.name != "three_d":
+        # Positional arguments have no --flag (a command's own test checks their help).
+        if not dataclasses.is_dataclass(f.type) and f.name != "three_d" and "Positional" not in str(f.type):
             assert "--" + f.name.replace("_", "-") in text, f"{name}: --{f.name} missing from --help"
 
 

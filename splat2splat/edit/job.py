@@ -35,6 +35,7 @@ from splat2splat.edit.editor import Editor
 from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
 from splat2splat.errors import InputError
+from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfConfig
@@ -90,6 +91,8 @@ class EditJob:
     """The Gaussian scene (initial training, or import of --init PLY)."""
     nerf: NerfConfig = field(default_factory=NerfConfig)
     """The NeRF scene (--backend nerf)."""
+    eval: EditEvaluation = field(default_factory=EditEvaluation)
+    """CLIP evaluation of the finished edit (--eval.captions SRC TGT turns it on; see `splat2splat eval`)."""
 
 
 def device_name(device: str) -> str:
@@ -162,6 +165,20 @@ def make_loss(job: EditJob, lpips: torch.nn.Module | None) -> PhotometricLoss:
     return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None)
 
 
+def load_eval_clip(job: EditJob):
+    """The CLIP encoder of --eval.captions (None without them)."""
+    if job.eval.captions is None:
+        return None
+    from splat2splat.evaluation.clip_metrics import load_clip
+
+    if not all(caption.strip() for caption in job.eval.captions):
+        raise InputError(None, "--eval.captions needs two non-empty captions: the original scene's and the edited one's")
+    if job.eval.frames < 2:
+        raise InputError(None, f"--eval.frames must be at least 2 (consistency compares consecutive frames), "
+                               f"got {job.eval.frames}")
+    return load_clip(job.eval.clip_model, device_name(job.device))
+
+
 # ------------------------------------------------------------------------------------------- the run
 
 
@@ -173,6 +190,7 @@ class EditRun:
     dataset: Dataset
     backend: SceneBackend
     idu: IterativeDatasetUpdate
+    clip: object = None  # the CLIP encoder of --eval.captions, loaded before the edit starts
     started: float = field(default_factory=time.perf_counter)
 
     @property
@@ -194,7 +212,12 @@ class EditRun:
         """Write the deliverables and run.json; returns run.json's content."""
         from splat2splat.edit.outputs import write_edit_outputs
 
-        return write_edit_outputs(self, report)
+        record = write_edit_outputs(self, report)
+        if self.clip is not None:
+            from splat2splat.evaluation.report import add_eval_to_run
+
+            record = add_eval_to_run(self.job.output, record, self.job.eval, self.clip, device_name(self.job.device))
+        return record
 
 
 def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
@@ -240,6 +263,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)
+    clip = load_eval_clip(job)
     if not resume:
         write_command(job.output, job)  # from here on the run exists and --resume continues it
     if state is not None:
@@ -251,7 +275,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     if state is not None:
         idu.load_state_dict(state["idu"])
         load_rng_state(state["rng"])
-    return EditRun(job, dataset, backend, idu)
+    return EditRun(job, dataset, backend, idu, clip)
 
 
 def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | None = None,

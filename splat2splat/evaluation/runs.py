@@ -1,0 +1,130 @@
+"""What an evaluation compares: the edited scene, the original scene it started from, and their dataset.
+
+An edit run folder (written by ``splat2splat edit``, see :mod:`splat2splat.edit.job`) holds the edited
+scene (``checkpoint.pt``, or ``scene.ply``), the command that made it (``command.json``: the dataset, its
+downscale and ``--init``, the original scene) and, once finished, ``run.json`` with its metrics. The
+original scene is ``--init`` when the edit started from one, else ``initial/checkpoint.pt``, which the edit
+trained. A bare scene file (``.pt`` / ``.ply``) can be evaluated too, given the original scene.
+
+Paths in ``command.json`` are as the edit was given them (often relative to where it ran), so each one is
+checked and a missing one names the option that overrides it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splat2splat.errors import InputError
+from splat2splat.io import read_json
+
+EDITED_SCENE_FILES = ("checkpoint.pt", "scene.ply")  # in order of preference: the checkpoint is exact
+INITIAL_SCENE = Path("initial") / "checkpoint.pt"
+
+
+@dataclass
+class EvalTarget:
+    """One edited scene to evaluate against the original scene it was edited from."""
+
+    name: str  # the label in the report
+    edited: Path
+    original: Path
+    data: Path
+    downscale: int
+    prompt: str | None = None
+    run_folder: Path | None = None
+    finished: bool = True  # the run wrote run.json (an interrupted run is evaluated at its last checkpoint)
+    run_metrics: dict = field(default_factory=dict)  # run.json "metrics": PSNR figures of the edit
+
+
+def locate_target(path: Path, original: Path | None = None, data: Path | None = None,
+                  downscale: int | None = None) -> EvalTarget:
+    """The target for an edit run folder or a scene file; ``original``/``data``/``downscale`` override the run's."""
+    path = Path(path)
+    if path.is_dir():
+        return _run_folder_target(path, original, data, downscale)
+    if not path.exists():
+        raise InputError(path, "no such edit run folder or scene file")
+    return _scene_file_target(path, original, data, downscale)
+
+
+def _run_folder_target(folder: Path, original: Path | None, data: Path | None, downscale: int | None) -> EvalTarget:
+    edited = next((folder / name for name in EDITED_SCENE_FILES if (folder / name).is_file()), None)
+    if edited is None:
+        raise InputError(folder, f"not an edit run folder with a scene: it has no {' or '.join(EDITED_SCENE_FILES)} "
+                                 "(splat2splat edit writes them; pass the run's --output folder)")
+    record = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+    if not isinstance(record, dict):
+        raise InputError(folder / "run.json", "not an edit's run.json (not a JSON object)")
+    command = _run_command(folder, record)
+    if original is None:
+        original = _recorded_original(folder, command)
+    elif not Path(original).is_file():
+        raise InputError(original, "original scene file (--original) does not exist")
+    return EvalTarget(
+        name=folder.resolve().name, edited=edited, original=Path(original),
+        data=_recorded_path(folder, command, "data", data, "--data DATA (the dataset the edit ran on)"),
+        downscale=downscale if downscale is not None else int(command.get("downscale") or 1),
+        prompt=record.get("prompt", command.get("prompt")), run_folder=folder, finished=bool(record),
+        run_metrics=dict(record.get("metrics") or {}),
+    )
+
+
+def _run_command(folder: Path, record: dict) -> dict:
+    """The edit's saved command: command.json, else the copy in run.json."""
+    if (folder / "command.json").is_file():
+        command = read_json(folder / "command.json")
+    else:
+        command = record.get("command")
+    if not isinstance(command, dict):
+        raise InputError(folder, "not an edit run folder: no command.json (nor a command in run.json) says which "
+                                 "dataset and original scene it used; pass the scene file with --original and --data")
+    return command
+
+
+def _recorded_original(folder: Path, command: dict) -> Path:
+    if command.get("init"):
+        return _recorded_path(folder, command, "init", None, "--original SCENE (the scene the edit started from)")
+    initial = folder / INITIAL_SCENE
+    if not initial.is_file():
+        raise InputError(initial, "the run's original scene is missing (the edit trained it here): pass --original SCENE")
+    return initial
+
+
+def _recorded_path(folder: Path, command: dict, key: str, override: Path | None, option: str) -> Path:
+    if override is not None:
+        if not Path(override).exists():
+            raise InputError(override, f"does not exist ({option.split()[0]})")
+        return Path(override)
+    recorded = command.get(key)
+    if not recorded:
+        raise InputError(folder, f"the run's command does not name its '{key}': pass {option}")
+    if not Path(recorded).exists():
+        raise InputError(folder, f"the run's {key} {recorded} does not exist (recorded relative to where the edit ran, "
+                                 f"or moved): pass {option}")
+    return Path(recorded)
+
+
+def _scene_file_target(scene: Path, original: Path | None, data: Path | None, downscale: int | None) -> EvalTarget:
+    from splat2splat.scene_loading import dataset_path_for, downscale_for, read_scene_checkpoint
+
+    if original is None:
+        raise InputError(scene, "a scene file (not an edit run folder) needs --original SCENE, the unedited scene "
+                                "to compare with")
+    if not Path(original).is_file():
+        raise InputError(original, "original scene file (--original) does not exist")
+    checkpoint = read_scene_checkpoint(scene)
+    return EvalTarget(name=scene.stem if scene.stem not in ("checkpoint", "scene") else scene.parent.resolve().name,
+                      edited=scene, original=Path(original), data=dataset_path_for(scene, data, checkpoint),
+                      downscale=downscale_for(checkpoint, downscale))
+
+
+def unique_names(targets: list[EvalTarget]) -> list[EvalTarget]:
+    """Targets with distinct report names (a repeated name gets -2, -3, ...): names become file names."""
+    seen: dict[str, int] = {}
+    for target in targets:
+        count = seen.get(target.name, 0) + 1
+        seen[target.name] = count
+        if count > 1:
+            target.name = f"{target.name}-{count}"
+    return targets
