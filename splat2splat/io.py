@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -60,9 +61,34 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Strict JSON (NaN and infinities, which JSON has no words for, are written as null), atomically."""
     with atomic_write(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        json.dump(finite_or_null(obj), f, indent=2, sort_keys=False, default=str, allow_nan=False)
         f.write("\n")
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float inside it replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def check_output_folder(folder: str | Path, option: str = "--output") -> None:
+    """Fail before any work when ``folder`` cannot hold outputs: it is a file, or cannot be created or written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, f"{option} names an existing file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise InputError(folder, f"{option} cannot be written: {error.strerror or error}") from None
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

@@ -2,9 +2,10 @@
 
 A loop is anything with a ``step`` counter, a ``run_step()`` that advances it by one, ``evaluate()`` and
 ``state_dict()``. :func:`run_loop` runs it to ``total_steps`` behind a rich progress bar, evaluates and
-checkpoints on a schedule, and turns Ctrl-C into "finish the current step, save, stop": a checkpoint never
-holds a half-done step, so a resumed run continues exactly where the interrupted one stopped. A second
-Ctrl-C stops at once (the last periodic checkpoint stays valid).
+checkpoints on a schedule (every N steps, and every M minutes of wall time so a slow run never loses much),
+and turns Ctrl-C or SIGTERM (job schedulers, ``docker stop``, ``timeout``) into "finish the current step, save,
+stop": a checkpoint never holds a half-done step, so a resumed run continues exactly where the interrupted
+one stopped. A second signal stops at once (the last checkpoint stays valid).
 """
 
 from __future__ import annotations
@@ -29,11 +30,17 @@ class SteppedLoop(Protocol):
 
 
 class Interrupted(Exception):
-    """Raised by :func:`run_loop` after Ctrl-C, once the checkpoint of the last finished step is saved."""
+    """Raised by :func:`run_loop` after Ctrl-C or SIGTERM, once the checkpoint of the last finished step is saved."""
 
-    def __init__(self, step: int):
-        super().__init__(f"interrupted after step {step}; the checkpoint is saved, continue with --resume")
-        self.step = step
+    def __init__(self, step: int, signum: int = signal.SIGINT):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} after step {step}; the checkpoint is saved, continue with --resume")
+        self.step, self.signum = step, signum
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+        return 128 + self.signum
 
 
 @dataclass
@@ -45,27 +52,30 @@ class LoopReport:
     last_stats: dict[str, float] = field(default_factory=dict)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextlib.contextmanager
-def deferred_interrupt() -> Iterator[Callable[[], bool]]:
-    """Within the block the first SIGINT only sets a flag (queried by the yielded function); a second one
-    raises KeyboardInterrupt as usual. The previous handler is restored afterwards."""
-    requested = False
+def deferred_interrupt() -> Iterator[Callable[[], int | None]]:
+    """Within the block the first SIGINT or SIGTERM only records its number (returned by the yielded function,
+    None before any); a second one raises KeyboardInterrupt as usual. The previous handlers are restored."""
+    received: list[int] = []
 
     def handler(signum, frame):
-        nonlocal requested
-        if requested:
+        if received:
             raise KeyboardInterrupt
-        requested = True
+        received.append(signum)
 
     try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield lambda: False
+        previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    except ValueError:  # not the main thread: leave the signals alone
+        yield lambda: None
         return
     try:
-        yield lambda: requested
+        yield lambda: received[0] if received else None
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
 
 
 def progress_bar() -> Progress:
@@ -75,10 +85,12 @@ def progress_bar() -> Progress:
 
 
 def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], None], checkpoint_every: int,
-          eval_every: int, description: str, on_step: Callable[[int], None] | None = None) -> LoopReport:
+             eval_every: int, description: str, on_step: Callable[[int], None] | None = None,
+             checkpoint_minutes: float = 0.0) -> LoopReport:
     """Run ``loop`` until ``loop.step == total_steps``; returns evaluations and timings.
 
     ``checkpoint_every``/``eval_every``: 0 disables the periodic action (a final checkpoint is always saved).
+    ``checkpoint_minutes``: also checkpoint when this much wall time passed since the last one (0: never).
     ``on_step`` is called after every finished step (tests use it to simulate Ctrl-C).
     """
     report = LoopReport()
@@ -89,7 +101,14 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
         report.seconds[activity] += time.perf_counter() - start
         return result
 
-    with progress_bar() as progress, deferred_interrupt() as interrupt_requested:
+    last_saved = time.monotonic()
+
+    def checkpoint() -> None:
+        nonlocal last_saved
+        timed("checkpoint", save_checkpoint)
+        last_saved = time.monotonic()
+
+    with progress_bar() as progress, deferred_interrupt() as received_signal:
         task = progress.add_task(description, total=total_steps, completed=loop.step, info="", rate="")
         first_step, started = loop.step, time.perf_counter()
         while loop.step < total_steps:
@@ -98,15 +117,17 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
                 metrics = timed("eval", loop.evaluate)
                 report.evaluations.append({"step": loop.step, **metrics})
                 progress.console.print(f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-            if checkpoint_every and loop.step % checkpoint_every == 0:
-                timed("checkpoint", save_checkpoint)
+            due_by_time = checkpoint_minutes > 0 and time.monotonic() - last_saved >= 60 * checkpoint_minutes
+            if (checkpoint_every and loop.step % checkpoint_every == 0) or due_by_time:
+                checkpoint()
             rate = (loop.step - first_step) / max(time.perf_counter() - started, 1e-9)
             progress.update(task, completed=loop.step, info=loop.progress_info(report.last_stats),
                             rate=f"{rate:.2f} it/s")
             if on_step is not None:
                 on_step(loop.step)
-            if interrupt_requested():
-                timed("checkpoint", save_checkpoint)
-                raise Interrupted(loop.step)
-    timed("checkpoint", save_checkpoint)
+            signum = received_signal()
+            if signum is not None:
+                checkpoint()
+                raise Interrupted(loop.step, signum)
+    checkpoint()
     return report

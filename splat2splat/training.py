@@ -20,10 +20,12 @@ from splat2splat.checkpoint import (backend_from_checkpoint, job_from_dict, load
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
+from splat2splat.io import check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
+from splat2splat.validation import check_options
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -47,6 +49,8 @@ class TrainJob:
     """Steps between evaluations on the held-out views (0: only at the end)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
+    checkpoint_minutes: float = 10.0
+    """Also checkpoint after this many minutes of wall time since the last checkpoint (0: off)."""
     gaussians: GaussianConfig = field(default_factory=GaussianConfig)
     nerf: NerfConfig = field(default_factory=NerfConfig)
 
@@ -77,10 +81,11 @@ class TrainLoop:
 
 
 def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, checkpoint_every: int = 0,
-                eval_every: int = 0, description: str = "train", on_step=None) -> LoopReport:
+                eval_every: int = 0, description: str = "train", on_step=None,
+                checkpoint_minutes: float = 0.0) -> LoopReport:
     """Train ``backend`` with its reconstruction loss up to ``steps`` total steps."""
     loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
-    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step)
+    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes)
 
 
 def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, SceneBackend]:
@@ -92,13 +97,16 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
         state = read_checkpoint(checkpoint_path)
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
+        check_options(saved, checkpoint_path)
         job = dataclasses.replace(saved, output=job.output)
         dataset = load_dataset(job.data, downscale=job.downscale)
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
         return job, dataset, backend
+    check_options(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder to train on)")
+    check_output_folder(job.output)
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
     torch.manual_seed(job.gaussians.seed)
@@ -118,7 +126,7 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
 
     started = time.perf_counter()
     report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
-                         f"train {backend.name}", on_step)
+                         f"train {backend.name}", on_step, job.checkpoint_minutes)
     final = TrainLoop(dataset, backend, reconstruction_loss(backend.name)).evaluate()
     files = backend.export(job.output, dataset)
     metrics = {"steps": backend.step, "eval": final, "history": report.evaluations,

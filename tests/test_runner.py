@@ -66,3 +66,35 @@ def test_second_ctrl_c_stops_at_once():
     with pytest.raises(KeyboardInterrupt):
         run_loop(loop, 10, lambda: None, 0, 0, "t", on_step=press_twice)
     assert loop.step == 2
+
+
+def test_sigterm_is_handled_like_ctrl_c_with_its_own_exit_status():
+    loop, saved_at = CountingLoop(), []
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def terminate(step):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted, match="SIGTERM") as stopped:
+        run_loop(loop, 10, lambda: saved_at.append(loop.step), 0, 0, "t", on_step=terminate)
+    assert loop.step == 4 and saved_at == [4]
+    assert stopped.value.exit_status == 143
+    assert signal.getsignal(signal.SIGTERM) is previous  # handler restored
+
+
+def test_wall_time_checkpoints(monkeypatch):
+    """With checkpoint_minutes, a checkpoint is written whenever that much time passed since the last one,
+    whatever the step schedule says (a slow run stopped early still has a recent checkpoint)."""
+    import splat2splat.runner as runner
+
+    clock = iter(range(0, 10_000, 40))  # every call to the clock advances 40 s
+    monkeypatch.setattr(runner.time, "monotonic", lambda: float(next(clock)))
+    loop, saved_at = CountingLoop(), []
+    run_loop(loop, 6, lambda: saved_at.append(loop.step), 0, 0, "t", checkpoint_minutes=1.0)
+    # Clock reads: start 0; step 1 at 40 s (not due); step 2 at 80 s (due; saved, reference 120 s); step 3 at
+    # 160 s (not due); step 4 at 200 s (due) ... and the final checkpoint after step 6.
+    assert saved_at == [2, 4, 6, 6]
+    saved_at.clear()
+    run_loop(CountingLoop(), 6, lambda: saved_at.append(0), 0, 0, "t", checkpoint_minutes=0.0)
+    assert saved_at == [0]  # off: only the final checkpoint
