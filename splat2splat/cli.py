@@ -45,6 +45,7 @@ def parse(name: str, args: list[str]):
 
 def entrypoint(argv: list[str] | None = None) -> None:
     from splat2splat.runner import Interrupted
+    from splat2splat.validation import check_options
 
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
@@ -55,13 +56,23 @@ def entrypoint(argv: list[str] | None = None) -> None:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     try:
-        command_module(name).run(parse(name, args))
+        command = parse(name, args)
+        check_options(command)  # every option, before anything is read, written or trained
+        command_module(name).run(command)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except Interrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
+        sys.exit(interrupted.exit_status)
+    except KeyboardInterrupt:  # during start-up (loading models, data), or a second Ctrl-C while running
+        print("stopped: interrupted; files written so far are complete (atomic), an unfinished run continues "
+              "with --resume", file=sys.stderr)
         sys.exit(130)
+    except OSError as error:  # a full disk, a folder that became unwritable: the files already written stay intact
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; files written before stay intact", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ class SceneBackend(Protocol):
     def load_state_dict(self, state: dict) -> None:
         ...
 
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Raise ValueError when the scene cannot train on ``dataset`` (e.g. per-view parameters of another one)."""
+        ...
+
     def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
         """Write the scene's deliverables into ``output_dir`` (PLY for Gaussians; renders for a NeRF)."""
         ...

@@ -42,7 +42,8 @@ def crop_box(values: Any) -> str | None:
     return None if all(lo < hi for lo, hi in zip(low, high)) else "needs xmin < xmax, ymin < ymax and zmin < zmax"
 
 
-# Rules by exact field name; checked after the general ones (finite floats, suffix rules).
+# Rules by field name, or by ``Class.field`` where one name means different things; checked after the general
+# ones (finite floats, suffix rules).
 FIELD_RULES: dict[str, Rule] = {
     "steps": at_least(1),
     "init_steps": at_least(0),
@@ -56,8 +57,11 @@ FIELD_RULES: dict[str, Rule] = {
     "sheet_frames": at_least(1),
     "fps": at_least(1),
     "batch_size": at_least(1),
-    "sh_degree": between(0, 3),  # what INRIA PLY, our readers and the rasterizer support
-    "initial_sh_degree": between(0, 3),
+    # Gaussian SH degrees: what INRIA PLY, our readers and the rasterizer support (the NeRF's sh_degree
+    # counts view-direction bands, another quantity).
+    "GaussianConfig.sh_degree": between(0, 3),
+    "GaussianConfig.initial_sh_degree": between(0, 3),
+    "Export.sh_degree": between(0, 3),
     "noise_range": unit_range,
     "min_opacity": between(0, 1),
     "init_opacity": between(0, 1),
@@ -99,26 +103,26 @@ def problems(config: Any, path: tuple[str, ...] = ()) -> list[str]:
         if dataclasses.is_dataclass(value):
             found += problems(value, where)
             continue
-        problem = check_value(f.name, value)
+        problem = check_value(f.name, value, f"{type(config).__name__}.{f.name}")
         if problem is not None:
             found.append(f"{option_name(where)} {format_value(value)}: {problem}")
     return found
 
 
-def check_value(name: str, value: Any) -> str | None:
+def check_value(name: str, value: Any, qualified_name: str = "") -> str | None:
     numbers = value if isinstance(value, (tuple, list)) else [value]
     if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
         return "must be a finite number"
     if value is None or isinstance(value, bool):
         return None
-    rules = [rule for suffix, rule in SUFFIX_RULES.items() if name.endswith(suffix)]
-    if name in FIELD_RULES:
-        rules.append(FIELD_RULES[name])
+    rules = [rule for suffix, rule in SUFFIX_RULES.items() if name.endswith(suffix) and isinstance(value, (int, float))]
+    specific = FIELD_RULES.get(qualified_name, FIELD_RULES.get(name))
+    if specific is not None:
+        rules.append(specific)
     for rule in rules:
-        if isinstance(value, (int, float)) or name in FIELD_RULES:
-            problem = rule(value)
-            if problem is not None:
-                return problem
+        problem = rule(value)
+        if problem is not None:
+            return problem
     return None
 
 

@@ -147,9 +147,18 @@ class Dataset:
         return {"current": [img.clone() for img in self.current], "edit_counts": list(self.edit_counts)}
 
     def load_edit_state(self, state: dict) -> None:
-        if len(state["current"]) != len(self):
-            raise ValueError(f"checkpoint holds {len(state['current'])} images, dataset has {len(self)}")
-        self.current = [img.clone() for img in state["current"]]
+        """Restore :meth:`edit_state`; ValueError when it belongs to another dataset (count or image sizes)."""
+        current, counts = state.get("current"), state.get("edit_counts")
+        if not isinstance(current, list) or not isinstance(counts, list) or len(current) != len(counts):
+            raise ValueError("the edited images are damaged (need equally long lists of images and edit counts)")
+        if len(current) != len(self):
+            raise ValueError(f"it holds {len(current)} edited images, the dataset has {len(self)} views")
+        for index, image in enumerate(current):
+            if not isinstance(image, torch.Tensor) or tuple(image.shape) != tuple(self._originals[index].shape):
+                shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+                raise ValueError(f"edited image {index} is {shape}, the dataset's is "
+                                 f"{tuple(self._originals[index].shape)} (another downscale or dataset)")
+        self.current = [img.clone() for img in current]
         self.edit_counts = list(state["edit_counts"])
 
 

@@ -37,11 +37,13 @@ from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig
+from splat2splat.io import check_output_folder
 from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
 from splat2splat.scene import SceneBackend
 from splat2splat.training import train_scene
+from splat2splat.validation import check_options
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
@@ -79,6 +81,8 @@ class EditJob:
     """ImageNet weights of the LPIPS backbone (torchvision checkpoint file) when not in the torch hub cache."""
     checkpoint_every: int = 250
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
+    checkpoint_minutes: float = 10.0
+    """Also checkpoint after this many minutes of wall time since the last checkpoint (0: off)."""
     eval_every: int = 500
     """Steps between evaluations (fit to the edited images; held-out distance from the original)."""
     turntable_frames: int = 60
@@ -112,18 +116,33 @@ def on_device(job: EditJob) -> EditJob:
 # ------------------------------------------------------------------------------------------ the scene
 
 
-def initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
-    """The scene to edit: --init, or a scene trained here (resumable from initial/checkpoint.pt)."""
-    if job.init is not None:
-        from splat2splat.scene_loading import load_scene, scene_format
+def init_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
+    """The scene of --init, checked against --backend and the dataset (before anything is written)."""
+    from splat2splat.scene_loading import load_scene, scene_format
 
-        if job.backend == "nerf" and scene_format(job.init) == "ply":
-            raise InputError(job.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
-        return load_scene(job.init, dataset, job.gaussians, job.gaussians.device)
+    if job.backend == "nerf" and scene_format(job.init) == "ply":
+        raise InputError(job.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
+    backend = load_scene(job.init, dataset, job.gaussians, job.gaussians.device)
+    if backend.name != job.backend:
+        raise InputError(job.init, f"holds a {backend.name} scene, but the edit asks for --backend {job.backend}")
+    check_fits_dataset(job.init, backend, dataset)
+    return backend
+
+
+def check_fits_dataset(source: Path, backend: SceneBackend, dataset: Dataset) -> None:
+    try:
+        backend.check_dataset(dataset)
+    except ValueError as problem:
+        raise InputError(source, f"does not fit the dataset {dataset.source}: {problem}") from None
+
+
+def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
+    """A scene trained here on the unedited images (resumable from initial/checkpoint.pt)."""
     path = job.output / "initial" / CHECKPOINT_NAME
     if path.exists():
         state = read_checkpoint(path)
         backend = backend_from_checkpoint(path, state, device_name(job.device))
+        check_fits_dataset(path, backend, dataset)
         load_rng_state(state["rng"])
     else:
         torch.manual_seed(job.gaussians.seed)
@@ -134,7 +153,7 @@ def initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
 
     if backend.step < job.init_steps or not path.exists():
         train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
-                    description="initial scene")
+                    description="initial scene", checkpoint_minutes=job.checkpoint_minutes)
     return backend
 
 
@@ -206,7 +225,7 @@ class EditRun:
         """Run the IDU to ``job.idu.steps`` (checkpoints, evaluation, Ctrl-C: see :func:`run_loop`)."""
         job = self.job
         return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
-                        f"edit: {job.prompt[:40]}", on_step)
+                        f"edit: {job.prompt[:40]}", on_step, job.checkpoint_minutes)
 
     def finish(self, report: LoopReport) -> dict:
         """Write the deliverables and run.json; returns run.json's content."""
@@ -233,16 +252,19 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
         state, saved = None, read_command(output, EditJob)
     else:
         raise InputError(output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
+    check_options(saved, checkpoint_path if state is not None else output / COMMAND_FILE)
     return dataclasses.replace(saved, output=output), state
 
 
 def check_new_edit(job: EditJob) -> None:
-    if (job.output / CHECKPOINT_NAME).exists() or (job.output / COMMAND_FILE).exists():
-        raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
+    check_options(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
+    check_output_folder(job.output)
+    if (job.output / CHECKPOINT_NAME).exists() or (job.output / COMMAND_FILE).exists():
+        raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
 
 def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
@@ -264,18 +286,34 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)
     clip = load_eval_clip(job)
+    backend = None
+    if state is not None:
+        backend = resumed_scene(job, state, dataset)
+    elif job.init is not None:
+        backend = init_scene(job, dataset)
     if not resume:
         write_command(job.output, job)  # from here on the run exists and --resume continues it
-    if state is not None:
-        backend = backend_from_checkpoint(job.output / CHECKPOINT_NAME, state, job.gaussians.device)
-        dataset.load_edit_state(state["dataset_edits"])
-    else:
-        backend = edit_configured(job, initial_scene(job, dataset))
+    if backend is None:
+        backend = trained_initial_scene(job, dataset)
+    if state is None:
+        backend = edit_configured(job, backend)
     idu = IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
     if state is not None:
         idu.load_state_dict(state["idu"])
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
+
+
+def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
+    """The scene and edited images of an edit checkpoint, checked against the dataset."""
+    path = job.output / CHECKPOINT_NAME
+    backend = backend_from_checkpoint(path, state, job.gaussians.device)
+    check_fits_dataset(path, backend, dataset)
+    try:
+        dataset.load_edit_state(state["dataset_edits"])
+    except (ValueError, TypeError, AttributeError) as problem:
+        raise InputError(path, f"its edited images do not fit the dataset {dataset.source}: {problem}") from None
+    return backend
 
 
 def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | None = None,

@@ -259,6 +259,9 @@ class GaussianBackend:
         backend.load_state_dict(state)
         return backend
 
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Gaussians hold nothing per view: any dataset of the same scene fits."""
+
     @staticmethod
     def check_state(state: dict) -> None:
         """Raise ValueError unless ``state`` is a complete :meth:`state_dict`: every parameter, one row per

@@ -270,6 +270,13 @@ class NerfBackend:
         self.background = torch.tensor(state["background"], dtype=torch.float32, device=self.device)
         self.step = int(state["step"])
 
+    def check_dataset(self, dataset: Dataset) -> None:
+        """Raise ValueError unless this field was trained on ``dataset``'s views (one appearance code per view)."""
+        codes = None if self.field.appearance is None else self.field.appearance.num_embeddings
+        if (codes is not None and codes != len(dataset)) or max(self.train_indices) >= len(dataset):
+            raise ValueError(f"the NeRF was trained on {codes or max(self.train_indices) + 1} views, the dataset "
+                             f"has {len(dataset)}: it belongs to another dataset or split")
+
     @staticmethod
     def check_state(state: dict) -> None:
         """Raise ValueError unless ``state`` has what :meth:`from_state_dict` reads."""
