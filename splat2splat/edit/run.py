@@ -112,7 +112,7 @@ def initial_scene(cmd: Edit, dataset: Dataset) -> SceneBackend:
     if cmd.init is not None:
         from splat2splat.scene_files import load_scene, scene_format
 
-        if cmd.backend == "nerf" and scene_format(cmd.init) == "ply":
+        if cmd.backend == "nerf" and scene_format(cmd.init) == "splats":
             raise InputError(cmd.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
         return load_scene(cmd.init, dataset, dataclasses.replace(cmd.gaussians, device=device), device)
     path = cmd.output / "initial" / "checkpoint.pt"
