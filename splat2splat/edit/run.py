@@ -59,7 +59,8 @@ class Edit:
     output: Path = Path("outputs/edit")
     """Run folder (see `splat2splat.edit.run`)."""
     init: Path | None = None
-    """Scene to start from: a splat2splat checkpoint (.pt) or an INRIA 3DGS PLY of this dataset. Without it
+    """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
+    .splat, .spz; in its original frame). Without it
     the scene is first trained on the unedited images for --init-steps steps."""
     init_steps: int = 2000
     """Training steps of the initial scene when no --init is given."""

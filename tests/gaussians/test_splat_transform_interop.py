@@ -114,7 +114,7 @@ def test_route_through_splat_transform_keeps_the_render(tmp_path, scene_and_rend
     assert len(loaded["means"]) == len(scene["means"])
     degree = 0 if ours == "splat" else 3
     value = psnr(render(loaded, degree), reference_dc if ours == "splat" else reference)
-    print(f"\n{route}: {value:.1f} dB (threshold {least_psnr} dB)")
+    print(f"\n{route}: {value:.1f} dB (threshold {least_psnr} dB), {(tmp_path / theirs).stat().st_size} bytes")
     assert value >= least_psnr
 
 
@@ -125,7 +125,7 @@ def test_our_own_round_trip_for_comparison(tmp_path, scene_and_renders, ours):
     save_splats(tmp_path / OUR_FILES[ours], scene, IDENTITY, ours)
     loaded = load_splats(tmp_path / OUR_FILES[ours], IDENTITY)
     value = psnr(render(loaded, 0 if ours == "splat" else 3), reference_dc if ours == "splat" else reference)
-    print(f"\nour {ours} -> ours: {value:.1f} dB")
+    print(f"\nour {ours} -> ours: {value:.1f} dB, {(tmp_path / OUR_FILES[ours]).stat().st_size} bytes")
     assert value >= min(threshold for written, _, _, threshold in ROUTES.values() if written == ours)
 
 
