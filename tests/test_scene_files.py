@@ -104,6 +104,22 @@ def test_imported_ply_renders_like_the_scene_it_came_from(trained, tmp_path):
         assert (a - b).abs().max() < 1e-3
 
 
+@pytest.mark.parametrize("fmt, name, mean_error", [("ply_compressed", "scene.compressed.ply", 0.02),
+                                                    ("splat", "scene.splat", 0.05), ("spz", "scene.spz", 0.05)])
+def test_every_scene_file_format_loads_as_a_scene(demo_scene, trained, tmp_path, fmt, name, mean_error):
+    """What `render --scene` and `edit --init` read: compressed PLY, .splat and .spz too (8-bit, so close)."""
+    from splat2splat.gaussians.formats import save_splats
+
+    _, backend, dataset = trained
+    path = tmp_path / name
+    save_splats(path, backend.splats, dataset.normalization, fmt)
+    imported, _ = load_scene_and_dataset(path, demo_scene, downscale=DOWNSCALE, device="cpu")
+    assert len(imported.splats["means"]) == len(backend.splats["means"])
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(imported.render(views), backend.render(views)):
+        assert (a - b).abs().mean() < mean_error
+
+
 def test_imported_ply_takes_the_given_training_config(trained, tmp_path):
     _, backend, dataset = trained
     ply = tmp_path / "scene.ply"
