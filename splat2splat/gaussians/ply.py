@@ -1,10 +1,12 @@
-"""Gaussian scenes as files: the INRIA 3DGS PLY (read and write), antimatter15 ``.splat`` and the
-PlayCanvas / SuperSplat compressed PLY (write).
+"""Gaussian scenes as INRIA 3DGS PLY files (read and write), the helpers every format shares (the export
+tensors, the opacity clamp, the final checks of a loaded scene) and pruning. The other formats (compressed
+PLY, ``.splat``, ``.spz``) and the one entry point that reads any of them are in
+:mod:`splat2splat.gaussians.formats`.
 
-Files are always in the ORIGINAL world frame, tensors in memory in the normalised frame
-(:class:`~splat2splat.data.dataset.SceneNormalization`). The normalisation is a translation plus a
-uniform scale, so only the means and the log-scales change between the frames; rotations, opacities
-and spherical harmonics are frame independent.
+Files are in the ORIGINAL world frame, tensors in memory in the normalised frame
+(:class:`~splat2splat.data.dataset.SceneNormalization`: a translation plus a uniform scale, so only the means
+and log-scales change). With a ``frame_transform`` (a dataset whose poses were re-oriented, e.g. nerfstudio's
+``applied_transform``) rotations and SH colours turn as well: :mod:`splat2splat.gaussians.frames`.
 
 The INRIA PLY holds one ``vertex`` element with float32 properties, in this order::
 

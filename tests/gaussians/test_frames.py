@@ -29,7 +29,8 @@ def random_splats(n: int, degree: int = 3, seed: int = 0) -> dict[str, torch.Ten
     g = torch.Generator().manual_seed(seed)
     return {"means": torch.randn(n, 3, generator=g) * 0.3, "scales": torch.randn(n, 3, generator=g) * 0.3 - 3.0,
             "quats": torch.randn(n, 4, generator=g), "opacities": torch.randn(n, generator=g) + 1.0,
-            "sh0": torch.randn(n, 1, 3, generator=g), "shN": torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g) * 0.3}
+            "sh0": torch.randn(n, 1, 3, generator=g),
+            "shN": torch.randn(n, (degree + 1) ** 2 - 1, 3, generator=g) * 0.3}
 
 
 def as_tuple(matrix: np.ndarray) -> tuple[tuple[float, ...], ...]:
@@ -71,7 +72,8 @@ def test_similarity_maps_means_and_covariances_exactly(proper):
     splats = {key: value.double() for key, value in random_splats(50).items()}
     moved = similarity.apply(splats)
     rotation = torch.tensor(similarity.rotation, dtype=torch.float64)
-    torch.testing.assert_close(moved["means"], 2.5 * splats["means"] @ rotation.T + torch.tensor([1.0, -3.0, 0.5], dtype=torch.float64))
+    shift = torch.tensor([1.0, -3.0, 0.5], dtype=torch.float64)
+    torch.testing.assert_close(moved["means"], 2.5 * splats["means"] @ rotation.T + shift)
     covariance = _quat_scale_to_covar_preci(splats["quats"], torch.exp(splats["scales"]), triu=False)[0]
     moved_covariance = _quat_scale_to_covar_preci(moved["quats"], torch.exp(moved["scales"]), triu=False)[0]
     torch.testing.assert_close(moved_covariance, 2.5 ** 2 * rotation @ covariance @ rotation.T)

@@ -155,6 +155,10 @@ def spz_bytes(header: tuple, body: bytes = b"") -> bytes:
     return gzip.compress(struct.pack("<IIIBBBB", *header) + body)
 
 
+def spz_header_only(version: int, count: int, degree: int, body: bytes = b""):
+    return lambda path: path.write_bytes(spz_bytes((0x5053474E, version, count, degree, 12, 0, 0), body))
+
+
 def nan_splat(path: Path) -> None:
     record = np.zeros(2, dtype=RECORD)
     record["scale"] = 0.1
@@ -188,10 +192,8 @@ DAMAGED = {
                       "SPZ file version 9 is not supported"),
     "spz_degree_4": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 3, 1, 4, 12, 0, 0))),
                      "SH degree 4"),
-    "spz_count_lie": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 4_000_000_000, 3, 12, 0, 0))),
-                      "claims 4000000000 Gaussians"),
-    "spz_short_body": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 10, 0, 12, 0, 0), bytes(50))),
-                       "claims 10 Gaussians"),
+    "spz_count_lie": ("scene.spz", spz_header_only(2, 4_000_000_000, 3), "claims 4000000000 Gaussians"),
+    "spz_short_body": ("scene.spz", spz_header_only(2, 10, 0, bytes(50)), "claims 10 Gaussians"),
     "spz_empty": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 0, 0, 12, 0, 0))),
                   "contains no Gaussians"),
     "missing": ("scene.spz", lambda path: None, "SPZ file does not exist"),

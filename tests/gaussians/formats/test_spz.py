@@ -6,7 +6,6 @@ import gzip
 import math
 import struct
 
-import numpy as np
 import pytest
 import torch
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
