@@ -32,7 +32,6 @@ from splat2splat.io import load_torch
 from splat2splat.scene import SceneBackend
 
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
-PLY_SUFFIX = ".ply"  # kept for callers; every suffix of SCENE_FILE_SUFFIXES is a scene file
 BACKEND_KINDS = ("gaussian", "nerf")
 # What each backend's from_state_dict reads first; checked up front for a clear message.
 REQUIRED_STATE_KEYS = {
