@@ -12,6 +12,8 @@ if command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
 fi
 if command -v npm >/dev/null; then
   npm ci --prefix tests/web_viewer --no-audit --no-fund >/dev/null || echo "npm install failed: web-viewer test will skip"
+  # PlayCanvas splat-transform for the format interop test (tests/gaussians/test_splat_transform_interop.py).
+  npm ci --prefix tests/splat_transform --no-audit --no-fund >/dev/null || echo "npm install failed: splat-transform interop test will skip"
 fi
 set +e
 .venv/bin/python -m pytest -q tests

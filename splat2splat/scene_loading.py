@@ -1,8 +1,11 @@
 """Scenes to continue from: a splat2splat checkpoint or a Gaussian-splatting PLY, with the dataset they belong to.
 
-A ``.ply`` is an INRIA 3DGS file (the original code, nerfstudio's splatfacto, our own export). It holds no
-cameras and lives in the ORIGINAL world frame, so it needs the dataset whose normalisation maps it into the
-frame the dataset's cameras live in. Checkpoints are read by :mod:`splat2splat.checkpoint`.
+A scene FILE is an INRIA 3DGS ``.ply`` (the original code, nerfstudio's splatfacto, our own export), a
+compressed ``.ply``, a ``.splat`` or a ``.spz`` (:mod:`splat2splat.gaussians.formats`). It holds no cameras
+and lives in the capture's ORIGINAL world frame (what ``splat2splat export`` writes by default; for a
+nerfstudio dataset with an ``applied_transform``, the COLMAP frame before it), so it needs the dataset whose
+frame transform and normalisation map it into the frame the cameras of the dataset live in. Checkpoints are
+read by :mod:`splat2splat.checkpoint`.
 """
 
 from __future__ import annotations
@@ -11,26 +14,29 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
+import torch
+
 from splat2splat.checkpoint import CHECKPOINT_SUFFIXES, backend_from_checkpoint, read_checkpoint
 from splat2splat.data.dataset import Dataset, SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
+from splat2splat.gaussians.formats import SCENE_FILE_SUFFIXES, load_splats
 from splat2splat.gaussians.model import sh_degree_of
 from splat2splat.scene import SceneBackend
 
-PLY_SUFFIX = ".ply"
-SceneFormat = Literal["checkpoint", "ply"]
+SceneFormat = Literal["checkpoint", "splats"]
 
 
 def scene_format(path: Path) -> SceneFormat:
-    """Whether ``path`` names a checkpoint or a PLY (by suffix); anything else is an input error."""
+    """Whether ``path`` names a checkpoint or a Gaussian-scene file (by suffix); anything else is an input error."""
     path = Path(path)
     if path.suffix.lower() in CHECKPOINT_SUFFIXES:
         return "checkpoint"
-    if path.suffix.lower() == PLY_SUFFIX:
-        return "ply"
+    if path.suffix.lower() in SCENE_FILE_SUFFIXES:
+        return "splats"
     raise InputError(path, f"unknown scene format '{path.suffix}': use a splat2splat checkpoint "
-                           f"({', '.join(CHECKPOINT_SUFFIXES)}) or a Gaussian-splatting {PLY_SUFFIX}")
+                           f"({', '.join(CHECKPOINT_SUFFIXES)}) or a Gaussian-splatting file "
+                           f"({', '.join(SCENE_FILE_SUFFIXES)})")
 
 
 def imported_scene_config(config: GaussianConfig, file_sh_degree: int) -> GaussianConfig:
@@ -44,10 +50,9 @@ def imported_scene_config(config: GaussianConfig, file_sh_degree: int) -> Gaussi
 
 def import_ply(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
                device: str | None = None) -> GaussianBackend:
-    """A fresh Gaussian backend (new optimisers, step 0) holding the Gaussians of an INRIA PLY."""
-    from splat2splat.gaussians.ply import load_ply
-
-    splats = load_ply(path, dataset.normalization)  # raises InputError naming the file
+    """A fresh Gaussian backend (new optimisers, step 0) holding the Gaussians of a scene file (any format of
+    :mod:`splat2splat.gaussians.formats`, in the original frame)."""
+    splats = load_splats(path, dataset.normalization, dataset.frame_transform)  # InputError naming the file
     config = imported_scene_config(gaussian_config or GaussianConfig(), sh_degree_of(splats))
     if device:
         config = replace(config, device=device)
@@ -62,7 +67,7 @@ def load_scene(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | N
     imported PLY (a checkpoint keeps its own); ``device`` overrides where the scene lives.
     """
     path = Path(path)
-    if scene_format(path) == "ply":
+    if scene_format(path) == "splats":
         return import_ply(path, dataset, gaussian_config, device)
     return backend_from_checkpoint(path, read_checkpoint(path), device)
 
@@ -72,7 +77,7 @@ def dataset_path_for(scene: Path, data: Path | None, checkpoint: dict | None) ->
     if data is not None:
         return Path(data)
     if checkpoint is None:
-        raise InputError(scene, "a .ply scene holds no cameras: pass --data with the dataset it belongs to")
+        raise InputError(scene, f"a {scene.suffix} scene holds no cameras: pass --data with the dataset it belongs to")
     if "data" not in checkpoint:
         raise InputError(scene, "checkpoint does not name its dataset: pass --data")
     recorded = Path(checkpoint["data"])
@@ -116,7 +121,12 @@ def dataset_normalization(data: Path) -> SceneNormalization:
 
     It depends on the camera centres (and sparse points) only, so exports need no image loading.
     """
+    return dataset_frames(data)[0]
+
+
+def dataset_frames(data: Path) -> tuple[SceneNormalization, torch.Tensor | None]:
+    """The normalisation and the frame transform (``Dataset.frame_transform``) of ``data``, without images."""
     from splat2splat.data.readers import read_raw_scene
 
     raw = read_raw_scene(data)
-    return SceneNormalization.fit(raw.cameras.centers(), raw.points)
+    return SceneNormalization.fit(raw.cameras.centers(), raw.points), raw.frame_transform

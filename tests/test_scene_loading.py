@@ -10,7 +10,7 @@ from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
 from splat2splat.gaussians.ply import save_ply
 from splat2splat.scene_loading import dataset_normalization, load_scene, load_scene_and_dataset
-from tests.checkpoints import TRAIN_STEPS, write_gaussian_checkpoint, write_nerf_checkpoint
+from tests.checkpoints import DOWNSCALE, TRAIN_STEPS, write_gaussian_checkpoint, write_nerf_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,19 @@ def test_checkpoint_with_a_vanished_dataset_asks_for_data(trained, tmp_path):
     save_checkpoint(moved, backend, tmp_path / "gone", 1)
     with pytest.raises(InputError, match="pass --data"):
         load_scene_and_dataset(moved)
+
+
+@pytest.mark.parametrize("fmt, name, mean_error", [("ply_compressed", "scene.compressed.ply", 0.02),
+                                                    ("splat", "scene.splat", 0.05), ("spz", "scene.spz", 0.05)])
+def test_every_scene_file_format_loads_as_a_scene(demo_scene, trained, tmp_path, fmt, name, mean_error):
+    """What `render --scene` and `edit --init` read: compressed PLY, .splat and .spz too (8-bit, so close)."""
+    from splat2splat.gaussians.formats import save_splats
+
+    _, backend, dataset = trained
+    path = tmp_path / name
+    save_splats(path, backend.splats, dataset.normalization, fmt)
+    imported, _ = load_scene_and_dataset(path, demo_scene, downscale=DOWNSCALE, device="cpu")
+    assert len(imported.splats["means"]) == len(backend.splats["means"])
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(imported.render(views), backend.render(views)):
+        assert (a - b).abs().mean() < mean_error

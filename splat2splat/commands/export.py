@@ -1,16 +1,20 @@
 """``splat2splat export``: a Gaussian scene as files for viewers and other tools, optionally slimmed down.
 
-Formats (all in the dataset's ORIGINAL world frame):
+Formats (what each keeps: :mod:`splat2splat.gaussians.formats`):
 
 * ``ply``: INRIA 3DGS PLY (``scene.ply``), read by every Gaussian-splatting viewer and by ``--scene``;
 * ``splat``: antimatter15's ``.splat`` (``scene.splat``), 32 bytes per Gaussian, colour only;
 * ``ply_compressed``: PlayCanvas / SuperSplat compressed PLY (``scene.compressed.ply``), about 4x smaller;
+* ``spz``: Niantic's SPZ version 3 (``scene.spz``), about 10x smaller;
 * ``points``: a coloured point cloud (``point_cloud.ply``): Gaussian centres with their base colour, or,
   for a NeRF checkpoint, the NeRF's surface points plus renders of the eval views (its own export).
 
-A checkpoint keeps its Gaussians in the normalised frame; the normalisation comes from the dataset
-(``--data``, default the one the checkpoint names), recomputed from its cameras exactly as training did.
-A ``.ply`` already is in the original frame and needs no dataset.
+A checkpoint keeps its Gaussians in the normalised frame; ``--frame`` picks the frame of the files:
+``original`` (default: the capture's own frame, e.g. COLMAP's, undoing nerfstudio's ``applied_transform``
+-- rotating means, Gaussians and SH colours), ``dataset`` (the frame of the dataset's poses, e.g.
+transforms.json) or ``normalized`` (the training frame). Normalisation and frame transform come from the
+dataset (``--data``, default the one the checkpoint names), recomputed from its cameras exactly as training
+did. A scene FILE (.ply, .splat, .spz) is converted in its own frame and needs no dataset.
 """
 
 from __future__ import annotations
@@ -23,39 +27,47 @@ import torch
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
+from splat2splat.gaussians.formats import load_splats, save_splats
+from splat2splat.gaussians.frames import to_file_frame
 from splat2splat.gaussians.model import SPLAT_KEYS, sh_to_rgb
-from splat2splat.gaussians.ply import load_ply, prune_splats, save_ply, save_ply_compressed, save_splat
+from splat2splat.gaussians.ply import prune_splats
 from splat2splat.io import write_json, write_point_ply
 from splat2splat.checkpoint import backend_from_checkpoint
-from splat2splat.scene_loading import dataset_normalization, dataset_path_for, downscale_for, read_scene_checkpoint
+from splat2splat.scene_loading import dataset_frames, dataset_path_for, downscale_for, read_scene_checkpoint
 
-ExportFormat = Literal["ply", "splat", "ply_compressed", "points"]
+ExportFormat = Literal["ply", "splat", "ply_compressed", "spz", "points"]
+ExportFrame = Literal["original", "dataset", "normalized"]
 FILE_NAMES: dict[str, str] = {"ply": "scene.ply", "splat": "scene.splat", "ply_compressed": "scene.compressed.ply",
-                              "points": "point_cloud.ply"}
-GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed")
+                              "spz": "scene.spz", "points": "point_cloud.ply"}
+GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz")
 
 
 @dataclass
 class Export:
-    """Export a Gaussian scene as PLY / .splat / compressed PLY (optionally pruned, cropped, with fewer SH bands)."""
+    """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ (optionally pruned, cropped, fewer SH bands)."""
 
     scene: Path
-    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting .ply."""
+    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting file (.ply, compressed .ply,
+    .splat, .spz)."""
     output: Path = Path("outputs/export")
     """Folder for the exported files and export.json."""
     data: Path | None = None
-    """Dataset of a checkpoint, for its normalisation (default: the dataset the checkpoint names); ignored for a
-    .ply, which is already in the original frame."""
+    """Dataset of a checkpoint, for its normalisation and frame (default: the dataset the checkpoint names);
+    ignored for a scene file, which is converted in its own frame."""
     formats: tuple[ExportFormat, ...] = ("ply", "splat")
-    """Files to write: ply (INRIA 3DGS), splat (antimatter15), ply_compressed (SuperSplat), points (point cloud)."""
+    """Files to write: ply (INRIA 3DGS), splat (antimatter15), ply_compressed (SuperSplat), spz (Niantic),
+    points (point cloud)."""
+    frame: ExportFrame = "original"
+    """World frame of a checkpoint's files: original (the capture's, e.g. COLMAP's: undoes nerfstudio's
+    applied_transform), dataset (the dataset's poses, e.g. transforms.json) or normalized (training frame)."""
     sh_degree: int | None = None
     """Keep spherical harmonics up to this degree (0 = base colour only; default: all of the scene's)."""
     min_opacity: float = 0.0
     """Leave out Gaussians less opaque than this (0-1; 0 keeps all)."""
     max_scale: float | None = None
-    """Leave out Gaussians whose largest standard deviation exceeds this, in original-frame units (huge floaters)."""
+    """Leave out Gaussians whose largest standard deviation exceeds this, in the files' units (huge floaters)."""
     crop_box: tuple[float, float, float, float, float, float] | None = None
-    """Keep only Gaussians with centres inside xmin ymin zmin xmax ymax zmax (original world frame)."""
+    """Keep only Gaussians with centres inside xmin ymin zmin xmax ymax zmax (in the --frame of the files)."""
     downscale: int | None = None
     """Image downscale for a NeRF's renders (default: the checkpoint's training downscale)."""
     device: str = "auto"
@@ -77,17 +89,20 @@ def check_not_overwriting(scene: Path, output_files: list[Path]) -> None:
             raise InputError(scene, f"exporting to {path} would overwrite this input: choose another --output")
 
 
-def gaussians_and_normalization(cmd: Export, checkpoint: dict | None
-                                ) -> tuple[torch.nn.ParameterDict, SceneNormalization]:
-    """The scene's Gaussians and the normalisation that maps them back to the original frame.
+def gaussians_in_export_frame(cmd: Export, checkpoint: dict | None) -> torch.nn.ParameterDict:
+    """The scene's Gaussians in the frame the files are written in (``cmd.frame``).
 
-    A PLY is read with the identity normalisation: it stays in the original frame, so writing it back
-    is bit-exact and the crop box and max scale apply in the file's own units.
+    A scene file stays in its own frame, so writing it back as INRIA PLY is bit-exact and the crop box and
+    max scale apply in the file's own units.
     """
     if checkpoint is None:
-        return load_ply(cmd.scene, SceneNormalization()), SceneNormalization()
+        return load_splats(cmd.scene, SceneNormalization())
     splats = checkpoint_splats(cmd.scene, checkpoint)
-    return splats, dataset_normalization(dataset_path_for(cmd.scene, cmd.data, checkpoint))
+    if cmd.frame == "normalized":
+        return splats
+    normalization, frame_transform = dataset_frames(dataset_path_for(cmd.scene, cmd.data, checkpoint))
+    moved = to_file_frame(splats, normalization, frame_transform if cmd.frame == "original" else None)
+    return torch.nn.ParameterDict({key: torch.nn.Parameter(moved[key]) for key in SPLAT_KEYS})
 
 
 def checkpoint_splats(scene: Path, checkpoint: dict) -> torch.nn.ParameterDict:
@@ -104,19 +119,16 @@ def write_point_cloud(path: Path, splats: dict[str, torch.Tensor], normalization
     return len(points)
 
 
-def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor], normalization: SceneNormalization) -> dict[str, str]:
-    """Write every requested format of the (already pruned) Gaussians; returns format -> file."""
+def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Write every requested format of the (already pruned, already in the export frame) Gaussians;
+    returns format -> file."""
     written = {}
     for name in dict.fromkeys(cmd.formats):  # each format once, in the order asked for
         path = cmd.output / FILE_NAMES[name]
-        if name == "ply":
-            save_ply(path, splats, normalization, cmd.sh_degree)
-        elif name == "splat":
-            save_splat(path, splats, normalization)
-        elif name == "ply_compressed":
-            save_ply_compressed(path, splats, normalization, cmd.sh_degree)
+        if name == "points":
+            write_point_cloud(path, splats, SceneNormalization())
         else:
-            write_point_cloud(path, splats, normalization)
+            save_splats(path, splats, SceneNormalization(), name, cmd.sh_degree)
         written[name] = str(path)
     return written
 
@@ -148,12 +160,12 @@ def run(cmd: Export) -> dict:
     if checkpoint is not None and checkpoint["backend"] != "gaussian":
         summary["files"] = export_other_backend(cmd, checkpoint)
     else:
-        splats, normalization = gaussians_and_normalization(cmd, checkpoint)
-        kept = prune_splats(splats, cmd.min_opacity or None, cmd.max_scale, cmd.crop_box, normalization)
+        splats = gaussians_in_export_frame(cmd, checkpoint)
+        kept = prune_splats(splats, cmd.min_opacity or None, cmd.max_scale, cmd.crop_box)
         summary.update(gaussians_in=len(splats["means"]), gaussians_out=len(kept["means"]),
-                       sh_degree=cmd.sh_degree, min_opacity=cmd.min_opacity, max_scale=cmd.max_scale,
-                       crop_box=cmd.crop_box)
-        summary["files"] = export_gaussians(cmd, kept, normalization)
+                       frame=cmd.frame if checkpoint is not None else "file", sh_degree=cmd.sh_degree,
+                       min_opacity=cmd.min_opacity, max_scale=cmd.max_scale, crop_box=cmd.crop_box)
+        summary["files"] = export_gaussians(cmd, kept)
     write_json(cmd.output / "export.json", summary)
     print(f"exported {', '.join(summary['files'])} to {cmd.output}")
     return summary

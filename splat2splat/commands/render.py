@@ -38,7 +38,8 @@ class Render:
     """Render a scene at the dataset's cameras and on a turntable; score the renders against the originals."""
 
     scene: Path
-    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting .ply."""
+    """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting file (.ply, compressed .ply,
+    .splat, .spz) in the dataset's original frame."""
     output: Path = Path("outputs/render")
     """Folder for renders/, comparison.png, the turntable video and metrics.json."""
     data: Path | None = None

@@ -65,8 +65,9 @@ class EditJob:
     output: Path = Path("outputs/edit")
     """Run folder (see `splat2splat.edit.job`)."""
     init: Path | None = None
-    """Scene to start from: a splat2splat checkpoint (.pt) or an INRIA 3DGS PLY of this dataset. Without it
-    the scene is first trained on the unedited images for --init-steps steps."""
+    """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
+    .splat, .spz; in its original frame). Without it the scene is first trained on the unedited images for
+    --init-steps steps."""
     init_steps: int = 2000
     """Training steps of the initial scene when no --init is given."""
     backend: BackendName = "gaussian"
@@ -120,8 +121,9 @@ def init_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     """The scene of --init, checked against --backend and the dataset (before anything is written)."""
     from splat2splat.scene_loading import load_scene, scene_format
 
-    if job.backend == "nerf" and scene_format(job.init) == "ply":
-        raise InputError(job.init, "a PLY holds Gaussians; it cannot start --backend nerf (pass a NeRF checkpoint)")
+    if job.backend == "nerf" and scene_format(job.init) == "splats":
+        raise InputError(job.init, f"a {job.init.suffix} file holds Gaussians; it cannot start --backend nerf "
+                                   f"(pass a NeRF checkpoint)")
     backend = load_scene(job.init, dataset, job.gaussians, job.gaussians.device)
     if backend.name != job.backend:
         raise InputError(job.init, f"holds a {backend.name} scene, but the edit asks for --backend {job.backend}")

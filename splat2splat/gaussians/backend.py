@@ -286,10 +286,11 @@ class GaussianBackend:
                 raise ValueError(f"Gaussian parameters disagree: '{key}' has {shape[0]} rows, 'means' {count}")
 
     def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
-        from splat2splat.gaussians.ply import save_ply, save_splat
+        from splat2splat.gaussians.formats import save_splats
 
         output_dir = Path(output_dir)
         ply, splat = output_dir / "scene.ply", output_dir / "scene.splat"
-        save_ply(ply, self.splats, dataset.normalization)
-        save_splat(splat, self.splats, dataset.normalization)
+        # In the capture's original frame (undoing the dataset's frame transform), like `export`'s default.
+        save_splats(ply, self.splats, dataset.normalization, "ply", frame_transform=dataset.frame_transform)
+        save_splats(splat, self.splats, dataset.normalization, "splat", frame_transform=dataset.frame_transform)
         return [ply, splat]

@@ -1,10 +1,12 @@
-"""Gaussian scenes as files: the INRIA 3DGS PLY (read and write), antimatter15 ``.splat`` and the
-PlayCanvas / SuperSplat compressed PLY (write).
+"""Gaussian scenes as INRIA 3DGS PLY files (read and write), the helpers every format shares (the export
+tensors, the opacity clamp, the final checks of a loaded scene) and pruning. The other formats (compressed
+PLY, ``.splat``, ``.spz``) and the one entry point that reads any of them are in
+:mod:`splat2splat.gaussians.formats`.
 
-Files are always in the ORIGINAL world frame, tensors in memory in the normalised frame
-(:class:`~splat2splat.data.dataset.SceneNormalization`). The normalisation is a translation plus a
-uniform scale, so only the means and the log-scales change between the frames; rotations, opacities
-and spherical harmonics are frame independent.
+Files are in the ORIGINAL world frame, tensors in memory in the normalised frame
+(:class:`~splat2splat.data.dataset.SceneNormalization`: a translation plus a uniform scale, so only the means
+and log-scales change). With a ``frame_transform`` (a dataset whose poses were re-oriented, e.g. nerfstudio's
+``applied_transform``) rotations and SH colours turn as well: :mod:`splat2splat.gaussians.frames`.
 
 The INRIA PLY holds one ``vertex`` element with float32 properties, in this order::
 
@@ -23,18 +25,19 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import plyfile
 import torch
-from gsplat.exporter import export_splats
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
+from splat2splat.gaussians.frames import from_file_frame, to_file_frame
 from splat2splat.gaussians.model import SPLAT_KEYS, num_sh_bases, rgb_to_sh, sh_degree_of
-from splat2splat.io import atomic_write, write_bytes
+from splat2splat.io import atomic_write
 
 MAX_SH_DEGREE = 3
 # Number of f_rest_* properties for each SH degree: 3 colour channels x the non-DC coefficients.
@@ -48,7 +51,12 @@ SCALE_NAMES = ("scale_0", "scale_1", "scale_2")
 ROTATION_NAMES = ("rot_0", "rot_1", "rot_2", "rot_3")
 F_REST_PATTERN = re.compile(r"f_rest_(\d+)")
 
-GsplatFormat = Literal["splat", "ply_compressed"]
+# Opacity logits from 8-bit sources (an alpha byte of 0 or 255 decodes to -inf / +inf) are clamped to
+# +-OPACITY_LOGIT_LIMIT. 17 is where the renderer stops telling them apart: float32 sigmoid(17) rounds to
+# exactly 1.0 (as sigmoid(+inf) does; gsplat then clamps alpha to 0.999 either way), and sigmoid(-17) = 4e-8
+# is far below the 1/255 alpha below which gsplat skips a Gaussian, as it skips one of opacity 0. So the
+# clamp renders bit-identically to the infinite value it replaces, and the scene stays trainable.
+OPACITY_LOGIT_LIMIT = 17.0
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -65,13 +73,16 @@ def save_ply(
     splats: dict[str, torch.Tensor],
     normalization: SceneNormalization,
     sh_degree: int | None = None,
+    frame_transform: torch.Tensor | None = None,
 ) -> int:
     """Write ``splats`` as an INRIA 3DGS PLY (binary little endian float32) in the original frame, atomically.
 
-    ``sh_degree`` (default: the scene's) drops the higher SH bands. Gaussians with NaN / inf values are
-    left out. Returns the number of Gaussians written.
+    ``sh_degree`` (default: the scene's) drops the higher SH bands. ``frame_transform``: the map from the
+    file's frame into the dataset frame (``Dataset.frame_transform`` writes the capture's original frame,
+    see :mod:`splat2splat.gaussians.frames`; None writes the dataset frame). Gaussians with NaN / inf values
+    are left out. Returns the number of Gaussians written.
     """
-    tensors = _export_tensors(path, splats, normalization, sh_degree)
+    tensors = export_tensors(path, splats, normalization, sh_degree, frame_transform)
     n = len(tensors["means"])
     columns = torch.cat([
         tensors["means"],
@@ -90,49 +101,20 @@ def save_ply(
     return n
 
 
-def save_splat(path: str | Path, splats: dict[str, torch.Tensor], normalization: SceneNormalization) -> int:
-    """Write antimatter15's ``.splat`` (32 bytes per Gaussian, colour only, no SH) in the original frame, atomically."""
-    return _save_with_gsplat(path, splats, normalization, "splat", sh_degree=0)
-
-
-def save_ply_compressed(
-    path: str | Path,
-    splats: dict[str, torch.Tensor],
-    normalization: SceneNormalization,
-    sh_degree: int | None = None,
-) -> int:
-    """Write the PlayCanvas / SuperSplat compressed PLY in the original frame, atomically.
-
-    gsplat's exporter also leaves out nearly transparent Gaussians (opacity < 1/255), so the return value
-    is the number of Gaussians handed to it, an upper bound of those in the file.
-    """
-    return _save_with_gsplat(path, splats, normalization, "ply_compressed", sh_degree)
-
-
-def _save_with_gsplat(
-    path: str | Path,
-    splats: dict[str, torch.Tensor],
-    normalization: SceneNormalization,
-    format: GsplatFormat,
-    sh_degree: int | None,
-) -> int:
-    tensors = _export_tensors(path, splats, normalization, sh_degree)
-    write_bytes(path, export_splats(**tensors, format=format))
-    return len(tensors["means"])
-
-
-def _export_tensors(
+def export_tensors(
     path: str | Path,
     splats: dict[str, torch.Tensor],
     normalization: SceneNormalization,
     sh_degree: int | None,
+    frame_transform: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Detached CPU float32 copies in the original frame, SH reduced, non-finite Gaussians left out."""
+    """Detached CPU float32 copies in the file's frame, SH reduced, non-finite Gaussians left out.
+
+    What every writer starts from; ``frame_transform`` as in :func:`save_ply`.
+    """
     tensors = {key: splats[key].detach().cpu().float() for key in SPLAT_KEYS}
     tensors["shN"] = _reduce_sh(tensors["shN"], sh_degree)
-    # Convert in float64 so the only rounding is the final one to float32.
-    tensors["means"] = normalization.to_original(tensors["means"].double()).float()
-    tensors["scales"] = (tensors["scales"].double() - math.log(normalization.scale)).float()
+    tensors = to_file_frame(tensors, normalization, frame_transform)
     tensors = select_splats(tensors, _finite_rows(tensors))
     if len(tensors["means"]) == 0:
         raise InputError(path, "no Gaussians left to write (all were pruned away or had NaN / infinite values)")
@@ -171,13 +153,15 @@ def _finite_rows(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- reading
 
 
-def load_ply(path: str | Path, normalization: SceneNormalization) -> torch.nn.ParameterDict:
+def load_ply(path: str | Path, normalization: SceneNormalization,
+             frame_transform: torch.Tensor | None = None) -> torch.nn.ParameterDict:
     """Read an INRIA 3DGS PLY (SH degree 0-3) into our layout, in the normalised frame.
 
     Accepts what the original 3DGS code and nerfstudio's splatfacto export write: properties are found
     by name (order and extra properties do not matter), binary of either byte order or ASCII, float or
-    double, and nerfstudio's uchar ``red green blue`` in place of ``f_dc_*``. Any problem raises
-    :class:`InputError` naming the file.
+    double, and nerfstudio's uchar ``red green blue`` in place of ``f_dc_*``. An infinite ``opacity`` (PLYs
+    decoded from 8-bit formats) is clamped to +-:data:`OPACITY_LOGIT_LIMIT`; any other NaN / inf, and any
+    other problem, raises :class:`InputError` naming the file. ``frame_transform`` as in :func:`save_ply`.
     """
     path = Path(path)
     vertex = _read_vertex_element(path)
@@ -187,22 +171,38 @@ def load_ply(path: str | Path, normalization: SceneNormalization) -> torch.nn.Pa
     float_names = [*POSITION_NAMES, *dc_names, *f_rest_names, "opacity", *SCALE_NAMES, *ROTATION_NAMES]
     _check_present(path, vertex, float_names)
     columns = {name: _float32_column(path, vertex, name) for name in float_names}
+    columns["opacity"] = clamp_opacity_logits(columns["opacity"])
     _check_finite(path, columns)
     sh0 = _rgb_as_sh(path, vertex) if uses_rgb else _stack(columns, DC_NAMES)
-    quats = _stack(columns, ROTATION_NAMES)
-    _check_rotations(path, quats)
-
-    means = normalization.to_normalized(_stack(columns, POSITION_NAMES).double()).float()
-    scales = (_stack(columns, SCALE_NAMES).double() + math.log(normalization.scale)).float()
-    f_rest = _stack(columns, f_rest_names) if f_rest_names else torch.zeros(len(means), 0)
-    return _parameter_dict({
-        "means": means,
-        "scales": scales,
-        "quats": quats,
+    f_rest = _stack(columns, f_rest_names) if f_rest_names else torch.zeros(len(vertex), 0)
+    return splats_from_file(path, {
+        "means": _stack(columns, POSITION_NAMES),
+        "scales": _stack(columns, SCALE_NAMES),
+        "quats": _stack(columns, ROTATION_NAMES),
         "opacities": torch.from_numpy(columns["opacity"]),
         "sh0": sh0[:, None, :].contiguous(),
         "shN": _sh_rest_from_channel_major(f_rest),
-    })
+    }, normalization, frame_transform, "vertex")
+
+
+def splats_from_file(path: Path, tensors: dict[str, torch.Tensor], normalization: SceneNormalization,
+                     frame_transform: torch.Tensor | None, what: str) -> torch.nn.ParameterDict:
+    """Float32 file-frame Gaussians (finite; ``what`` names a row in messages) checked and moved into the
+    normalised frame, as trainable Parameters. Every reader ends here."""
+    _check_rotations(path, tensors["quats"], what)
+    return _parameter_dict(from_file_frame(tensors, normalization, frame_transform))
+
+
+def clamp_opacity_logits(logits: np.ndarray) -> np.ndarray:
+    """+-inf -> +-:data:`OPACITY_LOGIT_LIMIT` (NaN stays NaN, for the finiteness check to refuse)."""
+    return np.where(np.isinf(logits), np.sign(logits) * OPACITY_LOGIT_LIMIT, logits).astype(np.float32)
+
+
+def opacity_logits(alpha: np.ndarray) -> np.ndarray:
+    """Logits of opacities in [0, 1] (from 8-bit sources), 0 and 1 clamped as :func:`clamp_opacity_logits`."""
+    alpha = np.asarray(alpha, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return clamp_opacity_logits(np.log(alpha) - np.log1p(-alpha))
 
 
 class _Vertex:
@@ -219,11 +219,69 @@ class _Vertex:
         return len(self.data)
 
 
+# The longest PLY header read: an INRIA header is ~2 KB; longer ones are not Gaussian scenes.
+MAX_HEADER_BYTES = 1 << 16
+PLY_TYPE_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
+                  "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
+
+
+@dataclass(frozen=True)
+class PlyHeader:
+    """What a PLY header claims: its format, and per element its row count and property names."""
+
+    format: str  # "ascii", "binary_little_endian" or "binary_big_endian"
+    elements: dict[str, tuple[int, tuple[str, ...]]]
+    min_data_bytes: int  # the least data the elements need (binary: exact unless there are list properties)
+    header_bytes: int
+
+
+def read_ply_header(path: Path) -> PlyHeader | None:
+    """Parse the header only (cheap, bounded); None when it is not a header this parser understands (plyfile
+    then reports what is wrong)."""
+    with open(path, "rb") as f:
+        head = f.read(MAX_HEADER_BYTES)
+    end = head.find(b"end_header")
+    if not head.startswith(b"ply") or end < 0:
+        return None
+    newline = head.find(b"\n", end)
+    try:
+        lines = head[:end].decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        return None
+    format_name, elements, min_bytes, current = "", {}, 0, None
+    for line in lines[1:]:
+        words = line.split()
+        if len(words) >= 2 and words[0] == "format":
+            format_name = words[1]
+        elif len(words) == 3 and words[0] == "element" and words[2].isdigit():
+            current = words[1]
+            elements[current] = (int(words[2]), ())
+        elif len(words) >= 3 and words[0] == "property" and current is not None:
+            count, names = elements[current]
+            elements[current] = (count, (*names, words[-1]))
+            # A list row holds at least its length; ASCII needs at least "v " per value.
+            size = 2 if format_name == "ascii" else PLY_TYPE_SIZES.get(words[2 if words[1] == "list" else 1], 1)
+            min_bytes += count * size
+    return PlyHeader(format_name, elements, min_bytes, newline + 1 if newline >= 0 else len(head))
+
+
+def check_ply_size(path: Path, header: PlyHeader | None, kind: str = "PLY") -> None:
+    """Refuse a file whose header claims more rows than its size can hold, before anything is allocated."""
+    if header is None:
+        return
+    available = path.stat().st_size - header.header_bytes
+    if header.min_data_bytes > available:
+        counts = ", ".join(f"{count} {name}" for name, (count, _) in header.elements.items())
+        raise InputError(path, f"truncated or corrupt {kind}: the header claims {counts} rows "
+                               f"({header.min_data_bytes} bytes at least) but only {available} bytes follow it")
+
+
 def _read_vertex_element(path: Path) -> _Vertex:
     if not path.exists():
         raise InputError(path, "PLY file does not exist")
     if not path.is_file():
         raise InputError(path, "is not a file (expected a Gaussian-splatting .ply)")
+    check_ply_size(path, read_ply_header(path))
     try:
         # mmap: plyfile reads native-order binary PLYs as a memory map (fast); the columns are copied out below.
         ply = plyfile.PlyData.read(str(path))
@@ -309,11 +367,11 @@ def _check_finite(path: Path, columns: dict[str, np.ndarray]) -> None:
                                f"(first: vertex {first_bad[0]}, property '{first_bad[1]}')")
 
 
-def _check_rotations(path: Path, quats: torch.Tensor) -> None:
+def _check_rotations(path: Path, quats: torch.Tensor, what: str) -> None:
     zero = (quats == 0).all(dim=1)
     if zero.any():
-        raise InputError(path, f"{int(zero.sum())} Gaussians have an all-zero rotation rot_0..3 "
-                               f"(first: vertex {int(zero.nonzero()[0])})")
+        raise InputError(path, f"{int(zero.sum())} Gaussians have an all-zero rotation quaternion "
+                               f"(first: {what} {int(zero.nonzero()[0])})")
 
 
 def _stack(columns: dict[str, np.ndarray], names: Sequence[str]) -> torch.Tensor:

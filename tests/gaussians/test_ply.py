@@ -1,4 +1,5 @@
-"""Gaussian scene files: INRIA PLY round trips and compatibility, .splat / compressed PLY, pruning, bad inputs."""
+"""INRIA PLY files: round trips and compatibility, opacity clamping, pruning, bad inputs (other formats:
+tests/gaussians/formats)."""
 
 from __future__ import annotations
 
@@ -13,15 +14,9 @@ import torch
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
+from splat2splat.gaussians.formats import save_splats
 from splat2splat.gaussians.model import SPLAT_KEYS, num_sh_bases, rgb_to_sh
-from splat2splat.gaussians.ply import (
-    inria_property_names,
-    load_ply,
-    prune_splats,
-    save_ply,
-    save_ply_compressed,
-    save_splat,
-)
+from splat2splat.gaussians.ply import OPACITY_LOGIT_LIMIT, inria_property_names, load_ply, prune_splats, save_ply
 
 IDENTITY = SceneNormalization()
 NORMALIZATION = SceneNormalization(center=(1.5, -20.0, 3.25), scale=0.37)
@@ -199,47 +194,6 @@ def test_ply_header_is_what_web_viewers_parse(tmp_path):
     assert first_row[:3] == tuple(splats["means"][0].tolist())
 
 
-# ------------------------------------------------------------------------------------- other formats
-
-
-def test_splat_format_records(tmp_path):
-    splats = random_splats(n=50, sh_degree=1)
-    path = tmp_path / "scene.splat"
-    assert save_splat(path, splats, NORMALIZATION) == 50
-    records = np.frombuffer(path.read_bytes(), dtype=[("position", "<f4", 3), ("scale", "<f4", 3),
-                                                     ("rgba", "u1", 4), ("rotation", "u1", 4)])
-    assert records.itemsize == 32 and path.stat().st_size == 32 * 50
-    original = NORMALIZATION.to_original(splats["means"].detach().double()).float().numpy()
-    # The file is sorted along a space-filling curve: compare as sets of rows.
-    order = np.lexsort(records["position"].T)
-    np.testing.assert_allclose(records["position"][order], original[np.lexsort(original.T)], rtol=1e-6, atol=1e-5)
-    assert records["scale"].min() > 0
-
-
-def test_compressed_ply_parses_and_decodes_to_the_scene(tmp_path):
-    splats = random_splats(n=300, sh_degree=2)
-    with torch.no_grad():
-        splats["opacities"][:] = 2.0  # gsplat leaves out Gaussians with opacity < 1/255
-    path = tmp_path / "scene.compressed.ply"
-    save_ply_compressed(path, splats, NORMALIZATION)
-    ply = plyfile.PlyData.read(str(path))
-    assert ply.header.splitlines()[1] == "format binary_little_endian 1.0"
-    assert [element.name for element in ply.elements] == ["chunk", "vertex", "sh"]
-    assert len(ply["chunk"].data) == 2 and len(ply["vertex"].data) == 300
-    assert len(ply["sh"].properties) == 24
-
-    # Decode the 11-10-11 bit positions against their chunk's bounds (256 Gaussians per chunk).
-    chunk = ply["chunk"].data[np.arange(300) // 256]
-    packed = ply["vertex"].data["packed_position"].astype(np.int64)
-    fractions = np.stack([(packed >> 21) / 2047, ((packed >> 11) & 1023) / 1023, (packed & 2047) / 2047], 1)
-    low = np.stack([chunk["min_x"], chunk["min_y"], chunk["min_z"]], 1)
-    high = np.stack([chunk["max_x"], chunk["max_y"], chunk["max_z"]], 1)
-    decoded = torch.from_numpy(low + fractions * (high - low))
-    original = NORMALIZATION.to_original(splats["means"].detach().double())
-    nearest = torch.cdist(decoded, original).min(dim=1).values
-    assert nearest.max() < 2e-3 * (original.max() - original.min())
-
-
 def test_sh_degree_reduction(tmp_path):
     splats = random_splats(n=8, sh_degree=3)
     path = tmp_path / "scene.ply"
@@ -249,10 +203,41 @@ def test_sh_degree_reduction(tmp_path):
     assert torch.equal(loaded["sh0"], splats["sh0"].detach())
     save_ply(path, splats, IDENTITY, sh_degree=0)
     assert load_ply(path, IDENTITY)["shN"].shape == (8, 0, 3)
-    save_ply_compressed(tmp_path / "c.ply", splats, IDENTITY, sh_degree=1)
+    save_splats(tmp_path / "c.ply", splats, IDENTITY, "ply_compressed", sh_degree=1)
     assert len(plyfile.PlyData.read(str(tmp_path / "c.ply"))["sh"].properties) == 9
     with pytest.raises(InputError, match="SH degree 4"):
         save_ply(path, splats, IDENTITY, sh_degree=4)
+
+
+def test_infinite_opacities_from_8_bit_sources_are_clamped_nan_is_not(tmp_path):
+    """PLYs decoded from 8-bit formats hold opacity logits of +-inf (bytes 255 / 0): they load, clamped."""
+    columns = valid_columns()
+    columns["opacity"] = np.array([np.inf, -np.inf, 0.5, 1.0], "<f4")
+    path = tmp_path / "decoded.ply"
+    write_vertex(path, columns)
+    opacities = load_ply(path, IDENTITY)["opacities"].detach()
+    assert opacities.tolist() == [OPACITY_LOGIT_LIMIT, -OPACITY_LOGIT_LIMIT, 0.5, 1.0]
+    columns["opacity"][2] = np.nan
+    write_vertex(path, columns)
+    with pytest.raises(InputError, match="1 Gaussians have NaN.*vertex 2, property 'opacity'"):
+        load_ply(path, IDENTITY)
+
+
+def test_the_opacity_clamp_renders_like_infinity():
+    """Why 17: float32 sigmoid(17) is exactly sigmoid(inf) = 1, and sigmoid(-17) is far below the 1/255 alpha
+    under which the rasterizer skips a Gaussian (as it skips opacity 0)."""
+    limit = torch.tensor(OPACITY_LOGIT_LIMIT, dtype=torch.float32)
+    assert torch.sigmoid(limit).item() == 1.0 == torch.sigmoid(torch.tensor(float("inf"))).item()
+    assert torch.sigmoid(-limit).item() < 1e-3 / 255
+    assert torch.sigmoid(limit - 1).item() < 1.0  # and it is not far larger than needed
+
+
+def test_a_claimed_count_beyond_the_file_size_is_refused_before_reading(tmp_path):
+    path = tmp_path / "liar.ply"
+    write_vertex(path, valid_columns())
+    path.write_bytes(path.read_bytes().replace(b"element vertex 4", b"element vertex 4000000000000"))
+    with pytest.raises(InputError, match="claims 4000000000000 vertex rows"):
+        load_ply(path, IDENTITY)
 
 
 def test_non_finite_gaussians_are_left_out_and_an_empty_export_is_refused(tmp_path):
@@ -264,7 +249,7 @@ def test_non_finite_gaussians_are_left_out_and_an_empty_export_is_refused(tmp_pa
     assert save_ply(path, splats, IDENTITY) == 3
     assert torch.equal(load_ply(path, IDENTITY)["means"], splats["means"].detach()[[0, 2, 4]])
     # .splat holds no higher SH, so only the Gaussian with a NaN scale is left out there.
-    assert save_splat(tmp_path / "s.splat", splats, IDENTITY) == 4
+    assert save_splats(tmp_path / "s.splat", splats, IDENTITY, "splat") == 4
     with pytest.raises(InputError, match="empty.ply.*no Gaussians left"):
         save_ply(tmp_path / "empty.ply", prune_splats(splats, min_opacity=1.0), IDENTITY)
     assert not (tmp_path / "empty.ply").exists()
