@@ -75,13 +75,18 @@ def project(means, quats, scales, opacities, viewmats, Ks, width, height, near_p
     """gsplat's fully fused projection (pinhole, classic mode). Returns radii [C, N, 2] int, means2d, depths, conics."""
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)
     means_c, covars_c = _world_to_cam(means, covars, viewmats)
-    means2d, covars2d = _persp_proj(means_c, covars_c, Ks, width, height)
+    depths = means_c[..., 2]
+    # Gaussians at or behind the near plane are culled below, but the perspective divide would still give
+    # them inf/nan (depth 0: x / 0), and autograd turns the zero gradient of a culled entry into 0 * inf = nan
+    # for every parameter. Project them from a harmless stand-in point instead: finite values, zero gradient.
+    in_front = (depths > near_plane)[..., None]
+    stand_in = torch.tensor([0.0, 0.0, 1.0], device=means.device, dtype=means_c.dtype)
+    means2d, covars2d = _persp_proj(torch.where(in_front, means_c, stand_in), covars_c, Ks, width, height)
     covars2d = covars2d + torch.eye(2, device=means.device, dtype=means.dtype) * eps2d
     det = covars2d[..., 0, 0] * covars2d[..., 1, 1] - covars2d[..., 0, 1] * covars2d[..., 1, 0]
     det_safe = det.clamp(min=1e-10)
     conics = torch.stack([covars2d[..., 1, 1] / det_safe, -covars2d[..., 0, 1] / det_safe,
                           covars2d[..., 0, 0] / det_safe], dim=-1)
-    depths = means_c[..., 2]
     with torch.no_grad():
         # Opacity-aware extent (gsplat: "tight" bounding box, arXiv 2402.00525): beyond it alpha < 1/255.
         opacity = opacities.detach().expand_as(depths)

@@ -213,6 +213,27 @@ def test_no_visible_gaussians():
     assert all(p.grad is None or (p.grad == 0).all() for p in params)
 
 
+@pytest.mark.parametrize("depth", [0.0, 0.005, -1e-30])
+def test_gaussian_on_the_camera_plane_is_culled_with_finite_gradients(depth):
+    """Depth 0 (and anything up to the near plane) is culled: it adds nothing, and the perspective divide by
+    its depth must not turn the gradients of the whole scene into nan."""
+    means, quats, scales, opacities, sh = _random_scene(10)
+    viewmats, Ks = _camera(20, 12, 20.0)  # camera at z = -2.5 looking down +z
+    means[0] = torch.tensor([0.3, 0.2, -2.5 + depth])
+    params = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, sh)]
+    background = torch.tensor([0.3, 0.2, 0.1])
+    image, alpha, info = rasterize(*params, viewmats, Ks, 20, 12, 3, background, backend="torch")
+    assert (info["radii"][0, 0] == 0).all() and torch.isfinite(info["means2d"]).all()
+    (image.sum() + alpha.sum()).backward()
+    for name, p in zip(("means", "quats", "scales", "opacities", "sh"), params):
+        assert torch.isfinite(p.grad).all(), name
+        assert (p.grad[0] == 0).all(), name
+    others = [t[1:] for t in (means, quats, scales, opacities, sh)]
+    without, without_alpha, _ = rasterize(*others, viewmats, Ks, 20, 12, 3, background, backend="torch")
+    assert torch.equal(image.detach(), without) and torch.equal(alpha.detach(), without_alpha)
+    assert params[0].grad[1:].abs().sum() > 0  # the visible ones still learn
+
+
 def test_segmented_cumsum_is_exact_per_segment():
     g = torch.Generator().manual_seed(0)
     segment = torch.sort(torch.randint(0, 3000, (100000,), generator=g)).values
