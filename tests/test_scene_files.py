@@ -71,6 +71,46 @@ def test_checkpoint_loads_the_same_scene(trained):
         assert torch.equal(a, b)
 
 
+def _with_machine_settings(path: Path, tmp_path: Path, device: str, rasterizer: str) -> Path:
+    """A copy of the checkpoint at ``path`` as if trained on another machine (saved device and rasterizer)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint["backend_state"]["config"].update(device=device, rasterizer=rasterizer)
+    moved = tmp_path / f"trained-{device}-{rasterizer}.pt"
+    save_torch(moved, checkpoint)
+    return moved
+
+
+def test_gsplat_gpu_checkpoint_loads_on_a_cpu_only_machine(trained, tmp_path):
+    """A checkpoint whose config says device cuda / rasterizer gsplat renders here with the PyTorch rasterizer."""
+    path, backend, dataset = trained
+    moved = _with_machine_settings(path, tmp_path, "cuda", "gsplat")
+    loaded = load_scene(moved, dataset, device="cpu")
+    assert (loaded.device.type, loaded.rasterizer, loaded.config.rasterizer) == ("cpu", "torch", "auto")
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(loaded.render(views), backend.render(views)):
+        assert torch.equal(a, b)
+    loaded.train_step(dataset, PhotometricLoss(LossWeights()))  # and it keeps training
+    assert loaded.step == TRAIN_STEPS + 1
+
+
+def test_cpu_checkpoint_moved_to_another_device_takes_that_device_rasterizer(trained, tmp_path):
+    """The other way round: a saved 'torch' rasterizer is a machine setting too; an explicit one still wins."""
+    path, _, dataset = trained
+    moved = _with_machine_settings(path, tmp_path, "cpu", "torch")
+    state = read_checkpoint(moved)["backend_state"]
+    assert GaussianBackend.from_state_dict(state, {"device": "cpu"}).config.rasterizer == "auto"
+    assert GaussianBackend.from_state_dict(state).config.rasterizer == "torch"  # not moved: kept
+    kept = GaussianBackend.from_state_dict(state, {"device": "cpu", "rasterizer": "torch"})
+    assert kept.config.rasterizer == "torch"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_checkpoint_without_a_device_override_is_a_clear_error(trained, tmp_path):
+    path, _, dataset = trained
+    with pytest.raises(InputError, match="no CUDA GPU is available"):
+        load_scene(_with_machine_settings(path, tmp_path, "cuda", "gsplat"), dataset)
+
+
 def test_checkpoint_defaults_give_the_dataset_and_its_downscale(trained):
     path, _, dataset = trained
     loaded, loaded_dataset = load_scene_and_dataset(path, device="cpu")

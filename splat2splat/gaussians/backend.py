@@ -20,7 +20,7 @@ from splat2splat.configs import config_from_dict
 from splat2splat.devices import resolve_device, to_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
-from splat2splat.gaussians.rasterize import rasterize
+from splat2splat.gaussians.rasterize import choose_rasterizer, rasterize
 from splat2splat.scene import ImageLoss
 
 
@@ -87,7 +87,8 @@ class GaussianConfig:
     random_background: bool = False
     """Train against a random background colour on masked/transparent data (discourages floaters)."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
-    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA)."""
+    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA when its kernels build, else
+    PyTorch after one warning). A scene loaded onto another device uses auto unless this is given."""
     device: str = "auto"
     """'cuda', 'cpu' or 'auto' (cuda when available)."""
     seed: int = 0
@@ -103,6 +104,7 @@ class GaussianBackend:
     def __init__(self, splats: torch.nn.ParameterDict, config: GaussianConfig, background: tuple[float, float, float]):
         self.config = config
         self.device = resolve_device(config.device)
+        self.rasterizer = choose_rasterizer(config.rasterizer, self.device)  # fails early when forced and unusable
         self.splats = splats.to(self.device)
         self.max_sh_degree = sh_degree_of(self.splats)
         self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
@@ -171,7 +173,7 @@ class GaussianBackend:
         return rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["sh"], cameras.viewmats(),
                          cameras.Ks(), width, height, self.active_sh_degree,
                          self.background if background is None else background,
-                         absgrad=False, backend=self.config.rasterizer)
+                         absgrad=False, backend=self.rasterizer)
 
     @torch.no_grad()
     def render(self, cameras: Cameras) -> list[torch.Tensor]:
@@ -248,8 +250,16 @@ class GaussianBackend:
 
     @classmethod
     def from_state_dict(cls, state: dict, overrides: dict | None = None) -> "GaussianBackend":
-        """Rebuild a backend from :meth:`state_dict` (``overrides``: config fields to change, e.g. device)."""
-        config = config_from_dict(GaussianConfig, {**state["config"], **(overrides or {})})
+        """Rebuild a backend from :meth:`state_dict` (``overrides``: config fields to change, e.g. device).
+
+        The rasterizer is a property of the machine, like the device: a scene moved to another device (a
+        checkpoint trained with gsplat on a GPU, loaded on a CPU-only machine, or the other way round) renders
+        with that device's own rasterizer ("auto") unless ``overrides`` name one.
+        """
+        overrides = dict(overrides or {})
+        if "device" in overrides and "rasterizer" not in overrides:
+            overrides["rasterizer"] = "auto"
+        config = config_from_dict(GaussianConfig, {**state["config"], **overrides})
         splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state["splats"].items()})
         backend = cls(splats, config, tuple(state["background"]))
         backend.load_state_dict(state)
