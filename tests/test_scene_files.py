@@ -20,6 +20,7 @@ from splat2splat.io import save_torch, write_bytes
 from splat2splat.losses import LossWeights, PhotometricLoss
 from splat2splat.scene_files import (INITIAL_SH_DEGREE_FIELD, dataset_normalization, load_scene, load_scene_and_dataset,
                                      read_checkpoint)
+from tests.conftest import requires_cuda
 
 DOWNSCALE = 2  # 32-px images: fast enough on a busy CPU
 TRAIN_STEPS = 30
@@ -102,6 +103,17 @@ def test_cpu_checkpoint_moved_to_another_device_takes_that_device_rasterizer(tra
     assert GaussianBackend.from_state_dict(state).config.rasterizer == "torch"  # not moved: kept
     kept = GaussianBackend.from_state_dict(state, {"device": "cpu", "rasterizer": "torch"})
     assert kept.config.rasterizer == "torch"
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cpu_checkpoint_loads_on_the_gpu_with_gsplat(trained):
+    path, backend, dataset = trained
+    loaded = load_scene(path, dataset, device="cuda")
+    assert (loaded.device.type, loaded.rasterizer) == ("cuda", "gsplat")
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(loaded.render(views), backend.render(views)):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)  # the two rasterizers' parity tolerance
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")

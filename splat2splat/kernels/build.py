@@ -75,8 +75,6 @@ def _compile(name: str, sources: Sequence[str]) -> ModuleType:
 
 @functools.lru_cache(maxsize=None)
 def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
-    if not torch.cuda.is_available():
-        return None
     try:
         return _compile(name, sources)
     except Exception as error:  # noqa: BLE001 - any build or import failure means "use the reference"
@@ -87,8 +85,11 @@ def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
 def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per process) and import the extension ``name`` from files of :func:`cuda_source_dir`.
 
-    Returns ``None`` when no CUDA device is available or the build fails; the result is cached either way.
+    Returns ``None`` when no CUDA device is available or the build fails; a build's result is cached either way
+    (the device check is not, so a process that hides its GPU for a while does not lose the kernel).
     """
+    if not torch.cuda.is_available():
+        return None
     return _load_once(name, tuple(sources))
 
 
@@ -101,12 +102,14 @@ def _import_gsplat_extension() -> ModuleType | None:
     return _C
 
 
-@functools.lru_cache(maxsize=None)
 def gsplat_cuda_available() -> bool:
-    """Whether gsplat's CUDA kernels can run here: a CUDA device and an extension that builds (checked once per
+    """Whether gsplat's CUDA kernels can run here: a CUDA device and an extension that builds (built once per
     process; a failure logs one warning and the callers use the pure-PyTorch rasterizer instead)."""
-    if not torch.cuda.is_available():
-        return False
+    return torch.cuda.is_available() and _gsplat_extension_builds()
+
+
+@functools.lru_cache(maxsize=None)
+def _gsplat_extension_builds() -> bool:
     try:
         extension = _import_gsplat_extension()
     except Exception as error:  # noqa: BLE001 - any build or import failure means "use the PyTorch rasterizer"

@@ -330,8 +330,11 @@ def test_info_supports_gsplat_strategies():
 
 
 @requires_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_parity_with_gsplat_cuda(sh_degree):
+    """Images, alphas, radii, parameter gradients and the image-plane gradient that drives densification
+    (info["means2d"].grad, which DefaultStrategy accumulates) agree with gsplat's CUDA kernels."""
     means, quats, scales, opacities, sh = _random_scene(3000, scale=0.03)
     viewmats, Ks = _camera(96, 80, 90.0)
     background = torch.tensor([1.0, 1.0, 1.0])
@@ -340,12 +343,21 @@ def test_parity_with_gsplat_cuda(sh_degree):
         params = [t.cuda().requires_grad_(True) for t in (means, quats, scales, opacities, sh)]
         image, alpha, info = rasterize(*params, viewmats.cuda(), Ks.cuda(), 96, 80, sh_degree, background.cuda(),
                                        backend=backend)
+        info["means2d"].retain_grad()  # as gsplat's strategies do in step_pre_backward
         (image * torch.linspace(0, 1, 3, device="cuda")).sum().backward()
-        outputs[backend] = (image.detach(), alpha.detach(), info["radii"], [p.grad for p in params])
+        grads = [p.grad for p in params] + [info["means2d"].grad]
+        outputs[backend] = (image.detach(), alpha.detach(), info["radii"], grads)
     (img_a, alpha_a, radii_a, grads_a), (img_b, alpha_b, radii_b, grads_b) = outputs["gsplat"], outputs["torch"]
     torch.testing.assert_close(radii_a, radii_b, atol=1, rtol=0)
     torch.testing.assert_close(img_a, img_b, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(alpha_a, alpha_b, atol=2e-4, rtol=1e-3)
-    for name, ga, gb in zip(("means", "quats", "scales", "opacities", "sh"), grads_a, grads_b):
+    for name, ga, gb in zip(("means", "quats", "scales", "opacities", "sh", "means2d"), grads_a, grads_b):
+        assert ga is not None and gb is not None and ga.shape == gb.shape, name
         scale = ga.abs().max().clamp(min=1e-8)
         assert ((ga - gb).abs().max() / scale) < 2e-2, name
+    # Densification picks Gaussians by the norm of that gradient: the same ones must pass the threshold.
+    norm_a, norm_b = grads_a[-1][0].norm(dim=-1), grads_b[-1][0].norm(dim=-1)
+    threshold = norm_a.quantile(0.9)
+    picked_a, picked_b = norm_a > threshold, norm_b > threshold
+    assert picked_a.sum() > 100
+    assert (picked_a != picked_b).float().mean() < 0.02

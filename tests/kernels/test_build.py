@@ -14,9 +14,9 @@ from splat2splat.kernels import build
 
 @pytest.fixture
 def fresh_gsplat_check():
-    build.gsplat_cuda_available.cache_clear()
+    build._gsplat_extension_builds.cache_clear()
     yield
-    build.gsplat_cuda_available.cache_clear()
+    build._gsplat_extension_builds.cache_clear()
 
 
 def _pretend_cuda_with_gsplat(monkeypatch, extension):
