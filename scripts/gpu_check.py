@@ -297,14 +297,14 @@ def stage_bench_editor(sizes: Sizes, work: Path) -> dict:
                                "--random-model-folder", str(folder), "--dtype", dtype,
                                "--image-size", str(sizes.editor_image_size), "--steps", str(sizes.editor_steps),
                                "--editor-repeats", str(sizes.editor_repeats), "--output",
-                               str(work / "bench_editor.json")])
+                               str(work / "bench_speed_editor.json")])
     editor = results["editor"]
     require(math.isfinite(editor["latency_ratio_ours_over_stock"]), "no latency ratio")
     return {"ours_median_s": editor["ours"]["median_s"], "stock_median_s": editor["stock"]["median_s"],
             "ratio_ours_over_stock": editor["latency_ratio_ours_over_stock"],
             "ours_peak_bytes": editor["ours"]["peak_memory_bytes"], "stock_peak_bytes": editor["stock"]["peak_memory_bytes"],
             "dtype": editor["dtype"], "image_size": editor["image_size"], "steps": editor["unet_evaluations_per_edit"],
-            "json": "bench_editor.json"}
+            "json": "bench_speed_editor.json"}
 
 
 def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
@@ -363,11 +363,11 @@ def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
 def stage_bench_train(sizes: Sizes, work: Path) -> dict:
     results = run_bench_speed(["--device", sizes.device, "--skip-editor", "--gaussian-counts",
                                *map(str, sizes.train_counts), "--train-image-sizes", *map(str, sizes.train_image_sizes),
-                               "--train-steps", "3", "--train-warmup", "1", "--output", str(work / "bench_train.json")])
+                               "--train-steps", "3", "--train-warmup", "1", "--output", str(work / "bench_speed_train.json")])
     rows = results["train_step"]["rows"]
     require(len(rows) == len(sizes.train_counts) * len(sizes.train_image_sizes), "missing rows")
     return {"rows": [{k: row[k] for k in ("gaussians", "image_size", "median_s", "peak_memory_bytes", "rasterizer")}
-                     for row in rows], "json": "bench_train.json"}
+                     for row in rows], "json": "bench_speed_train.json"}
 
 
 def stage_gpu_tests(sizes: Sizes, work: Path) -> dict:
@@ -568,7 +568,7 @@ def write_report(output: Path, work: Path, records: list[dict], environment: dic
             combined.write(f"===== {record['stage']} ({record['status']})\n")
             if log.exists():
                 combined.write(log.read_text(errors="replace")[-200_000:])
-    for name in ("bench_editor.json", "bench_train.json", "gpu-tests.xml"):
+    for name in ("bench_speed_editor.json", "bench_speed_train.json", "gpu-tests.xml"):
         if (work / name).exists():
             shutil.copy(work / name, output / name)
     print(f"\n{'stage':<20} {'status':<6} {'wall s':>7}  detail")
