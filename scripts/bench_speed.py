@@ -284,7 +284,7 @@ def bench_train_step(config: BenchSpeedConfig, device: torch.device, progress) -
             peak_bytes = max(peak_bytes, peak.bytes)
             progress.advance(task)
         rows.append({"gaussians": count, "image_size": size, **asdict(summarize(timings)),
-                     "peak_memory_bytes": peak_bytes, "rasterizer": "gsplat" if device.type == "cuda" else "torch"})
+                     "peak_memory_bytes": peak_bytes, "rasterizer": backend.rasterizer})
         del backend, dataset
     return {"memory_method": memory_method(device), "loss": "0.8 L1 + 0.2 D-SSIM", "sh_degree": 3,
             "strategy": "none", "rows": rows}

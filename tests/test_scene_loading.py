@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
-from splat2splat.checkpoint import save_checkpoint
+from splat2splat.checkpoint import read_checkpoint, save_checkpoint
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
 from splat2splat.gaussians.ply import save_ply
+from splat2splat.io import save_torch
+from splat2splat.losses import LossWeights, PhotometricLoss
 from splat2splat.scene_loading import dataset_normalization, load_scene, load_scene_and_dataset
+from tests.conftest import requires_cuda
 from tests.checkpoints import DOWNSCALE, TRAIN_STEPS, write_gaussian_checkpoint, write_nerf_checkpoint
 
 
@@ -134,3 +139,52 @@ def test_every_scene_file_format_loads_as_a_scene(demo_scene, trained, tmp_path,
     views = dataset.cameras[dataset.eval_indices[:2]]
     for a, b in zip(imported.render(views), backend.render(views)):
         assert (a - b).abs().mean() < mean_error
+
+
+def with_machine_settings(path: Path, tmp_path: Path, device: str, rasterizer: str) -> Path:
+    """A copy of the checkpoint at ``path`` as if trained on another machine (saved device and rasterizer)."""
+    checkpoint = read_checkpoint(path)
+    checkpoint["backend_state"]["config"].update(device=device, rasterizer=rasterizer)
+    moved = tmp_path / f"trained-{device}-{rasterizer}.pt"
+    save_torch(moved, checkpoint)
+    return moved
+
+
+def test_gsplat_gpu_checkpoint_loads_on_a_cpu_only_machine(trained, tmp_path):
+    """A checkpoint whose config says device cuda / rasterizer gsplat renders here with the PyTorch rasterizer."""
+    path, backend, dataset = trained
+    moved = with_machine_settings(path, tmp_path, "cuda", "gsplat")
+    loaded = load_scene(moved, dataset, device="cpu")
+    assert (loaded.device.type, loaded.rasterizer, loaded.config.rasterizer) == ("cpu", "torch", "auto")
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(loaded.render(views), backend.render(views)):
+        assert torch.equal(a, b)
+    loaded.train_step(dataset, PhotometricLoss(LossWeights()))  # and it keeps training
+    assert loaded.step == TRAIN_STEPS + 1
+
+
+def test_cpu_checkpoint_moved_to_another_device_takes_that_device_rasterizer(trained, tmp_path):
+    """The other way round: a saved 'torch' rasterizer is a machine setting too; not moved, it is kept."""
+    path, _, dataset = trained
+    moved = with_machine_settings(path, tmp_path, "cpu", "torch")
+    state = read_checkpoint(moved)["backend_state"]
+    assert GaussianBackend.from_state_dict(state, "cpu").config.rasterizer == "auto"
+    assert GaussianBackend.from_state_dict(state).config.rasterizer == "torch"  # not moved: kept
+
+
+@requires_cuda
+@pytest.mark.gpu
+def test_cpu_checkpoint_loads_on_the_gpu_with_gsplat(trained):
+    path, backend, dataset = trained
+    loaded = load_scene(path, dataset, device="cuda")
+    assert (loaded.device.type, loaded.rasterizer) == ("cuda", "gsplat")
+    views = dataset.cameras[dataset.eval_indices[:2]]
+    for a, b in zip(loaded.render(views), backend.render(views)):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=1e-3)  # the two rasterizers' parity tolerance
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_checkpoint_without_a_device_override_is_a_clear_error(trained, tmp_path):
+    path, _, dataset = trained
+    with pytest.raises(InputError, match="no CUDA GPU is available"):
+        load_scene(with_machine_settings(path, tmp_path, "cuda", "gsplat"), dataset)

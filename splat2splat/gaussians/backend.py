@@ -20,13 +20,14 @@ from splat2splat.configs import config_from_dict
 from splat2splat.devices import resolve_device, to_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
-from splat2splat.gaussians.rasterize import rasterize
+from splat2splat.gaussians.rasterize import choose_rasterizer, rasterize
 from splat2splat.scene import ImageLoss
 
 # What from_state_dict reads, and the shapes of the Gaussian parameters after the leading count N
 # (None: any size; shN holds K-1 SH bases).
 STATE_KEYS = ("config", "splats", "optimizers", "step", "background")
 SPLAT_TRAILING_SHAPES = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3), "shN": (None, 3)}
+
 
 @dataclass
 class StrategyConfig:
@@ -91,7 +92,8 @@ class GaussianConfig:
     random_background: bool = False
     """Train against a random background colour on masked/transparent data (discourages floaters)."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
-    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA)."""
+    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA when its kernels build, else
+    PyTorch after one warning). A scene loaded onto another device uses auto unless this is given."""
     device: str = "auto"
     """'cuda', 'cpu' or 'auto' (cuda when available)."""
     seed: int = 0
@@ -107,6 +109,7 @@ class GaussianBackend:
     def __init__(self, splats: torch.nn.ParameterDict, config: GaussianConfig, background: tuple[float, float, float]):
         self.config = config
         self.device = resolve_device(config.device)
+        self.rasterizer = choose_rasterizer(config.rasterizer, self.device)  # fails early when forced and unusable
         self.splats = splats.to(self.device)
         self.max_sh_degree = sh_degree_of(self.splats)
         self.background = torch.tensor(background, dtype=torch.float32, device=self.device)
@@ -175,7 +178,7 @@ class GaussianBackend:
         return rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["sh"], cameras.viewmats(),
                          cameras.Ks(), width, height, self.active_sh_degree,
                          self.background if background is None else background,
-                         absgrad=False, backend=self.config.rasterizer)
+                         absgrad=False, backend=self.rasterizer)
 
     @torch.no_grad()
     def render(self, cameras: Cameras) -> list[torch.Tensor]:
@@ -252,8 +255,14 @@ class GaussianBackend:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "GaussianBackend":
-        """Rebuild a backend from :meth:`state_dict` (``device``: where it lives now, default the saved one)."""
-        config = config_from_dict(GaussianConfig, {**state["config"], **({"device": device} if device else {})})
+        """Rebuild a backend from :meth:`state_dict` (``device``: where it lives now, default the saved one).
+
+        The rasterizer is a property of the machine, like the device: a scene moved to a device (a checkpoint
+        trained with gsplat on a GPU, loaded on a CPU-only machine, or the other way round) renders with that
+        device's own rasterizer ("auto").
+        """
+        moved = {"device": device, "rasterizer": "auto"} if device else {}
+        config = config_from_dict(GaussianConfig, {**state["config"], **moved})
         splats = torch.nn.ParameterDict({k: torch.nn.Parameter(v.clone()) for k, v in state["splats"].items()})
         backend = cls(splats, config, tuple(state["background"]))
         backend.load_state_dict(state)

@@ -26,6 +26,9 @@ import math
 import torch
 from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
 
+from splat2splat.errors import InputError
+from splat2splat.kernels.build import gsplat_cuda_available
+
 ALPHA_THRESHOLD = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
 MAX_ALPHA = 0.999
@@ -52,10 +55,10 @@ def rasterize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render C images. Returns colours [C, H, W, 3], alphas [C, H, W, 1] and gsplat's info dict.
 
-    ``backend``: "gsplat" (CUDA kernels), "torch" (pure PyTorch, any device) or "auto" (gsplat on CUDA).
+    ``backend``: "gsplat" (CUDA kernels), "torch" (pure PyTorch, any device) or "auto" (see
+    :func:`choose_rasterizer`).
     """
-    if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
+    backend = choose_rasterizer(backend, means.device)
     backgrounds = None if background is None else background.to(means).expand(len(viewmats), 3)
     if backend == "gsplat":
         from gsplat import rasterization
@@ -65,23 +68,46 @@ def rasterize(
             far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, packed=False, tile_size=tile_size,
             backgrounds=backgrounds, absgrad=absgrad, rasterize_mode="classic",
         )
-    if backend != "torch":
-        raise ValueError(f"unknown rasterizer backend {backend!r}")
     return rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
                            backgrounds, near_plane, far_plane, eps2d, tile_size)
+
+
+def choose_rasterizer(requested: str, device: torch.device) -> str:
+    """The rasterizer that runs for ``requested`` ("auto", "gsplat" or "torch") on ``device``.
+
+    "auto" is gsplat on CUDA when its extension builds, else the PyTorch rasterizer (after one warning from
+    :func:`~splat2splat.kernels.build.gsplat_cuda_available`). An explicit "gsplat" that cannot run is an
+    InputError rather than a silent switch: the user asked for those kernels.
+    """
+    if requested == "torch":
+        return "torch"
+    if requested not in ("auto", "gsplat"):
+        raise InputError(None, f"unknown rasterizer {requested!r}: use auto, gsplat or torch")
+    device = torch.device(device)
+    usable = device.type == "cuda" and gsplat_cuda_available()
+    if requested == "gsplat" and not usable:
+        why = (f"it needs a CUDA device and the scene is on {device}" if device.type != "cuda"
+               else "its CUDA extension could not be built here (see the warning above)")
+        raise InputError(None, f"rasterizer 'gsplat' cannot run: {why}; use --gaussians.rasterizer auto or torch")
+    return "gsplat" if usable else "torch"
 
 
 def project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d):
     """gsplat's fully fused projection (pinhole, classic mode). Returns radii [C, N, 2] int, means2d, depths, conics."""
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)
     means_c, covars_c = _world_to_cam(means, covars, viewmats)
-    means2d, covars2d = _persp_proj(means_c, covars_c, Ks, width, height)
+    depths = means_c[..., 2]
+    # Gaussians at or behind the near plane are culled below, but the perspective divide would still give
+    # them inf/nan (depth 0: x / 0), and autograd turns the zero gradient of a culled entry into 0 * inf = nan
+    # for every parameter. Project them from a harmless stand-in point instead: finite values, zero gradient.
+    in_front = (depths > near_plane)[..., None]
+    stand_in = torch.tensor([0.0, 0.0, 1.0], device=means.device, dtype=means_c.dtype)
+    means2d, covars2d = _persp_proj(torch.where(in_front, means_c, stand_in), covars_c, Ks, width, height)
     covars2d = covars2d + torch.eye(2, device=means.device, dtype=means.dtype) * eps2d
     det = covars2d[..., 0, 0] * covars2d[..., 1, 1] - covars2d[..., 0, 1] * covars2d[..., 1, 0]
     det_safe = det.clamp(min=1e-10)
     conics = torch.stack([covars2d[..., 1, 1] / det_safe, -covars2d[..., 0, 1] / det_safe,
                           covars2d[..., 0, 0] / det_safe], dim=-1)
-    depths = means_c[..., 2]
     with torch.no_grad():
         # Opacity-aware extent (gsplat: "tight" bounding box, arXiv 2402.00525): beyond it alpha < 1/255.
         opacity = opacities.detach().expand_as(depths)

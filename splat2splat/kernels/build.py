@@ -75,8 +75,6 @@ def _compile(name: str, sources: Sequence[str]) -> ModuleType:
 
 @functools.lru_cache(maxsize=None)
 def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
-    if not torch.cuda.is_available():
-        return None
     try:
         return _compile(name, sources)
     except Exception as error:  # noqa: BLE001 - any build or import failure means "use the reference"
@@ -87,6 +85,38 @@ def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
 def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per process) and import the extension ``name`` from files of :func:`cuda_source_dir`.
 
-    Returns ``None`` when no CUDA device is available or the build fails; the result is cached either way.
+    Returns ``None`` when no CUDA device is available or the build fails; a build's result is cached either way
+    (the device check is not, so a process that hides its GPU for a while does not lose the kernel).
     """
+    if not torch.cuda.is_available():
+        return None
     return _load_once(name, tuple(sources))
+
+
+# ------------------------------------------------------------------------------------------------ gsplat
+def _import_gsplat_extension() -> ModuleType | None:
+    """gsplat's compiled module: importing ``gsplat.cuda._backend`` JIT-builds it on first use (minutes); it is
+    ``None`` when gsplat finds no CUDA toolkit, and the import raises when the build fails."""
+    from gsplat.cuda._backend import _C
+
+    return _C
+
+
+def gsplat_cuda_available() -> bool:
+    """Whether gsplat's CUDA kernels can run here: a CUDA device and an extension that builds (built once per
+    process; a failure logs one warning and the callers use the pure-PyTorch rasterizer instead)."""
+    return torch.cuda.is_available() and _gsplat_extension_builds()
+
+
+@functools.lru_cache(maxsize=None)
+def _gsplat_extension_builds() -> bool:
+    try:
+        extension = _import_gsplat_extension()
+    except Exception as error:  # noqa: BLE001 - any build or import failure means "use the PyTorch rasterizer"
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        logger.warning("could not build gsplat's CUDA extension, using the PyTorch rasterizer instead: %s", first_line)
+        return False
+    if extension is None:
+        logger.warning("gsplat found no CUDA toolkit (nvcc) to build its kernels, using the PyTorch rasterizer instead")
+        return False
+    return True

@@ -8,8 +8,9 @@
 
 :class:`CPUCompatibleMCMCStrategy` runs gsplat's own strategy code unchanged and, only while it steps
 Gaussians that are *not* on CUDA, points those two names of ``gsplat.strategy.ops`` at PyTorch
-references (:func:`relocation_reference` below and gsplat's own ``_quat_scale_to_covar_preci``). On CUDA
-nothing is replaced, so GPU training is exactly gsplat's. A subclass with a scoped swap was chosen over
+references (:func:`relocation_reference` below and gsplat's own ``_quat_scale_to_covar_preci``); the same
+on a GPU whose gsplat extension does not build. On CUDA with gsplat's kernels nothing is replaced, so GPU
+training is exactly gsplat's. A subclass with a scoped swap was chosen over
 re-implementing ``relocate`` / ``sample_add`` (which would copy gsplat's optimizer-state bookkeeping)
 and over a permanent monkey-patch (which would change gsplat for every other user in the process).
 """
@@ -24,6 +25,8 @@ import torch
 from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci  # gsplat's own reference (pinned gsplat 1.5)
 from gsplat.strategy import MCMCStrategy
 from gsplat.strategy import ops as gsplat_strategy_ops
+
+from splat2splat.kernels.build import gsplat_cuda_available
 
 
 def relocation_reference(
@@ -87,7 +90,8 @@ def gsplat_strategy_ops_in_pytorch() -> Iterator[None]:
 
 
 class CPUCompatibleMCMCStrategy(MCMCStrategy):
-    """``gsplat.strategy.MCMCStrategy`` that also runs on CPU (same options, state and results)."""
+    """``gsplat.strategy.MCMCStrategy`` that also runs on CPU, or on CUDA without gsplat's kernels (same options,
+    state and results)."""
 
     def step_post_backward(
         self,
@@ -98,7 +102,7 @@ class CPUCompatibleMCMCStrategy(MCMCStrategy):
         info: dict[str, Any],
         lr: float,
     ) -> None:
-        if params["means"].is_cuda:
+        if params["means"].is_cuda and gsplat_cuda_available():
             super().step_post_backward(params, optimizers, state, step, info, lr)
             return
         with gsplat_strategy_ops_in_pytorch():

@@ -79,6 +79,14 @@ def test_existing_run_needs_resume(small_scene, tmp_path, capsys):
     assert (output / "checkpoint.pt").read_bytes() == b"precious"
 
 
+def test_forced_gsplat_on_the_cpu_is_one_clear_line(small_scene, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        entrypoint(["train", "--data", str(small_scene), "--output", str(tmp_path / "run"), "--steps", "1",
+                    "--gaussians.device", "cpu", "--gaussians.rasterizer", "gsplat"])
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "'gsplat' cannot run" in err and len(err.splitlines()) == 1
+
+
 def test_resume_of_a_corrupt_checkpoint_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit):

@@ -213,6 +213,27 @@ def test_no_visible_gaussians():
     assert all(p.grad is None or (p.grad == 0).all() for p in params)
 
 
+@pytest.mark.parametrize("depth", [0.0, 0.005, -1e-30])
+def test_gaussian_on_the_camera_plane_is_culled_with_finite_gradients(depth):
+    """Depth 0 (and anything up to the near plane) is culled: it adds nothing, and the perspective divide by
+    its depth must not turn the gradients of the whole scene into nan."""
+    means, quats, scales, opacities, sh = _random_scene(10)
+    viewmats, Ks = _camera(20, 12, 20.0)  # camera at z = -2.5 looking down +z
+    means[0] = torch.tensor([0.3, 0.2, -2.5 + depth])
+    params = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, sh)]
+    background = torch.tensor([0.3, 0.2, 0.1])
+    image, alpha, info = rasterize(*params, viewmats, Ks, 20, 12, 3, background, backend="torch")
+    assert (info["radii"][0, 0] == 0).all() and torch.isfinite(info["means2d"]).all()
+    (image.sum() + alpha.sum()).backward()
+    for name, p in zip(("means", "quats", "scales", "opacities", "sh"), params):
+        assert torch.isfinite(p.grad).all(), name
+        assert (p.grad[0] == 0).all(), name
+    others = [t[1:] for t in (means, quats, scales, opacities, sh)]
+    without, without_alpha, _ = rasterize(*others, viewmats, Ks, 20, 12, 3, background, backend="torch")
+    assert torch.equal(image.detach(), without) and torch.equal(alpha.detach(), without_alpha)
+    assert params[0].grad[1:].abs().sum() > 0  # the visible ones still learn
+
+
 def test_segmented_cumsum_is_exact_per_segment():
     g = torch.Generator().manual_seed(0)
     segment = torch.sort(torch.randint(0, 3000, (100000,), generator=g)).values
@@ -309,8 +330,11 @@ def test_info_supports_gsplat_strategies():
 
 
 @requires_cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("sh_degree", [0, 3])
 def test_parity_with_gsplat_cuda(sh_degree):
+    """Images, alphas, radii, parameter gradients and the image-plane gradient that drives densification
+    (info["means2d"].grad, which DefaultStrategy accumulates) agree with gsplat's CUDA kernels."""
     means, quats, scales, opacities, sh = _random_scene(3000, scale=0.03)
     viewmats, Ks = _camera(96, 80, 90.0)
     background = torch.tensor([1.0, 1.0, 1.0])
@@ -319,12 +343,21 @@ def test_parity_with_gsplat_cuda(sh_degree):
         params = [t.cuda().requires_grad_(True) for t in (means, quats, scales, opacities, sh)]
         image, alpha, info = rasterize(*params, viewmats.cuda(), Ks.cuda(), 96, 80, sh_degree, background.cuda(),
                                        backend=backend)
+        info["means2d"].retain_grad()  # as gsplat's strategies do in step_pre_backward
         (image * torch.linspace(0, 1, 3, device="cuda")).sum().backward()
-        outputs[backend] = (image.detach(), alpha.detach(), info["radii"], [p.grad for p in params])
+        grads = [p.grad for p in params] + [info["means2d"].grad]
+        outputs[backend] = (image.detach(), alpha.detach(), info["radii"], grads)
     (img_a, alpha_a, radii_a, grads_a), (img_b, alpha_b, radii_b, grads_b) = outputs["gsplat"], outputs["torch"]
     torch.testing.assert_close(radii_a, radii_b, atol=1, rtol=0)
     torch.testing.assert_close(img_a, img_b, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(alpha_a, alpha_b, atol=2e-4, rtol=1e-3)
-    for name, ga, gb in zip(("means", "quats", "scales", "opacities", "sh"), grads_a, grads_b):
+    for name, ga, gb in zip(("means", "quats", "scales", "opacities", "sh", "means2d"), grads_a, grads_b):
+        assert ga is not None and gb is not None and ga.shape == gb.shape, name
         scale = ga.abs().max().clamp(min=1e-8)
         assert ((ga - gb).abs().max() / scale) < 2e-2, name
+    # Densification picks Gaussians by the norm of that gradient: the same ones must pass the threshold.
+    norm_a, norm_b = grads_a[-1][0].norm(dim=-1), grads_b[-1][0].norm(dim=-1)
+    threshold = norm_a.quantile(0.9)
+    picked_a, picked_b = norm_a > threshold, norm_b > threshold
+    assert picked_a.sum() > 100
+    assert (picked_a != picked_b).float().mean() < 0.02
