@@ -87,7 +87,7 @@ def read_checkpoint(path: Path) -> dict:
     if not isinstance(checkpoint, dict):
         raise InputError(path, f"not a splat2splat checkpoint (holds a {type(checkpoint).__name__}, not a dict)")
     version = checkpoint.get("format")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise InputError(path, f"checkpoint format {describe(version)} is not the format {FORMAT_VERSION} this "
                                f"splat2splat reads (written by another version or another program)")
     kind = checkpoint.get("backend")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import os
+import random
+
 import pytest
 import torch
 
-from splat2splat.checkpoint import (FORMAT_VERSION, job_from_dict, read_checkpoint, read_command, save_checkpoint,
-                                    write_command)
+from splat2splat.checkpoint import (FORMAT_VERSION, backend_from_checkpoint, job_from_dict, read_checkpoint,
+                                    read_command, write_command)
 from splat2splat.errors import InputError
 from splat2splat.io import save_torch, write_bytes, write_json
 from splat2splat.scene_loading import load_scene
@@ -110,3 +114,47 @@ def test_bad_command_json_is_one_line(tmp_path, content, message):
 
 def test_options_of_one_invocation_are_not_part_of_a_saved_job(tmp_path):
     assert job_from_dict(TrainJob, {"steps": 3, "resume": True}, tmp_path).steps == 3
+
+
+FUZZ_CASES = int(os.environ.get("SPLAT2SPLAT_FUZZ_CASES", "150"))
+
+
+def mutated_values(state: dict, generator: random.Random) -> dict:
+    """``state`` with one value somewhere inside replaced by a value of another kind."""
+    replacements = [None, 0, -1, 2**40, "x", [], {}, torch.zeros(0), torch.zeros(2, 2), 1.5, True]
+    mutated = copy.deepcopy(state)
+    node, path = mutated, []
+    while isinstance(node, dict) and node:
+        key = generator.choice(sorted(node, key=str))
+        path.append(key)
+        if not isinstance(node[key], dict) or generator.random() < 0.3:
+            node[key] = generator.choice(replacements)
+            break
+        node = node[key]
+    return mutated
+
+
+def test_fuzzed_checkpoints_end_in_a_project_error_or_a_scene(trained, tmp_path):
+    """Structural and byte-level mutations of a real checkpoint: each loads, or is one InputError; never
+    another exception (the loaders' trust boundary)."""
+    path, backend, _ = trained
+    original_bytes = path.read_bytes()
+    checkpoint = read_checkpoint(path)
+    generator = random.Random(0)
+    outcomes = {"scene": 0, "input_error": 0}
+    for case in range(FUZZ_CASES):
+        target = tmp_path / f"fuzz-{case % 4}.pt"
+        if case % 2:
+            data = bytearray(original_bytes)
+            for _ in range(generator.randint(1, 8)):
+                data[generator.randrange(len(data))] = generator.randrange(256)
+            target.write_bytes(bytes(data))
+        else:
+            save_torch(target, mutated_values(checkpoint, generator))
+        try:
+            backend_from_checkpoint(target, read_checkpoint(target), "cpu")
+            outcomes["scene"] += 1
+        except InputError as error:
+            assert "\n" not in str(error)
+            outcomes["input_error"] += 1
+    assert sum(outcomes.values()) == FUZZ_CASES and outcomes["input_error"] > 0
