@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from splat2splat.data.cameras import quaternion_to_matrix
+from splat2splat.rotations import quaternion_to_matrix
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SH_C0

@@ -11,7 +11,8 @@ import torch
 viser = pytest.importorskip("viser", reason="viser is not installed (pip install viser; .ci/run installs it)")
 
 from splat2splat.gaussians.model import random_points, init_splats  # noqa: E402
-from splat2splat.viewer import LiveViewer, quaternion_to_matrix  # noqa: E402
+from splat2splat.rotations import quaternion_to_matrix  # noqa: E402
+from splat2splat.viewer import LiveViewer  # noqa: E402
 
 
 def free_port() -> int:

@@ -127,16 +127,6 @@ class Cameras:
         return Cameras(**{f: state[f] for f in Cameras._fields()})
 
 
-def quaternion_to_matrix(quats: torch.Tensor) -> torch.Tensor:
-    """[..., 4] unit quaternions (w, x, y, z: gsplat's and COLMAP's order) -> [..., 3, 3] rotation matrices."""
-    w, x, y, z = quats.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor = torch.tensor([0.0, 0.0, 1.0])) -> torch.Tensor:
     """OpenCV camera-to-world [4, 4] at ``eye`` looking at ``target`` (world ``up`` is +z by default)."""
     forward = torch.nn.functional.normalize(target - eye, dim=-1)

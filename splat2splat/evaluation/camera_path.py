@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from splat2splat.data.cameras import Cameras
+from splat2splat.rotations import matrix_to_quaternion, quaternion_to_matrix, slerp
 
 
 def capture_order(centers: torch.Tensor) -> list[int]:
@@ -27,49 +28,6 @@ def capture_order(centers: torch.Tensor) -> list[int]:
     return order
 
 
-def matrix_to_quaternion(rotation: torch.Tensor) -> torch.Tensor:
-    """[3, 3] rotation -> unit quaternion (w, x, y, z), from the largest of the four candidates (stable)."""
-    m = rotation.double()
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2 * torch.sqrt(trace + 1)
-        q = [s / 4, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2 * torch.sqrt(1 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, s / 4, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2 * torch.sqrt(1 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, s / 4, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = 2 * torch.sqrt(1 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, s / 4]
-    quaternion = torch.stack(q)
-    return (quaternion / quaternion.norm()).to(rotation.dtype)
-
-
-def quaternion_to_matrix(quaternion: torch.Tensor) -> torch.Tensor:
-    """Unit quaternion (w, x, y, z) -> [3, 3] rotation."""
-    w, x, y, z = quaternion.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ]).reshape(3, 3)
-
-
-def slerp(q0: torch.Tensor, q1: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation of unit quaternions along the shorter arc."""
-    dot = float(q0 @ q1)
-    if dot < 0:  # q and -q are one rotation: take the shorter way round
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly equal: linear is exact enough and avoids dividing by sin(~0)
-        q = q0 + t * (q1 - q0)
-        return q / q.norm()
-    angle = torch.arccos(torch.tensor(min(dot, 1.0), dtype=torch.float64))
-    w0, w1 = torch.sin((1 - t) * angle) / torch.sin(angle), torch.sin(t * angle) / torch.sin(angle)
-    return (w0.to(q0.dtype) * q0 + w1.to(q1.dtype) * q1)
-
-
 def interpolate_cameras(cameras: Cameras, n_frames: int) -> Cameras:
     """``n_frames`` cameras spread evenly along the chain ``cameras[0] -> cameras[1] -> ...`` (both ends included).
 
@@ -84,7 +42,7 @@ def interpolate_cameras(cameras: Cameras, n_frames: int) -> Cameras:
     sx, sy = width / cameras.width.float(), height / cameras.height.float()
     intrinsics = torch.stack([cameras.fx * sx, cameras.fy * sy, cameras.cx * sx, cameras.cy * sy], dim=-1)
     centers = cameras.centers()
-    quaternions = torch.stack([matrix_to_quaternion(c2w[:3, :3]) for c2w in cameras.camtoworlds])
+    quaternions = torch.stack([matrix_to_quaternion(c2w[:3, :3]) for c2w in cameras.camtoworlds]).float()
     radius = float((centers - centers.mean(0)).norm(dim=-1).mean()) or 1.0
     turns = 2 * torch.arccos((quaternions[1:] * quaternions[:-1]).sum(-1).abs().clamp(max=1.0))
     lengths = (centers[1:] - centers[:-1]).norm(dim=-1) + turns * radius + 1e-9

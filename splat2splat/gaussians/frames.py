@@ -30,6 +30,7 @@ from gsplat.cuda._torch_impl import _eval_sh_bases_fast
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
+from splat2splat.rotations import matrix_to_quaternion, quaternion_multiply
 
 # Directions the SH rotation is fitted on: many more than the 16 bases of degree 3, spread over the sphere.
 SH_FIT_DIRECTIONS = 200
@@ -137,38 +138,6 @@ def from_file_frame(splats: dict[str, torch.Tensor], normalization: SceneNormali
 
 
 # ----------------------------------------------------------------------------------------- rotations
-
-
-def matrix_to_quaternion(rotation: np.ndarray) -> torch.Tensor:
-    """A proper rotation matrix as a unit (w, x, y, z) quaternion, float64 (Shepperd's method: stable for all)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = np.trace(m)
-    candidates = np.array([trace, m[0, 0], m[1, 1], m[2, 2]])
-    i = int(np.argmax(candidates))
-    if i == 0:
-        w = math.sqrt(1.0 + trace) / 2
-        q = [w, (m[2, 1] - m[1, 2]) / (4 * w), (m[0, 2] - m[2, 0]) / (4 * w), (m[1, 0] - m[0, 1]) / (4 * w)]
-    elif i == 1:
-        x = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) / 2
-        q = [(m[2, 1] - m[1, 2]) / (4 * x), x, (m[0, 1] + m[1, 0]) / (4 * x), (m[0, 2] + m[2, 0]) / (4 * x)]
-    elif i == 2:
-        y = math.sqrt(1.0 - m[0, 0] + m[1, 1] - m[2, 2]) / 2
-        q = [(m[0, 2] - m[2, 0]) / (4 * y), (m[0, 1] + m[1, 0]) / (4 * y), y, (m[1, 2] + m[2, 1]) / (4 * y)]
-    else:
-        z = math.sqrt(1.0 - m[0, 0] - m[1, 1] + m[2, 2]) / 2
-        q = [(m[1, 0] - m[0, 1]) / (4 * z), (m[0, 2] + m[2, 0]) / (4 * z), (m[1, 2] + m[2, 1]) / (4 * z), z]
-    quaternion = torch.tensor(q, dtype=torch.float64)
-    return quaternion / quaternion.norm()
-
-
-def quaternion_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product ``a * b`` of (w, x, y, z) quaternions (broadcasting): rotate by ``b``, then by ``a``."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack([aw * bw - ax * bx - ay * by - az * bz,
-                        aw * bx + ax * bw + ay * bz - az * by,
-                        aw * by - ax * bz + ay * bw + az * bx,
-                        aw * bz + ax * by - ay * bx + az * bw], dim=-1)
 
 
 @functools.lru_cache(maxsize=16)

@@ -11,9 +11,9 @@ from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci, _quat_to_rotmat,
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
-from splat2splat.gaussians.frames import (Similarity, from_file_frame, matrix_to_quaternion, sh_rotation,
-                                          to_file_frame)
+from splat2splat.gaussians.frames import Similarity, from_file_frame, sh_rotation, to_file_frame
 from splat2splat.gaussians.rasterize import rasterize
+from splat2splat.rotations import matrix_to_quaternion
 
 GENERATOR_SEED = 3
 
