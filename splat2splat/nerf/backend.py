@@ -32,7 +32,7 @@ from splat2splat.io import save_image, write_point_ply
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings, pixel_rays,
                                        render_rays)
-from splat2splat.scene import ImageLoss, SceneBackend
+from splat2splat.scene import EditHook, ImageLoss, SceneBackend
 
 
 # Settings measured for CPUs on the bounded 64-px demo scene (tests/nerf: 23.5 dB held out after 300 steps,
@@ -51,8 +51,8 @@ class NerfConfig:
     """Seed of the field initialisation and of every random choice during training."""
     device: str = "auto"
     """Torch device to train on; "auto" picks CUDA when available, else the CPU."""
-    initial_steps: int = 5000
-    """Reconstruction steps on the unedited images before editing starts (nerfacto trains 30000 on a GPU)."""
+    initial_steps: int = 30_000
+    """Reconstruction steps of :meth:`NerfBackend.fit` on the unedited images (in2n edits a 30000-step nerfacto)."""
     rays_per_batch: int = 4096
     """Rays per training step (rounded down to whole patches)."""
     patch_size: int = 1
@@ -183,14 +183,21 @@ class NerfBackend:
 
     # ---------------------------------------------------------------- training
 
-    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
-        """One Adam step on ``B`` patches from random training views' CURRENT images (see module doc)."""
+    def configure_edit(self, density_control: str, random_background: bool) -> None:
+        """A field has no Gaussians to densify and renders over its fixed background: nothing to change."""
+
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss, view: int | None = None,
+                   edit: EditHook | None = None) -> dict[str, float]:
+        """One Adam step on ``B`` patches from random training views' CURRENT images (see module doc), or from
+        ``view`` only; ``edit(view, render)`` gets a full render of ``view`` before the targets are read."""
         config = self.config
         if self.step >= config.occupancy_warmup_steps and self.step % config.occupancy_update_every == 0:
             self.grid.update(self.field, self.generator, config.occupancy_threshold, config.occupancy_decay,
                              config.occupancy_dilation, config.render_chunk * 8)
-        views, ys, xs = sample_patches(dataset, dataset.train_indices, config.rays_per_batch // config.patch_size**2,
-                                       config.patch_size, self.generator)
+        views, ys, xs = sample_patches(dataset, dataset.train_indices if view is None else [view],
+                                       config.rays_per_batch // config.patch_size**2, config.patch_size, self.generator)
+        if edit is not None and view is not None:
+            edit(view, self.render(dataset.cameras[[view]])[0])
         rays, target, supervised = self._gather_batch(dataset, views, ys, xs)
         jitter = torch.rand(rays.origins.shape[0], generator=self.generator).to(self.device)
         rendered = render_rays(self.field, self.space, self.grid, rays, self.sampling, self.background, jitter)
