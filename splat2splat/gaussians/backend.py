@@ -164,9 +164,12 @@ class GaussianBackend:
         if s.kind == "default":
             from gsplat.strategy import DefaultStrategy
 
+            # gsplat also reads reset_every to prune large Gaussians only after the first reset; "never" (0)
+            # must not reach its modulo. Its own reset never fires (see reset_opacity_every): ours is below.
+            reset_every = s.reset_opacity_every if s.reset_opacity_every > 0 else 2**31 - 1
             strategy = DefaultStrategy(prune_opa=s.prune_opacity, grow_grad2d=s.grow_grad2d,
                                        refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
-                                       reset_every=s.reset_opacity_every, refine_every=s.refine_every)
+                                       reset_every=reset_every, refine_every=s.refine_every)
             return strategy, strategy.initialize_state(scene_scale=self.config.scene_scale)
         from splat2splat.kernels.mcmc import mcmc_strategy
 
