@@ -66,3 +66,16 @@ def test_second_ctrl_c_stops_at_once():
     with pytest.raises(KeyboardInterrupt):
         drive(loop, 10, lambda: None, 0, 0, "t", on_step=press_twice)
     assert loop.step == 2
+
+
+def test_plain_progress_lines_when_stdout_is_not_a_terminal(capsys, monkeypatch):
+    """A redirected run prints a plain line after its first step, then every ~30 s, and after its last."""
+    import splat2splat.runner as runner
+
+    drive(CountingLoop(), 5, lambda: None, 0, 0, "train")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: step")]
+    assert [line.split()[2] for line in lines] == ["1/5", "5/5"]
+    assert "loss 1.000" in lines[0] and "it/s, eta" in lines[0]
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_SECONDS", 0.0)
+    drive(CountingLoop(), 3, lambda: None, 0, 0, "edit")
+    assert sum(line.startswith("edit: step") for line in capsys.readouterr().out.splitlines()) == 3
