@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
@@ -78,6 +79,17 @@ def deferred_interrupt() -> Iterator[Callable[[], int | None]]:
             signal.signal(signum, old_handler)
 
 
+# When stdout is not a terminal (a redirected or nohup'ed run) rich draws nothing until the end; a plain line
+# is printed instead after the first step, then at most every this many seconds, and after the last step.
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def plain_progress_line(description: str, step: int, total: int, info: str, rate: float) -> str:
+    eta = (total - step) / rate if rate > 0 else float("nan")
+    eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
+    return f"{description}: step {step}/{total} ({100 * step / max(total, 1):.0f}%) {info} {rate:.2f} it/s, eta {eta_text}"
+
+
 def progress_bar() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("{task.fields[info]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
@@ -94,6 +106,8 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
     ``on_step`` is called after every finished step (tests use it to simulate Ctrl-C).
     """
     report = LoopReport()
+    plain = not sys.stdout.isatty()
+    last_line = float("-inf")
 
     def timed(activity: str, action: Callable[[], object]) -> object:
         start = time.perf_counter()
@@ -121,8 +135,12 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
             if (checkpoint_every and loop.step % checkpoint_every == 0) or due_by_time:
                 checkpoint()
             rate = (loop.step - first_step) / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, completed=loop.step, info=loop.progress_info(report.last_stats),
-                            rate=f"{rate:.2f} it/s")
+            info = loop.progress_info(report.last_stats)
+            progress.update(task, completed=loop.step, info=info, rate=f"{rate:.2f} it/s")
+            now = time.perf_counter()
+            if plain and (now - last_line >= PLAIN_PROGRESS_SECONDS or loop.step == total_steps):
+                print(plain_progress_line(description, loop.step, total_steps, info, rate), flush=True)
+                last_line = now
             if on_step is not None:
                 on_step(loop.step)
             signum = received_signal()

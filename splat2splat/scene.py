@@ -19,6 +19,10 @@ from splat2splat.losses import image_metrics
 # The Gaussian backend passes whole images, the NeRF backend patches of rays (in2n: 32x32).
 ImageLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
+# Called by ``train_step(..., edit=hook)`` with (view, that step's render [H, W, 3] in [0, 1] on the CPU) before
+# the loss; it may replace the view's current image, which the step then trains on (Instruct-GS2GS' update).
+EditHook = Callable[[int, torch.Tensor], None]
+
 
 @runtime_checkable
 class SceneBackend(Protocol):
@@ -29,8 +33,15 @@ class SceneBackend(Protocol):
         """Render every camera; returns [H, W, 3] images in [0, 1] on the CPU, without gradients."""
         ...
 
-    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
-        """One optimisation step on a batch drawn from ALL training views' CURRENT images."""
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss, view: int | None = None,
+                   edit: EditHook | None = None) -> dict[str, float]:
+        """One optimisation step on a batch drawn from ALL training views' CURRENT images, or from ``view``
+        only; ``edit`` (see :data:`EditHook`) may replace that view's image before the loss is taken."""
+        ...
+
+    def configure_edit(self, density_control: str, random_background: bool) -> None:
+        """Training settings during an edit: density control ('continue', 'cull', 'off'; Gaussians only) and a
+        random background (where the backend and the data support it)."""
         ...
 
     def state_dict(self) -> dict:

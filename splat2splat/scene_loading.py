@@ -50,13 +50,17 @@ def imported_scene_config(config: GaussianConfig, file_sh_degree: int) -> Gaussi
 
 def import_ply(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
                device: str | None = None) -> GaussianBackend:
-    """A fresh Gaussian backend (new optimisers, step 0) holding the Gaussians of a scene file (any format of
-    :mod:`splat2splat.gaussians.formats`, in the original frame)."""
+    """A Gaussian backend (new optimisers) holding the Gaussians of a scene file (any format of
+    :mod:`splat2splat.gaussians.formats`, in the original frame), taken to be converged: its step is where every
+    schedule has ended (final learning rates, no densification), as for a scene trained here to the end; a
+    scene file keeps no step of its own."""
     splats = load_splats(path, dataset.normalization, dataset.frame_transform)  # InputError naming the file
     config = imported_scene_config(gaussian_config or GaussianConfig(), sh_degree_of(splats))
     if device:
         config = replace(config, device=device)
-    return GaussianBackend(splats, config, dataset.background)
+    backend = GaussianBackend(splats, config, dataset.background)
+    backend.mark_converged()
+    return backend
 
 
 def load_scene(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,

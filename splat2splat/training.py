@@ -41,8 +41,9 @@ class TrainJob:
     """Run folder: checkpoint.pt, scene exports and metrics.json."""
     backend: BackendName = "gaussian"
     """Scene representation: 'gaussian' (3DGS via gsplat) or 'nerf' (the in2n/nerfacto-style field)."""
-    steps: int = 2000
-    """Total optimisation steps (a resumed run continues up to this number)."""
+    steps: int = 30_000
+    """Total optimisation steps (a resumed run continues up to this number); 30000 as gsplat's simple_trainer
+    and splatfacto."""
     downscale: int = 1
     """Image downscale factor (uses images_N folders when the dataset has them)."""
     eval_every: int = 500

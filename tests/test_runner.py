@@ -98,3 +98,16 @@ def test_wall_time_checkpoints(monkeypatch):
     saved_at.clear()
     run_loop(CountingLoop(), 6, lambda: saved_at.append(0), 0, 0, "t", checkpoint_minutes=0.0)
     assert saved_at == [0]  # off: only the final checkpoint
+
+
+def test_plain_progress_lines_when_stdout_is_not_a_terminal(capsys, monkeypatch):
+    """A redirected run prints a plain line after its first step, then every ~30 s, and after its last."""
+    import splat2splat.runner as runner
+
+    run_loop(CountingLoop(), 5, lambda: None, 0, 0, "train")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train: step")]
+    assert [line.split()[2] for line in lines] == ["1/5", "5/5"]
+    assert "loss 1.000" in lines[0] and "it/s, eta" in lines[0]
+    monkeypatch.setattr(runner, "PLAIN_PROGRESS_SECONDS", 0.0)
+    run_loop(CountingLoop(), 3, lambda: None, 0, 0, "edit")
+    assert sum(line.startswith("edit: step") for line in capsys.readouterr().out.splitlines()) == 3

@@ -97,6 +97,9 @@ class Dataset:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     source: Path = Path(".")
     frame_transform: torch.Tensor | None = None  # see RawScene.frame_transform (original frame, not normalised)
+    # Some image had an alpha channel, composited over ``background`` when loaded: training must then render
+    # over that same background (a random one would disagree with the stored pixels).
+    alpha_composited: bool = False
     current: list[torch.Tensor] = field(init=False)  # the training images, replaced by edits
     edit_counts: list[int] = field(init=False)  # how often each view has been replaced
 
@@ -186,10 +189,12 @@ def build_dataset(
     # Intrinsics always describe the full-resolution image; the files may already be shrunk (images_N).
     cameras = raw.cameras.scaled(1.0 / downscale) if downscale != 1 else raw.cameras
     bg = torch.tensor(background, dtype=torch.float32)
-    images, masks = [], []
+    images, masks, alpha_composited = [], [], False
     for i, path in enumerate(raw.image_paths):
         height, width = cameras.image_size(i)
-        image = _load_view_image(path, height, width, bg, raw.cameras.image_size(i), downscale, raw.intrinsics_scale)
+        image, had_alpha = _load_view_image(path, height, width, bg, raw.cameras.image_size(i), downscale,
+                                            raw.intrinsics_scale)
+        alpha_composited = alpha_composited or had_alpha
         mask_path = raw.mask_paths[i] if raw.mask_paths else None
         mask = None if mask_path is None else _load_mask(mask_path, height, width)
         lens = raw.distortion[i] if raw.distortion else None
@@ -217,12 +222,14 @@ def build_dataset(
         background=tuple(background),
         source=raw.source,
         frame_transform=raw.frame_transform,
+        alpha_composited=alpha_composited,
     )
 
 
 def _load_view_image(path: Path, height: int, width: int, background: torch.Tensor,
-                     full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> torch.Tensor:
-    """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width)."""
+                     full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> tuple[torch.Tensor, bool]:
+    """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width);
+    also says whether the file had an alpha channel."""
     array = load_image(path)
     file_hw = array.shape[:2]
     expected_file_hw = tuple(int(round(s * intrinsics_scale)) for s in full_size)
@@ -230,11 +237,12 @@ def _load_view_image(path: Path, height: int, width: int, background: torch.Tens
         raise InputError(path, f"image is {file_hw[1]}x{file_hw[0]} but its camera says "
                                f"{expected_file_hw[1]}x{expected_file_hw[0]}")
     image = torch.from_numpy(array)
-    if image.shape[-1] == 4:
+    had_alpha = image.shape[-1] == 4
+    if had_alpha:
         image = image[..., :3] * image[..., 3:] + background * (1.0 - image[..., 3:])
     if file_hw != (height, width):
         image = resize_image(image, (height, width), filter="area").clamp(0, 1).contiguous()
-    return image.contiguous()
+    return image.contiguous(), had_alpha
 
 
 def _close(a: tuple[int, int], b: tuple[int, int]) -> bool:

@@ -2,20 +2,24 @@
 
 The loop knows three things only: a :class:`~splat2splat.data.dataset.Dataset` (immutable originals beside
 the current training images), a :class:`~splat2splat.scene.SceneBackend` and an
-:class:`~splat2splat.edit.editor.Editor`. Each step it
+:class:`~splat2splat.edit.editor.Editor`. An edit renders a view from the current scene, lets the editor turn
+(render, ORIGINAL image, instruction, noise range) into an edited image, and REPLACES that view's current
+training image; training batches are drawn from ALL current images, so supervision mixes edited and
+not-yet-edited views and the edits converge to one 3D-consistent scene.
 
-1. asks the schedule which views to edit now; for each, renders the view from the current scene, lets the
-   editor turn (render, ORIGINAL image, instruction, noise range) into an edited image, and REPLACES that
-   view's current training image;
-2. takes one training step of the scene on a batch drawn from ALL current images, so supervision mixes
-   edited and not-yet-edited views, and the edits converge to one 3D-consistent scene.
+Schedules (``IDUConfig.schedule``), each as its reference's code runs it:
 
-Schedules (``IDUConfig.schedule``):
-
-* ``in2n``: the views are shuffled once; every ``edit_rate`` steps the next ``edit_count`` views in that
-  order are edited, cycling through the dataset (Instruct-NeRF2NeRF: ``edit_rate=10``, ``edit_count=1``).
-* ``igs2gs``: every ``edit_rate`` steps the WHOLE dataset is re-edited in that order, then the scene trains
-  on it (Instruct-GS2GS' dataset updates).
+* ``in2n`` (Instruct-NeRF2NeRF, in2n_pipeline.py:92-95,125-179): every ``edit_rate`` steps the next
+  ``edit_count`` views of the dataset's own order are edited (cycling). Within such a step in2n samples and
+  forwards its batch first, then edits, and the loss uses the PRE-edit batch; here the view is rendered and
+  edited before the step (the scene's parameters are the same either way: no optimiser step lies between)
+  and the edited image replaces the old one AFTER the step's training, so the step trains on the pre-edit
+  images exactly as in2n's does.
+* ``igs2gs`` (Instruct-GS2GS, igs2gs_pipeline.py:106-147): every ``edit_rate`` steps a dataset update
+  starts; it edits the training views in dataset order ONE PER TRAINING STEP: the step renders that view
+  (its training render, background included), edits it, replaces the image and trains on the fresh edit.
+  In between, the scene trains on random views as usual. (igs2gs starts an update when
+  ``(global_step - 1) % 2500 == 0``; here at edit steps 0, ``edit_rate``, ...: the same spacing.)
 
 All randomness of the edits (the editor's noise level and diffusion noise) comes from one generator that
 is part of the checkpointed state, so a resumed run reproduces an uninterrupted one.
@@ -36,6 +40,7 @@ from splat2splat.losses import LossWeights
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 
 Schedule = Literal["in2n", "igs2gs"]
+DensityControl = Literal["continue", "cull", "off"]
 
 
 @dataclass
@@ -45,8 +50,8 @@ class IDUConfig:
     description: str = "custom settings"
     """What this preset is for (shown by --help and stored in run.json)."""
     schedule: Schedule = "in2n"
-    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through a once-shuffled order;
-    'igs2gs': re-edit every training view every `edit_rate` steps."""
+    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the dataset's order;
+    'igs2gs': every `edit_rate` steps re-edit every training view, one per step, training on each fresh edit."""
     steps: int = 3000
     """Training steps of the edit (the scene's own step counter continues from its initial training)."""
     edit_rate: int = 10
@@ -61,8 +66,15 @@ class IDUConfig:
     """LPIPS backbone (in2n uses torchmetrics' default, AlexNet)."""
     editor: IP2PConfig = field(default_factory=IP2PConfig)
     """InstructPix2Pix settings (model, precision, guidance scales, diffusion steps)."""
+    density_control: DensityControl = "continue"
+    """What the Gaussian scene's density control does during the edit: 'continue' its strategy on the scene's
+    own step counter (past refine_stop, as after a full 30k training, nothing happens), 'cull' only removes
+    transparent and oversized Gaussians every refine_every steps (igs2gs), 'off' freezes the set."""
+    random_background: bool = False
+    """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
+    default); ignored where the images had alpha composited over a fixed background."""
     seed: int = 0
-    """Seed of the edit order and of every edit's noise."""
+    """Seed of every edit's noise."""
 
 
 class IterativeDatasetUpdate:
@@ -72,50 +84,68 @@ class IterativeDatasetUpdate:
                  loss_fn: ImageLoss):
         if config.edit_rate < 1 or config.edit_count < 1:
             raise ValueError("edit_rate and edit_count must be at least 1")
+        if config.schedule not in ("in2n", "igs2gs"):
+            raise ValueError(f"unknown schedule {config.schedule!r}: use in2n or igs2gs")
         self.dataset, self.backend, self.editor = dataset, backend, editor
         self.prompt, self.config, self.loss_fn = prompt, config, loss_fn
         self.generator = torch.Generator().manual_seed(config.seed)
-        order = torch.randperm(len(dataset.train_indices), generator=self.generator).tolist()
-        self.edit_order = [dataset.train_indices[k] for k in order]
-        self.next_in_order = 0  # position in edit_order of the next view to edit (in2n schedule)
+        self.edit_order = list(dataset.train_indices)  # both references edit in the dataset's own order
+        self.next_in_order = 0  # position in edit_order of the next view to edit
+        self.updating = False  # igs2gs: a dataset update is under way (one view per step)
         self.step = 0
         self.edits_done = 0
         self.seconds = {"render": 0.0, "edit": 0.0, "train": 0.0}
+        backend.configure_edit(config.density_control, config.random_background)
 
     # --------------------------------------------------------------------------------------- schedule
     def views_to_edit(self) -> list[int]:
-        """The views to edit before the current step's training, in editing order."""
+        """The views edited during the current step, in editing order."""
+        if self.config.schedule == "igs2gs":
+            starts = self.step % self.config.edit_rate == 0
+            return [self.edit_order[self.next_in_order]] if self.updating or starts else []
         if self.step % self.config.edit_rate != 0:
             return []
-        if self.config.schedule == "igs2gs":
-            return list(self.edit_order)
         count = self.config.edit_count
         return [self.edit_order[(self.next_in_order + k) % len(self.edit_order)] for k in range(count)]
 
     # ------------------------------------------------------------------------------------------ steps
-    def edit_view(self, view: int) -> None:
-        """Render ``view``, edit the render conditioned on the ORIGINAL image, replace the training image."""
-        start = time.perf_counter()
-        render = self.backend.render(self.dataset.cameras[[view]])[0]
-        self.seconds["render"] += time.perf_counter() - start
+    def edited_image(self, view: int, render: torch.Tensor | None = None) -> torch.Tensor:
+        """The editor's edit of ``render`` (default: a fresh render of ``view``), conditioned on the ORIGINAL."""
+        if render is None:
+            start = time.perf_counter()
+            render = self.backend.render(self.dataset.cameras[[view]])[0]
+            self.seconds["render"] += time.perf_counter() - start
         start = time.perf_counter()
         edited = self.editor.edit(render, self.dataset.original(view), self.prompt, self.config.noise_range,
                                   self.generator)
         self.seconds["edit"] += time.perf_counter() - start
-        self.dataset.replace_image(view, edited.to(torch.float32).cpu())
         self.edits_done += 1
+        return edited.to(torch.float32).cpu()
 
     def run_step(self) -> dict[str, float]:
         views = self.views_to_edit()
-        for view in views:
-            self.edit_view(view)
-        if self.config.schedule == "in2n":
-            self.next_in_order = (self.next_in_order + len(views)) % len(self.edit_order)
-        start = time.perf_counter()
-        stats = self.backend.train_step(self.dataset, self.loss_fn)
-        self.seconds["train"] += time.perf_counter() - start
+        self.next_in_order = (self.next_in_order + len(views)) % len(self.edit_order)
+        if self.config.schedule == "igs2gs" and views:
+            self.updating = self.next_in_order != 0  # the update ends with the dataset's last view
+
+            def edit(view: int, render: torch.Tensor) -> None:
+                self.dataset.replace_image(view, self.edited_image(view, render))
+
+            stats = self.timed_training(view=views[0], edit=edit)
+        else:
+            edits = [(view, self.edited_image(view)) for view in views]
+            stats = self.timed_training()
+            for view, image in edits:  # in2n: this step's loss saw the pre-edit images
+                self.dataset.replace_image(view, image)
         self.step += 1
         return {**stats, "edits": float(self.edits_done)}
+
+    def timed_training(self, **kwargs) -> dict[str, float]:
+        """One training step of the scene; its time, less any edit made inside it, counts as training."""
+        start, editing_before = time.perf_counter(), self.seconds["edit"]
+        stats = self.backend.train_step(self.dataset, self.loss_fn, **kwargs)
+        self.seconds["train"] += time.perf_counter() - start - (self.seconds["edit"] - editing_before)
+        return stats
 
     # ------------------------------------------------------------------------------------- evaluation
     def evaluate(self) -> dict[str, float]:
@@ -139,11 +169,12 @@ class IterativeDatasetUpdate:
     def state_dict(self) -> dict:
         """The loop's own state; the dataset's current images and the backend are saved beside it."""
         return {"step": self.step, "edits_done": self.edits_done, "next_in_order": self.next_in_order,
-                "edit_order": list(self.edit_order), "generator": self.generator.get_state(),
-                "seconds": dict(self.seconds)}
+                "edit_order": list(self.edit_order), "updating": self.updating,
+                "generator": self.generator.get_state(), "seconds": dict(self.seconds)}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.edits_done = state["step"], state["edits_done"]
         self.next_in_order, self.edit_order = state["next_in_order"], list(state["edit_order"])
+        self.updating = bool(state.get("updating", False))
         self.generator.set_state(state["generator"])
         self.seconds = dict(state["seconds"])

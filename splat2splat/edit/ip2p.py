@@ -14,9 +14,17 @@ One edit (in2n's ``InstructPix2Pix.edit_image``):
 All randomness (``T``, the VAE sample, the noise) comes from the caller's CPU ``torch.Generator``, drawn in
 that order, so a seed fixes the edit on any device.
 
-Precision: ``dtype="auto"`` is float16 on CUDA (what in2n uses) and float32 on the CPU. float16 and
-bfloat16 also run on the CPU (PyTorch has CPU kernels for every op used) but are much slower than
-float32 there, so a warning is logged for CPU float16.
+Precision (``IP2PConfig.dtype``), as the references run it:
+
+* ``autocast`` is what in2n's default preset calls "full precision" (in2n/ip2p.py:71,89-91 with
+  in2n_config.py:39 ``mixed_precision=True``): the weights are loaded in float16, the UNet and the VAE are
+  then promoted to float32 (so they hold fp16-rounded values), the text encoder stays float16, and on CUDA
+  the edit runs under ``torch.autocast(float16)`` as nerfstudio's trainer wraps it. On the CPU there is no
+  float16 autocast here: the promoted float32 models run as they are.
+* ``float16`` is in2n-small / in2n-tiny / igs2gs (their IP2P stays in half precision).
+* ``float32`` is a true full-precision reference (no reference runs it); ``auto`` is float16 on CUDA and
+  float32 on the CPU. float16 and bfloat16 also run on the CPU, but far slower than float32 there, so a
+  warning is logged for CPU float16.
 """
 
 from __future__ import annotations
@@ -46,6 +54,9 @@ DEFAULT_NOISE_RANGE = (0.02, 0.98)
 # [-1, 1] and change the last step.
 IN2N_DDIM_FLAGS = dict(clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# in2n's "full precision": loaded in float16, UNet and VAE promoted to float32, run under float16 autocast.
+AUTOCAST = "autocast"
+AUTOCAST_LOAD_DTYPE = torch.float16
 
 
 @dataclass
@@ -55,9 +66,10 @@ class IP2PConfig:
     model: str = DEFAULT_MODEL
     """Hugging Face hub id or local folder of a diffusers InstructPix2Pix pipeline (a folder with
     model_index.json). Without hub access, pass a local folder or have the model in the HF cache."""
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    """Precision of the diffusion models: auto is float16 on CUDA (as in Instruct-NeRF2NeRF) and float32 on
-    the CPU (half precision runs there too, but slowly)."""
+    dtype: Literal["auto", "autocast", "float32", "float16", "bfloat16"] = "auto"
+    """Precision of the diffusion models: 'autocast' as in2n's 'full precision' runs (fp16-loaded weights,
+    UNet and VAE promoted to fp32, float16 autocast on CUDA), 'float16' as in2n-small/tiny and igs2gs, 'auto'
+    float16 on CUDA and float32 on the CPU (half precision runs there too, but slowly)."""
     guidance_scale: float = 7.5
     """Text guidance scale: how strongly the edit follows the instruction."""
     image_guidance_scale: float = 1.5
@@ -67,8 +79,9 @@ class IP2PConfig:
     device: str = "auto"
     """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
     offload: bool = False
-    """Keep the models in CPU memory and move each one to the GPU only while it runs: saves about 2 GB of
-    GPU memory at float16 for scene optimisation, at the cost of host-to-GPU copies on every edit."""
+    """Keep the models in CPU memory and move each one to the GPU only while it runs (in2n-small/tiny do, with
+    diffusers' enable_model_cpu_offload): frees GPU memory for the scene at the cost of host-to-GPU copies
+    on every edit. Nothing to do when the editor runs on the CPU."""
 
 
 @dataclass
@@ -85,8 +98,11 @@ class IP2PModels:
 # --------------------------------------------------------------------------------------------- loading
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype the models are LOADED in (``autocast`` loads float16 and promotes the UNet and VAE later)."""
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype == AUTOCAST:
+        return AUTOCAST_LOAD_DTYPE
     if dtype not in TORCH_DTYPES:
         raise InputError(None, f"unknown dtype {dtype!r}: use one of auto, {', '.join(TORCH_DTYPES)}")
     return TORCH_DTYPES[dtype]
@@ -271,17 +287,27 @@ class InstructPix2PixEditor:
         self.config = config or IP2PConfig()
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
-        if self.config.offload and self.device.type == "cpu":
-            raise InputError(None, "--offload moves models to the GPU only while they run; it needs a CUDA device")
-        if self.dtype == torch.float16 and self.device.type == "cpu":
+        self.offload = self.config.offload and self.device.type == "cuda"  # on the CPU there is nothing to offload
+        if self.dtype == torch.float16 and self.device.type == "cpu" and self.config.dtype != AUTOCAST:
             logger.warning("float16 on the CPU runs, but far slower than float32; prefer --dtype float32 there")
         self.models = models
         self._prompt_embeddings: dict[str, torch.Tensor] = {}
         # Without offload every model lives on the device for good; with it, each waits in CPU memory.
-        home = torch.device("cpu") if self.config.offload else self.device
-        for module in (models.text_encoder, models.unet, models.vae):
+        home = torch.device("cpu") if self.offload else self.device
+        place_module(models.text_encoder, home, self.dtype).eval().requires_grad_(False)
+        for module in (models.unet, models.vae):
             place_module(module, home, self.dtype).eval().requires_grad_(False)
+            if self.config.dtype == AUTOCAST:
+                module.float()  # in2n: pipe.unet.float(), pipe.vae.float() after loading in float16
+        # The dtype of the images and latents that enter the UNet and the VAE.
+        self.compute_dtype = torch.float32 if self.config.dtype == AUTOCAST else self.dtype
         self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """in2n's trainer runs the edit under float16 autocast (mixed_precision=True); only on CUDA here."""
+        if self.config.dtype == AUTOCAST and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return contextlib.nullcontext()
 
     @classmethod
     def from_config(cls, config: IP2PConfig) -> InstructPix2PixEditor:
@@ -302,18 +328,18 @@ class InstructPix2PixEditor:
         max_timestep = sample_max_timestep(noise_range, self.models.scheduler.config.num_train_timesteps, generator)
         scheduler = scheduler_for(self.models.scheduler, max_timestep, self.config.diffusion_steps)
 
-        with self.on_device(self.models.vae) as vae:
+        with self.autocast(), self.on_device(self.models.vae) as vae:
             latents = encode_render(vae, self.model_input(render, size), generator)
             condition = encode_condition(vae, self.model_input(original, size))
 
         noise = standard_normal(latents.shape, generator, latents)
         latents = scheduler.add_noise(latents, noise, scheduler.timesteps[:1])
 
-        with self.on_device(self.models.unet) as unet:
-            latents = denoise(unet, scheduler, latents, condition, text_embeddings,
+        with self.autocast(), self.on_device(self.models.unet) as unet:
+            latents = denoise(unet, scheduler, latents, condition, text_embeddings.to(self.compute_dtype),
                               self.config.guidance_scale, self.config.image_guidance_scale)
 
-        with self.on_device(self.models.vae) as vae:
+        with self.autocast(), self.on_device(self.models.vae) as vae:
             edited = decode_latents(vae, latents)
         edited = resize_image(edited[0].float().permute(1, 2, 0), (height, width)).clamp(0, 1)
         return edited.to(render.device)
@@ -330,12 +356,12 @@ class InstructPix2PixEditor:
     def model_input(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """[H, W, 3] in [0, 1] -> [1, 3, h, w] in [-1, 1] at the VAE-friendly size, device and dtype."""
         image = resize_image(image.detach().to(self.device, torch.float32), size)
-        return (image.permute(2, 0, 1)[None] * 2 - 1).to(self.dtype)
+        return (image.permute(2, 0, 1)[None] * 2 - 1).to(self.compute_dtype)
 
     @contextlib.contextmanager
     def on_device(self, module: torch.nn.Module) -> Iterator[torch.nn.Module]:
         """Yield ``module`` on the device; with offload, move it there only for the block."""
-        if not self.config.offload:
+        if not self.offload:
             yield module
             return
         module.to(self.device)

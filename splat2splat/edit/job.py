@@ -59,17 +59,18 @@ class EditJob:
     prompt: str = ""
     """The editing instruction, e.g. "make it look like autumn"; required unless --resume."""
     preset: PresetName = DEFAULT_PRESET
-    """Settings preset: in2n (fp32 editor + LPIPS), in2n-small (fp16 + LPIPS), in2n-tiny (fp16, no LPIPS) or
-    igs2gs (re-edit the whole dataset periodically). It sets the defaults of every --idu.* option; options
-    given explicitly override it."""
+    """Settings preset, each as its reference's code runs it (README: presets table): in2n (in2n's 'full
+    precision' editor + LPIPS, 15000 steps), in2n-small (fp16 + offload + LPIPS, 30000), in2n-tiny (fp16 +
+    offload, no LPIPS, 30000) or igs2gs (re-edit the dataset every 2500 steps, 7500). It sets the defaults of
+    every --idu.* option; options given explicitly override it."""
     output: Path = Path("outputs/edit")
     """Run folder (see `splat2splat.edit.job`)."""
     init: Path | None = None
     """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
     .splat, .spz; in its original frame). Without it the scene is first trained on the unedited images for
     --init-steps steps."""
-    init_steps: int = 2000
-    """Training steps of the initial scene when no --init is given."""
+    init_steps: int = 30_000
+    """Training steps of the initial scene when no --init is given (as `train`; in2n starts from a 30k nerfacto)."""
     backend: BackendName = "gaussian"
     """Scene representation: 'gaussian' (gsplat) or 'nerf' (original in2n's NeRF)."""
     model: str | None = None

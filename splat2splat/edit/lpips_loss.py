@@ -96,9 +96,12 @@ class LPIPSLoss(torch.nn.Module):
         self.lpips = lpips_model.eval().requires_grad_(False)
 
     def per_image(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """LPIPS of each image pair: [B]."""
-        to_nchw = lambda images: images.permute(0, 3, 1, 2)  # noqa: E731
-        return self.lpips(to_nchw(x), to_nchw(y), normalize=True).flatten()
+        """LPIPS of each image pair: [B].
+
+        Inputs are mapped to [-1, 1] and CLAMPED there, as in2n does before torchmetrics' LPIPS
+        (in2n/in2n.py:67-68): values a renderer puts outside [0, 1] get no LPIPS gradient."""
+        to_nchw = lambda images: (images.permute(0, 3, 1, 2) * 2 - 1).clamp(-1, 1)  # noqa: E731
+        return self.lpips(to_nchw(x), to_nchw(y), normalize=False).flatten()
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean LPIPS over the batch (a scalar loss)."""

@@ -13,6 +13,7 @@ import torch
 from splat2splat.backends import config_for
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
+from splat2splat.edit.presets import preset
 from splat2splat.io import save_image, write_json
 from splat2splat.media import contact_sheet, evenly_spread, render_turntable, write_video
 from splat2splat.runner import LoopReport
@@ -37,6 +38,7 @@ def write_edit_outputs(run: EditRun, report: LoopReport) -> dict:
     io_seconds = time.perf_counter() - start
     record = {
         "prompt": job.prompt, "preset": job.preset, "backend": backend.name, "command": config_to_dict(job),
+        "preset_settings": config_to_dict(preset(job.preset)),  # the preset as defined, before any override
         "seeds": {"idu": job.idu.seed, "scene": config_for(backend.name, job).seed},
         "versions": software_versions(), "steps": run.idu.step, "scene_steps": backend.step,
         "edits": run.idu.edits_done, "views_edited": run.idu.views_edited(),

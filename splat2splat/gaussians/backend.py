@@ -8,7 +8,7 @@ gsplat's ``DefaultStrategy`` or ``MCMCStrategy`` with explicit strategy state.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -21,7 +21,7 @@ from splat2splat.devices import resolve_device, to_device
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, activated, init_splats, random_points, sh_degree_of
 from splat2splat.gaussians.rasterize import choose_rasterizer, rasterize
-from splat2splat.scene import ImageLoss
+from splat2splat.scene import EditHook, ImageLoss
 
 # What from_state_dict reads, and the shapes of the Gaussian parameters after the leading count N
 # (None: any size; shN holds K-1 SH bases).
@@ -42,13 +42,19 @@ class StrategyConfig:
     refine_every: int = 100
     """Steps between densification rounds."""
     reset_opacity_every: int = 3000
-    """Steps between opacity resets (default strategy only)."""
+    """Steps between opacity resets while refining (default strategy only; 0: never). Done here, not by gsplat:
+    gsplat 1.5.3's DefaultStrategy tests `step % reset_every == 0 & step > 0`, which is always False."""
     grow_grad2d: float = 0.0002
     """Image-plane gradient above which a Gaussian is cloned or split (default strategy)."""
     prune_opacity: float = 0.005
     """Opacity under which Gaussians are pruned (default) or relocated (mcmc)."""
     cap_max: int = 1_000_000
     """Maximum number of Gaussians (mcmc)."""
+    cull_opacity: float = 0.1
+    """Density control 'cull' (edits): Gaussians under this opacity are removed (splatfacto's cull_alpha_thresh)."""
+    cull_scale: float = 0.5
+    """Density control 'cull' (edits): Gaussians whose largest axis exceeds this (normalised units) are removed
+    (splatfacto's cull_scale_thresh)."""
 
 
 @dataclass
@@ -63,7 +69,7 @@ class GaussianConfig:
     """SH degree active at step 0 (a scene imported from a PLY starts at its file's degree)."""
     init: Literal["auto", "points", "random"] = "auto"
     """Initial Gaussians: at the dataset's sparse points, random in the scene bounds, or points when available."""
-    init_random_count: int = 20_000
+    init_random_count: int = 100_000
     """Number of Gaussians for random initialisation."""
     init_random_extent: float = 1.0
     """Half-size of the cube (normalised units; cameras lie within radius 1) for random initialisation."""
@@ -90,7 +96,8 @@ class GaussianConfig:
     scene_scale: float = 1.1
     """Scene extent in normalised units (cameras lie within radius 1), as gsplat's simple_trainer."""
     random_background: bool = False
-    """Train against a random background colour on masked/transparent data (discourages floaters)."""
+    """Train against a random background colour (discourages transparent splats and floaters). Ignored on
+    data whose images had an alpha channel: those were composited over the fixed background when loaded."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
     """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA when its kernels build, else
     PyTorch after one warning). A scene loaded onto another device uses auto unless this is given."""
@@ -101,8 +108,21 @@ class GaussianConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
 
 
+DensityControl = Literal["continue", "cull", "off"]
+DENSITY_CONTROLS = ("continue", "cull", "off")
+
+
 class GaussianBackend:
-    """A 3D Gaussian scene with its optimisers; implements :class:`splat2splat.scene.SceneBackend`."""
+    """A 3D Gaussian scene with its optimisers; implements :class:`splat2splat.scene.SceneBackend`.
+
+    Every schedule (position learning rate, SH degree, densification window, opacity resets) is a function of
+    ``step``, the scene's own step counter: training that continues from a checkpoint (an edit) continues the
+    schedules instead of restarting them, as a resumed nerfstudio/gsplat run does.
+
+    ``density_control`` says what happens to the set of Gaussians each step: 'continue' runs the configured
+    strategy (and our opacity reset); 'cull' only removes low-opacity and oversized Gaussians every
+    ``refine_every`` steps (splatfacto past stop_split_at, what Instruct-GS2GS' edits get); 'off' freezes it.
+    """
 
     name = "gaussian"
 
@@ -118,6 +138,7 @@ class GaussianBackend:
         self._view_order: list[int] = []
         self.optimizers = self._make_optimizers()
         self.strategy, self.strategy_state = self._make_strategy()
+        self.density_control: DensityControl = "continue"
 
     # ----------------------------------------------------------------------------------------------- set-up
     @classmethod
@@ -150,15 +171,35 @@ class GaussianBackend:
         if s.kind == "default":
             from gsplat.strategy import DefaultStrategy
 
+            # gsplat also reads reset_every to prune large Gaussians only after the first reset; "never" (0)
+            # must not reach its modulo. Its own reset never fires (see reset_opacity_every): ours is below.
+            reset_every = s.reset_opacity_every if s.reset_opacity_every > 0 else 2**31 - 1
             strategy = DefaultStrategy(prune_opa=s.prune_opacity, grow_grad2d=s.grow_grad2d,
                                        refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
-                                       reset_every=s.reset_opacity_every, refine_every=s.refine_every)
+                                       reset_every=reset_every, refine_every=s.refine_every)
             return strategy, strategy.initialize_state(scene_scale=self.config.scene_scale)
         from splat2splat.kernels.mcmc import mcmc_strategy
 
         strategy = mcmc_strategy(cap_max=s.cap_max, refine_start_iter=s.refine_start, refine_stop_iter=s.refine_stop,
                                  refine_every=s.refine_every, min_opacity=s.prune_opacity)
         return strategy, strategy.initialize_state()
+
+    def converged_step(self) -> int:
+        """The first step at which every schedule has finished (final learning rate, densification over, full
+        SH degree): where a scene trained elsewhere (an imported PLY) is taken to be."""
+        c = self.config
+        return max(c.lr_decay_steps, c.strategy.refine_stop, c.sh_degree_interval * self.max_sh_degree)
+
+    def mark_converged(self) -> None:
+        """Treat the scene as fully trained: its schedules continue from their ends, not from step 0."""
+        self.step = max(self.step, self.converged_step())
+
+    def configure_edit(self, density_control: DensityControl, random_background: bool) -> None:
+        """The training settings of an edit (preset data, see :class:`splat2splat.edit.idu.IDUConfig`)."""
+        if density_control not in DENSITY_CONTROLS:
+            raise ValueError(f"unknown density control {density_control!r}: use one of {', '.join(DENSITY_CONTROLS)}")
+        self.density_control = density_control
+        self.config = replace(self.config, random_background=random_background)
 
     def _means_lr_factor(self) -> float:
         c = self.config
@@ -192,18 +233,25 @@ class GaussianBackend:
             self._view_order = [dataset.train_indices[k] for k in order]
         return self._view_order.pop()
 
-    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
-        view = self.next_view(dataset)
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss, view: int | None = None,
+                   edit: EditHook | None = None) -> dict[str, float]:
+        """One step on ``view`` (default: the next of the shuffled epoch order, which a given view leaves alone).
+
+        ``edit(view, render)`` is called with this step's render (detached, clamped, on the CPU) before the
+        loss, and may replace the view's training image: the step then trains on that fresh image
+        (Instruct-GS2GS' dataset update)."""
+        if view is None:
+            view = self.next_view(dataset)
+        image, alpha, info = self.rasterize(dataset.cameras[view], self.training_background(dataset))
+        if edit is not None:
+            edit(view, image[0].detach().clamp(0, 1).cpu())
         target = dataset.current[view].to(self.device)[None]
-        background = self.background
-        if self.config.random_background:
-            background = torch.rand(3, generator=self.generator).to(self.device)
-        image, alpha, info = self.rasterize(dataset.cameras[view], background)
         if dataset.masks is not None and dataset.masks[view] is not None:
             # Outside the mask, supervise nothing: copy the prediction into the target there.
             mask = dataset.masks[view].to(self.device)[None, ..., None]
             target = torch.where(mask, target, image.detach())
-        if self.strategy is not None:
+        refining = self.density_control == "continue" and self.strategy is not None
+        if refining:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
         loss, stats = loss_fn(image, target)
         loss.backward()
@@ -212,20 +260,61 @@ class GaussianBackend:
         for optimizer in self.optimizers.values():
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        self._strategy_post_backward(info)
+        if refining:
+            self._strategy_post_backward(info)
+        if self.density_control == "continue":
+            self._reset_opacity()
+        elif self.density_control == "cull":
+            self._cull()
         self.step += 1
         stats.update(loss=float(loss.detach()), num_gaussians=float(len(self.splats["means"])))
         return stats
 
+    def training_background(self, dataset: Dataset) -> torch.Tensor:
+        """A random colour per step when configured and the data allows it, else the dataset's background."""
+        if self.config.random_background and not dataset.alpha_composited:
+            return torch.rand(3, generator=self.generator).to(self.device)
+        return self.background
+
     def _strategy_post_backward(self, info: dict) -> None:
-        if self.strategy is None:
-            return
         if self.config.strategy.kind == "mcmc":
             lr = self.optimizers["means"].param_groups[0]["lr"]
             self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info, lr=lr)
         else:
             self.strategy.step_post_backward(self.splats, self.optimizers, self.strategy_state, self.step, info,
                                              packed=False)
+
+    def _reset_opacity(self) -> None:
+        """The default strategy's opacity reset (3DGS): every ``reset_opacity_every`` steps while refining,
+        opacities are clamped to twice the pruning threshold and their Adam moments zeroed."""
+        s = self.config.strategy
+        if s.kind != "default" or s.reset_opacity_every <= 0:
+            return
+        if 0 < self.step < s.refine_stop and self.step % s.reset_opacity_every == 0:
+            from gsplat.strategy.ops import reset_opa
+
+            reset_opa(self.splats, self.optimizers, self.strategy_state, value=s.prune_opacity * 2.0)
+
+    @torch.no_grad()
+    def _cull(self) -> None:
+        """Remove transparent and oversized Gaussians every ``refine_every`` steps (splatfacto's culling, which
+        continues after densification stops); never removes the last Gaussian."""
+        s = self.config.strategy
+        if self.step % max(1, s.refine_every) != 0:
+            return
+        remove = (torch.sigmoid(self.splats["opacities"]) < s.cull_opacity) | \
+                 (torch.exp(self.splats["scales"]).amax(dim=-1) > s.cull_scale)
+        if not remove.any() or remove.all():
+            return
+        from gsplat.strategy.ops import remove as remove_gaussians
+
+        count = len(remove)
+        # Only per-Gaussian strategy state follows the removal (MCMC's binomial table does not).
+        per_gaussian = {k: v for k, v in (self.strategy_state or {}).items()
+                        if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == count}
+        remove_gaussians(self.splats, self.optimizers, per_gaussian, remove)
+        if self.strategy_state is not None:
+            self.strategy_state.update(per_gaussian)
 
     # ------------------------------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
@@ -238,6 +327,7 @@ class GaussianBackend:
             "generator": self.generator.get_state(),
             "view_order": list(self._view_order),
             "background": self.background.tolist(),
+            "density_control": self.density_control,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -252,6 +342,7 @@ class GaussianBackend:
         self.generator.set_state(state["generator"])
         self._view_order = list(state["view_order"])
         self.background = torch.tensor(state["background"], device=self.device)
+        self.density_control = state.get("density_control", "continue")
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "GaussianBackend":

@@ -31,7 +31,7 @@ from splat2splat.losses import psnr_from_mse
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings,
                                        render_rays)
-from splat2splat.scene import ImageLoss, SceneBackend
+from splat2splat.scene import EditHook, ImageLoss, SceneBackend
 
 STATE_KEYS = ("config", "field", "optimizer", "occupancy", "train_indices", "step", "background")
 
@@ -160,14 +160,21 @@ class NerfBackend:
 
     # ---------------------------------------------------------------- training
 
-    def train_step(self, dataset: Dataset, loss_fn: ImageLoss) -> dict[str, float]:
-        """One Adam step on ``B`` patches from random training views' CURRENT images (see module doc)."""
+    def configure_edit(self, density_control: str, random_background: bool) -> None:
+        """A field has no Gaussians to densify and renders over its fixed background: nothing to change."""
+
+    def train_step(self, dataset: Dataset, loss_fn: ImageLoss, view: int | None = None,
+                   edit: EditHook | None = None) -> dict[str, float]:
+        """One Adam step on ``B`` patches from random training views' CURRENT images (see module doc), or from
+        ``view`` only; ``edit(view, render)`` gets a full render of ``view`` before the targets are read."""
         config = self.config
         if self.step >= config.occupancy_warmup_steps and self.step % config.occupancy_update_every == 0:
             self.grid.update(self.field, self.generator, config.occupancy_threshold, config.occupancy_decay,
                              config.occupancy_dilation, config.render_chunk * 8)
-        views, ys, xs = sample_patches(dataset, dataset.train_indices, config.rays_per_batch // config.patch_size**2,
-                                       config.patch_size, self.generator)
+        views, ys, xs = sample_patches(dataset, dataset.train_indices if view is None else [view],
+                                       config.rays_per_batch // config.patch_size**2, config.patch_size, self.generator)
+        if edit is not None and view is not None:
+            edit(view, self.render(dataset.cameras[[view]])[0])
         rays, target, supervised = self._gather_batch(dataset, views, ys, xs)
         jitter = torch.rand(rays.origins.shape[0], generator=self.generator).to(self.device)
         rendered = render_rays(self.field, self.space, self.grid, rays, self.sampling, self.background, jitter)

@@ -25,19 +25,28 @@ def tiny_dataset(n_views: int = 6, size: int = 8) -> Dataset:
 
 
 class FakeBackend:
-    """Renders a constant grey and records the training images it was handed at each step."""
+    """Renders a constant grey and records, per step, the view it trained on (None: random) and the edit
+    counts of the images the loss saw."""
 
     name = "fake"
 
     def __init__(self):
         self.step = 0
         self.seen_edit_counts: list[list[int]] = []
+        self.trained_views: list[int | None] = []
+        self.edit_settings = None
 
     def render(self, cameras):
         return [torch.full((int(cameras.height[i]), int(cameras.width[i]), 3), 0.5) for i in range(len(cameras))]
 
-    def train_step(self, dataset, loss_fn):
+    def configure_edit(self, density_control, random_background):
+        self.edit_settings = (density_control, random_background)
+
+    def train_step(self, dataset, loss_fn, view=None, edit=None):
+        if edit is not None:
+            edit(view, torch.full(tuple(dataset.original(view).shape), 0.25))  # "this step's render"
         self.seen_edit_counts.append(list(dataset.edit_counts))
+        self.trained_views.append(view)
         self.step += 1
         return {"loss": 0.0}
 
@@ -49,27 +58,31 @@ def make_idu(config: IDUConfig, dataset=None, editor=None):
     return IterativeDatasetUpdate(dataset, backend, editor, "make it orange", config, lambda p, t: (None, {})), backend
 
 
-def test_in2n_schedule_edits_edit_count_views_every_edit_rate_steps_cycling_through_a_shuffled_order():
+def test_in2n_schedule_edits_edit_count_views_every_edit_rate_steps_in_dataset_order():
+    """in2n_pipeline.py:92-95,131-137: cycle(range(N)) over the dataset's own order, not a shuffled one."""
     idu, backend = make_idu(IDUConfig(edit_rate=3, edit_count=2))
-    order = list(idu.edit_order)
-    assert sorted(order) == idu.dataset.train_indices  # a permutation of the training views, eval views never
+    order = idu.dataset.train_indices  # [1, 2, 3, 4, 5]; the held-out view 0 is never edited
+    assert idu.edit_order == order
     edited = []
     for _ in range(9):
         edited.append(idu.views_to_edit())
         idu.run_step()
-    expected_rounds = [[order[(2 * r + k) % 5] for k in range(2)] for r in range(3)]
-    assert [views for views in edited if views] == expected_rounds
+    assert [views for views in edited if views] == [[1, 2], [3, 4], [5, 1]]
     assert [bool(views) for views in edited] == [True, False, False] * 3
     assert idu.edits_done == 6
     assert idu.dataset.edit_counts[0] == 0  # the held-out view stays original
 
 
-def test_each_edit_replaces_the_current_image_before_that_steps_training():
+def test_in2n_step_trains_on_the_pre_edit_images_and_the_next_step_on_the_edit():
+    """in2n samples and forwards the batch, then edits, and the loss uses the pre-edit batch
+    (in2n_pipeline.py:125-179): the edit made at step s reaches training at step s + 1."""
     idu, backend = make_idu(IDUConfig(edit_rate=1, edit_count=1))
     idu.run_step()
     first = idu.edit_order[0]
-    assert backend.seen_edit_counts[0][first] == 1 and sum(backend.seen_edit_counts[0]) == 1
-    assert not torch.equal(idu.dataset.current[first], idu.dataset.original(first))
+    assert sum(backend.seen_edit_counts[0]) == 0  # step 0's loss saw no edit yet
+    assert not torch.equal(idu.dataset.current[first], idu.dataset.original(first))  # but the edit is in
+    idu.run_step()
+    assert backend.seen_edit_counts[1][first] == 1
 
 
 def test_editor_gets_the_render_the_original_the_prompt_and_the_noise_range():
@@ -83,21 +96,45 @@ def test_editor_gets_the_render_the_original_the_prompt_and_the_noise_range():
     dataset = tiny_dataset()
     dataset.replace_image(1, torch.zeros(8, 8, 3))  # an earlier edit: the editor must still see the ORIGINAL
     idu, _ = make_idu(IDUConfig(edit_rate=1, noise_range=(0.3, 0.6)), dataset, Spy())
-    while not calls or idu.edit_order[idu.next_in_order - 1] != 1:
-        idu.run_step()
+    idu.run_step()  # view 1 is the first of the dataset order
     render, original, prompt, noise_range = calls[-1]
     assert torch.equal(render, torch.full((8, 8, 3), 0.5))
     assert torch.equal(original, dataset.original(1))
     assert prompt == "make it orange" and noise_range == (0.3, 0.6)
 
 
-def test_igs2gs_schedule_reedits_every_training_view_each_round():
-    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_rate=4))
-    for _ in range(8):
+def test_igs2gs_update_edits_one_view_per_step_and_trains_on_that_fresh_edit():
+    """igs2gs_pipeline.py:106-147: an update edits the views in dataset order, one per training step; each
+    step edits its own training render and its loss already uses the new image."""
+    renders = []
+
+    class Spy(TintEditor):
+        def edit(self, render, original, prompt, noise_range, generator):
+            renders.append(render.clone())
+            return super().edit(render, original, prompt, noise_range, generator)
+
+    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_rate=8), editor=Spy())
+    for _ in range(16):
         idu.run_step()
-    assert idu.edits_done == 2 * 5
-    assert all(idu.dataset.edit_counts[i] == 2 for i in idu.dataset.train_indices)
-    assert backend.seen_edit_counts[0] == [0, 1, 1, 1, 1, 1]  # the whole dataset is edited before training
+    views = idu.dataset.train_indices  # 5 training views
+    assert backend.trained_views == [*views, None, None, None, *views, None, None, None]
+    assert idu.edits_done == 10 and all(idu.dataset.edit_counts[i] == 2 for i in views)
+    for step, view in enumerate(views):  # the step's loss saw its view's fresh edit, later views not yet
+        assert backend.seen_edit_counts[step][view] == 1
+        assert all(backend.seen_edit_counts[step][later] == 0 for later in views[step + 1:])
+    assert all(torch.equal(r, torch.full((8, 8, 3), 0.25)) for r in renders)  # the step's render, not a new one
+
+
+def test_igs2gs_update_longer_than_the_edit_rate_runs_to_its_end():
+    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_rate=2))
+    for _ in range(7):
+        idu.run_step()
+    assert backend.trained_views == [1, 2, 3, 4, 5, None, 1]  # steps 2 and 4 start nothing new; step 6 does
+
+
+def test_edit_settings_reach_the_backend():
+    _, backend = make_idu(IDUConfig(density_control="cull", random_background=True))
+    assert backend.edit_settings == ("cull", True)
 
 
 def test_originals_are_never_modified():
@@ -128,14 +165,14 @@ def test_state_dict_round_trip_continues_identically():
     assert all(torch.equal(a, b) for a, b in zip(second.dataset.current, reference.dataset.current))
 
 
-def test_seed_decides_the_edit_order_and_the_edits():
+def test_seed_decides_the_edits_not_the_order():
     a, _ = make_idu(IDUConfig(seed=1))
     b, _ = make_idu(IDUConfig(seed=1))
     c, _ = make_idu(IDUConfig(seed=2))
     for idu in (a, b, c):
         for _ in range(10):
             idu.run_step()
-    assert a.edit_order == b.edit_order
+    assert a.edit_order == b.edit_order == c.edit_order
     assert all(torch.equal(x, y) for x, y in zip(a.dataset.current, b.dataset.current))
     assert any(not torch.equal(x, y) for x, y in zip(a.dataset.current, c.dataset.current))
 
@@ -143,6 +180,8 @@ def test_seed_decides_the_edit_order_and_the_edits():
 def test_invalid_schedule_is_rejected():
     with pytest.raises(ValueError, match="edit_rate"):
         make_idu(IDUConfig(edit_rate=0))
+    with pytest.raises(ValueError, match="schedule"):
+        make_idu(IDUConfig(schedule="random"))
 
 
 def test_idu_on_the_gaussian_scene_moves_it_towards_the_edit(demo_scene):

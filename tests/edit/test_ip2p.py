@@ -225,11 +225,33 @@ def test_unreachable_hub_model_says_how_to_supply_one():
     assert "\n" not in str(raised.value)
 
 
-def test_bad_noise_range_and_cpu_offload_are_input_errors(editor, tiny_ip2p_folder):
+def test_bad_noise_range_is_an_input_error(editor):
     with pytest.raises(InputError, match="noise range"):
         editor.edit(image(0), image(1), "x", (0.8, 0.2), seeded(0))
-    with pytest.raises(InputError, match="CUDA"):
-        InstructPix2PixEditor(editor.models, IP2PConfig(device="cpu", offload=True))
+
+
+def test_offload_on_the_cpu_has_nothing_to_do(tiny_ip2p_folder):
+    """in2n-small/tiny turn offload on (their reference does); an editor on the CPU simply keeps its models."""
+    config = IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=2, device="cpu", offload=True)
+    offloaded = InstructPix2PixEditor.from_config(config)
+    plain = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=2, device="cpu"))
+    assert not offloaded.offload
+    args = (image(0, 32, 32), image(1, 32, 32), "make it red", (0.5, 0.6))
+    assert torch.equal(offloaded.edit(*args, seeded(0)), plain.edit(*args, seeded(0)))
+
+
+def test_autocast_precision_is_in2ns_full_precision(tiny_ip2p_folder):
+    """in2n's default: weights loaded in float16, UNet and VAE promoted to float32 (holding fp16-rounded
+    values), text encoder left in float16 (in2n/ip2p.py:71,89-91)."""
+    editor = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), dtype="autocast",
+                                                          diffusion_steps=2, device="cpu"))
+    assert next(editor.models.text_encoder.parameters()).dtype == torch.float16
+    for module in (editor.models.unet, editor.models.vae):
+        weights = [p for p in module.parameters()]
+        assert all(p.dtype == torch.float32 for p in weights)
+        assert all(torch.equal(p, p.half().float()) for p in weights)  # fp16-rounded values
+    edited = editor.edit(image(0, 32, 32), image(1, 32, 32), "make it red", (0.5, 0.6), seeded(0))
+    assert edited.dtype == torch.float32 and torch.isfinite(edited).all()
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -240,3 +262,51 @@ def test_half_precisions_run_on_the_cpu(tiny_ip2p_folder, dtype):
     edited = editor.edit(image(0, 32, 32), image(1, 32, 32), "make it red", (0.5, 0.6), seeded(0))
     assert edited.shape == (32, 32, 3) and edited.dtype == torch.float32
     assert torch.isfinite(edited).all()
+
+
+# ------------------------------------------------------------------------- equality with diffusers' IP2P
+
+def test_edit_from_the_top_noise_level_equals_diffusers_instructpix2pix_pipeline(editor, monkeypatch):
+    """Started at T = 1000 (noise range (1, 1)) our partial DDIM is the whole DDIM of diffusers'
+    StableDiffusionInstructPix2PixPipeline: given the same starting latents, the same DDIM scheduler and the
+    same conditioning image, both produce the same image."""
+    from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
+
+    import splat2splat.edit.ip2p as ip2p
+
+    started_from = []
+    real_denoise = ip2p.denoise
+
+    def recording_denoise(unet, scheduler, latents, *args):
+        started_from.append(latents.clone())
+        return real_denoise(unet, scheduler, latents, *args)
+
+    monkeypatch.setattr(ip2p, "denoise", recording_denoise)
+    render, original, prompt = image(0), image(1), "make it look like bronze"
+    ours = editor.edit(render, original, prompt, (1.0, 1.0), seeded(5))
+
+    models = editor.models
+    pipeline = StableDiffusionInstructPix2PixPipeline(
+        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+        scheduler=DDIMScheduler.from_config(models.scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    theirs = pipeline(prompt, image=original.permute(2, 0, 1)[None], num_inference_steps=editor.config.diffusion_steps,
+                      guidance_scale=editor.config.guidance_scale,
+                      image_guidance_scale=editor.config.image_guidance_scale,
+                      latents=started_from[0], output_type="pt").images[0].permute(1, 2, 0)
+    steps = editor.config.diffusion_steps
+    assert pipeline.scheduler.timesteps.tolist() == scheduler_for(models.scheduler, 1000, steps).timesteps.tolist()
+    assert pipeline.scheduler.timesteps.tolist()[0] == (steps - 1) * (1000 // steps) + 1  # the top of the schedule
+    assert ours.shape == theirs.shape
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_the_three_guidance_branches_are_text_image_and_unconditional():
+    """combine_guidance(text, image, uncond): text scale 1 and image scale 1 give the text+image branch, text
+    scale 0 the image-only branch, both 0 the unconditional one (diffusers' IP2P pipeline order)."""
+    text, image_, uncond = (torch.full((1, 4, 2, 2), value) for value in (3.0, 2.0, 1.0))
+    assert torch.equal(combine_guidance(text, image_, uncond, 1.0, 1.0), text)
+    assert torch.equal(combine_guidance(text, image_, uncond, 0.0, 1.0), image_)
+    assert torch.equal(combine_guidance(text, image_, uncond, 0.0, 0.0), uncond)
+    assert torch.equal(combine_guidance(text, image_, uncond, 7.5, 1.5), uncond + 7.5 * (text - image_) + 1.5 * (image_ - uncond))

@@ -49,6 +49,25 @@ def test_random_vgg_backbone_distance_is_zero_for_equal_images_and_positive_othe
     assert not any(p.requires_grad for p in lpips.parameters())
 
 
+def test_inputs_outside_0_1_are_clamped_as_in2n_does():
+    """in2n maps renders to [-1, 1] and clamps before torchmetrics' LPIPS: values beyond [0, 1] count as 0 or
+    1 and get no gradient."""
+    lpips = load_lpips("alex", random_backbone=True)
+    generator = torch.Generator().manual_seed(1)
+    target = torch.rand(1, 32, 32, 3, generator=generator)
+    inside = torch.rand(1, 32, 32, 3, generator=generator)
+    outside = inside.clone()
+    outside[..., 0] += 1.5  # the red channel far above 1
+    outside[..., 1] -= 1.5  # the green channel far below 0
+    clamped = inside.clone()
+    clamped[..., 0], clamped[..., 1] = 1.0, 0.0
+    outside.requires_grad_(True)
+    distance = lpips(outside, target)
+    assert distance.item() == pytest.approx(lpips(clamped, target).item(), abs=1e-6)
+    distance.backward()
+    assert outside.grad[..., :2].abs().max() == 0 and outside.grad[..., 2].abs().max() > 0
+
+
 def test_backbone_weights_load_from_the_hub_cache(empty_torch_home):
     # SqueezeNet keeps the checkpoint small; VGG and AlexNet take the same path.
     weights = models.squeezenet1_1(weights=None).state_dict()

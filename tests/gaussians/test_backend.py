@@ -1,19 +1,161 @@
-"""The Gaussian backend on a GPU: a CUDA training step through gsplat with densification, the fused SSIM kernel,
-and a checkpoint round trip. (Its CPU behaviour is covered through the train command in tests/test_training.py.)"""
+"""The Gaussian backend: our opacity reset (gsplat 1.5.3's never fires), culling during edits, schedules that
+continue from the scene's step, random background where allowed; and on a GPU a CUDA training step through
+gsplat with densification, the fused SSIM kernel and a checkpoint round trip."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 from splat2splat.data.readers import load_dataset
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig
-from splat2splat.gaussians.model import SPLAT_KEYS
 from splat2splat.checkpoint import load_checkpoint_file
+from splat2splat.gaussians.model import SPLAT_KEYS
 from splat2splat.io import save_torch
 from splat2splat.kernels import ssim as ssim_module
 from splat2splat.losses import LossWeights, PhotometricLoss
 from tests.conftest import requires_cuda
+
+LOSS = PhotometricLoss(LossWeights())
+
+
+@pytest.fixture(scope="module")
+def dataset(demo_scene):
+    return load_dataset(demo_scene, downscale=4)  # 16 px: a step takes milliseconds
+
+
+def backend_for(dataset, **strategy) -> GaussianBackend:
+    config = GaussianConfig(device="cpu", rasterizer="torch", strategy=StrategyConfig(**strategy))
+    return GaussianBackend.from_dataset(dataset, config)
+
+
+def train(backend, dataset, steps: int) -> None:
+    for _ in range(steps):
+        backend.train_step(dataset, LOSS)
+
+
+def test_gsplat_1_5_3_never_resets_opacity_by_itself():
+    """The reason for our own reset: DefaultStrategy's `step % reset_every == 0 & step > 0` parses as
+    `step % reset_every == (0 & step) > 0`, a chained comparison whose second half (0 > 0) is False."""
+    for step in (0, 3000, 6000):
+        assert not (step % 3000 == 0 & step > 0)
+
+
+def test_opacity_is_reset_every_reset_opacity_every_steps_while_refining(dataset):
+    backend = backend_for(dataset, refine_start=1000, reset_opacity_every=5, refine_stop=100)
+    backend.splats["opacities"].data.fill_(3.0)  # sigmoid 0.95: far above the reset value
+    train(backend, dataset, 5)  # steps 0-4: no reset yet
+    assert torch.sigmoid(backend.splats["opacities"]).max() > 0.5
+    train(backend, dataset, 1)  # step 5
+    reset_value = backend.config.strategy.prune_opacity * 2
+    assert torch.sigmoid(backend.splats["opacities"]).max() <= reset_value + 1e-6
+    moments = backend.optimizers["opacities"].state[backend.splats["opacities"]]
+    assert moments["exp_avg"].abs().max() == 0 and moments["exp_avg_sq"].abs().max() == 0
+
+
+@pytest.mark.parametrize("strategy", [dict(reset_opacity_every=0), dict(reset_opacity_every=5, refine_stop=5),
+                                      dict(reset_opacity_every=5, kind="none")])
+def test_no_reset_when_disabled_past_refine_stop_or_without_the_default_strategy(dataset, strategy):
+    backend = backend_for(dataset, refine_start=1000, **strategy)
+    backend.splats["opacities"].data.fill_(3.0)
+    train(backend, dataset, 6)
+    assert torch.sigmoid(backend.splats["opacities"]).max() > 0.5
+
+
+def test_cull_removes_transparent_and_oversized_gaussians_every_refine_every_steps(dataset):
+    backend = backend_for(dataset, refine_every=4)
+    backend.configure_edit("cull", random_background=False)
+    count = len(backend.splats["means"])
+    backend.splats["opacities"].data.fill_(2.0)  # 0.88: far from the threshold (the init 0.1 sits on it)
+    backend.splats["opacities"].data[:10] = -5.0  # opacity 0.007 < 0.1
+    backend.splats["scales"].data[10:15] = 0.0  # extent 1.0 > 0.5
+    train(backend, dataset, 1)  # step 0 culls (a multiple of refine_every)
+    assert len(backend.splats["means"]) == count - 15
+    assert all(len(p) == count - 15 for p in backend.splats.values())
+    backend.splats["opacities"].data[:3] = -5.0
+    train(backend, dataset, 3)  # steps 1-3: nothing
+    assert len(backend.splats["means"]) == count - 15
+    train(backend, dataset, 1)  # step 4
+    assert len(backend.splats["means"]) == count - 18
+
+
+def test_density_control_off_and_past_refine_stop_change_nothing(dataset):
+    for mode, strategy in (("off", dict(refine_start=0, refine_every=2, grow_grad2d=1e-9)),
+                           ("continue", dict(refine_start=0, refine_every=2, grow_grad2d=1e-9, refine_stop=0))):
+        backend = backend_for(dataset, **strategy)
+        backend.configure_edit(mode, random_background=False)
+        count = len(backend.splats["means"])
+        backend.splats["opacities"].data[:10] = -5.0
+        train(backend, dataset, 6)
+        assert len(backend.splats["means"]) == count, mode
+    with pytest.raises(ValueError, match="density control"):
+        backend.configure_edit("sometimes", random_background=False)
+
+
+def test_density_control_continue_densifies_before_refine_stop(dataset):
+    backend = backend_for(dataset, refine_start=0, refine_every=2, grow_grad2d=1e-9, reset_opacity_every=0)
+    count = len(backend.splats["means"])
+    train(backend, dataset, 6)
+    assert len(backend.splats["means"]) != count
+
+
+def test_position_learning_rate_follows_the_scenes_step_so_an_edit_continues_it(dataset):
+    backend = backend_for(dataset, kind="none")
+    backend.step = 20_000  # e.g. loaded from a 20k checkpoint
+    train(backend, dataset, 1)
+    c = backend.config
+    expected = c.means_lr * c.scene_scale * c.means_lr_final_ratio ** (20_000 / c.lr_decay_steps)
+    assert backend.optimizers["means"].param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_a_converged_scene_trains_at_the_final_rates_without_densifying(dataset):
+    backend = backend_for(dataset, refine_start=0, refine_every=2, grow_grad2d=1e-9)
+    backend.mark_converged()
+    assert backend.step == backend.converged_step() == 30_000
+    count = len(backend.splats["means"])
+    train(backend, dataset, 4)
+    c = backend.config
+    assert backend.optimizers["means"].param_groups[0]["lr"] == pytest.approx(
+        c.means_lr * c.scene_scale * c.means_lr_final_ratio)
+    assert len(backend.splats["means"]) == count and backend.active_sh_degree == 3
+
+
+def test_random_background_only_where_the_data_allows_it(dataset):
+    backend = backend_for(dataset, kind="none")
+    backend.configure_edit("off", random_background=True)
+    assert not torch.equal(backend.training_background(dataset), backend.background)
+    composited = copy.copy(dataset)
+    composited.alpha_composited = True
+    assert torch.equal(backend.training_background(composited), backend.background)
+    backend.configure_edit("off", random_background=False)
+    assert torch.equal(backend.training_background(dataset), backend.background)
+
+
+def test_density_control_survives_a_checkpoint(dataset):
+    backend = backend_for(dataset, kind="none")
+    backend.configure_edit("cull", random_background=True)
+    restored = GaussianBackend.from_state_dict(backend.state_dict())
+    assert restored.density_control == "cull" and restored.config.random_background
+
+
+def test_training_on_a_given_view_with_an_edit_hook(dataset):
+    backend = backend_for(dataset, kind="none")
+    view = dataset.train_indices[3]
+    seen = []
+
+    def edit(v, render):
+        seen.append((v, render.shape))
+        dataset.replace_image(v, torch.zeros_like(render))
+
+    order_before = list(backend._view_order)
+    try:
+        backend.train_step(dataset, LOSS, view=view, edit=edit)
+        assert seen == [(view, dataset.original(view).shape)]
+        assert backend._view_order == order_before  # the epoch order is left alone
+    finally:
+        dataset.reset_edits()
 
 
 @requires_cuda
