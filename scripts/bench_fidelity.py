@@ -40,7 +40,8 @@ from splat2splat.configs import config_to_dict  # noqa: E402
 from splat2splat.data.dataset import Dataset  # noqa: E402
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
-from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate  # noqa: E402
+from splat2splat.edit.idu import IterativeDatasetUpdate  # noqa: E402
+from splat2splat.edit.presets import IDUConfig  # noqa: E402
 from splat2splat.testing.oracle import OracleEditor  # noqa: E402
 from splat2splat.edit.presets import preset  # noqa: E402
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig  # noqa: E402

@@ -45,7 +45,8 @@ from bench_common import (DeviceChoice, Timing, markdown_table, measure_peak_mem
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
 from splat2splat.data.demo import demo_cameras
-from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor, load_ip2p_models, quiet_diffusers, resolve_dtype
+from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor, load_ip2p_models, resolve_dtype
+from splat2splat.model_loading import quiet_model_loading
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig
 from splat2splat.gaussians.model import num_sh_bases, rgb_to_sh
 from splat2splat.losses import LossWeights, PhotometricLoss
@@ -134,7 +135,7 @@ def prepare_model_folder(config: BenchSpeedConfig, scratch: Path) -> tuple[str, 
     folder = config.random_model_folder or scratch / f"random-{config.random_model}-ip2p"
     if not (folder / "model_index.json").exists():
         # Random weights stored at float16 (half the disk); the editors cast them to the benchmark's precision.
-        with quiet_diffusers():  # the library's cast and save chatter says nothing about the benchmark
+        with quiet_model_loading():  # the library's cast and save chatter says nothing about the benchmark
             if config.random_model == "tiny":
                 build_tiny_ip2p(folder, seed=config.seed)
             else:

@@ -32,10 +32,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -43,6 +41,7 @@ import torch
 from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.imaging import resize_image
+from splat2splat.model_loading import load_failure, model_source, quiet_model_loading
 
 logger = logging.getLogger(__name__)
 
@@ -108,35 +107,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return TORCH_DTYPES[dtype]
 
 
-def looks_like_path(model: str) -> bool:
-    """A hub id is ``owner/name``; anything else with path syntax names a local folder."""
-    return model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model or Path(model).exists()
-
-
 HOW_TO_SUPPLY_A_MODEL = (
     "pass a local diffusers InstructPix2Pix folder with --model PATH (saved with save_pretrained, or a random "
     "test model from scripts/make_tiny_ip2p.py), or run where the Hugging Face hub is reachable or the model "
     "is in the HF cache (HF_HOME)"
 )
-
-
-@contextlib.contextmanager
-def quiet_diffusers() -> Iterator[None]:
-    """Silence the library chatter (missing accelerate, ignored config keys) while loading."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    previous = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            # Recent diffusers renamed torch_dtype to dtype; older ones (>= 0.27 is supported) only know torch_dtype.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            yield
-    finally:
-        diffusers_logging.set_verbosity(previous[0])
-        transformers_logging.set_verbosity(previous[1])
 
 
 def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
@@ -146,13 +121,9 @@ def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
     """
     from diffusers import DDIMScheduler, StableDiffusionInstructPix2PixPipeline
 
-    local = looks_like_path(model)
-    folder = Path(model).expanduser()
-    if local and not folder.is_dir():
-        raise InputError(folder, f"no such model folder; {HOW_TO_SUPPLY_A_MODEL}")
-    source = str(folder) if local else model
+    source = model_source(model, "model", HOW_TO_SUPPLY_A_MODEL)
     try:
-        with quiet_diffusers():
+        with quiet_model_loading():
             pipeline = StableDiffusionInstructPix2PixPipeline.from_pretrained(
                 source, torch_dtype=dtype, safety_checker=None, feature_extractor=None,
                 requires_safety_checker=False,
@@ -161,10 +132,7 @@ def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
             # The model's noise schedule loaded into DDIM, with in2n's sampler flags.
             scheduler = DDIMScheduler.from_pretrained(source, subfolder="scheduler", **IN2N_DDIM_FLAGS)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        cause = str(error).split("\n")[0][:300]
-        if local:
-            raise InputError(folder, f"not a loadable InstructPix2Pix pipeline folder ({cause})") from error
-        raise InputError(model, f"cannot load this InstructPix2Pix model ({cause}); {HOW_TO_SUPPLY_A_MODEL}") from error
+        raise load_failure(model, error, "InstructPix2Pix pipeline", HOW_TO_SUPPLY_A_MODEL) from None
     if pipeline.unet.config.in_channels != 8:
         raise InputError(model, f"the UNet takes {pipeline.unet.config.in_channels} input channels, not the 8 "
                                 "of InstructPix2Pix (4 noisy latents + 4 image-conditioning latents)")

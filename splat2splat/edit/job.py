@@ -32,8 +32,8 @@ from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor
-from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
-from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
+from splat2splat.edit.idu import IterativeDatasetUpdate
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig

@@ -15,10 +15,49 @@ starts at edit step 0 rather than at the first global step with ``(step - 1) % 2
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
 
-from splat2splat.edit.idu import IDUConfig
-from splat2splat.edit.ip2p import IP2PConfig
+from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
 from splat2splat.losses import LossWeights
+
+Schedule = Literal["in2n", "igs2gs"]
+DensityControl = Literal["continue", "cull", "off"]
+
+
+@dataclass
+class IDUConfig:
+    """An editing preset: the IDU schedule, the editor's settings and the training loss while editing."""
+
+    description: str = "custom settings"
+    """What this preset is for (shown by --help and stored in run.json)."""
+    schedule: Schedule = "in2n"
+    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the dataset's order;
+    'igs2gs': every `edit_rate` steps re-edit every training view, one per step, training on each fresh edit."""
+    steps: int = 3000
+    """Training steps of the edit (the scene's own step counter continues from its initial training)."""
+    edit_rate: int = 10
+    """Steps between edit rounds."""
+    edit_count: int = 1
+    """Views edited per round (in2n schedule)."""
+    noise_range: tuple[float, float] = DEFAULT_NOISE_RANGE
+    """Range of the editor's noise level, as fractions of the diffusion timesteps (in2n: 0.02-0.98)."""
+    loss: LossWeights = field(default_factory=lambda: LossWeights(l1=1.0, dssim=0.0, lpips=1.0))
+    """Training loss while editing (in2n: L1 + LPIPS, both weight 1)."""
+    lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
+    """LPIPS backbone (in2n uses torchmetrics' default, AlexNet)."""
+    editor: IP2PConfig = field(default_factory=IP2PConfig)
+    """InstructPix2Pix settings (model, precision, guidance scales, diffusion steps)."""
+    density_control: DensityControl = "continue"
+    """What the Gaussian scene's density control does during the edit: 'continue' its strategy on the scene's
+    own step counter (past refine_stop, as after a full 30k training, nothing happens), 'cull' only removes
+    transparent and oversized Gaussians every refine_every steps (igs2gs), 'off' freezes the set."""
+    random_background: bool = False
+    """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
+    default); ignored where the images had alpha composited over a fixed background."""
+    seed: int = 0
+    """Seed of every edit's noise."""
+
 
 def _in2n(description: str, steps: int, dtype: str, offload: bool, lpips: float) -> IDUConfig:
     return IDUConfig(description=description, schedule="in2n", steps=steps, edit_rate=10, edit_count=1,

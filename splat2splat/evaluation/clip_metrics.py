@@ -23,13 +23,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from splat2splat.errors import InputError
 
 DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # OpenAI CLIP ViT-L/14, what in2n evaluates with
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -187,23 +185,16 @@ def load_clip(model: str, device: str | torch.device = "cpu", resize: ResizeMode
     """
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from splat2splat.edit.ip2p import looks_like_path, quiet_diffusers
+    from splat2splat.model_loading import load_failure, model_source, quiet_model_loading
 
-    local = looks_like_path(model)
-    folder = Path(model).expanduser()
-    if local and not folder.is_dir():
-        raise InputError(folder, f"no such CLIP model folder; {HOW_TO_SUPPLY_A_CLIP_MODEL}")
-    source = str(folder) if local else model
+    source = model_source(model, "CLIP model", HOW_TO_SUPPLY_A_CLIP_MODEL)
     try:
-        with quiet_diffusers(), no_progress_bars():
+        with quiet_model_loading(), no_progress_bars():
             clip = CLIPModel.from_pretrained(source)
             tokenizer = CLIPTokenizer.from_pretrained(source)
             processor = CLIPImageProcessor.from_pretrained(source)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        cause = str(error).split("\n")[0][:300]
-        if local:
-            raise InputError(folder, f"not a loadable CLIP model folder ({cause}); {HOW_TO_SUPPLY_A_CLIP_MODEL}") from None
-        raise InputError(model, f"cannot load this CLIP model ({cause}); {HOW_TO_SUPPLY_A_CLIP_MODEL}") from None
+        raise load_failure(model, error, "CLIP model", HOW_TO_SUPPLY_A_CLIP_MODEL) from None
     device = torch.device(device)
     clip = clip.to(device).eval().requires_grad_(False)
     return ClipEncoder(clip, tokenizer, ClipPreprocessing.from_processor(processor, resize), model, device, batch_size)

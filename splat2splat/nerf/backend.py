@@ -31,7 +31,7 @@ from splat2splat.losses import psnr_from_mse
 from splat2splat.nerf.field import HashGridEncoding, NerfField, SceneSpace, TriPlaneEncoding
 from splat2splat.nerf.sampling import (OccupancyGrid, RayBundle, RenderOutput, SamplingSettings,
                                        render_rays)
-from splat2splat.scene import EditHook, ImageLoss, SceneBackend
+from splat2splat.scene import EditHook, ImageLoss
 
 STATE_KEYS = ("config", "field", "optimizer", "occupancy", "train_indices", "step", "background")
 

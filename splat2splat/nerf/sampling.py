@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from splat2splat.data.cameras import Cameras
 from splat2splat.nerf.field import NerfField, SceneSpace
 
 

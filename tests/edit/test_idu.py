@@ -9,7 +9,8 @@ import torch
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
-from splat2splat.edit.idu import IDUConfig, IterativeDatasetUpdate
+from splat2splat.edit.idu import IterativeDatasetUpdate
+from splat2splat.edit.presets import IDUConfig
 from splat2splat.testing.editors import RecordingEditor, TintEditor
 from splat2splat.losses import LossWeights, PhotometricLoss
 
