@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from splat2splat.errors import InputError
 
@@ -83,22 +83,65 @@ def read_json(path: str | Path) -> Any:
         raise InputError(path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a text file") from None
+    except ValueError as exc:  # an integer literal of more than 4300 digits
+        raise InputError(path, f"malformed JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(path, "malformed JSON (nested too deeply)") from None
+
+
+# 16-bit greyscale modes. PIL reads 16-bit RGB(A) PNGs as 8-bit RGB(A) itself (keeping the high byte), but
+# leaves 16-bit grey as integers that a plain convert("RGB") clips to white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha)."""
+    """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha), turned upright by its EXIF orientation.
+
+    8-bit modes are divided by 255, 16-bit ones by 65535; grey, palette and CMYK images become RGB,
+    those with transparency RGBA.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            array = np.asarray(im)
-    except Exception as exc:
-        raise InputError(path, f"cannot read image ({exc})") from None
-    return array.astype(np.float32) / 255.0
+            # Cameras always see the upright image (what every viewer shows); phones store it rotated.
+            array = image_to_array(ImageOps.exif_transpose(im))
+    except Exception as exc:  # PIL raises many types for unreadable or unsupported files
+        raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+    if not np.isfinite(array).all():
+        raise InputError(path, "image has NaN or infinite pixel values")
+    return array
+
+
+# EXIF orientations 5-8 store the picture turned by 90 degrees: the upright width is the stored height.
+EXIF_ORIENTATION_TAG = 0x0112
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def turned_sideways_by_exif(path: str | Path) -> bool:
+    """Whether the image's EXIF orientation swaps its width and height when :func:`load_image` applies it."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(EXIF_ORIENTATION_TAG) in SIDEWAYS_ORIENTATIONS
+    except Exception:  # PIL raises many types for unreadable files; such a file has no usable orientation
+        return False
+
+
+def image_to_array(im: Image.Image) -> np.ndarray:
+    """A PIL image as float32 HxWx3 (or x4 with alpha) in [0, 1], scaled by its bit depth."""
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+        # 'I' (32-bit int) is how PIL gives 16-bit greyscale PNGs and TIFFs on some versions: 16-bit values.
+        grey = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":  # 32-bit float greyscale (TIFF): taken as values in [0, 1]; NaN is reported by the caller
+        grey = np.asarray(im).astype(np.float32)
+        return np.repeat(np.where(np.isnan(grey), grey, np.clip(grey, 0.0, 1.0))[..., None], 3, axis=-1)
+    if im.mode not in ("RGB", "RGBA"):
+        has_alpha = any(band in ("A", "a") for band in im.getbands()) or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(im).astype(np.float32) / 255.0
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -128,3 +171,40 @@ def write_point_ply(path: Path, points: torch.Tensor, colors: torch.Tensor) -> N
     buffer = _io.BytesIO()
     PlyData([PlyElement.describe(vertex, "vertex")]).write(buffer)
     write_bytes(path, buffer.getvalue())
+
+
+def check_ply_sizes(path: str | Path) -> None:
+    """InputError unless the file is large enough for the element counts its PLY header claims.
+
+    plyfile allocates every element's array from the header's count before reading any data, so a
+    small file claiming 10^12 vertices would otherwise end in a MemoryError. Only the header is read here
+    (with plyfile's own parser, so both agree on what it says); a malformed header is left for plyfile
+    to report.
+    """
+    import plyfile
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = plyfile.PlyData._parse_header(f)  # reads up to end_header, allocates nothing
+            data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+    except (OSError, plyfile.PlyParseError, UnicodeDecodeError, ValueError):
+        return  # unreadable, or not a valid header: the caller's plyfile.PlyData.read reports it
+    if any(element.count < 0 for element in header.elements):
+        raise InputError(path, "PLY header has a negative element count")
+    needed = sum(element.count * _min_row_bytes(element, header.text) for element in header.elements)
+    if needed - (1 if header.text else 0) > data_bytes:  # text: the last row needs no newline
+        claims = ", ".join(f"{element.count} {element.name}" for element in header.elements)
+        raise InputError(path, f"PLY header claims {claims}, which needs at least {needed} bytes of data, "
+                               f"but the file has {data_bytes}: truncated or corrupt")
+
+
+def _min_row_bytes(element: Any, text: bool) -> int:
+    """The fewest bytes one row of a PLY element can take (lists may be empty: only their length counts)."""
+    if text:  # one line per row: each value at least one digit and one separator (or the newline)
+        return max(1, 2 * len(element.properties))
+    total = 0
+    for prop in element.properties:
+        dtype = prop.list_dtype()[0] if hasattr(prop, "list_dtype") else prop.dtype()
+        total += np.dtype(dtype).itemsize
+    return total

@@ -34,7 +34,7 @@ from gsplat.exporter import export_splats
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, num_sh_bases, rgb_to_sh, sh_degree_of
-from splat2splat.io import atomic_write, write_bytes
+from splat2splat.io import atomic_write, check_ply_sizes, write_bytes
 
 MAX_SH_DEGREE = 3
 # Number of f_rest_* properties for each SH degree: 3 colour channels x the non-DC coefficients.
@@ -224,6 +224,7 @@ def _read_vertex_element(path: Path) -> _Vertex:
         raise InputError(path, "PLY file does not exist")
     if not path.is_file():
         raise InputError(path, "is not a file (expected a Gaussian-splatting .ply)")
+    check_ply_sizes(path)  # before plyfile allocates arrays as large as the header claims
     try:
         # mmap: plyfile reads native-order binary PLYs as a memory map (fast); the columns are copied out below.
         ply = plyfile.PlyData.read(str(path))
