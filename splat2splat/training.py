@@ -137,7 +137,7 @@ def run_train(cmd: Train, on_step=None) -> dict:
         dataset = load_dataset(saved["data"], downscale=saved["downscale"])
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
-        cmd = dataclasses.replace(config_from_dict(Train, saved), output=cmd.output)
+        cmd = dataclasses.replace(config_from_dict(Train, saved, checkpoint_path), output=cmd.output)
     else:
         if cmd.data is None:
             raise InputError(None, "--data is required (the dataset folder to train on)")

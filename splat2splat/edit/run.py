@@ -189,7 +189,8 @@ def start_run(cmd: Edit, editor: Editor | None = None, lpips: torch.nn.Module | 
             saved = read_json(command_path)
         else:
             raise InputError(cmd.output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
-        cmd = dataclasses.replace(config_from_dict(Edit, saved), output=cmd.output, resume=True)
+        cmd = dataclasses.replace(config_from_dict(Edit, saved, checkpoint_path if state is not None else command_path),
+                                  output=cmd.output, resume=True)
     else:
         if checkpoint_path.exists() or command_path.exists():
             raise InputError(cmd.output, "an edit already exists here: pass --resume to continue it, or a new --output")

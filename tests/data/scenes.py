@@ -7,9 +7,13 @@ that a width/height swap anywhere shows up.
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from splat2splat.data.cameras import Cameras, opencv_to_opengl
 from splat2splat.data.demo import demo_cameras
@@ -60,3 +64,25 @@ def assert_looks_at_target(cameras: Cameras, target: torch.Tensor = LOOK_AT) -> 
     to_target = torch.nn.functional.normalize(target - cameras.centers(), dim=-1)
     cosine = (to_target * cameras.camtoworlds[:, :3, 2]).sum(-1)
     assert torch.all(cosine > math.cos(math.radians(1.0))), cosine
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG of uint16 ``pixels`` ([H, W] grey or [H, W, 3] RGB), written by hand: PIL cannot write 16-bit RGB."""
+    height, width = pixels.shape[:2]
+    color_type = 0 if pixels.ndim == 2 else 2
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def save_with_exif_orientation(path: Path, stored: torch.Tensor, orientation: int) -> None:
+    """Save the [H, W, 3] ``stored`` pixels as a JPEG whose EXIF says to show them turned (orientation 1-8)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((stored.numpy() * 255 + 0.5).astype(np.uint8)).save(path, exif=exif, quality=95)
