@@ -81,7 +81,7 @@ def write_png16(path: Path, pixels: np.ndarray) -> None:
 
 
 def save_with_exif_orientation(path: Path, stored: torch.Tensor, orientation: int) -> None:
-    """Save the [H, W, 3] ``stored`` pixels as a JPEG whose EXIF says to show them turned (orientation 1-8)."""
+    """Save the [H, W, 3] ``stored`` pixels (JPEG or PNG, by suffix) with an EXIF orientation (1-8) saying how to show them."""
     exif = Image.Exif()
     exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)

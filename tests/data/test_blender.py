@@ -117,3 +117,22 @@ def test_missing_images_name_the_image(tmp_path):
     with pytest.raises(InputError, match="missing") as info:
         load_dataset(root)
     assert str(root / "train" / "r_1.png") in str(info.value)
+
+
+def test_image_path_leading_out_of_the_dataset_is_refused(tmp_path):
+    root = write_blender_scene(tmp_path / "lego", {"train": [0, 1]})
+    meta = json.loads((root / "transforms_train.json").read_text())
+    meta["frames"][1]["file_path"] = "../../../etc/passwd"
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="frame 1: image path '.*etc/passwd.png' lies outside the dataset folder") as info:
+        read_raw_scene(root)
+    assert str(info.value).startswith(str(root / "transforms_train.json"))
+
+
+def test_non_orthonormal_rotation_is_refused(tmp_path):
+    root = write_blender_scene(tmp_path, {"train": [0, 1]})
+    meta = json.loads((root / "transforms_train.json").read_text())
+    meta["frames"][0]["transform_matrix"][0][:3] = [0.5 * v for v in meta["frames"][0]["transform_matrix"][0][:3]]
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"frame 0: 'transform_matrix' has a rotation part that is not orthonormal"):
+        read_raw_scene(root)

@@ -274,3 +274,98 @@ def test_missing_image_file_names_the_image(tmp_path):
     with pytest.raises(InputError, match="missing") as info:
         load_dataset(root)
     assert str(missing) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ untrusted content
+
+
+def images_text(model: Model, points_lines: str) -> str:
+    """images.txt with 2D points lines 'all' (COLMAP's layout, some blank), 'none' (left out) or 'blank' (all blank)."""
+    lines = ["# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    for k, (image_id, qvec, tvec, camera_id, name) in enumerate(model.images):
+        lines.append(" ".join(map(repr, [image_id, *map(float, qvec), *map(float, tvec), camera_id])) + f" {name}")
+        if points_lines == "all":
+            lines.append("" if k % 2 else "1.5 2.5 -1 3.5 4.5 7 100 20.25 12")
+        elif points_lines == "blank":
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("points_lines", ["all", "none", "blank"])
+def test_images_text_with_or_without_points2d_lines_reads_every_image(tmp_path, points_lines):
+    """Without POINTS2D lines, skipping every second line used to lose every other image silently."""
+    root, cameras = colmap_scene(tmp_path, binary=False, n_views=5)
+    model = model_from_cameras(cameras)
+    (root / "sparse" / "0" / "images.txt").write_text(images_text(model, points_lines))
+    raw = read_colmap(root, root / "sparse" / "0")
+    assert [p.name for p in raw.image_paths] == [f"frame_{i:05d}.png" for i in range(5)]
+    torch.testing.assert_close(raw.cameras.camtoworlds, cameras.camtoworlds, atol=1e-5, rtol=0)
+
+
+def test_points_line_that_is_neither_points_nor_an_image_names_the_line(tmp_path):
+    root, cameras = colmap_scene(tmp_path, binary=False, n_views=2)
+    text = images_text(model_from_cameras(cameras), "all").replace("1.5 2.5 -1 3.5 4.5 7 100 20.25 12", "1.5 2.5 -1 3.5")
+    (root / "sparse" / "0" / "images.txt").write_text(text)
+    with pytest.raises(InputError, match="line 4: expected IMAGE_ID"):
+        read_colmap(root, root / "sparse" / "0")
+
+
+def test_points3d_count_of_2_to_the_40_is_refused_before_allocating(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=2)
+    points = root / "sparse" / "0" / "points3D.bin"
+    points.write_bytes(struct.pack("<Q", 1 << 40) + bytes(200))
+    with pytest.raises(InputError, match=f"claims {1 << 40} points") as info:
+        read_colmap(root, root / "sparse" / "0")
+    assert str(info.value).startswith(str(points))
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+def test_camera_width_beyond_2_to_the_63_is_an_input_error(tmp_path, binary):
+    model = Model({1: ("PINHOLE", (1 << 63) + 5, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, [1.0, 0, 0, 0], [0.0, 0, 0], 1, "a.png")])
+    write_model(model, tmp_path / "sparse", binary)
+    with pytest.raises(InputError, match="width must be between 1 and 262144 pixels") as info:
+        read_colmap(tmp_path, tmp_path / "sparse")
+    assert str(info.value).startswith(str(tmp_path / "sparse" / ("cameras.bin" if binary else "cameras.txt")))
+
+
+@pytest.mark.parametrize("qvec, match", [
+    ([2.0, 0.0, 0.0, 0.0], "rotation quaternion of length 2, not 1"),
+    ([0.0, 0.0, 0.0, 0.0], "zero rotation quaternion"),
+])
+def test_quaternion_must_be_unit(tmp_path, qvec, match):
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, qvec, [0.0, 0, 0], 1, "a.png")])
+    write_text_model(model, tmp_path / "sparse")
+    with pytest.raises(InputError, match=match):
+        read_colmap(tmp_path, tmp_path / "sparse")
+
+
+def test_nearly_unit_quaternion_is_normalised(tmp_path):
+    half = math.sqrt(0.5)
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])},
+                  [(1, [half * 1.0005, 0.0, 0.0, half * 1.0005], [0.0, 0, 0], 1, "a.png")])
+    write_text_model(model, tmp_path / "sparse")
+    rotation = read_colmap(tmp_path, tmp_path / "sparse").cameras.camtoworlds[0, :3, :3]
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(3), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/passwd", "../../outside.png"])
+def test_image_names_leading_out_of_the_dataset_are_refused(tmp_path, name):
+    root = tmp_path / "dataset"
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, [1.0, 0, 0, 0], [0.0, 0, 0], 1, name)])
+    write_binary_model(model, root / "sparse")
+    with pytest.raises(InputError, match="lies outside the dataset folder.*--allow-paths-outside-data") as info:
+        read_raw_scene(root)
+    assert str(info.value).startswith(str(root / "sparse" / "images.bin")) and name in str(info.value)
+    raw = read_raw_scene(root, allow_outside_paths=True)
+    assert raw.image_paths == [root / "images" / name]
+
+
+def test_symlink_out_of_the_dataset_is_refused(tmp_path):
+    root, _ = colmap_scene(tmp_path / "dataset", binary=True, n_views=2)
+    outside = tmp_path / "elsewhere.png"
+    save_image(outside, pattern_image(0))
+    (root / "images" / "frame_00000.png").unlink()
+    (root / "images" / "frame_00000.png").symlink_to(outside)
+    with pytest.raises(InputError, match="outside the dataset folder"):
+        load_dataset(root)
+    assert len(load_dataset(root, allow_outside_paths=True)) == 2

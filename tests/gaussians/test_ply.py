@@ -409,3 +409,14 @@ def test_bad_input_raises_input_error_naming_the_file(tmp_path, case):
         load_ply(path, IDENTITY)
     assert str(error.value).startswith(str(path) + ": ")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+def test_header_claiming_more_gaussians_than_the_file_holds_is_refused_before_allocating(tmp_path, fmt):
+    names = inria_property_names(0)
+    header = f"ply\nformat {fmt} 1.0\nelement vertex {10**12}\n" + "".join(f"property float {n}\n" for n in names)
+    path = tmp_path / "scene.ply"
+    path.write_bytes((header + "end_header\n").encode() + b"0 " * 100)
+    with pytest.raises(InputError, match=f"claims {10**12} vertex") as info:
+        load_ply(path, SceneNormalization())
+    assert str(info.value).startswith(str(path))
