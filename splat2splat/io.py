@@ -73,9 +73,25 @@ def load_torch(path: str | Path) -> Any:
         raise InputError(path, f"not a readable splat2splat checkpoint ({type(exc).__name__}: {exc})") from None
 
 
+def is_file(path: str | Path) -> bool:
+    """``Path.is_file``, but False (not OSError) for a name the system refuses, e.g. one over 255 bytes."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def exists(path: str | Path) -> bool:
+    """``Path.exists``, but False (not OSError) for a name the system refuses."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "file does not exist")
     try:
         return json.loads(path.read_text())
@@ -101,7 +117,7 @@ def load_image(path: str | Path) -> np.ndarray:
     those with transparency RGBA.
     """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as im:

@@ -34,7 +34,7 @@ from gsplat.exporter import export_splats
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SPLAT_KEYS, num_sh_bases, rgb_to_sh, sh_degree_of
-from splat2splat.io import atomic_write, check_ply_sizes, write_bytes
+from splat2splat.io import atomic_write, check_ply_sizes, exists, is_file, write_bytes
 
 MAX_SH_DEGREE = 3
 # Number of f_rest_* properties for each SH degree: 3 colour channels x the non-DC coefficients.
@@ -220,9 +220,9 @@ class _Vertex:
 
 
 def _read_vertex_element(path: Path) -> _Vertex:
-    if not path.exists():
+    if not exists(path):
         raise InputError(path, "PLY file does not exist")
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "is not a file (expected a Gaussian-splatting .ply)")
     check_ply_sizes(path)  # before plyfile allocates arrays as large as the header claims
     try:

@@ -6,6 +6,7 @@ that a width/height swap anywhere shows up.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 import zlib
@@ -20,6 +21,7 @@ from splat2splat.data.demo import demo_cameras
 from splat2splat.io import save_image, write_json
 
 WIDTH, HEIGHT = 32, 24
+FOV_X = 0.9  # horizontal field of view of the Blender scenes
 LOOK_AT = torch.tensor([0.0, 0.0, 0.2])  # where every demo camera looks
 
 
@@ -57,6 +59,26 @@ def write_nerfstudio_scene(folder: Path, cameras: Cameras, images: list[torch.Te
     meta.update(meta_overrides)
     write_json(folder / "transforms.json", meta)
     return folder / "transforms.json"
+
+
+def rgba_image(index: int) -> torch.Tensor:
+    """The view's pattern, fully transparent in its left quarter (where only the background shows)."""
+    alpha = torch.ones(HEIGHT, WIDTH, 1)
+    alpha[:, : WIDTH // 4] = 0.0
+    return torch.cat([pattern_image(index), alpha], -1)
+
+
+def write_blender_scene(root: Path, splits: dict[str, list[int]]) -> Path:
+    """``transforms_<split>.json`` naming ``./<split>/r_<i>`` without extension, as the NeRF-synthetic files do."""
+    cameras = tiny_cameras(sum(len(views) for views in splits.values()))
+    for split, views in splits.items():
+        frames = []
+        for i in views:
+            save_image(root / split / f"r_{i}.png", rgba_image(i))
+            frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.0,
+                           "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": FOV_X, "frames": frames}))
+    return root
 
 
 def assert_looks_at_target(cameras: Cameras, target: torch.Tensor = LOOK_AT) -> None:

@@ -4,38 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from splat2splat.data.cameras import opencv_to_opengl
 from splat2splat.data.readers import load_dataset, read_raw_scene
 from splat2splat.errors import InputError
-from splat2splat.io import save_image
-from tests.data.scenes import HEIGHT, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras
-
-FOV_X = 0.9
-
-
-def rgba_image(index: int) -> torch.Tensor:
-    """The view's pattern, fully transparent in its left quarter (where only the background shows)."""
-    alpha = torch.ones(HEIGHT, WIDTH, 1)
-    alpha[:, : WIDTH // 4] = 0.0
-    return torch.cat([pattern_image(index), alpha], -1)
-
-
-def write_blender_scene(root: Path, splits: dict[str, list[int]]) -> Path:
-    """``transforms_<split>.json`` naming ``./<split>/r_<i>`` without extension, as the NeRF-synthetic files do."""
-    cameras = tiny_cameras(sum(len(views) for views in splits.values()))
-    for split, views in splits.items():
-        frames = []
-        for i in views:
-            save_image(root / split / f"r_{i}.png", rgba_image(i))
-            frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.0,
-                           "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": FOV_X, "frames": frames}))
-    return root
+from tests.data.scenes import FOV_X, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras, write_blender_scene
 
 
 def test_reads_cameras_images_and_split(tmp_path):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from splat2splat.data.dataset import Dataset, RawScene, build_dataset
 from splat2splat.errors import InputError
+from splat2splat.io import exists, is_file
 
 
 def read_raw_scene(path: str | Path, downscale: int = 1, allow_outside_paths: bool = False) -> RawScene:
@@ -15,11 +16,11 @@ def read_raw_scene(path: str | Path, downscale: int = 1, allow_outside_paths: bo
     a downloaded dataset must not make us read arbitrary files).
     """
     path = Path(path)
-    if not path.exists():
+    if not exists(path):
         raise InputError(path, "dataset path does not exist")
     from splat2splat.data.readers.nerfstudio import read_nerfstudio
 
-    if path.is_file() and path.suffix == ".json":
+    if is_file(path) and path.suffix == ".json":
         return read_nerfstudio(path, downscale, allow_outside_paths)
     if (path / "transforms.json").is_file():
         return read_nerfstudio(path, downscale, allow_outside_paths)

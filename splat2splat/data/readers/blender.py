@@ -24,7 +24,7 @@ from splat2splat.data.cameras import Cameras, opengl_to_opencv
 from splat2splat.data.dataset import RawScene
 from splat2splat.data.readers.common import finite_number, image_size, inside_dataset, rigid_matrix
 from splat2splat.errors import InputError
-from splat2splat.io import read_json
+from splat2splat.io import is_file, read_json
 
 
 def read_blender(root: Path, allow_outside_paths: bool = False) -> RawScene:
@@ -81,4 +81,4 @@ def _read_split(json_path: Path, allow_outside_paths: bool, required: bool = Fal
 def _image_path(root: Path, file_path: str) -> Path:
     """The file as written, else with ``.png`` appended (the NeRF-synthetic files omit the extension)."""
     path = root / file_path
-    return path if path.is_file() else path.with_name(path.name + ".png")
+    return path if is_file(path) else path.with_name(path.name + ".png")

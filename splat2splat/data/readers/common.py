@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from splat2splat.errors import InputError
-from splat2splat.io import EXIF_ORIENTATION_TAG, SIDEWAYS_ORIENTATIONS
+from splat2splat.io import EXIF_ORIENTATION_TAG, SIDEWAYS_ORIENTATIONS, is_file
 
 # Largest image side a camera may claim. Far beyond any photograph (PIL refuses decoding ~180 Mpixel
 # images anyway), and small enough that sizes and intrinsics never overflow an int64 or a float32.
@@ -90,7 +90,7 @@ def all_or_none(full_size: list[Path], shrunk: list[Path]) -> tuple[list[Path], 
 
     Returns the chosen paths and whether they are the shrunk ones.
     """
-    if shrunk and all(path.is_file() for path in shrunk):
+    if shrunk and all(is_file(path) for path in shrunk):
         return shrunk, True
     return full_size, False
 
@@ -98,7 +98,7 @@ def all_or_none(full_size: list[Path], shrunk: list[Path]) -> tuple[list[Path], 
 def image_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file as :func:`splat2splat.io.load_image` returns it (EXIF orientation
     applied), reading only its header."""
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as image:

@@ -27,7 +27,7 @@ from splat2splat.data.distortion import LensDistortion
 from splat2splat.data.readers.common import (all_or_none, finite_number, image_side, inside_dataset, rigid_matrix,
                                              short_repr)
 from splat2splat.errors import InputError
-from splat2splat.io import check_ply_sizes, read_json
+from splat2splat.io import check_ply_sizes, is_file, read_json
 
 _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 _POSITIVE = ("fl_x", "fl_y", "w", "h")
@@ -169,7 +169,7 @@ def _mask_paths(frames: list[_Frame], downscale: int) -> list[Path | None] | Non
     if all(f.mask_path is None for f in frames):
         return None
     shrunk = [None if f.mask_path is None else _shrunk_copy(f.mask_path, downscale) for f in frames]
-    return [small if small is not None and small.is_file() else f.mask_path for f, small in zip(frames, shrunk)]
+    return [small if small is not None and is_file(small) else f.mask_path for f, small in zip(frames, shrunk)]
 
 
 def _read_points(root: Path, meta: dict, json_path: Path,
