@@ -194,6 +194,10 @@ def load_ply(path: str | Path, normalization: SceneNormalization) -> torch.nn.Pa
 
     means = normalization.to_normalized(_stack(columns, POSITION_NAMES).double()).float()
     scales = (_stack(columns, SCALE_NAMES).double() + math.log(normalization.scale)).float()
+    # Finite in the file but near the float32 limit, a value can overflow when moved into the scene's frame.
+    _check_finite(path, {f"{name} (in the scene's frame)": values[:, k].numpy()
+                         for names, values in ((POSITION_NAMES, means), (SCALE_NAMES, scales))
+                         for k, name in enumerate(names)})
     f_rest = _stack(columns, f_rest_names) if f_rest_names else torch.zeros(len(means), 0)
     return _parameter_dict({
         "means": means,

@@ -184,7 +184,10 @@ def _read_points(root: Path, meta: dict, json_path: Path,
 
     try:
         check_ply_sizes(ply_path)
-        vertex = PlyData.read(str(ply_path))["vertex"]
+        ply = PlyData.read(str(ply_path))
+        if "vertex" not in ply or not all(axis in ply["vertex"] for axis in "xyz"):
+            raise InputError(ply_path, "point cloud has no 'vertex' element with x, y and z")
+        vertex = ply["vertex"]
         xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], -1).astype(np.float32)
         names = vertex.data.dtype.names
         rgb = (np.stack([vertex["red"], vertex["green"], vertex["blue"]], -1).astype(np.float32) / 255.0
@@ -197,4 +200,6 @@ def _read_points(root: Path, meta: dict, json_path: Path,
         raise InputError(ply_path, f"cannot read point cloud ({exc})") from None
     if not np.isfinite(xyz).all():
         raise InputError(ply_path, "contains points with NaN or infinite coordinates")
-    return torch.from_numpy(xyz), torch.from_numpy(rgb)
+    if not np.isfinite(rgb).all():
+        raise InputError(ply_path, "contains points with NaN or infinite colours")
+    return torch.from_numpy(xyz), torch.from_numpy(np.clip(rgb, 0.0, 1.0))
