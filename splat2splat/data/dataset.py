@@ -241,7 +241,9 @@ def _check_file_size(path: Path, file_hw: tuple[int, int], full_size: tuple[int,
     A pre-shrunk copy (``images_N``, ``intrinsics_scale`` 1/N) may have either rounding of full size / N:
     the tools that make them differ (ffmpeg truncates, ImageMagick rounds).
     """
-    allowed = [{math.floor(side * intrinsics_scale), math.ceil(side * intrinsics_scale)} for side in full_size]
+    # (the 1e-9 keeps float error in 1/N, e.g. 30 * (1/3) = 9.999..., from allowing a second size)
+    allowed = [{math.floor(side * intrinsics_scale + 1e-9), math.ceil(side * intrinsics_scale - 1e-9)}
+               for side in full_size]
     if file_hw[0] in allowed[0] and file_hw[1] in allowed[1]:
         return
     camera = f"{full_size[1]}x{full_size[0]}"
