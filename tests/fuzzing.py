@@ -127,7 +127,7 @@ def _mutate_node(value: Any, rng: random.Random) -> Any:
         if roll < 0.1:
             del value[key]
         elif roll < 0.15 and isinstance(value, dict):
-            value[rng.choice(["unknown", "w", "fl_x", "ply_file_path", "mask_path", "frames"])] = rng.choice(INTERESTING_JSON)
+            value[rng.choice(["unknown", "w", "fl_x", "ply_file_path", "mask_path", "frames"])] = _interesting_json(rng)
         elif roll < 0.2 and isinstance(value, list):
             value.insert(key, json.loads(json.dumps(value[key])))  # a duplicated entry
         else:
@@ -135,7 +135,12 @@ def _mutate_node(value: Any, rng: random.Random) -> Any:
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) < 1e300 and rng.random() < 0.3:
         return value * rng.choice([-1, 0, 2, 1e-9, 1e9, 1 + 1e-2])
-    return rng.choice(INTERESTING_JSON) if rng.random() < 0.9 else json.loads(json.dumps(INTERESTING_JSON))
+    return _interesting_json(rng) if rng.random() < 0.9 else copy.deepcopy(INTERESTING_JSON)
+
+
+def _interesting_json(rng: random.Random) -> Any:
+    """A fresh copy: a shared list must not be mutated later (or end up inside itself)."""
+    return copy.deepcopy(rng.choice(INTERESTING_JSON))
 
 
 def _has_huge_int(value: Any) -> bool:
@@ -200,9 +205,10 @@ def fuzz(name: str, n_cases: int, seed: int, run_case: Callable[[random.Random],
                         check_valid(result)
                 report.valid += 1
             except InputError as exc:
-                report.input_errors += 1
                 if "\n" in str(exc):
                     report.failures.append((case, f"multi-line InputError: {exc!r}"))
+                else:
+                    report.input_errors += 1
             except (Exception, MemoryError) as exc:  # noqa: BLE001 - everything else is what we look for
                 report.failures.append((case, "".join(traceback.format_exception(exc, limit=-4))))
             report.slowest = max(report.slowest, time.perf_counter() - case_started)

@@ -10,7 +10,7 @@ import torch
 
 from splat2splat.data.readers import load_dataset, read_raw_scene
 from splat2splat.errors import InputError
-from tests.data.scenes import FOV_X, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras, write_blender_scene
+from tests.data.scenes import FOV_X, HEIGHT, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras, write_blender_scene
 
 
 def test_reads_cameras_images_and_split(tmp_path):

@@ -24,7 +24,7 @@ import torch
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import RawScene
 from splat2splat.data.distortion import LensDistortion
-from splat2splat.data.readers.common import FLOAT32_MAX, all_or_none, image_side, inside_dataset, short_repr
+from splat2splat.data.readers.common import FLOAT32_MAX, FLOAT32_TINY, all_or_none, image_side, inside_dataset, short_repr
 from splat2splat.errors import InputError
 
 # COLMAP model id -> (name, number of parameters); every model must be known to step over its parameters.
@@ -162,7 +162,7 @@ def _pinhole_and_distortion(camera: ColmapCamera, source: Path) -> tuple[tuple[f
         cx, cy = p[1], p[2]
         radial = list(p[3:]) + [0.0, 0.0]
         lens = LensDistortion(camera.model, k1=radial[0], k2=radial[1])
-    if not (0 < fx <= FLOAT32_MAX and 0 < fy <= FLOAT32_MAX):
+    if not (FLOAT32_TINY <= fx <= FLOAT32_MAX and FLOAT32_TINY <= fy <= FLOAT32_MAX):
         raise InputError(source, f"{camera.model} camera has focal length {fx:g}, {fy:g}: must be positive")
     if not all(abs(value) <= FLOAT32_MAX for value in p):
         raise InputError(source, f"{camera.model} camera has parameters too large for float32 {list(p)}")

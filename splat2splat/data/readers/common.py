@@ -20,6 +20,7 @@ MAX_IMAGE_SIDE = 1 << 18
 ROTATION_TOLERANCE = 1e-3
 # Every number ends up in a float32 tensor: a larger finite float64 would silently become infinite there.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # smallest normal positive float32
 OUTSIDE_PATHS_HINT = "pass allow_outside_paths=True (--allow-paths-outside-data) if this is intended"
 
 
@@ -34,7 +35,7 @@ def finite_number(value: Any, source: Path, what: str, positive: bool = False) -
         number = math.inf
     if not abs(number) <= FLOAT32_MAX:  # also false for NaN
         raise InputError(source, f"{what} must be finite (within float32 range), got {short_repr(value)}")
-    if positive and number <= 0:
+    if positive and not number >= FLOAT32_TINY:  # a positive float64 can still be 0 in float32
         raise InputError(source, f"{what} must be positive, got {short_repr(value)}")
     return number
 

@@ -202,4 +202,6 @@ def _read_points(root: Path, meta: dict, json_path: Path,
         raise InputError(ply_path, "contains points with NaN or infinite coordinates")
     if not np.isfinite(rgb).all():
         raise InputError(ply_path, "contains points with NaN or infinite colours")
+    if len(xyz) == 0:
+        return None, None  # an empty cloud: as if there were none (like an empty COLMAP points3D)
     return torch.from_numpy(xyz), torch.from_numpy(np.clip(rgb, 0.0, 1.0))
