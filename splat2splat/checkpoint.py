@@ -115,8 +115,10 @@ def backend_from_checkpoint(path: Path, checkpoint: dict, device: str | None = N
     kind = checkpoint["backend"]
     try:
         return backend_from_state(kind, checkpoint["backend_state"], device)
-    except InputError:
-        raise  # e.g. a CUDA device asked for on a machine without one
+    except InputError as error:  # e.g. a CUDA device asked for on a machine without one, or a bad saved setting
+        if error.path is not None:
+            raise
+        raise InputError(path, error.problem) from None
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as error:
         cause = " ".join(str(error).split())[:300]
         raise InputError(path, f"checkpoint does not hold a loadable {kind} scene "
@@ -135,10 +137,7 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
     if not isinstance(values, dict):
         raise InputError(source, f"the saved command must be a JSON object, found {describe(values)}")
     values = {key: value for key, value in values.items() if key not in PER_INVOCATION_KEYS}
-    try:
-        return config_from_dict(cls, values)
-    except (ValueError, TypeError, KeyError) as problem:
-        raise InputError(source, f"the saved command does not describe a {cls.__name__}: {problem}") from None
+    return config_from_dict(cls, values, source)
 
 
 def read_command(folder: Path, cls: type[Job]) -> Job:

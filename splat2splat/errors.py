@@ -15,4 +15,11 @@ class InputError(Exception):
     def __init__(self, path: str | Path | None, problem: str):
         self.path = None if path is None else Path(path)
         self.problem = " ".join(str(problem).split())  # always one line
-        super().__init__(f"{self.path}: {self.problem}" if self.path is not None else self.problem)
+        super().__init__(f"{_printable(self.path)}: {self.problem}" if self.path is not None else self.problem)
+
+
+def _printable(path: Path) -> str:
+    """The path as written, or quoted with escapes when it holds a newline or other control character (a file
+    name taken from a corrupt file), so the message stays one line."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)

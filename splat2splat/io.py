@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from splat2splat.errors import InputError
 
@@ -97,9 +97,25 @@ def save_torch(path: str | Path, obj: Any) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def is_file(path: str | Path) -> bool:
+    """``Path.is_file``, but False (not OSError) for a name the system refuses, e.g. one over 255 bytes."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def exists(path: str | Path) -> bool:
+    """``Path.exists``, but False (not OSError) for a name the system refuses."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "file does not exist")
     try:
         return json.loads(path.read_text())
@@ -107,22 +123,65 @@ def read_json(path: str | Path) -> Any:
         raise InputError(path, f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except UnicodeDecodeError:
         raise InputError(path, "not a text file") from None
+    except ValueError as exc:  # an integer literal of more than 4300 digits
+        raise InputError(path, f"malformed JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(path, "malformed JSON (nested too deeply)") from None
+
+
+# 16-bit greyscale modes. PIL reads 16-bit RGB(A) PNGs as 8-bit RGB(A) itself (keeping the high byte), but
+# leaves 16-bit grey as integers that a plain convert("RGB") clips to white.
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha)."""
+    """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha), turned upright by its EXIF orientation.
+
+    8-bit modes are divided by 255, 16-bit ones by 65535; grey, palette and CMYK images become RGB,
+    those with transparency RGBA.
+    """
     path = Path(path)
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode not in ("RGB", "RGBA"):
-                im = im.convert("RGBA" if "A" in im.getbands() else "RGB")
-            array = np.asarray(im)
-    except Exception as exc:
-        raise InputError(path, f"cannot read image ({exc})") from None
-    return array.astype(np.float32) / 255.0
+            # Cameras always see the upright image (what every viewer shows); phones store it rotated.
+            array = image_to_array(ImageOps.exif_transpose(im))
+    except Exception as exc:  # PIL raises many types for unreadable or unsupported files
+        raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+    if not np.isfinite(array).all():
+        raise InputError(path, "image has NaN or infinite pixel values")
+    return array
+
+
+# EXIF orientations 5-8 store the picture turned by 90 degrees: the upright width is the stored height.
+EXIF_ORIENTATION_TAG = 0x0112
+SIDEWAYS_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def turned_sideways_by_exif(path: str | Path) -> bool:
+    """Whether the image's EXIF orientation swaps its width and height when :func:`load_image` applies it."""
+    try:
+        with Image.open(path) as im:
+            return im.getexif().get(EXIF_ORIENTATION_TAG) in SIDEWAYS_ORIENTATIONS
+    except Exception:  # PIL raises many types for unreadable files; such a file has no usable orientation
+        return False
+
+
+def image_to_array(im: Image.Image) -> np.ndarray:
+    """A PIL image as float32 HxWx3 (or x4 with alpha) in [0, 1], scaled by its bit depth."""
+    if im.mode in SIXTEEN_BIT_MODES or im.mode == "I":
+        # 'I' (32-bit int) is how PIL gives 16-bit greyscale PNGs and TIFFs on some versions: 16-bit values.
+        grey = np.clip(np.asarray(im).astype(np.float32) / 65535.0, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if im.mode == "F":  # 32-bit float greyscale (TIFF): taken as values in [0, 1]; NaN is reported by the caller
+        grey = np.asarray(im).astype(np.float32)
+        return np.repeat(np.where(np.isnan(grey), grey, np.clip(grey, 0.0, 1.0))[..., None], 3, axis=-1)
+    if im.mode not in ("RGB", "RGBA"):
+        has_alpha = any(band in ("A", "a") for band in im.getbands()) or "transparency" in im.info
+        im = im.convert("RGBA" if has_alpha else "RGB")
+    return np.asarray(im).astype(np.float32) / 255.0
 
 
 def to_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:

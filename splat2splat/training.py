@@ -46,6 +46,9 @@ class TrainJob:
     and splatfacto."""
     downscale: int = 1
     """Image downscale factor (uses images_N folders when the dataset has them)."""
+    allow_paths_outside_data: bool = False
+    """Follow image, mask and point-cloud paths of the dataset that lead outside its folder (refused by default:
+    a dataset from elsewhere must not make the program read arbitrary files)."""
     eval_every: int = 500
     """Steps between evaluations on the held-out views (0: only at the end)."""
     checkpoint_every: int = 500
@@ -100,7 +103,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
         check_options(saved, checkpoint_path)
         job = dataclasses.replace(saved, output=job.output)
-        dataset = load_dataset(job.data, downscale=job.downscale)
+        dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
         return job, dataset, backend
@@ -111,7 +114,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
     torch.manual_seed(job.gaussians.seed)
-    dataset = load_dataset(job.data, downscale=job.downscale)
+    dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
     return job, dataset, make_backend(job.backend, dataset, config_for(job.backend, job))
 
 

@@ -69,6 +69,9 @@ class Preview:
     """Image guidance scales to sweep on the first view (sweep.png columns); empty: only the editor's scale."""
     seed: int = 0
     """Seed of every edit (each edit starts from it, so sweep cells differ only in their scales)."""
+    allow_paths_outside_data: bool = False
+    """Follow image, mask and point-cloud paths of the dataset that lead outside its folder (refused by default:
+    a dataset from elsewhere must not make the program read arbitrary files)."""
     downscale: int = 1
     """Image downscale factor of the dataset."""
     three_d: Annotated[bool, tyro.conf.arg(name="3d")] = False
@@ -117,7 +120,7 @@ def run(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
 
     check_preview(cmd)
     started = time.perf_counter()
-    dataset = load_dataset(cmd.data, downscale=cmd.downscale)
+    dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)
     scales = sweep_scales(cmd)
     make_editor = make_editor or IP2PEditorFactory()

@@ -12,6 +12,7 @@ hyper-parameters scene independent; :class:`SceneNormalization` maps results bac
 
 from __future__ import annotations
 
+import math
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,10 @@ from splat2splat.data.cameras import Cameras
 from splat2splat.data.distortion import LensDistortion, undistort_view
 from splat2splat.errors import InputError
 from splat2splat.imaging import resize_image
-from splat2splat.io import load_image
+from splat2splat.io import load_image, turned_sideways_by_exif
+
+# Smallest image side a --downscale may leave: below it a view holds too little to train on (or to edit).
+MIN_IMAGE_SIDE = 8
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ def build_dataset(
         raise InputError(raw.source, "no images found")
     # Intrinsics always describe the full-resolution image; the files may already be shrunk (images_N).
     cameras = raw.cameras.scaled(1.0 / downscale) if downscale != 1 else raw.cameras
+    if downscale > 1:
+        _check_downscaled_size(raw, cameras, downscale)
     bg = torch.tensor(background, dtype=torch.float32)
     images, masks, alpha_composited = [], [], False
     for i, path in enumerate(raw.image_paths):
@@ -226,16 +232,27 @@ def build_dataset(
     )
 
 
+def _check_downscaled_size(raw: RawScene, cameras: Cameras, downscale: int) -> None:
+    """A ``downscale`` that leaves a view smaller than :data:`MIN_IMAGE_SIDE` pixels is a mistake, not a run."""
+    sides = torch.minimum(cameras.width, cameras.height)
+    i = int(sides.argmin())
+    if int(sides[i]) >= MIN_IMAGE_SIDE:
+        return
+    full_side = min(int(raw.cameras.width[i]), int(raw.cameras.height[i]))
+    largest = max(1, int(full_side / (MIN_IMAGE_SIDE - 0.5)))  # round(full_side / N) >= MIN_IMAGE_SIDE
+    raise InputError(raw.source, f"downscale {downscale} would shrink view {i} ({raw.image_paths[i].name}, "
+                                 f"{int(raw.cameras.width[i])}x{int(raw.cameras.height[i])}) to "
+                                 f"{int(cameras.width[i])}x{int(cameras.height[i])} pixels; views need at least "
+                                 f"{MIN_IMAGE_SIDE} pixels a side: use a downscale of at most {largest}")
+
+
 def _load_view_image(path: Path, height: int, width: int, background: torch.Tensor,
                      full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> tuple[torch.Tensor, bool]:
     """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width);
     also says whether the file had an alpha channel."""
     array = load_image(path)
+    _check_file_size(path, array.shape[:2], full_size, intrinsics_scale)
     file_hw = array.shape[:2]
-    expected_file_hw = tuple(int(round(s * intrinsics_scale)) for s in full_size)
-    if not (_close(file_hw, expected_file_hw) or _close(file_hw, (height, width))):
-        raise InputError(path, f"image is {file_hw[1]}x{file_hw[0]} but its camera says "
-                               f"{expected_file_hw[1]}x{expected_file_hw[0]}")
     image = torch.from_numpy(array)
     had_alpha = image.shape[-1] == 4
     if had_alpha:
@@ -245,9 +262,25 @@ def _load_view_image(path: Path, height: int, width: int, background: torch.Tens
     return image.contiguous(), had_alpha
 
 
-def _close(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    """Sizes equal up to the one-pixel rounding differences of pre-shrunk image folders."""
-    return abs(a[0] - b[0]) <= 1 and abs(a[1] - b[1]) <= 1
+def _check_file_size(path: Path, file_hw: tuple[int, int], full_size: tuple[int, int], intrinsics_scale: float) -> None:
+    """The image must be exactly the size its camera says (EXIF orientation applied).
+
+    A pre-shrunk copy (``images_N``, ``intrinsics_scale`` 1/N) may have either rounding of full size / N:
+    the tools that make them differ (ffmpeg truncates, ImageMagick rounds).
+    """
+    # (the 1e-9 keeps float error in 1/N, e.g. 30 * (1/3) = 9.999..., from allowing a second size)
+    allowed = [{math.floor(side * intrinsics_scale + 1e-9), math.ceil(side * intrinsics_scale - 1e-9)}
+               for side in full_size]
+    if file_hw[0] in allowed[0] and file_hw[1] in allowed[1]:
+        return
+    camera = f"{full_size[1]}x{full_size[0]}"
+    if intrinsics_scale != 1.0:
+        shrunk = "x".join(f"{min(s)}" if len(s) == 1 else f"{min(s)}-{max(s)}" for s in reversed(allowed))
+        camera += f", so this shrunk copy should be {shrunk}"
+    hint = ""
+    if file_hw[1] in allowed[0] and file_hw[0] in allowed[1] and turned_sideways_by_exif(path):
+        hint = "; its EXIF orientation turns it by 90 degrees, the camera seems to describe the stored pixels"
+    raise InputError(path, f"image is {file_hw[1]}x{file_hw[0]} but its camera says {camera}{hint}")
 
 
 def _load_mask(path: Path, height: int, width: int) -> torch.Tensor:

@@ -79,6 +79,9 @@ class EditJob:
     """'cuda', 'cpu' or 'auto' for both the scene and the editor."""
     downscale: int = 1
     """Image downscale factor."""
+    allow_paths_outside_data: bool = False
+    """Follow image, mask and point-cloud paths of the dataset that lead outside its folder (refused by default:
+    a dataset from elsewhere must not make the program read arbitrary files)."""
     lpips_weights: Path | None = None
     """ImageNet weights of the LPIPS backbone (torchvision checkpoint file) when not in the torch hub cache."""
     checkpoint_every: int = 250
@@ -284,7 +287,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     else:
         check_new_edit(job)
     job = on_device(job)
-    dataset = load_dataset(job.data, downscale=job.downscale)
+    dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)

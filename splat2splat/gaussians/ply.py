@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -37,7 +36,8 @@ from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.frames import from_file_frame, to_file_frame
 from splat2splat.gaussians.model import SPLAT_KEYS, num_sh_bases, rgb_to_sh, sh_degree_of
-from splat2splat.io import atomic_write
+from splat2splat.io import atomic_write, exists, is_file
+from splat2splat.ply_header import check_ply_size, read_ply_header
 
 MAX_SH_DEGREE = 3
 # Number of f_rest_* properties for each SH degree: 3 colour channels x the non-DC coefficients.
@@ -190,7 +190,12 @@ def splats_from_file(path: Path, tensors: dict[str, torch.Tensor], normalization
     """Float32 file-frame Gaussians (finite; ``what`` names a row in messages) checked and moved into the
     normalised frame, as trainable Parameters. Every reader ends here."""
     _check_rotations(path, tensors["quats"], what)
-    return _parameter_dict(from_file_frame(tensors, normalization, frame_transform))
+    moved = from_file_frame(tensors, normalization, frame_transform)
+    # Finite in the file but near the float32 limit, a value can overflow when moved into the scene's frame.
+    _check_finite(path, {f"{name} (in the scene's frame)": moved[key][:, k].numpy()
+                         for key, names in (("means", POSITION_NAMES), ("scales", SCALE_NAMES))
+                         for k, name in enumerate(names)})
+    return _parameter_dict(moved)
 
 
 def clamp_opacity_logits(logits: np.ndarray) -> np.ndarray:
@@ -219,67 +224,10 @@ class _Vertex:
         return len(self.data)
 
 
-# The longest PLY header read: an INRIA header is ~2 KB; longer ones are not Gaussian scenes.
-MAX_HEADER_BYTES = 1 << 16
-PLY_TYPE_SIZES = {"char": 1, "uchar": 1, "int8": 1, "uint8": 1, "short": 2, "ushort": 2, "int16": 2, "uint16": 2,
-                  "int": 4, "uint": 4, "int32": 4, "uint32": 4, "float": 4, "float32": 4, "double": 8, "float64": 8}
-
-
-@dataclass(frozen=True)
-class PlyHeader:
-    """What a PLY header claims: its format, and per element its row count and property names."""
-
-    format: str  # "ascii", "binary_little_endian" or "binary_big_endian"
-    elements: dict[str, tuple[int, tuple[str, ...]]]
-    min_data_bytes: int  # the least data the elements need (binary: exact unless there are list properties)
-    header_bytes: int
-
-
-def read_ply_header(path: Path) -> PlyHeader | None:
-    """Parse the header only (cheap, bounded); None when it is not a header this parser understands (plyfile
-    then reports what is wrong)."""
-    with open(path, "rb") as f:
-        head = f.read(MAX_HEADER_BYTES)
-    end = head.find(b"end_header")
-    if not head.startswith(b"ply") or end < 0:
-        return None
-    newline = head.find(b"\n", end)
-    try:
-        lines = head[:end].decode("ascii").splitlines()
-    except UnicodeDecodeError:
-        return None
-    format_name, elements, min_bytes, current = "", {}, 0, None
-    for line in lines[1:]:
-        words = line.split()
-        if len(words) >= 2 and words[0] == "format":
-            format_name = words[1]
-        elif len(words) == 3 and words[0] == "element" and words[2].isdigit():
-            current = words[1]
-            elements[current] = (int(words[2]), ())
-        elif len(words) >= 3 and words[0] == "property" and current is not None:
-            count, names = elements[current]
-            elements[current] = (count, (*names, words[-1]))
-            # A list row holds at least its length; ASCII needs at least "v " per value.
-            size = 2 if format_name == "ascii" else PLY_TYPE_SIZES.get(words[2 if words[1] == "list" else 1], 1)
-            min_bytes += count * size
-    return PlyHeader(format_name, elements, min_bytes, newline + 1 if newline >= 0 else len(head))
-
-
-def check_ply_size(path: Path, header: PlyHeader | None, kind: str = "PLY") -> None:
-    """Refuse a file whose header claims more rows than its size can hold, before anything is allocated."""
-    if header is None:
-        return
-    available = path.stat().st_size - header.header_bytes
-    if header.min_data_bytes > available:
-        counts = ", ".join(f"{count} {name}" for name, (count, _) in header.elements.items())
-        raise InputError(path, f"truncated or corrupt {kind}: the header claims {counts} rows "
-                               f"({header.min_data_bytes} bytes at least) but only {available} bytes follow it")
-
-
 def _read_vertex_element(path: Path) -> _Vertex:
-    if not path.exists():
+    if not exists(path):
         raise InputError(path, "PLY file does not exist")
-    if not path.is_file():
+    if not is_file(path):
         raise InputError(path, "is not a file (expected a Gaussian-splatting .ply)")
     check_ply_size(path, read_ply_header(path))
     try:

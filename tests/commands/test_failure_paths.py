@@ -83,9 +83,9 @@ def test_ctrl_c_during_start_up_is_one_line(small_scene, tmp_path, capsys, monke
 
 
 @pytest.mark.parametrize("content, message", [
-    ({"init_steps": "ten"}, "'init_steps' must be int"),
+    ({"init_steps": "ten"}, "init_steps must be a whole number"),
     ({"init_steps": 5, "shiny": True}, "no field"),
-    ({"backend": "mesh"}, "'backend' must be one of"),
+    ({"backend": "mesh"}, "backend must be one of"),
     ({"init_steps": -1}, "--init-steps -1"),
 ])
 def test_a_hand_edited_saved_command_is_one_line(small_scene, tmp_path, capsys, content, message):

@@ -6,16 +6,22 @@ that a width/height swap anywhere shows up.
 
 from __future__ import annotations
 
+import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from splat2splat.data.cameras import Cameras, opencv_to_opengl
 from splat2splat.data.demo import demo_cameras
 from splat2splat.io import save_image, write_json
 
 WIDTH, HEIGHT = 32, 24
+FOV_X = 0.9  # horizontal field of view of the Blender scenes
 LOOK_AT = torch.tensor([0.0, 0.0, 0.2])  # where every demo camera looks
 
 
@@ -55,8 +61,50 @@ def write_nerfstudio_scene(folder: Path, cameras: Cameras, images: list[torch.Te
     return folder / "transforms.json"
 
 
+def rgba_image(index: int) -> torch.Tensor:
+    """The view's pattern, fully transparent in its left quarter (where only the background shows)."""
+    alpha = torch.ones(HEIGHT, WIDTH, 1)
+    alpha[:, : WIDTH // 4] = 0.0
+    return torch.cat([pattern_image(index), alpha], -1)
+
+
+def write_blender_scene(root: Path, splits: dict[str, list[int]]) -> Path:
+    """``transforms_<split>.json`` naming ``./<split>/r_<i>`` without extension, as the NeRF-synthetic files do."""
+    cameras = tiny_cameras(sum(len(views) for views in splits.values()))
+    for split, views in splits.items():
+        frames = []
+        for i in views:
+            save_image(root / split / f"r_{i}.png", rgba_image(i))
+            frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.0,
+                           "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
+        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": FOV_X, "frames": frames}))
+    return root
+
+
 def assert_looks_at_target(cameras: Cameras, target: torch.Tensor = LOOK_AT) -> None:
     """Every camera's +z axis (OpenCV forward) points at ``target``: catches any axis-convention slip."""
     to_target = torch.nn.functional.normalize(target - cameras.centers(), dim=-1)
     cosine = (to_target * cameras.camtoworlds[:, :3, 2]).sum(-1)
     assert torch.all(cosine > math.cos(math.radians(1.0))), cosine
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG of uint16 ``pixels`` ([H, W] grey or [H, W, 3] RGB), written by hand: PIL cannot write 16-bit RGB."""
+    height, width = pixels.shape[:2]
+    color_type = 0 if pixels.ndim == 2 else 2
+    rows = b"".join(b"\0" + pixels[y].astype(">u2").tobytes() for y in range(height))  # filter 0 per row
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def save_with_exif_orientation(path: Path, stored: torch.Tensor, orientation: int) -> None:
+    """Save the [H, W, 3] ``stored`` pixels (JPEG or PNG, by suffix) with an EXIF orientation (1-8) saying how to show them."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((stored.numpy() * 255 + 0.5).astype(np.uint8)).save(path, exif=exif, quality=95)

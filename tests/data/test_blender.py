@@ -4,38 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from splat2splat.data.cameras import opencv_to_opengl
 from splat2splat.data.readers import load_dataset, read_raw_scene
 from splat2splat.errors import InputError
-from splat2splat.io import save_image
-from tests.data.scenes import HEIGHT, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras
-
-FOV_X = 0.9
-
-
-def rgba_image(index: int) -> torch.Tensor:
-    """The view's pattern, fully transparent in its left quarter (where only the background shows)."""
-    alpha = torch.ones(HEIGHT, WIDTH, 1)
-    alpha[:, : WIDTH // 4] = 0.0
-    return torch.cat([pattern_image(index), alpha], -1)
-
-
-def write_blender_scene(root: Path, splits: dict[str, list[int]]) -> Path:
-    """``transforms_<split>.json`` naming ``./<split>/r_<i>`` without extension, as the NeRF-synthetic files do."""
-    cameras = tiny_cameras(sum(len(views) for views in splits.values()))
-    for split, views in splits.items():
-        frames = []
-        for i in views:
-            save_image(root / split / f"r_{i}.png", rgba_image(i))
-            frames.append({"file_path": f"./{split}/r_{i}", "rotation": 0.0,
-                           "transform_matrix": opencv_to_opengl(cameras.camtoworlds[i]).tolist()})
-        (root / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": FOV_X, "frames": frames}))
-    return root
+from tests.data.scenes import FOV_X, HEIGHT, WIDTH, assert_looks_at_target, pattern_image, tiny_cameras, write_blender_scene
 
 
 def test_reads_cameras_images_and_split(tmp_path):
@@ -117,3 +92,22 @@ def test_missing_images_name_the_image(tmp_path):
     with pytest.raises(InputError, match="missing") as info:
         load_dataset(root)
     assert str(root / "train" / "r_1.png") in str(info.value)
+
+
+def test_image_path_leading_out_of_the_dataset_is_refused(tmp_path):
+    root = write_blender_scene(tmp_path / "lego", {"train": [0, 1]})
+    meta = json.loads((root / "transforms_train.json").read_text())
+    meta["frames"][1]["file_path"] = "../../../etc/passwd"
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match="frame 1: image path '.*etc/passwd.png' lies outside the dataset folder") as info:
+        read_raw_scene(root)
+    assert str(info.value).startswith(str(root / "transforms_train.json"))
+
+
+def test_non_orthonormal_rotation_is_refused(tmp_path):
+    root = write_blender_scene(tmp_path, {"train": [0, 1]})
+    meta = json.loads((root / "transforms_train.json").read_text())
+    meta["frames"][0]["transform_matrix"][0][:3] = [0.5 * v for v in meta["frames"][0]["transform_matrix"][0][:3]]
+    (root / "transforms_train.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"frame 0: 'transform_matrix' has a rotation part that is not orthonormal"):
+        read_raw_scene(root)

@@ -1,108 +1,24 @@
-"""COLMAP reader: binary and text models written by a small writer below, compared with the nerfstudio reader."""
+"""COLMAP reader: binary and text models (written by tests.data.colmap_models), compared with the nerfstudio reader."""
 
 from __future__ import annotations
 
 import math
 import shutil
 import struct
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from splat2splat.data.cameras import Cameras
 from splat2splat.data.distortion import LensDistortion, pixel_grid, sample_image
 from splat2splat.data.readers import load_dataset, read_raw_scene
 from splat2splat.data.readers.colmap import read_colmap
 from splat2splat.data.readers.nerfstudio import read_nerfstudio
 from splat2splat.errors import InputError
 from splat2splat.io import load_image, save_image
+from tests.data.colmap_models import (Model, colmap_scene, model_from_cameras, write_binary_model, write_model,
+                                      write_text_model)
 from tests.data.scenes import assert_looks_at_target, pattern_image, tiny_cameras, write_nerfstudio_scene
-
-# ------------------------------------------------------------------------------------------ model writer
-
-_MODEL_IDS = {"SIMPLE_PINHOLE": 0, "PINHOLE": 1, "SIMPLE_RADIAL": 2, "RADIAL": 3, "OPENCV": 4,
-              "OPENCV_FISHEYE": 5, "FULL_OPENCV": 6}
-
-
-@dataclass
-class Model:
-    cameras: dict[int, tuple[str, int, int, list[float]]]  # id -> (model, width, height, params)
-    images: list[tuple[int, list[float], list[float], int, str]]  # (id, qvec, tvec, camera id, name)
-    xyz: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
-    rgb: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.uint8))
-
-
-def rotation_to_qvec(rotation: np.ndarray) -> np.ndarray:
-    """COLMAP's own conversion (scripts/python/read_write_model.py): independent of the reader's inverse."""
-    rxx, ryx, rzx, rxy, ryy, rzy, rxz, ryz, rzz = rotation.flat
-    k = np.array([[rxx - ryy - rzz, 0, 0, 0], [ryx + rxy, ryy - rxx - rzz, 0, 0],
-                  [rzx + rxz, rzy + ryz, rzz - rxx - ryy, 0], [ryz - rzy, rzx - rxz, rxy - ryx, rxx + ryy + rzz]]) / 3.0
-    eigenvalues, eigenvectors = np.linalg.eigh(k)
-    qvec = eigenvectors[[3, 0, 1, 2], np.argmax(eigenvalues)]
-    return -qvec if qvec[0] < 0 else qvec
-
-
-def model_from_cameras(cameras: Cameras, model: str = "PINHOLE", extra_params: tuple[float, ...] = ()) -> Model:
-    """One COLMAP camera per view (ids deliberately not in name order) with world-to-camera poses."""
-    colmap_cameras, images = {}, []
-    for i in range(len(cameras)):
-        fx, fy, cx, cy = (float(getattr(cameras, key)[i]) for key in ("fx", "fy", "cx", "cy"))
-        params = [fx, cx, cy] if model.startswith("SIMPLE") or model == "RADIAL" else [fx, fy, cx, cy]
-        camera_id = 100 + i
-        colmap_cameras[camera_id] = (model, int(cameras.width[i]), int(cameras.height[i]), params + list(extra_params))
-        w2c = np.linalg.inv(cameras.camtoworlds[i].double().numpy())
-        images.append((len(cameras) - i, list(rotation_to_qvec(w2c[:3, :3])), list(w2c[:3, 3]), camera_id,
-                       f"frame_{i:05d}.png"))
-    images.reverse()  # file order != name order: the reader must sort
-    return Model(colmap_cameras, images)
-
-
-def write_text_model(model: Model, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    cameras = ["# Camera list with one line of data per camera:"]
-    cameras += [f"{cid} {m} {w} {h} " + " ".join(repr(p) for p in params) for cid, (m, w, h, params) in model.cameras.items()]
-    images = ["# Image list with two lines of data per image:"]
-    for image_id, qvec, tvec, camera_id, name in model.images:
-        images.append(" ".join(repr(float(v)) for v in qvec + tvec).join([f"{image_id} ", f" {camera_id} {name}"]))
-        images.append("1.5 2.5 -1 3.5 4.5 7" if image_id % 2 else "")  # 2D points, sometimes none (blank line)
-    points = [f"{k + 1} {x!r} {y!r} {z!r} {r} {g} {b} 0.5 1 0 2 1"
-              for k, ((x, y, z), (r, g, b)) in enumerate(zip(model.xyz.tolist(), model.rgb.tolist()))]
-    for name, lines in (("cameras", cameras), ("images", images), ("points3D", points)):
-        (folder / f"{name}.txt").write_text("\n".join(lines) + "\n")
-
-
-def write_binary_model(model: Model, folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    cameras = struct.pack("<Q", len(model.cameras))
-    for camera_id, (name, width, height, params) in model.cameras.items():
-        cameras += struct.pack("<iiQQ", camera_id, _MODEL_IDS[name], width, height) + struct.pack(f"<{len(params)}d", *params)
-    images = struct.pack("<Q", len(model.images))
-    for image_id, qvec, tvec, camera_id, name in model.images:
-        images += struct.pack("<idddddddi", image_id, *qvec, *tvec, camera_id) + name.encode() + b"\0"
-        images += struct.pack("<Q", 2) + struct.pack("<ddq", 1.5, 2.5, -1) + struct.pack("<ddq", 3.5, 4.5, 7)
-    points = struct.pack("<Q", len(model.xyz))
-    for k, (xyz, rgb) in enumerate(zip(model.xyz.tolist(), model.rgb.tolist())):
-        points += struct.pack("<QdddBBBd", k + 1, *xyz, *rgb, 0.5) + struct.pack("<Q", 2) + struct.pack("<iiii", 1, 0, 2, 1)
-    for name, data in (("cameras", cameras), ("images", images), ("points3D", points)):
-        (folder / f"{name}.bin").write_bytes(data)
-
-
-def write_model(model: Model, folder: Path, binary: bool) -> None:
-    (write_binary_model if binary else write_text_model)(model, folder)
-
-
-def colmap_scene(tmp_path: Path, binary: bool, model: str = "PINHOLE", extra_params: tuple[float, ...] = (),
-                 n_views: int = 5) -> tuple[Path, Cameras]:
-    """A folder with ``images/`` and ``sparse/0`` for the tiny demo cameras; returns it and the cameras."""
-    cameras = tiny_cameras(n_views)
-    for i in range(n_views):
-        save_image(tmp_path / "images" / f"frame_{i:05d}.png", pattern_image(i))
-    write_model(model_from_cameras(cameras, model, extra_params), tmp_path / "sparse" / "0", binary)
-    return tmp_path, cameras
-
 
 # ---------------------------------------------------------------------------------------------- reading
 
@@ -274,3 +190,98 @@ def test_missing_image_file_names_the_image(tmp_path):
     with pytest.raises(InputError, match="missing") as info:
         load_dataset(root)
     assert str(missing) in str(info.value)
+
+
+# ------------------------------------------------------------------------------------ untrusted content
+
+
+def images_text(model: Model, points_lines: str) -> str:
+    """images.txt with 2D points lines 'all' (COLMAP's layout, some blank), 'none' (left out) or 'blank' (all blank)."""
+    lines = ["# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    for k, (image_id, qvec, tvec, camera_id, name) in enumerate(model.images):
+        lines.append(" ".join(map(repr, [image_id, *map(float, qvec), *map(float, tvec), camera_id])) + f" {name}")
+        if points_lines == "all":
+            lines.append("" if k % 2 else "1.5 2.5 -1 3.5 4.5 7 100 20.25 12")
+        elif points_lines == "blank":
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("points_lines", ["all", "none", "blank"])
+def test_images_text_with_or_without_points2d_lines_reads_every_image(tmp_path, points_lines):
+    """Without POINTS2D lines, skipping every second line used to lose every other image silently."""
+    root, cameras = colmap_scene(tmp_path, binary=False, n_views=5)
+    model = model_from_cameras(cameras)
+    (root / "sparse" / "0" / "images.txt").write_text(images_text(model, points_lines))
+    raw = read_colmap(root, root / "sparse" / "0")
+    assert [p.name for p in raw.image_paths] == [f"frame_{i:05d}.png" for i in range(5)]
+    torch.testing.assert_close(raw.cameras.camtoworlds, cameras.camtoworlds, atol=1e-5, rtol=0)
+
+
+def test_points_line_that_is_neither_points_nor_an_image_names_the_line(tmp_path):
+    root, cameras = colmap_scene(tmp_path, binary=False, n_views=2)
+    text = images_text(model_from_cameras(cameras), "all").replace("1.5 2.5 -1 3.5 4.5 7 100 20.25 12", "1.5 2.5 -1 3.5")
+    (root / "sparse" / "0" / "images.txt").write_text(text)
+    with pytest.raises(InputError, match="line 4: expected IMAGE_ID"):
+        read_colmap(root, root / "sparse" / "0")
+
+
+def test_points3d_count_of_2_to_the_40_is_refused_before_allocating(tmp_path):
+    root, _ = colmap_scene(tmp_path, binary=True, n_views=2)
+    points = root / "sparse" / "0" / "points3D.bin"
+    points.write_bytes(struct.pack("<Q", 1 << 40) + bytes(200))
+    with pytest.raises(InputError, match=f"claims {1 << 40} points") as info:
+        read_colmap(root, root / "sparse" / "0")
+    assert str(info.value).startswith(str(points))
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["bin", "txt"])
+def test_camera_width_beyond_2_to_the_63_is_an_input_error(tmp_path, binary):
+    model = Model({1: ("PINHOLE", (1 << 63) + 5, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, [1.0, 0, 0, 0], [0.0, 0, 0], 1, "a.png")])
+    write_model(model, tmp_path / "sparse", binary)
+    with pytest.raises(InputError, match="width must be between 1 and 262144 pixels") as info:
+        read_colmap(tmp_path, tmp_path / "sparse")
+    assert str(info.value).startswith(str(tmp_path / "sparse" / ("cameras.bin" if binary else "cameras.txt")))
+
+
+@pytest.mark.parametrize("qvec, match", [
+    ([2.0, 0.0, 0.0, 0.0], "rotation quaternion of length 2, not 1"),
+    ([0.0, 0.0, 0.0, 0.0], "zero rotation quaternion"),
+])
+def test_quaternion_must_be_unit(tmp_path, qvec, match):
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, qvec, [0.0, 0, 0], 1, "a.png")])
+    write_text_model(model, tmp_path / "sparse")
+    with pytest.raises(InputError, match=match):
+        read_colmap(tmp_path, tmp_path / "sparse")
+
+
+def test_nearly_unit_quaternion_is_normalised(tmp_path):
+    half = math.sqrt(0.5)
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])},
+                  [(1, [half * 1.0005, 0.0, 0.0, half * 1.0005], [0.0, 0, 0], 1, "a.png")])
+    write_text_model(model, tmp_path / "sparse")
+    rotation = read_colmap(tmp_path, tmp_path / "sparse").cameras.camtoworlds[0, :3, :3]
+    torch.testing.assert_close(rotation.T @ rotation, torch.eye(3), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["../../../etc/passwd", "/etc/passwd", "../../outside.png"])
+def test_image_names_leading_out_of_the_dataset_are_refused(tmp_path, name):
+    root = tmp_path / "dataset"
+    model = Model({1: ("PINHOLE", 32, 24, [30.0, 31.0, 15.5, 12.5])}, [(1, [1.0, 0, 0, 0], [0.0, 0, 0], 1, name)])
+    write_binary_model(model, root / "sparse")
+    with pytest.raises(InputError, match="lies outside the dataset folder.*--allow-paths-outside-data") as info:
+        read_raw_scene(root)
+    assert str(info.value).startswith(str(root / "sparse" / "images.bin")) and name in str(info.value)
+    raw = read_raw_scene(root, allow_outside_paths=True)
+    assert raw.image_paths == [root / "images" / name]
+
+
+def test_symlink_out_of_the_dataset_is_refused(tmp_path):
+    root, _ = colmap_scene(tmp_path / "dataset", binary=True, n_views=2)
+    outside = tmp_path / "elsewhere.png"
+    save_image(outside, pattern_image(0))
+    (root / "images" / "frame_00000.png").unlink()
+    (root / "images" / "frame_00000.png").symlink_to(outside)
+    with pytest.raises(InputError, match="outside the dataset folder"):
+        load_dataset(root)
+    assert len(load_dataset(root, allow_outside_paths=True)) == 2

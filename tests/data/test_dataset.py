@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from splat2splat.data.dataset import Dataset, SceneNormalization, build_dataset, split_every
+from splat2splat.data.cameras import Cameras
+from splat2splat.data.dataset import Dataset, SceneNormalization, _check_file_size, build_dataset, split_every
 from splat2splat.data.readers import load_dataset
 from splat2splat.data.readers.nerfstudio import read_nerfstudio
 from splat2splat.errors import InputError
 from splat2splat.io import save_image
-from tests.data.scenes import HEIGHT, WIDTH, pattern_image, tiny_cameras, write_nerfstudio_scene
+from tests.data.scenes import (HEIGHT, WIDTH, pattern_image, save_with_exif_orientation, tiny_cameras,
+                               write_nerfstudio_scene)
 
 
 @pytest.fixture
@@ -126,3 +129,60 @@ def test_images_load_in_camera_order(scene):
     assert dataset.image_names == [f"frame_{i:05d}.png" for i in range(4)]
     for i in range(4):
         torch.testing.assert_close(dataset.original(i), pattern_image(i), atol=1 / 255, rtol=0)
+
+
+# ----------------------------------------------------------------------------------- image size checks
+
+
+def test_image_one_pixel_larger_than_its_camera_is_refused(tmp_path):
+    """A 33x33 file for a 32x32 camera used to pass a one-pixel tolerance and get silently resized."""
+    cameras = tiny_cameras(2)
+    cameras = Cameras(cameras.camtoworlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy,
+                      torch.full((2,), 32), torch.full((2,), 32))
+    scene = write_nerfstudio_scene(tmp_path / "s", cameras).parent
+    save_image(scene / "images" / "frame_00001.png", pattern_image(1, 33, 33))
+    with pytest.raises(InputError, match="image is 33x33 but its camera says 32x32") as info:
+        load_dataset(scene)
+    assert str(info.value).startswith(str(scene / "images" / "frame_00001.png"))
+
+
+def test_shrunk_copies_may_round_either_way_but_no_further(scene):
+    """images_N made by ffmpeg truncate full / N, ImageMagick rounds: 32x24 / 5 = 6.4x4.8 -> 6 or 7 by 4 or 5."""
+    for i in range(4):
+        save_image(scene / "images_5" / f"frame_{i:05d}.png", pattern_image(i, 4, 7))
+    raw = read_nerfstudio(scene, downscale=5)
+    assert raw.intrinsics_scale == 0.2
+    # (loading would stop at the 8-pixel minimum: check the size rule on its own)
+    _check_file_size(raw.image_paths[0], (4, 7), (HEIGHT, WIDTH), 0.2)
+    _check_file_size(raw.image_paths[0], (5, 6), (HEIGHT, WIDTH), 0.2)
+    with pytest.raises(InputError, match=r"image is 8x5 but its camera says 32x24, so this shrunk copy should be 6-7x4-5"):
+        _check_file_size(raw.image_paths[0], (5, 8), (HEIGHT, WIDTH), 0.2)
+
+
+def test_downscale_that_leaves_views_smaller_than_8_pixels_is_refused(scene):
+    load_dataset(scene, downscale=3)  # 32x24 -> 11x8: still usable
+    with pytest.raises(InputError, match=r"downscale 64 would shrink view 0 \(frame_00000.png, 32x24\) to 1x1 pixels.*"
+                                         r"at most 3") as info:
+        load_dataset(scene, downscale=64)
+    assert str(info.value).startswith(str(scene / "transforms.json"))
+    with pytest.raises(InputError, match="at most 3"):
+        load_dataset(scene, downscale=4)  # 8x6
+
+
+def test_exif_rotated_photos_load_upright_and_must_match_the_camera_upright(tmp_path):
+    """A phone photo stored 32x24 with orientation 6 is a 24x32 picture: its camera must say 24x32."""
+    cameras = tiny_cameras(2)
+    upright = Cameras(cameras.camtoworlds, cameras.fy, cameras.fx, cameras.cy, cameras.cx,
+                      torch.full((2,), HEIGHT), torch.full((2,), WIDTH))
+    scene = write_nerfstudio_scene(tmp_path / "s", upright).parent
+    for i in range(2):
+        save_with_exif_orientation(scene / "images" / f"frame_{i:05d}.png", pattern_image(i), orientation=6)
+    dataset = load_dataset(scene)
+    assert dataset.original(0).shape == (WIDTH, HEIGHT, 3)
+    expected = torch.from_numpy(np.rot90(pattern_image(0).numpy(), k=-1).copy())
+    assert (dataset.original(0) - expected).abs().max() < 0.08  # JPEG
+
+    stored_size = write_nerfstudio_scene(tmp_path / "t", tiny_cameras(2)).parent  # camera says 32x24
+    save_with_exif_orientation(stored_size / "images" / "frame_00000.png", pattern_image(0), orientation=6)
+    with pytest.raises(InputError, match="image is 24x32 but its camera says 32x24; its EXIF orientation turns it"):
+        load_dataset(stored_size)

@@ -120,6 +120,15 @@ def _set(path: list, value) -> Callable[[dict], None]:
     return change
 
 
+def _scale_rotation(frame: int, factor: float) -> Callable[[dict], None]:
+    """A change that multiplies the rotation part of a frame's matrix by ``factor``."""
+    def change(meta):
+        matrix = meta["frames"][frame]["transform_matrix"]
+        for row in matrix[:3]:
+            row[:3] = [factor * value for value in row[:3]]
+    return change
+
+
 @pytest.mark.parametrize("change, problem", [
     (_set(["frames"], {"a": 1}), "has no 'frames' list"),
     (_set(["frames"], []), "'frames' is empty"),
@@ -142,6 +151,15 @@ def _set(path: list, value) -> Callable[[dict], None]:
     (_set(["k4"], 0.01), "'k4' is not supported"),
     (_set(["p1"], "0.1"), "frame 0: 'p1' must be a number"),
     (_set(["ply_file_path"], 3), "'ply_file_path' must be a string"),
+    # Untrusted numbers: scaled / sheared / mirrored axes, numbers beyond float (and float32), absurd sizes.
+    (_scale_rotation(0, 2.0), "frame 0: 'transform_matrix' has a rotation part that is not orthonormal"),
+    (_scale_rotation(1, -1.0), "frame 1: 'transform_matrix' has a rotation part with determinant -1: a reflection"),
+    (_set(["frames", 2, "transform_matrix", 0, 3], 10**400), "frame 2: 'transform_matrix' contains a number too large"),
+    (_set(["frames", 2, "transform_matrix", 0, 3], 1e300), "frame 2: 'transform_matrix' contains numbers too large for float32"),
+    (_set(["applied_transform"], [[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]]), "'applied_transform' has a rotation part"),
+    (_set(["fl_x"], 10**400), "frame 0: 'fl_x' must be finite"),
+    (_set(["w"], 2**64 + 1), "frame 0: 'w' must be between 1 and 262144 pixels"),
+    (_set(["frames", 0, "file_path"], 10**1000), f"frame 0: 'file_path' must be a string, got {'1' + '0' * 56}..."),
 ])
 def test_malformed_transforms_name_the_file_and_the_problem(scene, change, problem):
     edit(scene, change)
@@ -166,6 +184,12 @@ def test_malformed_json_names_the_file(scene):
     with pytest.raises(InputError, match="malformed JSON at line 1") as info:
         read_nerfstudio(scene)
     assert str(scene) in str(info.value)
+    scene.write_text('{"fl_x": ' + "9" * 5000 + "}")  # Python refuses to parse integers of more than 4300 digits
+    with pytest.raises(InputError, match="malformed JSON"):
+        read_nerfstudio(scene)
+    scene.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputError, match="malformed JSON"):
+        read_nerfstudio(scene)
 
 
 def test_missing_point_cloud_names_the_ply(scene):
@@ -187,3 +211,35 @@ def test_missing_or_wrongly_sized_image_names_the_image(scene, tmp_path):
     with pytest.raises(InputError, match=f"image is {WIDTH}x{HEIGHT} but its camera says {2 * WIDTH}x{HEIGHT}") as info:
         load_dataset(other.parent)
     assert str(other.parent / "images" / "frame_00001.png") in str(info.value)
+
+
+def test_huge_vertex_count_in_the_point_cloud_is_refused_before_allocating(scene):
+    """An ASCII points3D.ply claiming 10^12 vertices used to end in a MemoryError inside plyfile."""
+    ply = scene.parent / "points3D.ply"
+    ply.write_text("ply\nformat ascii 1.0\nelement vertex 1000000000000\nproperty float x\nproperty float y\n"
+                   "property float z\nend_header\n0 0 0\n1 1 1\n")
+    edit(scene, _set(["ply_file_path"], "points3D.ply"))
+    with pytest.raises(InputError, match="claims 1000000000000 vertex") as info:
+        read_nerfstudio(scene)
+    assert str(info.value).startswith(str(ply))
+
+
+@pytest.mark.parametrize("key, value", [
+    ("file_path", "../../../etc/passwd"),
+    ("file_path", "/etc/passwd"),
+    ("mask_path", "../secret.png"),
+    ("ply_file_path", "../points.ply"),
+])
+def test_paths_leading_out_of_the_dataset_are_refused(scene, key, value):
+    edit(scene, _set(["frames", 1, key] if key != "ply_file_path" else [key], value))
+    with pytest.raises(InputError, match="lies outside the dataset folder") as info:
+        read_nerfstudio(scene)
+    assert str(info.value).startswith(str(scene)) and value.lstrip("./") in str(info.value)
+
+
+def test_outside_paths_are_followed_when_allowed(scene, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}_shared" / "frame.png"
+    save_image(outside, torch.full((HEIGHT, WIDTH, 3), 0.25))
+    edit(scene, _set(["frames", 1, "file_path"], str(outside)))
+    dataset = load_dataset(scene.parent, allow_outside_paths=True)
+    torch.testing.assert_close(dataset.original(1), torch.full((HEIGHT, WIDTH, 3), 0.25), atol=1 / 255, rtol=0)

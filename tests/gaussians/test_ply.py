@@ -394,3 +394,54 @@ def test_bad_input_raises_input_error_naming_the_file(tmp_path, case):
         load_ply(path, IDENTITY)
     assert str(error.value).startswith(str(path) + ": ")
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("fmt", ["ascii", "binary_little_endian"])
+def test_header_claiming_more_gaussians_than_the_file_holds_is_refused_before_allocating(tmp_path, fmt):
+    names = inria_property_names(0)
+    header = f"ply\nformat {fmt} 1.0\nelement vertex {10**12}\n" + "".join(f"property float {n}\n" for n in names)
+    path = tmp_path / "scene.ply"
+    path.write_bytes((header + "end_header\n").encode() + b"0 " * 100)
+    with pytest.raises(InputError, match=f"claims {10**12} vertex") as info:
+        load_ply(path, SceneNormalization())
+    assert str(info.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["binary", "ascii"])
+def test_fuzz_load_ply(tmp_path, text):
+    """Mutated Gaussian PLYs (header lines or any bytes) end in an InputError or a finite, well-formed scene."""
+    import random
+
+    from tests.fuzzing import cases, fuzz, mutate_bytes, mutate_text
+
+    path = tmp_path / "scene.ply"
+    write_vertex(path, inria_columns(random_splats(6, sh_degree=3)), text=text)
+    original = path.read_bytes()
+    header_end = original.index(b"end_header\n") + len(b"end_header\n")
+
+    def run_case(rng: random.Random):
+        if rng.random() < 0.5:
+            header = mutate_text(original[:header_end].decode(), rng).encode("utf-8", errors="surrogatepass")
+            path.write_bytes(header + original[header_end:])
+        else:
+            path.write_bytes(mutate_bytes(original, rng))
+        return load_ply(path, SceneNormalization((0.5, 0.0, -0.5), 2.0))
+
+    def check(splats):
+        n = len(splats["means"])
+        assert n > 0 and set(splats) == set(SPLAT_KEYS)
+        assert splats["sh0"].shape == (n, 1, 3) and splats["shN"].shape[0] == n and splats["shN"].shape[2] == 3
+        assert all(torch.isfinite(value).all() for value in splats.values())
+        assert (splats["quats"].abs().sum(1) > 0).all()
+
+    fuzz(f"load_ply ({'ascii' if text else 'binary'})", cases(), 60 + text, run_case, check).assert_clean()
+
+
+def test_position_that_overflows_in_the_scene_frame_is_refused(tmp_path):
+    """Finite in the file (3e38) but infinite once scaled into the normalised frame: an InputError, not inf."""
+    columns = inria_columns(random_splats(4))
+    columns["x"][2] = 3e38
+    write_vertex(tmp_path / "far.ply", columns)
+    load_ply(tmp_path / "far.ply", SceneNormalization())  # identity: still representable
+    with pytest.raises(InputError, match=r"vertex 2, property 'x \(in the scene's frame\)'"):
+        load_ply(tmp_path / "far.ply", SceneNormalization((0.0, 0.0, 0.0), 2.0))

@@ -5,6 +5,10 @@ COLMAP stores world-to-camera poses (unit quaternion ``qw qx qy qz`` and transla
 axes, which we invert to the camera-to-world matrices of :class:`Cameras`. Pinhole models are read as
 they are; SIMPLE_RADIAL, RADIAL and OPENCV carry a :class:`LensDistortion` that :func:`build_dataset`
 removes from the images. Other models (fisheye, FULL_OPENCV, ...) are rejected with a clear error.
+
+Files are untrusted: a count in a binary file is checked against the bytes left before anything is read
+or allocated, quaternions must be unit length (within :data:`QUATERNION_TOLERANCE`), and image names must
+not lead out of the dataset folder unless ``allow_outside_paths``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import RawScene
 from splat2splat.data.distortion import LensDistortion
-from splat2splat.data.readers.common import all_or_none
+from splat2splat.data.readers.common import FLOAT32_MAX, FLOAT32_TINY, all_or_none, image_side, inside_dataset, short_repr
 from splat2splat.errors import InputError
 
 # COLMAP model id -> (name, number of parameters); every model must be known to step over its parameters.
@@ -31,6 +35,13 @@ _MODELS: dict[int, tuple[str, int]] = {
 }
 _PARAM_COUNT = {name: count for name, count in _MODELS.values()}
 _SUPPORTED = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV")
+# COLMAP writes unit quaternions to 17 digits; a norm further from 1 than this is not a rotation we should guess at.
+QUATERNION_TOLERANCE = 1e-3
+# Smallest size in bytes of one record of each binary file (no parameters / name / 2D points / track beyond
+# the fixed fields), to check a count against the file before looping over or allocating for it.
+_MIN_CAMERA_BYTES = struct.calcsize("<iiQQ") + 3 * 8  # SIMPLE_PINHOLE has the fewest parameters
+_MIN_IMAGE_BYTES = struct.calcsize("<idddddddi") + 1 + 8  # empty name (its NUL) and no 2D points
+_MIN_POINT_BYTES = struct.calcsize("<QdddBBBdQ")  # empty track
 
 
 @dataclass
@@ -49,8 +60,11 @@ class ColmapImage:
     tvec: tuple[float, float, float]  # world-to-camera translation
 
 
-def read_colmap(root: Path, sparse_dir: Path, downscale: int = 1) -> RawScene:
-    """Read the model in ``sparse_dir``; images are ``root/images/<name>`` (or ``root/images_<downscale>``)."""
+def read_colmap(root: Path, sparse_dir: Path, downscale: int = 1, allow_outside_paths: bool = False) -> RawScene:
+    """Read the model in ``sparse_dir``; images are ``root/images/<name>`` (or ``root/images_<downscale>``).
+
+    ``allow_outside_paths``: follow image names that lead out of ``root`` (``../x.png``, absolute paths).
+    """
     binary = (sparse_dir / "cameras.bin").is_file()
     ext = ".bin" if binary else ".txt"
     cameras_path, images_path, points_path = (sparse_dir / f"{stem}{ext}" for stem in ("cameras", "images", "points3D"))
@@ -81,6 +95,8 @@ def read_colmap(root: Path, sparse_dir: Path, downscale: int = 1) -> RawScene:
     full_size = [root / "images" / image.name for image in images]
     shrunk = [root / f"images_{downscale}" / image.name for image in images] if downscale > 1 else []
     image_paths, uses_shrunk = all_or_none(full_size, shrunk)
+    for path in image_paths:
+        inside_dataset(path, root, images_path, "image path", allow_outside_paths)
 
     points, colors = None, None
     if points_path.is_file():
@@ -102,13 +118,19 @@ def _camtoworld(image: ColmapImage, source: Path) -> np.ndarray:
     if not np.isfinite(values).all():
         raise InputError(source, f"image '{image.name}' has a NaN or infinite pose")
     qvec, tvec = values[:4], values[4:]
-    norm = np.linalg.norm(qvec)
+    with np.errstate(over="ignore"):
+        norm = np.linalg.norm(qvec)
     if norm < 1e-12:
         raise InputError(source, f"image '{image.name}' has a zero rotation quaternion")
-    rotation = _quaternion_to_matrix(qvec / norm)
+    if not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
+        raise InputError(source, f"image '{image.name}' has a rotation quaternion of length {norm:.6g}, not 1 "
+                                 f"(tolerance {QUATERNION_TOLERANCE:g}): not a rotation")
+    rotation = _quaternion_to_matrix(qvec / norm)  # exactly unit: rounding in the file must not scale the axes
     c2w = np.eye(4)
     c2w[:3, :3] = rotation.T
     c2w[:3, 3] = -rotation.T @ tvec
+    if not (np.abs(c2w) <= FLOAT32_MAX).all():
+        raise InputError(source, f"image '{image.name}' has a translation too large for float32")
     return c2w
 
 
@@ -140,11 +162,15 @@ def _pinhole_and_distortion(camera: ColmapCamera, source: Path) -> tuple[tuple[f
         cx, cy = p[1], p[2]
         radial = list(p[3:]) + [0.0, 0.0]
         lens = LensDistortion(camera.model, k1=radial[0], k2=radial[1])
-    if fx <= 0 or fy <= 0 or camera.width <= 0 or camera.height <= 0:
-        raise InputError(source, f"{camera.model} camera has non-positive focal length or size")
+    if not (FLOAT32_TINY <= fx <= FLOAT32_MAX and FLOAT32_TINY <= fy <= FLOAT32_MAX):
+        raise InputError(source, f"{camera.model} camera has focal length {fx:g}, {fy:g}: must be positive")
+    if not all(abs(value) <= FLOAT32_MAX for value in p):
+        raise InputError(source, f"{camera.model} camera has parameters too large for float32 {list(p)}")
+    width = image_side(camera.width, source, f"{camera.model} camera width")
+    height = image_side(camera.height, source, f"{camera.model} camera height")
     if lens is not None and lens.is_identity():
         lens = None  # nothing to undo: skip resampling the images
-    return (fx, fy, cx, cy, camera.width, camera.height), lens
+    return (fx, fy, cx, cy, width, height), lens
 
 
 # ----------------------------------------------------------------------------------------- binary format
@@ -179,6 +205,13 @@ class _BinaryReader:
         self.offset = end + 1
         return name
 
+    def expect_records(self, count: int, min_bytes: int, what: str) -> None:
+        """A count claimed by the file must fit in the bytes left (checked before looping or allocating)."""
+        left = len(self.data) - self.offset
+        if count * min_bytes > left:
+            raise InputError(self.path, f"file is truncated or corrupt: it claims {count} {what}, which need at "
+                                        f"least {count * min_bytes} bytes, but {left} are left")
+
     def expect_end(self) -> None:
         """Bytes left over mean the counts in the file do not match its content."""
         if self.offset != len(self.data):
@@ -188,6 +221,7 @@ class _BinaryReader:
 def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
     reader = _BinaryReader(path)
     (count,) = reader.read("Q")
+    reader.expect_records(count, _MIN_CAMERA_BYTES, "cameras")
     cameras = {}
     for _ in range(count):
         camera_id, model_id, width, height = reader.read("iiQQ")
@@ -202,6 +236,7 @@ def read_cameras_binary(path: Path) -> dict[int, ColmapCamera]:
 def read_images_binary(path: Path) -> list[ColmapImage]:
     reader = _BinaryReader(path)
     (count,) = reader.read("Q")
+    reader.expect_records(count, _MIN_IMAGE_BYTES, "images")
     images = []
     for _ in range(count):
         _image_id, qw, qx, qy, qz, tx, ty, tz, camera_id = reader.read("idddddddi")
@@ -216,6 +251,7 @@ def read_images_binary(path: Path) -> list[ColmapImage]:
 def read_points_binary(path: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     reader = _BinaryReader(path)
     (count,) = reader.read("Q")
+    reader.expect_records(count, _MIN_POINT_BYTES, "points")
     xyz, rgb = np.empty((count, 3), np.float64), np.empty((count, 3), np.float64)
     for k in range(count):
         _point_id, x, y, z, r, g, b, _error, track_length = reader.read("QdddBBBdQ")
@@ -265,22 +301,47 @@ def read_cameras_text(path: Path) -> dict[int, ColmapCamera]:
 
 
 def read_images_text(path: Path) -> list[ColmapImage]:
-    """Two lines per image: ``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME``, then its 2D points (maybe blank)."""
+    """``IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME`` per image, each followed by its 2D points line.
+
+    COLMAP always writes the points line (blank when the image has none), but some tools leave these lines
+    out altogether; skipping every second line blindly would then drop every other image. So the line after
+    a record is skipped only when it IS a points line: blank, or ``X Y POINT3D_ID`` triples.
+    """
     lines = _data_lines(path)
     images, k = [], 0
     while k < len(lines):
         n, line = lines[k]
+        k += 1
         if not line:  # blank lines between records
-            k += 1
             continue
-        tokens = line.split()
-        if len(tokens) < 10:
-            raise InputError(path, f"line {n}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, got {line!r}")
-        qw, qx, qy, qz, tx, ty, tz = _numbers(path, n, tokens[1:8])
-        (camera_id,) = _numbers(path, n, tokens[8:9], int)
-        images.append(ColmapImage(" ".join(tokens[9:]), camera_id, (qw, qx, qy, qz), (tx, ty, tz)))
-        k += 2  # the next line lists the image's 2D points, which we do not need
+        images.append(_image_record(path, n, line))
+        if k < len(lines) and _is_points_line(lines[k][1]):
+            k += 1  # the image's 2D points, which we do not need
     return images
+
+
+def _image_record(path: Path, n: int, line: str) -> ColmapImage:
+    tokens = line.split()
+    if len(tokens) < 10:
+        raise InputError(path, f"line {n}: expected IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME, "
+                               f"got {short_repr(line)}")
+    qw, qx, qy, qz, tx, ty, tz = _numbers(path, n, tokens[1:8])
+    (camera_id,) = _numbers(path, n, tokens[8:9], int)
+    return ColmapImage(" ".join(tokens[9:]), camera_id, (qw, qx, qy, qz), (tx, ty, tz))
+
+
+def _is_points_line(line: str) -> bool:
+    """Blank, or ``X Y POINT3D_ID`` triples (an image record has a name where a POINT3D_ID would be)."""
+    tokens = line.split()
+    if len(tokens) % 3:
+        return False
+    if not all(token.lstrip("+-").isdigit() for token in tokens[2::3]):
+        return False
+    try:
+        np.array([token for k, token in enumerate(tokens) if k % 3 != 2], dtype=np.float64)
+    except ValueError:
+        return False
+    return True
 
 
 def read_points_text(path: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -293,6 +354,8 @@ def read_points_text(path: Path) -> tuple[torch.Tensor | None, torch.Tensor | No
         if len(tokens) < 8:
             raise InputError(path, f"line {n}: expected POINT3D_ID X Y Z R G B ERROR TRACK[], got {line!r}")
         values = _numbers(path, n, tokens[1:7])
+        if not all(0 <= value <= 255 for value in values[3:]):
+            raise InputError(path, f"line {n}: colour {values[3:]} is not in 0-255")
         xyz.append(values[:3])
         rgb.append(values[3:])
     return _points_tensors(np.array(xyz, np.float64).reshape(-1, 3), np.array(rgb, np.float64).reshape(-1, 3), path)
@@ -302,7 +365,7 @@ def _points_tensors(xyz: np.ndarray, rgb: np.ndarray, path: Path) -> tuple[torch
     """Positions [P, 3] and colours in [0, 1] (None for an empty model: as if there were no points)."""
     if len(xyz) == 0:
         return None, None
-    if not np.isfinite(xyz).all():
-        raise InputError(path, "contains points with NaN or infinite coordinates")
+    if not (np.abs(xyz) <= FLOAT32_MAX).all():  # also false for NaN
+        raise InputError(path, "contains points with NaN, infinite or (for float32) too large coordinates")
     colors = np.clip(rgb / 255.0, 0.0, 1.0)
     return torch.from_numpy(xyz).float(), torch.from_numpy(colors).float()

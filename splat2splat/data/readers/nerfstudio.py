@@ -8,6 +8,8 @@
   also the frame of ``ply_file_path``.
 * ``images_N`` / ``masks_N`` (pre-shrunk copies beside ``images`` / ``masks``) are used for
   ``downscale = N`` when every view has one.
+* Every file it names (images, masks, ``ply_file_path``) must lie inside the folder of transforms.json
+  unless ``allow_outside_paths``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import torch
 from splat2splat.data.cameras import Cameras, opengl_to_opencv
 from splat2splat.data.dataset import RawScene
 from splat2splat.data.distortion import LensDistortion
-from splat2splat.data.readers.common import all_or_none, finite_number, rigid_matrix
+from splat2splat.data.readers.common import (all_or_none, finite_number, image_side, inside_dataset, rigid_matrix,
+                                             short_repr)
 from splat2splat.errors import InputError
-from splat2splat.io import read_json
+from splat2splat.io import is_file, read_json
+from splat2splat.ply_header import check_ply_sizes
 
 _INTRINSICS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 _POSITIVE = ("fl_x", "fl_y", "w", "h")
@@ -42,8 +46,11 @@ class _Frame:
     mask_path: Path | None
 
 
-def read_nerfstudio(path: Path, downscale: int = 1) -> RawScene:
-    """Read ``path`` (a folder with transforms.json, or the json file itself)."""
+def read_nerfstudio(path: Path, downscale: int = 1, allow_outside_paths: bool = False) -> RawScene:
+    """Read ``path`` (a folder with transforms.json, or the json file itself).
+
+    ``allow_outside_paths``: follow file paths that lead out of the json file's folder.
+    """
     json_path = path / "transforms.json" if path.is_dir() else path
     root = json_path.parent
     meta = read_json(json_path)
@@ -55,12 +62,17 @@ def read_nerfstudio(path: Path, downscale: int = 1) -> RawScene:
                       column("w").round().long(), column("h").round().long())
     shrunk = [_shrunk_copy(f.image_path, downscale) for f in frames] if downscale > 1 else []
     image_paths, uses_shrunk = all_or_none([f.image_path for f in frames], shrunk)
+    mask_paths = _mask_paths(frames, downscale)
+    for what, paths in (("image", image_paths), ("mask", mask_paths or [])):
+        for path in paths:
+            if path is not None:
+                inside_dataset(path, root, json_path, f"{what} path", allow_outside_paths)
     distortion = [f.distortion for f in frames]
-    points, colors = _read_points(root, meta, json_path)
+    points, colors = _read_points(root, meta, json_path, allow_outside_paths)
     return RawScene(
         cameras=cameras,
         image_paths=image_paths,
-        mask_paths=_mask_paths(frames, downscale),
+        mask_paths=mask_paths,
         points=points,
         point_colors=colors,
         source=json_path,
@@ -83,7 +95,7 @@ def _read_frame(frame: Any, meta: dict, k: int, root: Path, json_path: Path) -> 
         raise InputError(json_path, f"frame {k} must be a JSON object, got {type(frame).__name__}")
     for key in ("file_path", "mask_path"):
         if key in frame and not isinstance(frame[key], str):
-            raise InputError(json_path, f"frame {k}: '{key}' must be a string, got {frame[key]!r}")
+            raise InputError(json_path, f"frame {k}: '{key}' must be a string, got {short_repr(frame[key])}")
     if "file_path" not in frame or "transform_matrix" not in frame:
         raise InputError(json_path, f"frame {k} needs 'file_path' and 'transform_matrix'")
     return _Frame(
@@ -109,6 +121,8 @@ def _intrinsics(frame: dict, meta: dict, k: int, json_path: Path) -> dict[str, f
             hint = " (this looks like a Blender transforms file: pass its folder)" if "camera_angle_x" in meta else ""
             raise InputError(json_path, f"frame {k} has no '{key}' (neither per frame nor shared){hint}")
         values[key] = finite_number(value, json_path, f"frame {k}: '{key}'", positive=key in _POSITIVE)
+    for key in ("w", "h"):
+        values[key] = image_side(values[key], json_path, f"frame {k}: '{key}'")
     return values
 
 
@@ -116,7 +130,7 @@ def _distortion(frame: dict, meta: dict, k: int, json_path: Path) -> LensDistort
     """The frame's lens distortion, or None for a pinhole camera."""
     model = _shared_or_own(frame, meta, "camera_model") or "OPENCV"
     if model not in _SUPPORTED_MODELS:
-        raise InputError(json_path, f"frame {k}: camera model {model!r} is not supported "
+        raise InputError(json_path, f"frame {k}: camera model {short_repr(model)} is not supported "
                                     f"(supported: {', '.join(_SUPPORTED_MODELS)})")
     coefficients = {}
     for key in _DISTORTION:
@@ -156,28 +170,39 @@ def _mask_paths(frames: list[_Frame], downscale: int) -> list[Path | None] | Non
     if all(f.mask_path is None for f in frames):
         return None
     shrunk = [None if f.mask_path is None else _shrunk_copy(f.mask_path, downscale) for f in frames]
-    return [small if small is not None and small.is_file() else f.mask_path for f, small in zip(frames, shrunk)]
+    return [small if small is not None and is_file(small) else f.mask_path for f, small in zip(frames, shrunk)]
 
 
-def _read_points(root: Path, meta: dict, json_path: Path) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+def _read_points(root: Path, meta: dict, json_path: Path,
+                 allow_outside_paths: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """The sparse point cloud nerfstudio records as ``ply_file_path`` (in the same frame as the poses)."""
     if meta.get("ply_file_path") is None:
         return None, None
     if not isinstance(meta["ply_file_path"], str):
-        raise InputError(json_path, f"'ply_file_path' must be a string, got {meta['ply_file_path']!r}")
-    ply_path = root / meta["ply_file_path"]
+        raise InputError(json_path, f"'ply_file_path' must be a string, got {short_repr(meta['ply_file_path'])}")
+    ply_path = inside_dataset(root / meta["ply_file_path"], root, json_path, "'ply_file_path'", allow_outside_paths)
     from plyfile import PlyData
 
     try:
-        vertex = PlyData.read(str(ply_path))["vertex"]
+        check_ply_sizes(ply_path)
+        ply = PlyData.read(str(ply_path))
+        if "vertex" not in ply or not all(axis in ply["vertex"] for axis in "xyz"):
+            raise InputError(ply_path, "point cloud has no 'vertex' element with x, y and z")
+        vertex = ply["vertex"]
         xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], -1).astype(np.float32)
         names = vertex.data.dtype.names
         rgb = (np.stack([vertex["red"], vertex["green"], vertex["blue"]], -1).astype(np.float32) / 255.0
                if "red" in names else np.full_like(xyz, 0.5))
     except FileNotFoundError:
         raise InputError(ply_path, "point cloud named by 'ply_file_path' is missing") from None
+    except InputError:
+        raise
     except Exception as exc:
         raise InputError(ply_path, f"cannot read point cloud ({exc})") from None
     if not np.isfinite(xyz).all():
         raise InputError(ply_path, "contains points with NaN or infinite coordinates")
-    return torch.from_numpy(xyz), torch.from_numpy(rgb)
+    if not np.isfinite(rgb).all():
+        raise InputError(ply_path, "contains points with NaN or infinite colours")
+    if len(xyz) == 0:
+        return None, None  # an empty cloud: as if there were none (like an empty COLMAP points3D)
+    return torch.from_numpy(xyz), torch.from_numpy(np.clip(rgb, 0.0, 1.0))

@@ -31,7 +31,7 @@ from splat2splat.gaussians.formats.common import arrays_for_export, sigmoid, spl
 from splat2splat.gaussians.formats.quantize import (dequantize, from_smallest_three, morton_order, quantize,
                                                      smallest_three, to_byte)
 from splat2splat.gaussians.model import SH_C0
-from splat2splat.gaussians.ply import check_ply_size, read_ply_header
+from splat2splat.ply_header import check_ply_size, read_ply_header
 from splat2splat.io import atomic_write
 
 KIND = "compressed PLY"
