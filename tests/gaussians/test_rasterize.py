@@ -8,6 +8,7 @@ import pytest
 import torch
 from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
+from splat2splat.gaussians import pixel_pairs
 from splat2splat.gaussians import rasterize as rasterize_module
 from splat2splat.gaussians.rasterize import ALPHA_THRESHOLD, project, rasterize
 from tests.conftest import requires_cuda
@@ -89,7 +90,7 @@ def _tile_reference_pairs(means2d, conics, opacities, radii, depths, width, heig
     for t in range(tiles_x * tiles_y):
         g = gaussian[tile == t]
         pix = torch.stack([px.flatten() + t % tiles_x * tile_size, py.flatten() + t // tiles_x * tile_size], -1)
-        alpha = rasterize_module._alpha(means2d[g][:, None], conics[g][:, None], opacities[g][:, None],
+        alpha = pixel_pairs._alpha(means2d[g][:, None], conics[g][:, None], opacities[g][:, None],
                                         pix.to(means2d.dtype) + 0.5)  # [K, P]
         blended = alpha >= ALPHA_THRESHOLD
         alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
@@ -158,14 +159,14 @@ def test_pairs_match_tile_reference(case, dtype, tile_size):
         depths = depths.round(decimals=1)  # depth ties: broken by Gaussian index
     expected = _tile_reference_pairs(means2d, conics, opacities, radii, depths, width, height, tile_size)
     for budget in (None, 200, 1):  # one chunk; many chunks of Gaussians (front to back); one Gaussian each
-        pixel, gaussian, alpha, _ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths,
+        pixel, gaussian, alpha, _ = pixel_pairs._contributing_pairs(means2d, conics, opacities, radii, depths,
                                                                       width, height, tile_size, budget=budget)
         assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
         centres = torch.stack([pixel % width, pixel // width], -1).to(dtype) + 0.5
-        expected_alpha = rasterize_module._alpha(means2d[gaussian], conics[gaussian], opacities[gaussian], centres)
+        expected_alpha = pixel_pairs._alpha(means2d[gaussian], conics[gaussian], opacities[gaussian], centres)
         torch.testing.assert_close(alpha, expected_alpha, rtol=0, atol=0)
     if case == "opaque_overlapping":  # early termination cut some pixels' lists short
-        all_pairs = torch.nonzero(rasterize_module._alpha(
+        all_pairs = torch.nonzero(pixel_pairs._alpha(
             means2d[:, None], conics[:, None], opacities[:, None],
             torch.stack(torch.meshgrid(torch.arange(width), torch.arange(height), indexing="xy"), -1).reshape(-1, 2)
             .to(dtype) + 0.5) >= ALPHA_THRESHOLD)
@@ -181,7 +182,7 @@ def test_pairs_match_tile_reference_random_scenes():
     for seed in range(4):
         *_, projected = _projected(64, 48, 50.0, 400, torch.float32, seed=seed, scale=0.04)
         expected = _tile_reference_pairs(*projected, 64, 48, 16)
-        pixel, gaussian, *_ = rasterize_module._contributing_pairs(*projected, 64, 48, 16, budget=5000)
+        pixel, gaussian, *_ = pixel_pairs._contributing_pairs(*projected, 64, 48, 16, budget=5000)
         assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
 
 
@@ -193,10 +194,10 @@ def test_ill_conditioned_conics_fall_back_to_the_tile_box():
     opacities = torch.tensor([0.9, 0.8, 0.7])
     radii = torch.tensor([[30, 30], [5, 5], [3, 40]], dtype=torch.int32)
     depths = torch.tensor([1.0, 2.0, 3.0])
-    *_, ok = rasterize_module._alpha_ellipses(means2d, conics, opacities)
+    *_, ok = pixel_pairs._alpha_ellipses(means2d, conics, opacities)
     assert ok.tolist() == [False, True, True]
     expected = _tile_reference_pairs(means2d, conics, opacities, radii, depths, 32, 24, 16)
-    pixel, gaussian, *_ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths, 32, 24, 16)
+    pixel, gaussian, *_ = pixel_pairs._contributing_pairs(means2d, conics, opacities, radii, depths, 32, 24, 16)
     assert torch.equal(pixel, expected[0]) and torch.equal(gaussian, expected[1])
 
 
@@ -238,7 +239,7 @@ def test_segmented_cumsum_is_exact_per_segment():
     g = torch.Generator().manual_seed(0)
     segment = torch.sort(torch.randint(0, 3000, (100000,), generator=g)).values
     values = -torch.rand(100000, generator=g, dtype=torch.float64) * 7.0
-    inclusive, total = rasterize_module._segmented_cumsum(values, segment, totals=True)
+    inclusive, total = pixel_pairs._segmented_cumsum(values, segment, totals=True)
     for s in (0, 1234, 2999):
         v = values[segment == s]
         torch.testing.assert_close(inclusive[segment == s], torch.cumsum(v, 0), rtol=0, atol=1e-12)
@@ -263,10 +264,10 @@ def test_blend_gradients_match_autograd(case):
     fast = [t.grad for t in inputs]
 
     inputs = [t.detach().clone().requires_grad_(True) for t in (means2d, conics, opacities, colors)]
-    pixel, gaussian, *_ = rasterize_module._contributing_pairs(means2d, conics, opacities, radii, depths, width,
+    pixel, gaussian, *_ = pixel_pairs._contributing_pairs(means2d, conics, opacities, radii, depths, width,
                                                               height, 16)
     m, c, o, col = inputs
-    alpha = rasterize_module._alpha(m[gaussian], c[gaussian], o[gaussian],
+    alpha = pixel_pairs._alpha(m[gaussian], c[gaussian], o[gaussian],
                                     torch.stack([pixel % width, pixel // width], -1).double() + 0.5)
     assert (alpha == 0.999).any() or case != "saturated"  # clamped alphas are differentiated too
     image = torch.zeros(width * height, 3, dtype=torch.float64)
