@@ -30,11 +30,11 @@ from splat2splat.configs import config_to_dict  # noqa: E402
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.edit.lpips_loss import load_lpips  # noqa: E402
 from splat2splat.edit.presets import PRESETS, preset  # noqa: E402
-from splat2splat.commands.edit import Edit, run as run_edit  # noqa: E402
+from splat2splat.commands.edit import EditCommand, run as run_edit  # noqa: E402
 from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig  # noqa: E402
 from splat2splat.io import write_json  # noqa: E402
-from splat2splat.commands.preview import Preview, Preview3D, run as run_preview  # noqa: E402
-from splat2splat.commands.train import Train, run as run_train  # noqa: E402
+from splat2splat.commands.preview import PreviewCommand, Preview3D, run as run_preview  # noqa: E402
+from splat2splat.commands.train import TrainCommand, run as run_train  # noqa: E402
 
 
 @dataclass
@@ -68,12 +68,12 @@ class BenchPresets:
 
 
 def edit_command(cfg: BenchPresets, name: str, scene: Path, init: Path, model: Path, output: Path,
-                 device: torch.device) -> Edit:
+                 device: torch.device) -> EditCommand:
     idu = preset(name)
     idu = dataclasses.replace(idu, steps=cfg.steps, edit_rate=cfg.edit_rate if idu.schedule == "in2n" else cfg.steps // 2)
     if device.type == "cpu" and cfg.dtype_on_cpu == "float32":
         idu.editor.dtype = "float32"
-    return Edit(data=scene, prompt="make it look like autumn", preset=name, output=output, init=init,
+    return EditCommand(data=scene, prompt="make it look like autumn", preset=name, output=output, init=init,
                 model=str(model), device=str(device), checkpoint_every=cfg.steps // 2, eval_every=cfg.steps,
                 turntable_frames=0, lpips_weights=cfg.lpips_weights, idu=idu)
 
@@ -84,7 +84,7 @@ def main(cfg: BenchPresets) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scene = write_demo_scene(tmp / "demo", DemoConfig(n_views=cfg.views, image_size=cfg.image_size))
-        run_train(Train(data=scene, output=tmp / "initial", steps=cfg.init_steps, eval_every=0,
+        run_train(TrainCommand(data=scene, output=tmp / "initial", steps=cfg.init_steps, eval_every=0,
                         gaussians=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
         model = cfg.model
         if model is None:
@@ -104,7 +104,7 @@ def main(cfg: BenchPresets) -> dict:
                          "render_s": seconds["render"], "editor_s": seconds["edit"], "train_s": seconds["train"],
                          "io_s": seconds["checkpoint"] + seconds["eval"] + seconds["outputs"],
                          "peak_mib": mib(peak.bytes), "memory_method": peak.method})
-        preview = Preview(data=scene, prompt="make it look like autumn", output=tmp / "preview", seed=0)
+        preview = PreviewCommand(data=scene, prompt="make it look like autumn", output=tmp / "preview", seed=0)
         preview.editor = dataclasses.replace(preview.editor, model=str(model), device=str(device),
                                              dtype="float32" if device.type == "cpu" else "auto")
         for three_d in (False, True):

@@ -147,7 +147,7 @@ def demo_scene(sizes: Sizes, work: Path) -> Path:
 def train_demo(sizes: Sizes, work: Path, device: str, name: str, **gaussian_options) -> dict:
     """The train command on the demo scene; returns its metrics (held-out PSNR/SSIM, steps, timings)."""
     from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig
-    from splat2splat.commands.train import Train, run as run_train
+    from splat2splat.commands.train import TrainCommand, run as run_train
 
     options = {"refine_start": sizes.refine_start, "refine_every": sizes.refine_every, **gaussian_options}
     strategy = StrategyConfig(**options)
@@ -155,7 +155,7 @@ def train_demo(sizes: Sizes, work: Path, device: str, name: str, **gaussian_opti
     shutil.rmtree(output, ignore_errors=True)
     config = GaussianConfig(device=device, strategy=strategy)
     started = time.perf_counter()
-    metrics = run_train(Train(data=demo_scene(sizes, work), output=output, steps=sizes.train_steps, eval_every=0,
+    metrics = run_train(TrainCommand(data=demo_scene(sizes, work), output=output, steps=sizes.train_steps, eval_every=0,
                               checkpoint_every=0, gaussians=config))
     return {"device": device, "steps": metrics["steps"], "psnr": metrics["eval"]["psnr"],
             "ssim": metrics["eval"]["ssim"], "num_gaussians": metrics["num_gaussians"],
@@ -224,14 +224,14 @@ def stage_resume_on_cpu(sizes: Sizes, work: Path) -> dict:
     from splat2splat.checkpoint import load_checkpoint_file
     from splat2splat.io import read_json
     from splat2splat.runner import Interrupted
-    from splat2splat.commands.train import Train, run as run_train
+    from splat2splat.commands.train import TrainCommand, run as run_train
 
     output = work / "resume"
     shutil.rmtree(output, ignore_errors=True)
     total, stop_at = sizes.train_steps // 2, sizes.train_steps // 4
     strategy = StrategyConfig(refine_start=sizes.refine_start // 4, refine_every=sizes.refine_every // 2)
     # device auto: the checkpoint records the choice, not the GPU, as a user's run would.
-    command = Train(data=demo_scene(sizes, work), output=output, steps=total, eval_every=0, checkpoint_every=0,
+    command = TrainCommand(data=demo_scene(sizes, work), output=output, steps=total, eval_every=0, checkpoint_every=0,
                     gaussians=GaussianConfig(device="auto", strategy=strategy))
 
     def interrupt(step: int) -> None:

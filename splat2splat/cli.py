@@ -14,13 +14,13 @@ from splat2splat.errors import InputError
 
 # name -> (command dataclass in splat2splat.commands.<name>, one-line summary); modules load only when used.
 COMMANDS = {
-    "demo": ("Demo", "write the bundled demo scene"),
-    "train": ("Train", "fit a Gaussian (or NeRF) scene to posed images"),
-    "edit": ("Edit", "edit a scene with a text instruction (IDU)"),
-    "preview": ("Preview", "see what an instruction does, in seconds"),
-    "render": ("Render", "render dataset views and a turntable video"),
-    "export": ("Export", "write PLY / .splat / compressed PLY for viewers"),
-    "eval": ("Eval", "CLIP metrics and a report for edit runs"),
+    "demo": ("DemoCommand", "write the bundled demo scene"),
+    "train": ("TrainCommand", "fit a Gaussian (or NeRF) scene to posed images"),
+    "edit": ("EditCommand", "edit a scene with a text instruction (IDU)"),
+    "preview": ("PreviewCommand", "see what an instruction does, in seconds"),
+    "render": ("RenderCommand", "render dataset views and a turntable video"),
+    "export": ("ExportCommand", "write PLY / .splat / compressed PLY for viewers"),
+    "eval": ("EvalCommand", "CLIP metrics and a report for edit runs"),
 }
 
 

@@ -12,47 +12,47 @@ from pathlib import Path
 import pytest
 
 from splat2splat.configs import config_from_dict, config_to_dict
-from splat2splat.commands.edit import Edit
+from splat2splat.commands.edit import EditCommand
 from splat2splat.errors import InputError
 from splat2splat.io import read_json
-from splat2splat.commands.train import Train
+from splat2splat.commands.train import TrainCommand
 from tests.fuzzing import cases, fuzz, mutate_json
 
 
-@pytest.mark.parametrize("cls", [Train, Edit])
+@pytest.mark.parametrize("cls", [TrainCommand, EditCommand])
 def test_round_trip(cls):
     config = cls()
     assert config_from_dict(cls, json.loads(json.dumps(config_to_dict(config)))) == config
 
 
 @pytest.mark.parametrize("values, problem", [
-    ({"steps": "ten"}, "Train.steps must be a whole number (64-bit), got 'ten'"),
-    ({"steps": 2**63}, "Train.steps must be a whole number (64-bit), got 9223372036854775808"),
-    ({"steps": True}, "Train.steps must be a whole number"),
-    ({"resume": 1}, "Train.resume must be true or false, got 1"),
-    ({"backend": "mesh"}, "Train.backend must be one of 'gaussian', 'nerf', got 'mesh'"),
-    ({"output": None}, "Train.output must be a path string, got None"),
-    ({"data": 7}, "Train.data must be a path string, got 7"),
-    ({"gaussians": []}, "Train.gaussians must be an object of settings, got []"),
-    ({"gaussians": {"strategy": {"kind": "fast"}}}, "Train.gaussians.strategy.kind must be one of"),
-    ({"gaussians": {"means_lr": 10**400}}, "Train.gaussians.means_lr is too large"),
-    ({"nerf": {"plane_resolutions": [64, "x"]}}, "Train.nerf.plane_resolutions[1] must be a whole number"),
-    ({"nerf": {"patch_size": 0}}, "Train.nerf: rays_per_batch (4096) must hold at least one 0x0 patch"),
-    ({"bogus": 1}, "Train has no field(s) bogus"),
-    ([1, 2], "Train must be an object of settings, got [1, 2]"),
+    ({"steps": "ten"}, "TrainCommand.steps must be a whole number (64-bit), got 'ten'"),
+    ({"steps": 2**63}, "TrainCommand.steps must be a whole number (64-bit), got 9223372036854775808"),
+    ({"steps": True}, "TrainCommand.steps must be a whole number"),
+    ({"resume": 1}, "TrainCommand.resume must be true or false, got 1"),
+    ({"backend": "mesh"}, "TrainCommand.backend must be one of 'gaussian', 'nerf', got 'mesh'"),
+    ({"output": None}, "TrainCommand.output must be a path string, got None"),
+    ({"data": 7}, "TrainCommand.data must be a path string, got 7"),
+    ({"gaussians": []}, "TrainCommand.gaussians must be an object of settings, got []"),
+    ({"gaussians": {"strategy": {"kind": "fast"}}}, "TrainCommand.gaussians.strategy.kind must be one of"),
+    ({"gaussians": {"means_lr": 10**400}}, "TrainCommand.gaussians.means_lr is too large"),
+    ({"nerf": {"plane_resolutions": [64, "x"]}}, "TrainCommand.nerf.plane_resolutions[1] must be a whole number"),
+    ({"nerf": {"patch_size": 0}}, "TrainCommand.nerf: rays_per_batch (4096) must hold at least one 0x0 patch"),
+    ({"bogus": 1}, "TrainCommand has no field(s) bogus"),
+    ([1, 2], "TrainCommand must be an object of settings, got [1, 2]"),
 ])
 def test_bad_values_are_one_input_error_naming_the_file_and_field(values, problem, tmp_path):
     with pytest.raises(InputError) as info:
-        config_from_dict(Train, values, tmp_path / "command.json")
+        config_from_dict(TrainCommand, values, tmp_path / "command.json")
     assert str(info.value).startswith(f"{tmp_path / 'command.json'}: {problem}")
 
 
 def test_values_are_converted_to_the_field_types():
-    config = config_from_dict(Edit, {"data": "scene", "idu": {"noise_range": [0.7, 1]}, "gaussians": {"init_scale": 2}})
+    config = config_from_dict(EditCommand, {"data": "scene", "idu": {"noise_range": [0.7, 1]}, "gaussians": {"init_scale": 2}})
     assert config.data == Path("scene") and config.idu.noise_range == (0.7, 1.0)
     assert isinstance(config.idu.noise_range[1], float) and isinstance(config.gaussians.init_scale, float)
-    with pytest.raises(InputError, match=r"Edit.idu.noise_range must have 2 entries, got 3"):
-        config_from_dict(Edit, {"idu": {"noise_range": [0.1, 0.2, 0.3]}})
+    with pytest.raises(InputError, match=r"EditCommand.idu.noise_range must have 2 entries, got 3"):
+        config_from_dict(EditCommand, {"idu": {"noise_range": [0.1, 0.2, 0.3]}})
 
 
 def assert_typed(config) -> None:
@@ -85,7 +85,7 @@ def _matches(hint, value) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-@pytest.mark.parametrize("cls", [Train, Edit])
+@pytest.mark.parametrize("cls", [TrainCommand, EditCommand])
 def test_fuzz_config_from_dict(cls, tmp_path):
     """Mutated command.json / checkpoint commands: an InputError naming the file, or a correctly typed command."""
     original = config_to_dict(cls())

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from splat2splat.commands.edit import parse as parse_edit_args
-from splat2splat.commands.train import Train
+from splat2splat.commands.train import TrainCommand
 from splat2splat.errors import InputError
 from splat2splat.validation import check_options, problems
 
@@ -37,17 +37,17 @@ def test_each_bad_edit_option_is_named(args, option):
 
 
 def test_the_defaults_of_every_command_pass():
-    from splat2splat.commands.export import Export
-    from splat2splat.commands.preview import Preview
-    from splat2splat.commands.render import Render
+    from splat2splat.commands.export import ExportCommand
+    from splat2splat.commands.preview import PreviewCommand
+    from splat2splat.commands.render import RenderCommand
 
-    for command in (parse_edit_args(BASE), Train(), Export(scene=Path("s.ply")), Render(scene=Path("s.ply")),
-                    Preview(data=Path("d"), prompt="p")):
+    for command in (parse_edit_args(BASE), TrainCommand(), ExportCommand(scene=Path("s.ply")), RenderCommand(scene=Path("s.ply")),
+                    PreviewCommand(data=Path("d"), prompt="p")):
         assert problems(command) == []
 
 
 def test_every_problem_is_counted():
-    found = problems(Train(steps=0, downscale=0, eval_every=-1))
+    found = problems(TrainCommand(steps=0, downscale=0, eval_every=-1))
     assert len(found) == 3 and any(p.startswith("--eval-every") for p in found)
 
 

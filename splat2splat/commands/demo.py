@@ -9,7 +9,7 @@ from splat2splat.data.demo import DemoConfig, write_demo_scene
 
 
 @dataclass
-class Demo:
+class DemoCommand:
     """Write the bundled offline demo scene (nerfstudio format)."""
 
     output: Path = Path("demo_scene")
@@ -17,6 +17,6 @@ class Demo:
     scene: DemoConfig = field(default_factory=DemoConfig)
 
 
-def run(cmd: Demo) -> None:
+def run(cmd: DemoCommand) -> None:
     path = write_demo_scene(cmd.output, cmd.scene)
     print(f"demo scene written to {path}")

@@ -11,7 +11,7 @@ from splat2splat.errors import InputError
 
 
 @dataclass
-class Edit(EditJob):
+class EditCommand(EditJob):
     """Edit a 3D scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
 
     resume: bool = False
@@ -24,15 +24,15 @@ class Edit(EditJob):
     """Steps between live-viewer updates."""
 
 
-def parse(args: list[str]) -> Edit:
+def parse(args: list[str]) -> EditCommand:
     """tyro parse with the defaults of --preset (read first, so every --idu.* field overrides the preset)."""
     import tyro
 
     name = preset_argument(args)
     if name is not None and name not in PRESETS:
         raise InputError(None, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    default = Edit(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
-    return tyro.cli(Edit, args=args, default=default, prog="splat2splat edit")
+    default = EditCommand(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
+    return tyro.cli(EditCommand, args=args, default=default, prog="splat2splat edit")
 
 
 def preset_argument(args: list[str]) -> str | None:
@@ -44,7 +44,7 @@ def preset_argument(args: list[str]) -> str | None:
     return None
 
 
-def run(cmd: Edit, editor=None, lpips=None, on_step=None) -> dict:
+def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
     """Run (or resume) the edit; ``editor``/``lpips``/``on_step`` are for tests and benchmarks."""
     edit_run = start_edit(job_fields(cmd, EditJob), cmd.resume, editor, lpips)
     viewer = None

@@ -21,7 +21,7 @@ from splat2splat.evaluation.evaluate import PathKind
 
 
 @dataclass
-class Eval:
+class EvalCommand:
     """CLIP text-image direction similarity and direction consistency (Instruct-NeRF2NeRF's metrics) of edit runs,
     beside their PSNR/SSIM figures, with contact sheets of original vs edited scene."""
 
@@ -59,7 +59,7 @@ class Eval:
     """Images per CLIP forward pass."""
 
 
-def check_command(cmd: Eval) -> list[str]:
+def check_command(cmd: EvalCommand) -> list[str]:
     """The target caption of every run; missing or inconsistent options are one-line errors."""
     if not cmd.runs:
         raise InputError(None, "give at least one RUN: an edit run folder (or an edited scene file with --original)")
@@ -81,7 +81,7 @@ def check_command(cmd: Eval) -> list[str]:
     return captions * len(cmd.runs) if len(captions) == 1 else captions
 
 
-def default_output(cmd: Eval) -> Path:
+def default_output(cmd: EvalCommand) -> Path:
     if cmd.output is not None:
         return cmd.output
     if len(cmd.runs) == 1 and cmd.runs[0].is_dir():
@@ -89,7 +89,7 @@ def default_output(cmd: Eval) -> Path:
     return Path("eval")
 
 
-def run(cmd: Eval) -> dict:
+def run(cmd: EvalCommand) -> dict:
     """Evaluate every run and write the report; returns eval.json's content."""
     from splat2splat.devices import resolve_device
     from splat2splat.evaluation.clip_metrics import load_clip

@@ -43,7 +43,7 @@ GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz")
 
 
 @dataclass
-class Export:
+class ExportCommand:
     """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ (optionally pruned, cropped, fewer SH bands)."""
 
     scene: Path
@@ -89,7 +89,7 @@ def check_not_overwriting(scene: Path, output_files: list[Path]) -> None:
             raise InputError(scene, f"exporting to {path} would overwrite this input: choose another --output")
 
 
-def gaussians_in_export_frame(cmd: Export, checkpoint: dict | None) -> torch.nn.ParameterDict:
+def gaussians_in_export_frame(cmd: ExportCommand, checkpoint: dict | None) -> torch.nn.ParameterDict:
     """The scene's Gaussians in the frame the files are written in (``cmd.frame``).
 
     A scene file stays in its own frame, so writing it back as INRIA PLY is bit-exact and the crop box and
@@ -119,7 +119,7 @@ def write_point_cloud(path: Path, splats: dict[str, torch.Tensor], normalization
     return len(points)
 
 
-def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor]) -> dict[str, str]:
+def export_gaussians(cmd: ExportCommand, splats: dict[str, torch.Tensor]) -> dict[str, str]:
     """Write every requested format of the (already pruned, already in the export frame) Gaussians;
     returns format -> file."""
     written = {}
@@ -133,7 +133,7 @@ def export_gaussians(cmd: Export, splats: dict[str, torch.Tensor]) -> dict[str, 
     return written
 
 
-def export_other_backend(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
+def export_other_backend(cmd: ExportCommand, checkpoint: dict) -> dict[str, list[str]]:
     """A scene without Gaussians (a NeRF): only ``points`` (its own export: surface points and renders) applies."""
     gaussian_formats = [f for f in cmd.formats if f in GAUSSIAN_ONLY_FORMATS]
     if gaussian_formats:
@@ -151,7 +151,7 @@ def export_other_backend(cmd: Export, checkpoint: dict) -> dict[str, list[str]]:
     return {"points": [str(path) for path in backend.export(cmd.output, dataset)]}
 
 
-def run(cmd: Export) -> dict:
+def run(cmd: ExportCommand) -> dict:
     """Export the scene; returns what export.json holds."""
     check_formats(cmd.formats)
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])

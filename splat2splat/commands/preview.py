@@ -47,7 +47,7 @@ class Preview3D:
 
 
 @dataclass
-class Preview:
+class PreviewCommand:
     """Preview a text instruction as 2D InstructPix2Pix edits of a few dataset views (and sweep guidance scales)."""
 
     data: Path
@@ -80,7 +80,7 @@ class Preview:
     """Settings of the --3d edit."""
 
 
-def sweep_scales(cmd: Preview) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """(text scales, image scales) of the sweep grid, or None without a sweep; an unswept axis keeps the editor's."""
     if not cmd.guidance_scales and not cmd.image_guidance_scales:
         return None
@@ -88,7 +88,7 @@ def sweep_scales(cmd: Preview) -> tuple[tuple[float, ...], tuple[float, ...]] | 
             cmd.image_guidance_scales or (cmd.editor.image_guidance_scale,))
 
 
-def check_preview(cmd: Preview) -> None:
+def check_preview(cmd: PreviewCommand) -> None:
     if not cmd.prompt.strip():
         raise InputError(None, "the prompt is empty: say what the edit should do")
     if cmd.views < 1:
@@ -105,7 +105,7 @@ def free_folder(path: Path) -> Path:
     return candidate
 
 
-def quick_edit_job(cmd: Preview) -> EditJob:
+def quick_edit_job(cmd: PreviewCommand) -> EditJob:
     """The edit of --3d: in2n-tiny's loss and schedule, shortened, with the preview's editor settings."""
     fast = cmd.fast
     idu = replace(preset("in2n-tiny"), steps=fast.steps, edit_rate=fast.edit_rate, editor=cmd.editor, seed=cmd.seed)
@@ -114,7 +114,7 @@ def quick_edit_job(cmd: Preview) -> EditJob:
                    checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu)
 
 
-def run(cmd: Preview, make_editor: EditorFactory | None = None) -> dict:
+def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     """Edit representative views (and the sweep grid); write the sheets and preview.json; return its content."""
     from splat2splat.data.readers import load_dataset
 

@@ -34,7 +34,7 @@ COMPARISON_MAX_HEIGHT = 360  # keeps comparison.png viewable for large captures
 
 
 @dataclass
-class Render:
+class RenderCommand:
     """Render a scene at the dataset's cameras and on a turntable; score the renders against the originals."""
 
     scene: Path
@@ -98,8 +98,8 @@ def render_file_name(image_name: str) -> str:
     return f"{Path(image_name).stem}.png"
 
 
-def run(cmd: Render) -> dict:
-    """Render, compare and score the scene; returns what metrics.json holds."""
+def run(cmd: RenderCommand) -> dict:
+    """RenderCommand, compare and score the scene; returns what metrics.json holds."""
     if cmd.turntable_frames < 0:
         raise InputError(None, f"--turntable-frames must be 0 or more, got {cmd.turntable_frames}")
     started = time.perf_counter()

@@ -9,12 +9,12 @@ from splat2splat.training import TrainJob, run_training
 
 
 @dataclass
-class Train(TrainJob):
+class TrainCommand(TrainJob):
     """Train a scene on posed images, evaluate held-out PSNR/SSIM, checkpoint, and export."""
 
     resume: bool = False
     """Continue the run in --output from its checkpoint.pt, with the data and settings saved there."""
 
 
-def run(cmd: Train, on_step=None) -> dict:
+def run(cmd: TrainCommand, on_step=None) -> dict:
     return run_training(job_fields(cmd, TrainJob), resume=cmd.resume, on_step=on_step)

@@ -200,10 +200,10 @@ def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(small_scene, tmp_path_factory) -> Path:
     from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig
-    from splat2splat.commands.train import Train, run as run_train
+    from splat2splat.commands.train import TrainCommand, run as run_train
 
     output = tmp_path_factory.mktemp("trained") / "run"
-    run_train(Train(data=small_scene, output=output, steps=20, eval_every=0,
+    run_train(TrainCommand(data=small_scene, output=output, steps=20, eval_every=0,
                     gaussians=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
     return output
 

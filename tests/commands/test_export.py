@@ -12,7 +12,7 @@ import torch
 from splat2splat.cli import entrypoint
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
-from splat2splat.commands.export import Export, run as run_export
+from splat2splat.commands.export import ExportCommand, run as run_export
 from splat2splat.gaussians.ply import save_ply
 from splat2splat.scene_loading import load_scene
 from tests.checkpoints import write_gaussian_checkpoint, write_nerf_checkpoint
@@ -35,7 +35,7 @@ def f_rest_count(path) -> int:
 
 def test_exported_ply_reloads_and_renders_like_the_checkpoint(trained, tmp_path):
     path, backend, dataset = trained
-    summary = run_export(Export(scene=path, output=tmp_path))  # data: the checkpoint's
+    summary = run_export(ExportCommand(scene=path, output=tmp_path))  # data: the checkpoint's
     n = len(backend.splats["means"])
     assert summary["gaussians_in"] == summary["gaussians_out"] == n
     assert len(vertex_element(tmp_path / "scene.ply")) == n
@@ -51,21 +51,21 @@ def test_ply_scene_exports_bit_exactly_without_data(trained, tmp_path):
     _, backend, dataset = trained
     source = tmp_path / "in" / "scene.ply"
     save_ply(source, backend.splats, dataset.normalization)
-    run_export(Export(scene=source, output=tmp_path / "out", formats=("ply",)))
+    run_export(ExportCommand(scene=source, output=tmp_path / "out", formats=("ply",)))
     assert (tmp_path / "out" / "scene.ply").read_bytes() == source.read_bytes()
 
 
 @pytest.mark.parametrize("degree, expected_f_rest", [(None, 45), (2, 24), (1, 9), (0, 0)])
 def test_sh_reduction_drops_f_rest(trained, tmp_path, degree, expected_f_rest):
     path, _, _ = trained
-    run_export(Export(scene=path, output=tmp_path, formats=("ply",), sh_degree=degree))
+    run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply",), sh_degree=degree))
     assert f_rest_count(tmp_path / "scene.ply") == expected_f_rest
 
 
 def test_sh_degree_above_the_scene_is_an_input_error(trained, tmp_path):
     path, _, _ = trained
     with pytest.raises(InputError, match="SH degree 4"):
-        run_export(Export(scene=path, output=tmp_path, formats=("ply",), sh_degree=4))
+        run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply",), sh_degree=4))
 
 
 def test_min_opacity_and_max_scale_prune_as_expected(trained, tmp_path):
@@ -76,7 +76,7 @@ def test_min_opacity_and_max_scale_prune_as_expected(trained, tmp_path):
     max_scale = float(largest_std.quantile(0.75))
     expected = int(((opacity >= threshold) & (largest_std <= max_scale)).sum())
     assert 0 < expected < len(opacity) // 2 + 1
-    summary = run_export(Export(scene=path, output=tmp_path, formats=("ply",), min_opacity=threshold,
+    summary = run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply",), min_opacity=threshold,
                                 max_scale=max_scale))
     assert summary["gaussians_out"] == expected
     assert len(vertex_element(tmp_path / "scene.ply")) == expected
@@ -89,7 +89,7 @@ def test_crop_box_keeps_centres_inside_it_in_the_original_frame(trained, tmp_pat
     inside = ((original >= torch.tensor(box[:3], dtype=torch.float64)) &
               (original <= torch.tensor(box[3:], dtype=torch.float64))).all(dim=1)
     assert 0 < int(inside.sum()) < len(original)
-    run_export(Export(scene=path, output=tmp_path, formats=("ply",), crop_box=box))
+    run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply",), crop_box=box))
     vertex = vertex_element(tmp_path / "scene.ply")
     assert len(vertex) == int(inside.sum())
     for axis, low, high in zip("xyz", box[:3], box[3:]):
@@ -98,7 +98,7 @@ def test_crop_box_keeps_centres_inside_it_in_the_original_frame(trained, tmp_pat
 
 def test_compressed_ply_and_point_cloud(trained, tmp_path):
     path, backend, _ = trained
-    run_export(Export(scene=path, output=tmp_path, formats=("ply_compressed", "points"), sh_degree=1))
+    run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply_compressed", "points"), sh_degree=1))
     compressed = plyfile.PlyData.read(str(tmp_path / "scene.compressed.ply"))
     assert len(compressed["vertex"]) == len(backend.splats["means"])
     assert len(compressed["sh"].properties) == 9  # degree 1: 3 bases x 3 channels
@@ -111,7 +111,7 @@ def test_compressed_ply_and_point_cloud(trained, tmp_path):
 def test_pruning_everything_is_an_input_error(trained, tmp_path):
     path, _, _ = trained
     with pytest.raises(InputError, match="no Gaussians left"):
-        run_export(Export(scene=path, output=tmp_path, crop_box=(50.0, 50.0, 50.0, 51.0, 51.0, 51.0)))
+        run_export(ExportCommand(scene=path, output=tmp_path, crop_box=(50.0, 50.0, 50.0, 51.0, 51.0, 51.0)))
 
 
 def test_export_never_overwrites_its_input(trained, tmp_path):
@@ -120,7 +120,7 @@ def test_export_never_overwrites_its_input(trained, tmp_path):
     save_ply(source, backend.splats, dataset.normalization)
     before = source.read_bytes()
     with pytest.raises(InputError, match="overwrite"):
-        run_export(Export(scene=source, output=tmp_path, sh_degree=0))
+        run_export(ExportCommand(scene=source, output=tmp_path, sh_degree=0))
     assert source.read_bytes() == before
 
 
@@ -128,9 +128,9 @@ def test_nerf_checkpoint_exports_points_only(demo_scene, tmp_path):
     path = tmp_path / "nerf.pt"
     _, dataset = write_nerf_checkpoint(demo_scene, path)
     with pytest.raises(InputError, match="Gaussian scene") as error:
-        run_export(Export(scene=path, output=tmp_path / "out"))
+        run_export(ExportCommand(scene=path, output=tmp_path / "out"))
     assert str(path) in str(error.value)
-    summary = run_export(Export(scene=path, output=tmp_path / "out", formats=("points",), device="cpu"))
+    summary = run_export(ExportCommand(scene=path, output=tmp_path / "out", formats=("points",), device="cpu"))
     assert (tmp_path / "out" / "point_cloud.ply").is_file()
     renders = list((tmp_path / "out" / "renders").iterdir())
     assert len(renders) == len(dataset.eval_indices)
@@ -144,8 +144,8 @@ def test_checkpoint_with_a_vanished_dataset_needs_data(trained, demo_scene, tmp_
     moved = tmp_path / "moved.pt"
     save_checkpoint(moved, backend, tmp_path / "gone", 1)
     with pytest.raises(InputError, match="--data"):
-        run_export(Export(scene=moved, output=tmp_path / "out"))
-    run_export(Export(scene=moved, data=demo_scene, output=tmp_path / "out", formats=("splat",)))
+        run_export(ExportCommand(scene=moved, output=tmp_path / "out"))
+    run_export(ExportCommand(scene=moved, data=demo_scene, output=tmp_path / "out", formats=("splat",)))
     assert (tmp_path / "out" / "scene.splat").is_file()
 
 
@@ -207,10 +207,10 @@ def test_export_frames_map_points_exactly(nerfstudio_checkpoint, tmp_path):
     applied = torch.tensor(APPLIED, dtype=torch.float64)
     in_original = (in_dataset - applied[:, 3]) @ applied[:, :3]  # applied^-1: R^T (x - t)
     for frame, expected in (("normalized", normalized), ("dataset", in_dataset), ("original", in_original)):
-        summary = run_export(Export(scene=path, output=tmp_path / frame, formats=("ply",), frame=frame))
+        summary = run_export(ExportCommand(scene=path, output=tmp_path / frame, formats=("ply",), frame=frame))
         assert summary["frame"] == frame
         torch.testing.assert_close(exported_means(tmp_path / frame), expected.float().double(), atol=1e-5, rtol=0)
-    run_export(Export(scene=path, output=tmp_path / "default", formats=("ply",)))
+    run_export(ExportCommand(scene=path, output=tmp_path / "default", formats=("ply",)))
     assert (tmp_path / "default" / "scene.ply").read_bytes() == (tmp_path / "original" / "scene.ply").read_bytes()
 
 
@@ -224,7 +224,7 @@ def test_original_frame_export_renders_like_the_scene_seen_from_the_original_cam
     from splat2splat.gaussians.frames import Similarity
 
     path, backend, dataset = nerfstudio_checkpoint
-    run_export(Export(scene=path, output=tmp_path, formats=("ply",), frame="original"))
+    run_export(ExportCommand(scene=path, output=tmp_path, formats=("ply",), frame="original"))
     cameras = read_nerfstudio(dataset.source).cameras  # dataset frame, not normalised
     inverse = torch.eye(4)
     inverse[:3] = torch.tensor(APPLIED)

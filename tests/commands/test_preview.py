@@ -15,7 +15,7 @@ from splat2splat.testing.editors import TintEditor
 from splat2splat.errors import InputError
 from splat2splat.io import load_image
 from splat2splat.media import contact_sheet
-from splat2splat.commands.preview import Preview, run as run_preview
+from splat2splat.commands.preview import PreviewCommand, run as run_preview
 from splat2splat.edit.preview import edit_original, representative_views
 
 DOWNSCALE = 2  # 32-px views
@@ -47,7 +47,7 @@ def sheet_shape(rows: int, columns: int, row_labels: list[str], column_labels: l
 
 
 def test_preview_with_the_tiny_ip2p_folder(demo_scene, tiny_ip2p_folder, dataset, tmp_path):
-    cmd = Preview(data=demo_scene, prompt="make it look like autumn", output=tmp_path, views=2,
+    cmd = PreviewCommand(data=demo_scene, prompt="make it look like autumn", output=tmp_path, views=2,
                   editor=tiny_editor_config(tiny_ip2p_folder), downscale=DOWNSCALE)
     summary = run_preview(cmd)
     assert json.loads((tmp_path / "preview.json").read_text()) == summary
@@ -63,7 +63,7 @@ def test_preview_with_the_tiny_ip2p_folder(demo_scene, tiny_ip2p_folder, dataset
 def test_first_edit_conditions_on_the_original_and_is_reproducible(demo_scene, tiny_ip2p_folder, dataset):
     from splat2splat.edit.ip2p import InstructPix2PixEditor
 
-    cmd = Preview(data=demo_scene, prompt="make it snowy", editor=tiny_editor_config(tiny_ip2p_folder), seed=3)
+    cmd = PreviewCommand(data=demo_scene, prompt="make it snowy", editor=tiny_editor_config(tiny_ip2p_folder), seed=3)
     editor = InstructPix2PixEditor.from_config(cmd.editor)
     first = edit_original(editor, dataset, 5, cmd.prompt, cmd.noise_range, cmd.seed)
     assert first.shape == dataset.original(5).shape
@@ -73,7 +73,7 @@ def test_first_edit_conditions_on_the_original_and_is_reproducible(demo_scene, t
 
 def test_sweep_grid_uses_every_scale_pair_on_the_first_view(demo_scene, dataset, tmp_path):
     factory = RecordingFactory()
-    cmd = Preview(data=demo_scene, prompt="p", output=tmp_path, views=3, guidance_scales=(3.0, 7.5),
+    cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=3, guidance_scales=(3.0, 7.5),
                   image_guidance_scales=(1.0, 1.5, 2.0), downscale=DOWNSCALE)
     summary = run_preview(cmd, factory)
     pairs = [(c.guidance_scale, c.image_guidance_scale) for c in factory.configs[1:]]
@@ -86,7 +86,7 @@ def test_sweep_grid_uses_every_scale_pair_on_the_first_view(demo_scene, dataset,
 
 def test_sweeping_one_axis_keeps_the_editors_other_scale(demo_scene, tmp_path):
     factory = RecordingFactory()
-    cmd = Preview(data=demo_scene, prompt="p", output=tmp_path, views=1, image_guidance_scales=(1.0, 2.0),
+    cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, image_guidance_scales=(1.0, 2.0),
                   editor=IP2PConfig(guidance_scale=5.0), downscale=4)
     run_preview(cmd, factory)
     assert [(c.guidance_scale, c.image_guidance_scale) for c in factory.configs[1:]] == [(5.0, 1.0), (5.0, 2.0)]
@@ -112,14 +112,14 @@ def test_representative_views_are_spread_over_the_training_cameras(dataset):
     (dict(noise_range=(0.9, 0.2)), "noise range"),
 ])
 def test_bad_options_are_input_errors(demo_scene, tmp_path, changes, message):
-    cmd = Preview(**{"data": demo_scene, "prompt": "p", "output": tmp_path, **changes})
+    cmd = PreviewCommand(**{"data": demo_scene, "prompt": "p", "output": tmp_path, **changes})
     with pytest.raises(InputError, match=message):
         run_preview(cmd, RecordingFactory())
     assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_model_folder_is_an_input_error(demo_scene, tmp_path):
-    cmd = Preview(data=demo_scene, prompt="p", output=tmp_path / "out", downscale=4,
+    cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path / "out", downscale=4,
                   editor=IP2PConfig(model=str(tmp_path / "no-model"), device="cpu"))
     with pytest.raises(InputError, match="no-model"):
         run_preview(cmd)
@@ -147,7 +147,7 @@ def test_3d_preview_runs_a_short_edit_and_keeps_earlier_previews(demo_scene, tmp
     from splat2splat.commands.preview import Preview3D
 
     fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3, device="cpu")
-    cmd = Preview(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE * 2, three_d=True,
+    cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE * 2, three_d=True,
                   fast=fast)
     first = run_preview(cmd, RecordingFactory())
     assert first["three_d"]["edits"] == 3 and first["three_d"]["output"] == str(tmp_path / "3d")

@@ -16,7 +16,7 @@ from splat2splat.kernels.ssim import ssim
 from splat2splat.losses import psnr
 from splat2splat.media import contact_sheet
 from splat2splat.media import evenly_spread
-from splat2splat.commands.render import COMPARISON_VIEWS, Render, render_file_name, run as run_render
+from splat2splat.commands.render import COMPARISON_VIEWS, RenderCommand, render_file_name, run as run_render
 from tests.checkpoints import write_gaussian_checkpoint, write_nerf_checkpoint
 
 
@@ -32,7 +32,7 @@ def rendered(trained, tmp_path_factory):
     """One full render run: eval split, 4-frame mp4 turntable; data and downscale from the checkpoint."""
     path, _, _ = trained
     output = tmp_path_factory.mktemp("render")
-    metrics = run_render(Render(scene=path, output=output, turntable_frames=4, fps=8, device="cpu"))
+    metrics = run_render(RenderCommand(scene=path, output=output, turntable_frames=4, fps=8, device="cpu"))
     return output, metrics
 
 
@@ -92,7 +92,7 @@ def test_ply_scene_renders_train_split_as_gif(trained, demo_scene, tmp_path):
     ply = tmp_path / "scene.ply"
     save_ply(ply, backend.splats, dataset.normalization)
     output = tmp_path / "out"
-    metrics = run_render(Render(scene=ply, data=demo_scene, downscale=4, output=output, split="train",
+    metrics = run_render(RenderCommand(scene=ply, data=demo_scene, downscale=4, output=output, split="train",
                                 turntable_frames=3, video_format="gif", device="cpu"))
     assert len(list((output / "renders" / "train").iterdir())) == len(dataset.train_indices)
     assert load_image(next((output / "renders" / "train").iterdir())).shape == (16, 16, 3)
@@ -104,7 +104,7 @@ def test_nerf_checkpoint_renders_without_turntable(demo_scene, tmp_path):
     path = tmp_path / "nerf.pt"
     write_nerf_checkpoint(demo_scene, path)
     output = tmp_path / "out"
-    metrics = run_render(Render(scene=path, output=output, turntable_frames=0, device="cpu"))
+    metrics = run_render(RenderCommand(scene=path, output=output, turntable_frames=0, device="cpu"))
     assert metrics["backend"] == "nerf" and metrics["turntable"] is None
     assert not list(output.glob("turntable.*"))
     assert (output / "comparison.png").is_file()
@@ -115,14 +115,14 @@ def test_ply_without_data_is_an_input_error(trained, tmp_path):
     ply = tmp_path / "scene.ply"
     save_ply(ply, backend.splats, dataset.normalization)
     with pytest.raises(InputError, match="--data") as error:
-        run_render(Render(scene=ply, output=tmp_path / "out"))
+        run_render(RenderCommand(scene=ply, output=tmp_path / "out"))
     assert str(ply) in str(error.value)
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_scene_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
-        run_render(Render(scene=tmp_path / "nothing.pt", output=tmp_path / "out"))
+        run_render(RenderCommand(scene=tmp_path / "nothing.pt", output=tmp_path / "out"))
 
 
 def test_command_line_help(capsys):

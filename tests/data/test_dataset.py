@@ -186,3 +186,14 @@ def test_exif_rotated_photos_load_upright_and_must_match_the_camera_upright(tmp_
     save_with_exif_orientation(stored_size / "images" / "frame_00000.png", pattern_image(0), orientation=6)
     with pytest.raises(InputError, match="image is 24x32 but its camera says 32x24; its EXIF orientation turns it"):
         load_dataset(stored_size)
+
+
+def test_writing_through_the_original_accessor_cannot_change_an_original():
+    image = torch.rand(4, 5, 3)
+    dataset = Dataset(cameras=tiny_cameras(1), image_names=["a.png"], originals=(image,), train_indices=[0], eval_indices=[])
+    handed_out = dataset.original(0)
+    handed_out.fill_(0.0)  # a caller scribbling on what it was given
+    image.fill_(1.0)  # or on the tensor it built the dataset from
+    assert torch.equal(dataset.original(0), dataset.current[0])
+    assert 0.0 < float(dataset.original(0).mean()) < 1.0
+    assert not hasattr(dataset, "originals")  # no public handle on the stored originals
