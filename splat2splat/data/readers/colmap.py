@@ -26,6 +26,7 @@ from splat2splat.data.dataset import RawScene
 from splat2splat.data.distortion import LensDistortion
 from splat2splat.data.readers.common import FLOAT32_MAX, FLOAT32_TINY, all_or_none, image_side, inside_dataset, short_repr
 from splat2splat.errors import InputError
+from splat2splat.rotations import quaternion_to_matrix
 
 # COLMAP model id -> (name, number of parameters); every model must be known to step over its parameters.
 _MODELS: dict[int, tuple[str, int]] = {
@@ -125,22 +126,13 @@ def _camtoworld(image: ColmapImage, source: Path) -> np.ndarray:
     if not abs(norm - 1.0) <= QUATERNION_TOLERANCE:
         raise InputError(source, f"image '{image.name}' has a rotation quaternion of length {norm:.6g}, not 1 "
                                  f"(tolerance {QUATERNION_TOLERANCE:g}): not a rotation")
-    rotation = _quaternion_to_matrix(qvec / norm)  # exactly unit: rounding in the file must not scale the axes
+    rotation = quaternion_to_matrix(torch.from_numpy(qvec / norm)).numpy()  # exactly unit: rounding in the file must not scale the axes
     c2w = np.eye(4)
     c2w[:3, :3] = rotation.T
     c2w[:3, 3] = -rotation.T @ tvec
     if not (np.abs(c2w) <= FLOAT32_MAX).all():
         raise InputError(source, f"image '{image.name}' has a translation too large for float32")
     return c2w
-
-
-def _quaternion_to_matrix(qvec: np.ndarray) -> np.ndarray:
-    w, x, y, z = qvec
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
 
 
 def _pinhole_and_distortion(camera: ColmapCamera, source: Path) -> tuple[tuple[float, float, float, float, int, int],
