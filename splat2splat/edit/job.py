@@ -271,6 +271,8 @@ def check_new_edit(job: EditJob) -> None:
 
     check_options(job)
     check_region_config(job.region)
+    if job.region.given():
+        check_local_density(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     if not job.prompt.strip():
@@ -295,15 +297,14 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         check_new_edit(job)
     job = on_device(job)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
+    if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
+        from splat2splat.edit.regions import check_region_inputs
+
+        check_region_inputs(job.region, dataset, job.downscale, job.backend)
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)
     clip = load_eval_clip(job)
-    if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
-        from splat2splat.edit.regions import check_region_inputs
-
-        check_region_inputs(job.region, dataset, job.downscale)
-        check_local_density(job)
     backend = None
     if state is not None:
         backend = resumed_scene(job, state, dataset)

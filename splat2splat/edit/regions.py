@@ -332,9 +332,11 @@ def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, t
     return inside_volume(original_frame_points(splats["means"], dataset), kind, values)
 
 
-def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int = 1) -> None:
+def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int = 1, backend: str = "gaussian") -> None:
     """Read what the region's files say before any training (their problems are one line each)."""
     check_region_config(config)
+    if backend != "gaussian" and config.masks is None:
+        raise InputError(None, f"{option(config)} selects Gaussians; a {backend} scene needs --region.masks")
     if config.masks is not None:
         read_masks(config.masks, dataset, downscale)
     elif config.file is not None:
