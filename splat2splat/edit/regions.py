@@ -346,3 +346,60 @@ def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int =
 
         if len(load_splats(config.gaussians, dataset.normalization, dataset.frame_transform)["means"]) == 0:
             raise InputError(config.gaussians, "holds no Gaussians: the region is empty")
+
+
+# ------------------------------------------------------------------------------ preview (no scene needed)
+
+PREVIEW_RAY_SAMPLES = 256  # points per pixel ray that test a box or sphere (normalised frame: cameras within 1)
+PREVIEW_RAY_LENGTH = 4.0  # normalised units: past the far side of the camera sphere
+
+
+@torch.no_grad()
+def preview_masks(config: RegionConfig, dataset: Dataset, views: list[int], downscale: int = 1) -> list[torch.Tensor]:
+    """Masks of ``views`` before any scene exists: the given masks; for a box or sphere the pixels whose rays
+    pass through it; for a scene file the accumulated weight of its Gaussians alone (no occlusion by the rest
+    of the scene, which the edit itself accounts for)."""
+    check_region_inputs(config, dataset, downscale)
+    if config.masks is not None:
+        masks = read_masks(config.masks, dataset, downscale)
+        return [masks[v] for v in views]
+    if config.gaussians is not None:
+        return [render_region_file(config.gaussians, dataset, view) for view in views]
+    kind, values = volume_from_file(config.file) if config.file is not None else \
+        ("box", list(config.box)) if config.box is not None else ("sphere", list(config.sphere))
+    return [rays_through_volume(dataset, view, kind, values) for view in views]
+
+
+def rays_through_volume(dataset: Dataset, view: int, kind: str, values: list[float]) -> torch.Tensor:
+    height, width = dataset.image_size(view)
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    origins, dirs = dataset.cameras.pixel_rays(view, xs.reshape(-1), ys.reshape(-1))
+    t = torch.linspace(0.0, PREVIEW_RAY_LENGTH, PREVIEW_RAY_SAMPLES)
+    hit = torch.zeros(len(origins), dtype=torch.bool)
+    for start in range(0, len(origins), 4096):
+        points = origins[start:start + 4096, None] + t[None, :, None] * dirs[start:start + 4096, None]
+        inside = inside_volume(original_frame_points(points.reshape(-1, 3), dataset), kind, values)
+        hit[start:start + 4096] = inside.view(-1, len(t)).any(dim=-1)
+    return hit.view(height, width).float()
+
+
+def render_region_file(path: Path, dataset: Dataset, view: int) -> torch.Tensor:
+    from splat2splat.gaussians.formats import load_splats
+    from splat2splat.gaussians.rasterize import choose_rasterizer
+
+    splats = load_splats(path, dataset.normalization, dataset.frame_transform)
+    p = activated({key: value.detach() for key, value in splats.items()})
+    cameras = dataset.cameras[view]
+    height, width = cameras.image_size(0)
+    ones = _indicator_sh(torch.ones(len(p["means"])))
+    image, _, _ = rasterize(p["means"], p["quats"], p["scales"], p["opacities"], ones, cameras.viewmats(),
+                            cameras.Ks(), width, height, 0, torch.zeros(3), absgrad=False,
+                            backend=choose_rasterizer("auto", torch.device("cpu")))
+    return image[0, ..., 0].clamp(0, 1)
+
+
+def region_overlay(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``image`` with the region tinted red and the rest dimmed (a sheet column showing what will change)."""
+    weight = (mask >= BINARY_THRESHOLD).float()[..., None]
+    red = torch.tensor([1.0, 0.15, 0.1])
+    return (weight * (0.55 * image + 0.45 * red) + (1 - weight) * 0.45 * image).clamp(0, 1)
