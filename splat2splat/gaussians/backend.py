@@ -8,6 +8,7 @@ gsplat's ``DefaultStrategy`` or ``MCMCStrategy`` with explicit strategy state.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -361,7 +362,7 @@ class GaussianBackend:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
+            "splats": {k: v.detach().cpu().clone() for k, v in self.splats.items()},  # a snapshot, not a view
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "strategy_state": to_device(self.strategy_state, "cpu"),
             "step": self.step,
@@ -374,11 +375,13 @@ class GaussianBackend:
 
     def load_state_dict(self, state: dict) -> None:
         for key in SPLAT_KEYS:
-            self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device))
+            # A copy: on the CPU ``.to`` would alias the state's tensor, and training this backend would
+            # change the state (and any backend it came from) in place.
+            self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device, copy=True))
         self.max_sh_degree = sh_degree_of(self.splats)
         self.optimizers = self._make_optimizers()
         for key, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][key])
+            optimizer.load_state_dict(copy.deepcopy(state["optimizers"][key]))  # (its moments, likewise)
         self.strategy_state = to_device(state["strategy_state"], self.device)
         self.step = state["step"]
         self.generator.set_state(state["generator"])
