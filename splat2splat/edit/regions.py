@@ -154,20 +154,20 @@ def inside_volume(points: torch.Tensor, kind: str, values: list[float]) -> torch
 
 
 def inside_region_gaussians(splats: dict[str, torch.Tensor], region: dict[str, torch.Tensor],
-                            chunk: int = 4096) -> torch.Tensor:
+                            max_distances: int = 2**24) -> torch.Tensor:
     """Which Gaussians of ``splats`` lie within REGION_SIGMAS (geometric-mean) standard deviations of one of
-    ``region``'s
-    (both normalised frame). A Gaussian of the same scene, read back from a crop, is at distance ~0."""
-    means = splats["means"].detach().float().cpu()
-    centres = region["means"].detach().float().cpu()
+    ``region``'s (both normalised frame). A Gaussian of the same scene, read back from a crop, is at distance ~0."""
+    device = splats["means"].device  # the scene's device: a GPU computes the N x R distances fast
+    means = splats["means"].detach().float()
+    centres = region["means"].detach().float().to(device)
     # The geometric mean of the axes: a large floater in the region must not swallow its neighbours.
-    reach = REGION_SIGMAS * torch.exp(region["scales"].detach().float().cpu().mean(dim=-1))
-    reach = reach.clamp(min=1e-6)
-    inside = torch.zeros(len(means), dtype=torch.bool)
+    reach = (REGION_SIGMAS * torch.exp(region["scales"].detach().float().to(device).mean(dim=-1))).clamp(min=1e-6)
+    inside = torch.zeros(len(means), dtype=torch.bool, device=device)
+    chunk = max(1, max_distances // max(1, len(centres)))  # bounded memory: max_distances at a time
     for start in range(0, len(means), chunk):
         distance = torch.cdist(means[start:start + chunk], centres)  # [n, R]
         inside[start:start + chunk] = (distance <= reach[None]).any(dim=-1)
-    return inside
+    return inside.cpu()
 
 
 # ------------------------------------------------------------------------------------ projection and lifting
