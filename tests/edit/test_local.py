@@ -128,3 +128,26 @@ def test_the_local_loop_is_used_only_with_a_region(scene, tmp_path):
     run = start_edit(job_fields(cmd, EditJob), editor=TintEditor())
     assert isinstance(run.idu, LocalIterativeDatasetUpdate)
     assert run.backend.frozen is not None and run.backend.frozen.any() and not run.backend.frozen.all()
+
+
+def test_a_nerf_local_edit_composites_with_the_masks(scene, tmp_path):
+    from splat2splat.io import save_image
+    from tests.commands.test_edit import NERF_TINY
+
+    dataset = load_dataset(scene)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in dataset.image_names:
+        mask = torch.zeros(32, 32, 3)
+        mask[8:24, 8:24] = 1.0
+        save_image(masks / name, mask)
+    args = local_args(scene, tmp_path / "run", "--backend", "nerf", *NERF_TINY, steps=4)
+    box = args.index("--region.box")
+    args[box:box + 7] = ["--region.masks", str(masks)]
+    run_edit(parse_edit_args(args), editor=TintEditor())
+    state = load_checkpoint_file(tmp_path / "run" / "checkpoint.pt")
+    current = state["dataset_edits"]["current"]
+    for view, count in enumerate(state["dataset_edits"]["edit_counts"]):
+        if count:
+            assert torch.equal(current[view][:8], dataset.original(view)[:8])
+            assert not torch.equal(current[view][12:20, 12:20], dataset.original(view)[12:20, 12:20])
