@@ -5,7 +5,7 @@ Runs ``splat2splat edit --region.box`` (the box around the striped sphere) with 
 would apply too widely): only the sphere changes, the rest of the scene stays bit for bit. Copies
 ``before_after.png`` to ``--figures``.
 
-    python scripts/local_edit_demo.py                # CPU, 64-px demo, about 2 minutes
+    python scripts/local_edit_demo.py                # CPU, 64-px demo, about 3 minutes
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ class LocalEditDemo:
     """Where the before/after sheet is copied (local_edit_before_after.png)."""
     image_size: int = 64
     """Demo image size in pixels."""
-    init_steps: int = 600
+    init_steps: int = 400
     """Training steps of the unedited scene."""
-    steps: int = 200
+    steps: int = 150
     """Editing steps."""
 
 
