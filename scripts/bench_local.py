@@ -14,7 +14,7 @@ Both methods run the same in2n-tiny schedule from the same scene with this edito
 Reported on the held-out views: PSNR to the target inside the region (pixels of the true mask) and PSNR to the
 unedited scene's renders outside it, plus how many Gaussians outside the region changed at all.
 
-    python scripts/bench_local.py                    # CPU, 64-px demo, 6-11 minutes
+    python scripts/bench_local.py                    # CPU, 64-px demo, 11 minutes on a loaded 2-core machine
 """
 
 from __future__ import annotations
