@@ -166,3 +166,39 @@ def test_bad_region_files_name_the_file(fitted, tmp_path, content, message):
     with pytest.raises(InputError, match=message) as error:
         resolve_region(RegionConfig(file=path), dataset, backend)
     assert error.value.path == path
+
+
+def test_a_crop_exported_with_the_same_box_selects_the_same_gaussians(scene, tmp_path):
+    """`export --crop-box B` then `--region.gaussians crop.ply` is `--region.box B`: both in the original frame."""
+    from splat2splat.checkpoint import backend_from_checkpoint, read_checkpoint
+    from splat2splat.cli import entrypoint
+
+    entrypoint(["train", "--data", str(scene), "--output", str(tmp_path / "train"), "--steps", "5",
+                "--eval-every", "0", "--gaussians.device", "cpu", "--gaussians.strategy.kind", "none"])
+    checkpoint = tmp_path / "train" / "checkpoint.pt"
+    entrypoint(["export", "--scene", str(checkpoint), "--output", str(tmp_path / "crop"), "--formats", "ply",
+                "--crop-box", *(str(v) for v in SPHERE_BOX)])
+    dataset = load_dataset(scene)
+    backend = backend_from_checkpoint(checkpoint, read_checkpoint(checkpoint), "cpu")
+    by_box = resolve_region(RegionConfig(box=SPHERE_BOX), dataset, backend)
+    by_file = resolve_region(RegionConfig(gaussians=tmp_path / "crop" / "scene.ply"), dataset, backend)
+    assert torch.equal(by_file.inside & by_box.inside, by_box.inside)
+    assert int(by_file.inside.sum()) <= 1.1 * int(by_box.inside.sum())  # its neighbours only where very close
+
+
+def test_preview_masks_need_no_scene(fitted, tmp_path):
+    from splat2splat.edit.regions import preview_masks
+    from splat2splat.gaussians.formats import save_splats
+
+    dataset, backend = fitted
+    box = resolve_region(RegionConfig(box=SPHERE_BOX), dataset, backend)
+    crop = {key: value.detach()[box.inside] for key, value in backend.splats.items()}
+    save_splats(tmp_path / "crop.ply", crop, dataset.normalization, "ply", frame_transform=dataset.frame_transform)
+    views = [0, 5, 10]
+    from_file = preview_masks(RegionConfig(gaussians=tmp_path / "crop.ply"), dataset, views)
+    from_rays = preview_masks(RegionConfig(box=SPHERE_BOX), dataset, views)
+    for view, file_mask, ray_mask in zip(views, from_file, from_rays):
+        sphere = box.masks[view] >= 0.5
+        assert float((file_mask >= 0.5)[sphere].float().mean()) > 0.9  # the region alone covers the sphere
+        # rays to the sphere cross its box (but for the splats' footprints reaching past the box's outline)
+        assert float((ray_mask >= 0.5)[sphere].float().mean()) > 0.95
