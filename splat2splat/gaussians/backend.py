@@ -362,7 +362,7 @@ class GaussianBackend:
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "splats": {k: v.detach().cpu().clone() for k, v in self.splats.items()},  # a snapshot, not a view
+            "splats": {k: v.detach().to("cpu", copy=True) for k, v in self.splats.items()},  # a snapshot, not a view
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "strategy_state": to_device(self.strategy_state, "cpu"),
             "step": self.step,
