@@ -202,3 +202,19 @@ def test_preview_masks_need_no_scene(fitted, tmp_path):
         assert float((file_mask >= 0.5)[sphere].float().mean()) > 0.9  # the region alone covers the sphere
         # rays to the sphere cross its box (but for the splats' footprints reaching past the box's outline)
         assert float((ray_mask >= 0.5)[sphere].float().mean()) > 0.95
+
+
+def test_full_resolution_masks_are_shrunk_with_the_images(scene, tmp_path):
+    """Masks made for the full-size images serve a --downscale 2 run (and only sizes that fit are accepted)."""
+    dataset = load_dataset(scene, downscale=2)
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for name in dataset.image_names:
+        mask = torch.zeros(32, 32, 3)
+        mask[:, 16:] = 1.0
+        save_image(folder / (Path(name).stem + ".png"), mask)
+    masks = read_masks(folder, dataset, downscale=2)
+    assert masks[0].shape == (16, 16) and torch.equal(masks[0][:, 8:], torch.ones(16, 8))
+    assert torch.equal(masks[0][:, :8], torch.zeros(16, 8))
+    with pytest.raises(InputError, match="mask is 32x32, its view is 16x16"):
+        read_masks(folder, dataset, downscale=1)
