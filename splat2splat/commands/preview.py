@@ -1,6 +1,8 @@
 """``splat2splat preview``: try an instruction on a few dataset images before editing the 3D scene.
 
-Writes into ``--output``: ``preview.png`` (rows = views, columns original | edited), ``sweep.png`` when
+Writes into ``--output``: ``preview.png`` (rows = views, columns original | edited, and with ``--region.*``
+a third column showing the region; the edited column is then composited into the original as the local edit
+does), ``sweep.png`` when
 guidance scales are swept (rows = text guidance, columns = image guidance, on the first view) and
 ``preview.json`` (the prompt, every setting and the seconds taken).
 
@@ -21,6 +23,7 @@ from rich.progress import Progress
 from splat2splat.edit.ip2p import IP2PConfig, check_noise_range
 from splat2splat.edit.job import EditJob, run_edit_job
 from splat2splat.edit.presets import preset
+from splat2splat.edit.regions import RegionConfig, composite, feathered, preview_masks, region_overlay
 from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
                                       sweep_grid)
 from splat2splat.errors import InputError
@@ -78,6 +81,9 @@ class PreviewCommand:
     """Also run a short low-resolution 3D edit (Iterative Dataset Update) into OUTPUT/3d: PLY + turntable."""
     fast: Preview3D = field(default_factory=lambda: Preview3D())
     """Settings of the --3d edit."""
+    region: RegionConfig = field(default_factory=RegionConfig)
+    """A local edit's region (as `edit --region.*`): preview.png gets a third column showing it, and --3d edits
+    only inside it."""
 
 
 def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -109,9 +115,12 @@ def quick_edit_job(cmd: PreviewCommand) -> EditJob:
     """The edit of --3d: in2n-tiny's loss and schedule, shortened, with the preview's editor settings."""
     fast = cmd.fast
     idu = replace(preset("in2n-tiny"), steps=fast.steps, edit_rate=fast.edit_rate, editor=cmd.editor, seed=cmd.seed)
+    if cmd.region.given():  # the short initial training ends inside the densification window, which a
+        idu = replace(idu, density_control="off")  # local edit cannot continue (it acts on every Gaussian)
     return EditJob(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
                    init_steps=fast.init_steps, device=fast.device, downscale=cmd.downscale * fast.downscale,
-                   checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu)
+                   checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu,
+                   region=cmd.region)
 
 
 def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
@@ -122,6 +131,8 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     started = time.perf_counter()
     dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)
+    # The region shows before any edit or 3D work: a wrong box is seen in seconds.
+    masks = preview_masks(cmd.region, dataset, views, cmd.downscale) if cmd.region.given() else None
     scales = sweep_scales(cmd)
     make_editor = make_editor or IP2PEditorFactory()
     editor = make_editor(cmd.editor)
@@ -136,9 +147,15 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
                                                        cmd.noise_range, cmd.seed, *scales,
                                                        advance=lambda: progress.advance(task))
 
+    if masks is not None:  # as the local edit composites each edit into the original
+        edited = [composite(image, dataset.original(v), feathered(mask, cmd.region.feather))
+                  for v, image, mask in zip(views, edited, masks)]
+    rows = [[dataset.original(v), image] for v, image in zip(views, edited)]
+    if masks is not None:
+        rows = [[*row, region_overlay(dataset.original(v), mask)] for row, v, mask in zip(rows, views, masks)]
     save_image(cmd.output / "preview.png", contact_sheet(
-        [[dataset.original(v), image] for v, image in zip(views, edited)],
-        row_labels=[dataset.image_names[v] for v in views], column_labels=["original", "edited"]))
+        rows, row_labels=[dataset.image_names[v] for v in views],
+        column_labels=["original", "edited", *(["region"] if masks is not None else [])]))
     if sweep is not None:
         save_image(cmd.output / "sweep.png", sweep)
     summary = {
@@ -153,6 +170,7 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
                                                "image_guidance_scales": list(scales[1]),
                                                "view": dataset.image_names[views[0]]},
         "edits": n_edits,
+        "region": {name: str(getattr(cmd.region, name)) for name in cmd.region.given()} or None,
         "seconds": round(time.perf_counter() - started, 3),
     }
     if cmd.three_d:

@@ -34,6 +34,7 @@ from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
+from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig
@@ -102,6 +103,9 @@ class EditJob:
     """The NeRF scene (--backend nerf)."""
     eval: EditEvaluation = field(default_factory=EditEvaluation)
     """CLIP evaluation of the finished edit (--eval.captions SRC TGT turns it on; see `splat2splat eval`)."""
+    region: RegionConfig = field(default_factory=RegionConfig)
+    """A local edit: only this region changes, the rest of the scene stays exactly as it was (one of
+    --region.box, --region.sphere, --region.file, --region.gaussians, --region.masks; see splat2splat.edit.regions)."""
 
 
 def device_name(device: str) -> str:
@@ -263,7 +267,12 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
 
 
 def check_new_edit(job: EditJob) -> None:
+    from splat2splat.edit.regions import check_region_config
+
     check_options(job)
+    check_region_config(job.region)
+    if job.region.given():
+        check_local_density(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     if not job.prompt.strip():
@@ -288,6 +297,10 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         check_new_edit(job)
     job = on_device(job)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
+    if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
+        from splat2splat.edit.regions import check_region_inputs
+
+        check_region_inputs(job.region, dataset, job.downscale, job.backend)
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)
@@ -303,11 +316,50 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         backend = trained_initial_scene(job, dataset)
     if state is None:
         backend = edit_configured(job, backend)
-    idu = IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
+    idu = make_idu(job, dataset, backend, editor, loss, fresh=state is None)
     if state is not None:
-        idu.load_state_dict(state["idu"])
+        try:
+            idu.load_state_dict(state["idu"])
+        except ValueError as problem:
+            raise InputError(job.output / CHECKPOINT_NAME, str(problem)) from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
+
+
+def local_density_problem(refine_stop: int, step: int) -> str:
+    return (f"a local edit keeps the Gaussians outside the region exactly, but the scene's density strategy "
+            f"(gsplat's, which acts on every Gaussian) still runs until step {refine_stop} (the scene is at "
+            f"{step}): pass --idu.density-control off or cull")
+
+
+def check_local_density(job: EditJob) -> None:
+    """A scene trained here for fewer steps than its densification window cannot 'continue' in a local edit."""
+    strategy = job.gaussians.strategy
+    if job.backend == "gaussian" and job.init is None and job.idu.density_control == "continue" \
+            and strategy.kind != "none" and job.init_steps < strategy.refine_stop:
+        raise InputError(None, local_density_problem(strategy.refine_stop, job.init_steps))
+
+
+def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Editor, loss: PhotometricLoss,
+             fresh: bool) -> IterativeDatasetUpdate:
+    """The IDU loop; with --region.* a local one (a resumed run takes its region from the checkpoint)."""
+    if not job.region.given():
+        return IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
+    from splat2splat.edit.local import LocalIterativeDatasetUpdate
+    from splat2splat.edit.regions import resolve_region
+
+    if not fresh:  # masks come with the IDU state, the frozen Gaussians with the scene's
+        masks = [torch.zeros(dataset.image_size(i)) for i in range(len(dataset))]
+        return LocalIterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss, masks=masks,
+                                           feather=job.region.feather)
+    if getattr(backend, "strategy_active", None) is not None and job.idu.density_control == "continue" \
+            and backend.strategy_active():
+        raise InputError(None, local_density_problem(backend.config.strategy.refine_stop, backend.step))
+    region = resolve_region(job.region, dataset, backend, job.downscale)
+    if region.inside is not None:
+        backend.freeze(~region.inside)
+    return LocalIterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss, masks=region.masks,
+                                       feather=job.region.feather)
 
 
 def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:

@@ -8,6 +8,7 @@ gsplat's ``DefaultStrategy`` or ``MCMCStrategy`` with explicit strategy state.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -139,6 +140,8 @@ class GaussianBackend:
         self.optimizers = self._make_optimizers()
         self.strategy, self.strategy_state = self._make_strategy()
         self.density_control: DensityControl = "continue"
+        self.frozen: torch.Tensor | None = None  # [N] bool: Gaussians a local edit keeps exactly (see freeze)
+        self._frozen_values: dict[str, torch.Tensor] = {}
 
     # ----------------------------------------------------------------------------------------------- set-up
     @classmethod
@@ -201,6 +204,32 @@ class GaussianBackend:
         self.density_control = density_control
         self.config = replace(self.config, random_background=random_background)
 
+    def freeze(self, frozen: torch.Tensor | None) -> None:
+        """Keep the Gaussians where ``frozen`` is True bit for bit as they are now (a local edit; None: none).
+
+        Their gradients are zeroed and, after every optimiser step and density operation, their saved values
+        are written back (Adam would still move them by momentum). 'cull' only removes unfrozen Gaussians;
+        the gsplat strategies act on every row, so they may not run while Gaussians are frozen (ValueError).
+        """
+        if frozen is None:
+            self.frozen, self._frozen_values = None, {}
+            return
+        frozen = frozen.to(device=self.device, dtype=torch.bool)
+        if tuple(frozen.shape) != (len(self.splats["means"]),):
+            raise ValueError(f"the frozen mask has shape {tuple(frozen.shape)}, the scene {len(self.splats['means'])} "
+                             f"Gaussians")
+        self.frozen = frozen
+        self._frozen_values = {key: self.splats[key].detach()[frozen].clone() for key in SPLAT_KEYS}
+
+    def strategy_active(self) -> bool:
+        """Whether 'continue' would still densify, prune or reset opacities from the current step on."""
+        return self.strategy is not None and self.step < self.config.strategy.refine_stop
+
+    @torch.no_grad()
+    def _restore_frozen(self) -> None:
+        for key, values in self._frozen_values.items():
+            self.splats[key].data[self.frozen] = values
+
     def _means_lr_factor(self) -> float:
         c = self.config
         return c.means_lr_final_ratio ** (min(self.step, c.lr_decay_steps) / max(1, c.lr_decay_steps))
@@ -251,10 +280,17 @@ class GaussianBackend:
             mask = dataset.masks[view].to(self.device)[None, ..., None]
             target = torch.where(mask, target, image.detach())
         refining = self.density_control == "continue" and self.strategy is not None
+        if refining and self.frozen is not None and self.strategy_active():
+            raise ValueError("Gaussians are frozen (a local edit) but the density strategy is still active: use "
+                             "density control 'off' or 'cull'")
         if refining:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
         loss, stats = loss_fn(image, target)
         loss.backward()
+        if self.frozen is not None:
+            for key in SPLAT_KEYS:
+                if self.splats[key].grad is not None:
+                    self.splats[key].grad[self.frozen] = 0
         for group in self.optimizers["means"].param_groups:
             group["lr"] = self.config.means_lr * self.config.scene_scale * self._means_lr_factor()
         for optimizer in self.optimizers.values():
@@ -266,6 +302,8 @@ class GaussianBackend:
             self._reset_opacity()
         elif self.density_control == "cull":
             self._cull()
+        if self.frozen is not None:
+            self._restore_frozen()
         self.step += 1
         stats.update(loss=float(loss.detach()), num_gaussians=float(len(self.splats["means"])))
         return stats
@@ -304,6 +342,8 @@ class GaussianBackend:
             return
         remove = (torch.sigmoid(self.splats["opacities"]) < s.cull_opacity) | \
                  (torch.exp(self.splats["scales"]).amax(dim=-1) > s.cull_scale)
+        if self.frozen is not None:
+            remove &= ~self.frozen
         if not remove.any() or remove.all():
             return
         from gsplat.strategy.ops import remove as remove_gaussians
@@ -315,12 +355,14 @@ class GaussianBackend:
         remove_gaussians(self.splats, self.optimizers, per_gaussian, remove)
         if self.strategy_state is not None:
             self.strategy_state.update(per_gaussian)
+        if self.frozen is not None:  # removal keeps the order of the remaining rows
+            self.frozen = self.frozen[~remove]
 
     # ------------------------------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         return {
             "config": asdict(self.config),
-            "splats": {k: v.detach().cpu() for k, v in self.splats.items()},
+            "splats": {k: v.detach().to("cpu", copy=True) for k, v in self.splats.items()},  # a snapshot, not a view
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             "strategy_state": to_device(self.strategy_state, "cpu"),
             "step": self.step,
@@ -328,21 +370,26 @@ class GaussianBackend:
             "view_order": list(self._view_order),
             "background": self.background.tolist(),
             "density_control": self.density_control,
+            "frozen": None if self.frozen is None else self.frozen.cpu(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         for key in SPLAT_KEYS:
-            self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device))
+            # A copy: on the CPU ``.to`` would alias the state's tensor, and training this backend would
+            # change the state (and any backend it came from) in place.
+            self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device, copy=True))
         self.max_sh_degree = sh_degree_of(self.splats)
         self.optimizers = self._make_optimizers()
         for key, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(state["optimizers"][key])
+            optimizer.load_state_dict(copy.deepcopy(state["optimizers"][key]))  # (its moments, likewise)
         self.strategy_state = to_device(state["strategy_state"], self.device)
         self.step = state["step"]
         self.generator.set_state(state["generator"])
         self._view_order = list(state["view_order"])
         self.background = torch.tensor(state["background"], device=self.device)
         self.density_control = state.get("density_control", "continue")
+        frozen = state.get("frozen")
+        self.freeze(None if frozen is None else torch.as_tensor(frozen))
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str | None = None) -> "GaussianBackend":

@@ -156,3 +156,27 @@ def test_3d_preview_runs_a_short_edit_and_keeps_earlier_previews(demo_scene, tmp
     assert record["preset"] == "in2n-tiny" and record["scene_steps"] == 10 + 6
     second = run_preview(cmd, RecordingFactory())
     assert second["three_d"]["output"] == str(tmp_path / "3d-2") and (tmp_path / "3d" / "run.json").is_file()
+
+
+def test_preview_shows_the_region_before_any_3d_work(demo_scene, dataset, tmp_path):
+    from splat2splat.edit.regions import RegionConfig
+
+    region = RegionConfig(box=(0.0, -0.1, -0.05, 0.7, 0.6, 0.65))  # around the demo's sphere
+    summary = run_preview(Preview(data=demo_scene, prompt="make the ball orange", output=tmp_path, views=2,
+                                  downscale=DOWNSCALE, region=region), make_editor=RecordingFactory())
+    assert summary["region"] == {"box": str(region.box)}
+    sheet = torch.from_numpy(load_image(tmp_path / "preview.png"))
+    assert tuple(sheet.shape) == sheet_shape(2, 3, summary["views"], ["original", "edited", "region"])
+    from splat2splat.edit.regions import preview_masks
+
+    masks = preview_masks(region, dataset, representative_views(dataset, 2))
+    coverage = [float(m.mean()) for m in masks]
+    assert all(0.02 < c < 0.7 for c in coverage), coverage
+
+
+def test_preview_refuses_a_bad_region_in_one_line(demo_scene, tmp_path):
+    from splat2splat.edit.regions import RegionConfig
+
+    with pytest.raises(InputError, match="--region.masks must be a folder"):
+        run_preview(Preview(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE,
+                            region=RegionConfig(masks=tmp_path / "nothing")), make_editor=RecordingFactory())

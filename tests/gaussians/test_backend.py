@@ -140,6 +140,42 @@ def test_density_control_survives_a_checkpoint(dataset):
     assert restored.density_control == "cull" and restored.config.random_background
 
 
+def test_a_backend_built_from_a_state_does_not_change_that_state_by_training(dataset):
+    """On the CPU `.to(device)` returns the same tensor: parameters and Adam moments must be copied, or two
+    backends restored from one state (a benchmark's methods) would train the same tensors."""
+    backend = backend_for(dataset, kind="none")
+    train(backend, dataset, 2)
+    state = backend.state_dict()
+    snapshot = copy.deepcopy(state)
+    train(GaussianBackend.from_state_dict(state), dataset, 3)
+    for key in SPLAT_KEYS:
+        assert torch.equal(state["splats"][key], snapshot["splats"][key]), key
+        assert torch.equal(state["optimizers"][key]["state"][0]["exp_avg"],
+                           snapshot["optimizers"][key]["state"][0]["exp_avg"]), key
+
+
+def test_frozen_gaussians_keep_their_values_and_follow_culling(dataset):
+    backend = backend_for(dataset, kind="none", refine_every=1, cull_opacity=0.2)
+    train(backend, dataset, 2)
+    frozen = torch.arange(len(backend.splats["means"])) % 2 == 0
+    with torch.no_grad():  # make some unfrozen AND frozen Gaussians cull candidates
+        backend.splats["opacities"][:40] = -5.0
+    kept = {key: value.detach()[frozen].clone() for key, value in backend.splats.items()}
+    backend.freeze(frozen)
+    backend.configure_edit("cull", random_background=False)
+    count = len(frozen)
+    train(backend, dataset, 3)
+    assert len(backend.splats["means"]) < count and int(backend.frozen.sum()) == int(frozen.sum())
+    for key, value in kept.items():
+        assert torch.equal(backend.splats[key].detach()[backend.frozen], value), key
+    restored = GaussianBackend.from_state_dict(backend.state_dict())
+    assert torch.equal(restored.frozen, backend.frozen)
+    backend.configure_edit("continue", random_background=False)
+    backend.strategy, backend.step = object(), 0  # a strategy that would still densify
+    with pytest.raises(ValueError, match="density strategy is still active"):
+        train(backend, dataset, 1)
+
+
 def test_training_on_a_given_view_with_an_edit_hook(dataset):
     backend = backend_for(dataset, kind="none")
     view = dataset.train_indices[3]
