@@ -162,7 +162,7 @@ def test_preview_shows_the_region_before_any_3d_work(demo_scene, dataset, tmp_pa
     from splat2splat.edit.regions import RegionConfig
 
     region = RegionConfig(box=(0.0, -0.1, -0.05, 0.7, 0.6, 0.65))  # around the demo's sphere
-    summary = run_preview(Preview(data=demo_scene, prompt="make the ball orange", output=tmp_path, views=2,
+    summary = run_preview(PreviewCommand(data=demo_scene, prompt="make the ball orange", output=tmp_path, views=2,
                                   downscale=DOWNSCALE, region=region), make_editor=RecordingFactory())
     assert summary["region"] == {"box": str(region.box)}
     sheet = torch.from_numpy(load_image(tmp_path / "preview.png"))
@@ -178,5 +178,5 @@ def test_preview_refuses_a_bad_region_in_one_line(demo_scene, tmp_path):
     from splat2splat.edit.regions import RegionConfig
 
     with pytest.raises(InputError, match="--region.masks must be a folder"):
-        run_preview(Preview(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE,
+        run_preview(PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE,
                             region=RegionConfig(masks=tmp_path / "nothing")), make_editor=RecordingFactory())
