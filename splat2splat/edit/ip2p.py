@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -92,6 +92,28 @@ class IP2PModels:
     unet: torch.nn.Module  # UNet2DConditionModel with 8 input channels
     vae: torch.nn.Module  # AutoencoderKL
     scheduler: Any  # diffusers.DDIMScheduler with the full training schedule; never mutated
+
+
+@dataclass
+class EditRequest:
+    """The arguments of one :meth:`InstructPix2PixEditor.edit` call, for :meth:`~InstructPix2PixEditor.edit_batch`."""
+
+    render: torch.Tensor  # [H, W, 3] in [0, 1]
+    original: torch.Tensor  # [H, W, 3] in [0, 1]
+    prompt: str
+    noise_range: tuple[float, float]
+    generator: torch.Generator
+
+
+@dataclass
+class EditPlan:
+    """One request with everything it drew from its generator (drawn before any batch runs)."""
+
+    request: EditRequest
+    size: tuple[int, int]  # the VAE-friendly size the images are resized to
+    scheduler: Any  # DDIM over [0, T] for this request's T
+    sample_noise: torch.Tensor  # N(0, 1) of the VAE posterior sample, float32 on the CPU
+    latent_noise: torch.Tensor  # N(0, 1) that noises the latents to T, float32 on the CPU
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -220,6 +242,33 @@ def denoise(unet: torch.nn.Module, scheduler, latents: torch.Tensor, condition: 
     return latents
 
 
+def denoise_batch(unet: torch.nn.Module, schedulers: list, latents: torch.Tensor, condition: torch.Tensor,
+                  text_embeddings: torch.Tensor, text_scale: float, image_scale: float) -> torch.Tensor:
+    """:func:`denoise` of k views at once: latents [k, 4, h, w]; condition and text embeddings [3k, ...] with
+    each view's three branches next to each other; ``schedulers[i]`` holds view i's timesteps (all of one
+    length). The UNet gets one timestep per sample, so views at different noise levels share a batch."""
+    count = len(schedulers)
+    for index in range(len(schedulers[0].timesteps)):
+        timesteps = torch.stack([scheduler.timesteps[index] for scheduler in schedulers])
+        unet_input = torch.cat([latents.repeat_interleave(3, dim=0), condition], dim=1)
+        noise_pred = unet(unet_input, timesteps.repeat_interleave(3).to(latents.device),
+                          encoder_hidden_states=text_embeddings, return_dict=False)[0]
+        branches = noise_pred.unflatten(0, (count, 3))
+        latents = torch.cat([
+            scheduler.step(combine_guidance(*branches[i, :, None].unbind(0), text_scale, image_scale),
+                           scheduler.timesteps[index], latents[i:i + 1]).prev_sample
+            for i, scheduler in enumerate(schedulers)])
+    return latents
+
+
+def batch_groups(plans: list[EditPlan]) -> list[list[int]]:
+    """Indices of the plans that can share one batch: the same VAE input size and number of DDIM steps."""
+    groups: dict[tuple, list[int]] = {}
+    for index, plan in enumerate(plans):
+        groups.setdefault((plan.size, len(plan.scheduler.timesteps)), []).append(index)
+    return list(groups.values())
+
+
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
     """Image [1, 3, H, W] in [0, 1] from latents."""
     image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
@@ -311,6 +360,66 @@ class InstructPix2PixEditor:
             edited = decode_latents(vae, latents)
         edited = resize_image(edited[0].float().permute(1, 2, 0), (height, width)).clamp(0, 1)
         return edited.to(render.device)
+
+    @torch.no_grad()
+    def edit_batch(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
+        """Edit several views at once: the same results as :meth:`edit` called on each request in order.
+
+        Every request first takes its draws from its generator in :meth:`edit`'s order (T, the VAE sample
+        noise, the latent noise), request after request, so a generator shared by the requests is consumed
+        exactly as by the serial calls. Then the VAE and the UNet run on all requests of one image size
+        together: 3 guidance branches x k views in one UNet batch, each view with its own timesteps (views
+        with different T have different DDIM sequences; the UNet takes a timestep per sample and each view
+        steps its own scheduler). Only floating-point reassociation in batched kernels can differ.
+        """
+        plans = [self.plan(request) for request in requests]
+        results: list[torch.Tensor | None] = [None] * len(plans)
+        for group in batch_groups(plans):
+            for index, edited in zip(group, self.run_plans([plans[i] for i in group])):
+                results[index] = edited
+        return results  # type: ignore[return-value]
+
+    def plan(self, request: EditRequest) -> EditPlan:
+        """Everything an edit draws from its generator, drawn now and in :meth:`edit`'s order."""
+        noise_range = check_noise_range(request.noise_range)
+        height, width = request.render.shape[:2]
+        size = size_for_vae(height, width, self.vae_scale_factor)
+        max_timestep = sample_max_timestep(noise_range, self.models.scheduler.config.num_train_timesteps,
+                                           request.generator)
+        latent_shape = (1, self.models.vae.config.latent_channels, size[0] // self.vae_scale_factor,
+                        size[1] // self.vae_scale_factor)
+        sample_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+        latent_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+        return EditPlan(request, size, scheduler_for(self.models.scheduler, max_timestep, self.config.diffusion_steps),
+                        sample_noise, latent_noise)
+
+    def run_plans(self, plans: list[EditPlan]) -> list[torch.Tensor]:
+        """The edits of ``plans`` (one image size, one number of DDIM steps) as one batch."""
+        size = plans[0].size
+        embeddings = torch.cat([self.prompt_embeddings(plan.request.prompt) for plan in plans])
+        with self.autocast(), self.on_device(self.models.vae) as vae:
+            renders = torch.cat([self.model_input(plan.request.render, size) for plan in plans])
+            originals = torch.cat([self.model_input(plan.request.original, size) for plan in plans])
+            posterior = vae.encode(renders).latent_dist
+            sample_noise = torch.cat([plan.sample_noise for plan in plans]).to(posterior.mean)
+            latents = (posterior.mean + posterior.std * sample_noise) * vae.config.scaling_factor
+            condition = vae.encode(originals).latent_dist.mode()
+        condition = torch.stack([condition, condition, torch.zeros_like(condition)], dim=1).flatten(0, 1)
+        latents = torch.cat([
+            plan.scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), plan.scheduler.timesteps[:1])
+            for i, plan in enumerate(plans)])
+        with self.autocast(), self.on_device(self.models.unet) as unet:
+            latents = denoise_batch(unet, [plan.scheduler for plan in plans], latents, condition,
+                                    embeddings.to(self.compute_dtype), self.config.guidance_scale,
+                                    self.config.image_guidance_scale)
+        with self.autocast(), self.on_device(self.models.vae) as vae:
+            decoded = decode_latents(vae, latents)
+        edits = []
+        for plan, image in zip(plans, decoded):
+            render = plan.request.render
+            edited = resize_image(image.float().permute(1, 2, 0), tuple(render.shape[:2])).clamp(0, 1)
+            edits.append(edited.to(render.device))
+        return edits
 
     @torch.no_grad()
     def prompt_embeddings(self, prompt: str) -> torch.Tensor:
