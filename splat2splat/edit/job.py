@@ -33,6 +33,7 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.idu import IterativeDatasetUpdate
+from splat2splat.edit.pipeline import check_throughput_options
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
@@ -266,6 +267,7 @@ def check_new_edit(job: EditJob) -> None:
     check_options(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
+    check_throughput_options(job.idu.schedule, job.idu.edit_batch, job.idu.edit_lag)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
     check_output_folder(job.output)

@@ -55,6 +55,13 @@ class IDUConfig:
     random_background: bool = False
     """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
     default); ignored where the images had alpha composited over a fixed background."""
+    edit_batch: int = 1
+    """Views per editor batch (in2n schedule): k edits k * edit_count views every k * edit_rate steps as one
+    UNet batch (the same edits per training step; each edit equals the serial one). 1 = one at a time."""
+    edit_lag: int = 0
+    """Steps an edit may run behind training: the edit of step s runs in an editor thread and replaces its
+    image after step s + edit_lag (the trainer waits for a late one, so results do not depend on timing).
+    0 = edit, then train (the references' serial loop); in2n schedule only."""
     seed: int = 0
     """Seed of every edit's noise."""
 
