@@ -51,14 +51,15 @@ class BenchIDU:
 
     output: Path = Path("outputs/bench_idu.json")
     """JSON file for the results (with machine, versions, date and command)."""
-    modes: tuple[str, ...] = ("serial", "batch5", "lag2", "lag10", "batch5-lag10")
+    modes: tuple[str, ...] = ("serial", "batch4", "lag10", "batch4-lag10")
     """Modes: 'serial', 'batchK' (edit_batch K), 'lagL' (edit_lag L), 'batchK-lagL' (both)."""
     image_size: int = 32
     """Demo image size in pixels."""
     views: int = 16
     """Demo views (every 8th held out)."""
-    step_scale: int = 100
-    """bench_fidelity's scale: the 30000-step initial scene and in2n-tiny's 30000 edit steps divided by this."""
+    step_scale: int = 250
+    """bench_fidelity's scale: the 30000-step initial scene and in2n-tiny's 30000 edit steps divided by this
+    (250: 120 steps each, 12 edits)."""
     edit_rate: int = 10
     """Steps between single-view edits (in2n's own value)."""
     diffusion_steps: int = 20

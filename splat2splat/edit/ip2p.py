@@ -111,9 +111,31 @@ class EditPlan:
 
     request: EditRequest
     size: tuple[int, int]  # the VAE-friendly size the images are resized to
-    scheduler: Any  # DDIM over [0, T] for this request's T
+    max_timestep: int  # T: DDIM runs over [0, T]
     sample_noise: torch.Tensor  # N(0, 1) of the VAE posterior sample, float32 on the CPU
     latent_noise: torch.Tensor  # N(0, 1) that noises the latents to T, float32 on the CPU
+
+
+@dataclass(frozen=True)
+class NoiseGeometry:
+    """What drawing an edit's noise needs to know of the model (so a process without it can draw)."""
+
+    num_train_timesteps: int
+    vae_scale_factor: int
+    latent_channels: int
+
+
+def draw_plan(request: EditRequest, geometry: NoiseGeometry) -> EditPlan:
+    """Everything an edit draws from its generator, drawn now and in :meth:`InstructPix2PixEditor.edit`'s
+    order: T, the VAE sample noise, the latent noise."""
+    noise_range = check_noise_range(request.noise_range)
+    factor = geometry.vae_scale_factor
+    size = size_for_vae(*request.render.shape[:2], factor)
+    max_timestep = sample_max_timestep(noise_range, geometry.num_train_timesteps, request.generator)
+    latent_shape = (1, geometry.latent_channels, size[0] // factor, size[1] // factor)
+    sample_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+    latent_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+    return EditPlan(request, size, max_timestep, sample_noise, latent_noise)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -261,11 +283,12 @@ def denoise_batch(unet: torch.nn.Module, schedulers: list, latents: torch.Tensor
     return latents
 
 
-def batch_groups(plans: list[EditPlan]) -> list[list[int]]:
-    """Indices of the plans that can share one batch: the same VAE input size and number of DDIM steps."""
+def batch_groups(plans: list[EditPlan], steps: int) -> list[list[int]]:
+    """Indices of the plans that can share one batch: the same VAE input size and number of DDIM steps
+    (:func:`scheduler_for` runs min(steps, T) steps)."""
     groups: dict[tuple, list[int]] = {}
     for index, plan in enumerate(plans):
-        groups.setdefault((plan.size, len(plan.scheduler.timesteps)), []).append(index)
+        groups.setdefault((plan.size, min(steps, max(1, plan.max_timestep))), []).append(index)
     return list(groups.values())
 
 
@@ -372,30 +395,29 @@ class InstructPix2PixEditor:
         with different T have different DDIM sequences; the UNet takes a timestep per sample and each view
         steps its own scheduler). Only floating-point reassociation in batched kernels can differ.
         """
-        plans = [self.plan(request) for request in requests]
+        return self.run_plans([self.plan(request) for request in requests])
+
+    def noise_geometry(self) -> NoiseGeometry:
+        return NoiseGeometry(self.models.scheduler.config.num_train_timesteps, self.vae_scale_factor,
+                             self.models.vae.config.latent_channels)
+
+    def plan(self, request: EditRequest) -> EditPlan:
+        return draw_plan(request, self.noise_geometry())
+
+    def run_plans(self, plans: list[EditPlan]) -> list[torch.Tensor]:
+        """The edits of ``plans`` (any sizes and noise levels), in order; each group of one image size and
+        one number of DDIM steps runs as one batch."""
         results: list[torch.Tensor | None] = [None] * len(plans)
-        for group in batch_groups(plans):
-            for index, edited in zip(group, self.run_plans([plans[i] for i in group])):
+        for group in batch_groups(plans, self.config.diffusion_steps):
+            for index, edited in zip(group, self.run_batch([plans[i] for i in group])):
                 results[index] = edited
         return results  # type: ignore[return-value]
 
-    def plan(self, request: EditRequest) -> EditPlan:
-        """Everything an edit draws from its generator, drawn now and in :meth:`edit`'s order."""
-        noise_range = check_noise_range(request.noise_range)
-        height, width = request.render.shape[:2]
-        size = size_for_vae(height, width, self.vae_scale_factor)
-        max_timestep = sample_max_timestep(noise_range, self.models.scheduler.config.num_train_timesteps,
-                                           request.generator)
-        latent_shape = (1, self.models.vae.config.latent_channels, size[0] // self.vae_scale_factor,
-                        size[1] // self.vae_scale_factor)
-        sample_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
-        latent_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
-        return EditPlan(request, size, scheduler_for(self.models.scheduler, max_timestep, self.config.diffusion_steps),
-                        sample_noise, latent_noise)
-
-    def run_plans(self, plans: list[EditPlan]) -> list[torch.Tensor]:
+    def run_batch(self, plans: list[EditPlan]) -> list[torch.Tensor]:
         """The edits of ``plans`` (one image size, one number of DDIM steps) as one batch."""
         size = plans[0].size
+        schedulers = [scheduler_for(self.models.scheduler, plan.max_timestep, self.config.diffusion_steps)
+                      for plan in plans]
         embeddings = torch.cat([self.prompt_embeddings(plan.request.prompt) for plan in plans])
         with self.autocast(), self.on_device(self.models.vae) as vae:
             renders = torch.cat([self.model_input(plan.request.render, size) for plan in plans])
@@ -406,10 +428,10 @@ class InstructPix2PixEditor:
             condition = vae.encode(originals).latent_dist.mode()
         condition = torch.stack([condition, condition, torch.zeros_like(condition)], dim=1).flatten(0, 1)
         latents = torch.cat([
-            plan.scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), plan.scheduler.timesteps[:1])
-            for i, plan in enumerate(plans)])
+            scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), scheduler.timesteps[:1])
+            for i, (plan, scheduler) in enumerate(zip(plans, schedulers))])
         with self.autocast(), self.on_device(self.models.unet) as unet:
-            latents = denoise_batch(unet, [plan.scheduler for plan in plans], latents, condition,
+            latents = denoise_batch(unet, schedulers, latents, condition,
                                     embeddings.to(self.compute_dtype), self.config.guidance_scale,
                                     self.config.image_guidance_scale)
         with self.autocast(), self.on_device(self.models.vae) as vae:
