@@ -77,28 +77,47 @@ class EditQueue:
     busy_seconds: float = 0.0  # time the editor thread spent editing
 
     def __post_init__(self):
-        self.worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="editor")
+        # Where edits run: the editor itself in one thread, or (multi-process) one thread per editor process,
+        # the k-th submission going to lane k % lanes (a fixed assignment: the results never depend on timing).
+        self.lanes = list(getattr(self.editor, "lanes", [self.editor]))
+        self.workers = [concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"editor{k}")
+                        for k in range(len(self.lanes))]
+        self.submitted = 0
         device = getattr(self.editor, "device", torch.device("cpu"))
         # The editor's kernels go to their own CUDA stream, so they overlap the trainer's.
         self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
 
     def submit(self, step: int, views: list[int], renders: list[torch.Tensor], originals: list[torch.Tensor]) -> None:
-        """Start editing ``views`` (their renders at ``step``); the results are due after step ``step + lag``."""
+        """Start editing ``views`` (their renders at ``step``); the results are due after step ``step + lag``.
+
+        Editors that can (InstructPix2Pix) take their random draws here, in submission order; the others
+        draw in the editor thread, which also takes the submissions in order."""
         renders = [render.detach().clone() for render in renders]  # training may change the scene meanwhile
         ready = None
         if any(render.is_cuda for render in renders):
             ready = torch.cuda.Event()
             ready.record()  # the renders are finished on the trainer's stream before the editor reads them
-        result = self.worker.submit(self.run, renders, originals, ready)
+        plans = None
+        if hasattr(self.editor, "plan"):
+            from splat2splat.edit.ip2p import EditRequest
+
+            plans = [self.editor.plan(EditRequest(render, original, self.prompt, self.noise_range, self.generator))
+                     for render, original in zip(renders, originals)]
+        lane = self.submitted % len(self.lanes)
+        result = self.workers[lane].submit(self.run, self.lanes[lane], renders, originals, plans, ready)
+        self.submitted += 1
         self.pending.append(PendingEdit(step + self.lag, list(views), result))
 
-    def run(self, renders, originals, ready) -> list[torch.Tensor]:
+    def run(self, editor, renders, originals, plans, ready) -> list[torch.Tensor]:
         start = time.perf_counter()
         context = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
         with context:
             if ready is not None:
                 torch.cuda.current_stream().wait_event(ready)
-            edits = edit_views(self.editor, renders, originals, self.prompt, self.noise_range, self.generator)
+            if plans is not None:
+                edits = editor.run_plans(plans)
+            else:
+                edits = edit_views(editor, renders, originals, self.prompt, self.noise_range, self.generator)
             edits = [edit.to(torch.float32).cpu() for edit in edits]  # waits for the editor's stream
         self.busy_seconds += time.perf_counter() - start
         return edits
@@ -126,4 +145,5 @@ class EditQueue:
             self.pending.append(PendingEdit(int(entry["due"]), [int(v) for v in entry["views"]], done))
 
     def close(self) -> None:
-        self.worker.shutdown(wait=True)
+        for worker in self.workers:
+            worker.shutdown(wait=True)
