@@ -1,6 +1,6 @@
 """Editing on several processes (``torchrun``): rank 0 trains the scene, ranks 1..N-1 each hold an editor.
 
-    torchrun --nproc-per-node N -m splat2splat.cli edit ... --idu.edit-lag L
+    torchrun --nproc-per-node N --no-python splat2splat edit ... --idu.edit-lag L
 
 Rank 0 runs the whole edit as one process would, with :class:`RemoteEditors` as its editor: the pipelined
 :class:`~splat2splat.edit.pipeline.EditQueue` draws every edit's noise on rank 0, in submission order (the
