@@ -181,9 +181,14 @@ class IterativeDatasetUpdate:
         self.updating = bool(state.get("updating", False))
         self.generator.set_state(state["generator"])
         self.seconds = {key: value for key, value in state["seconds"].items() if key in self.seconds}
+        pending = state.get("pending_edits", [])
+        for entry in pending:  # a checkpoint is a file from outside: check before the run depends on it
+            for view, image in zip(entry["views"], entry["images"], strict=True):
+                if view not in self.dataset.train_indices or image.shape != self.dataset.original(view).shape:
+                    raise ValueError(f"an edit in flight for view {view} does not fit the dataset")
         if self.queue is not None:
-            self.queue.load_state_dict(state.get("pending_edits", []))
-        elif state.get("pending_edits"):
+            self.queue.load_state_dict(pending)
+        elif pending:
             raise ValueError("the checkpoint holds edits in flight, but this run has no --idu.edit-lag")
 
     def timings(self) -> dict[str, float]:

@@ -307,7 +307,10 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         backend = edit_configured(job, backend)
     idu = IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
     if state is not None:
-        idu.load_state_dict(state["idu"])
+        try:
+            idu.load_state_dict(state["idu"])
+        except (ValueError, KeyError, TypeError) as problem:
+            raise InputError(job.output / CHECKPOINT_NAME, f"its edit state does not fit this run: {problem}") from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
 

@@ -273,3 +273,16 @@ def test_edit_job_with_lag_and_batch_resumes_after_ctrl_c_to_the_uninterrupted_r
         assert torch.equal(value, b["backend_state"]["splats"][key]), key
     for x, y in zip(a["dataset_edits"]["current"], b["dataset_edits"]["current"]):
         assert torch.equal(x, y)
+
+
+def test_edits_in_flight_that_do_not_fit_the_dataset_are_refused_on_load():
+    idu, _ = make(IDUConfig(edit_rate=1, edit_lag=2, steps=10))
+    run(idu, 3)
+    state = idu.state_dict()
+    state["pending_edits"][0]["images"][0] = torch.zeros(4, 4, 3)
+    fresh, _ = make(IDUConfig(edit_rate=1, edit_lag=2, steps=10))
+    with pytest.raises(ValueError, match="does not fit"):
+        fresh.load_state_dict(state)
+    serial, _ = make(IDUConfig(edit_rate=1, steps=10))
+    with pytest.raises(ValueError, match="edit-lag"):
+        serial.load_state_dict(idu.state_dict())
