@@ -68,6 +68,12 @@ class BenchIDU:
     """Run the timing pass with the tiny InstructPix2Pix."""
     fidelity: bool = True
     """Run the fidelity pass with the oracle editor."""
+    editor_options: tuple[str, ...] = ()
+    """Editor speed options to time one by one on the tiny model (median of `option_edits` edits of one
+    view each, after one warm-up): 'default', 'channels_last', 'float16', 'bfloat16', 'batchK' (K views per
+    edit_batch call, time per view)."""
+    option_edits: int = 5
+    """Timed edits per editor option."""
     seed: int = 0
     """Seed of the demo scene's training and of every edit."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -109,16 +115,46 @@ def run_mode(mode: str, cfg: BenchIDU, scenes: Scenes, editor, device: torch.dev
     return row, backend
 
 
+def time_editor_option(option: str, cfg: BenchIDU, model: Path, device: torch.device) -> dict:
+    """Median seconds per edited view of the tiny editor with one speed option."""
+    from splat2splat.edit.ip2p import EditRequest
+
+    settings = IP2PConfig(model=str(model), dtype="float32", device=str(device), diffusion_steps=cfg.diffusion_steps)
+    batch = int(option[len("batch"):]) if option.startswith("batch") else 1
+    if option == "channels_last":
+        settings.channels_last = True
+    elif option in ("float16", "bfloat16"):
+        settings.dtype = option
+    elif option != "default" and batch == 1:
+        raise SystemExit(f"unknown editor option {option!r}")
+    editor = InstructPix2PixEditor.from_config(settings)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    images = [torch.rand(cfg.image_size, cfg.image_size, 3, generator=generator) for _ in range(2)]
+    requests = [EditRequest(images[0], images[1], "make it autumn", (0.02, 0.98), generator) for _ in range(batch)]
+    times = []
+    for repeat in range(cfg.option_edits + 1):
+        start = time.perf_counter()
+        if batch > 1:
+            editor.edit_batch(requests)
+        else:
+            editor.edit(images[0], images[1], "make it autumn", (0.02, 0.98), generator)
+        if repeat:  # the first call warms up
+            times.append((time.perf_counter() - start) / batch)
+    return {"option": option, "seconds_per_view": sorted(times)[len(times) // 2], "edits": len(times)}
+
+
 def main(cfg: BenchIDU) -> dict:
     device = resolve_bench_device(cfg.device)
     oracle = OracleEditor()
     fidelity_cfg = BenchFidelity(image_size=cfg.image_size, views=cfg.views, step_scale=cfg.step_scale,
                                  methods=("in2n-tiny",), seed=cfg.seed, device=cfg.device)
     rows = {mode: {"mode": mode} for mode in cfg.modes}
+    options = []
     with tempfile.TemporaryDirectory() as tmp:
-        scenes = prepare(fidelity_cfg, oracle, Path(tmp) / "demo", device)
+        model = build_tiny_ip2p(Path(tmp) / "tiny-ip2p", seed=0)
+        options = [time_editor_option(option, cfg, model, device) for option in cfg.editor_options]
+        scenes = prepare(fidelity_cfg, oracle, Path(tmp) / "demo", device) if cfg.timing or cfg.fidelity else None
         if cfg.timing:
-            model = build_tiny_ip2p(Path(tmp) / "tiny-ip2p", seed=0)
             ip2p = InstructPix2PixEditor.from_config(IP2PConfig(model=str(model), dtype="float32", device=str(device),
                                                                 diffusion_steps=cfg.diffusion_steps))
             for mode in cfg.modes:
@@ -127,7 +163,10 @@ def main(cfg: BenchIDU) -> dict:
             for mode in cfg.modes:
                 row, backend = run_mode(mode, cfg, scenes, oracle, device)
                 rows[mode].update({"oracle_edits": row["edits"], "oracle_wall_s": row["wall_s"], **score(backend, scenes)})
-    result = {"record": run_record(device), "settings": config_to_dict(cfg), "results": list(rows.values())}
+    if not (cfg.timing or cfg.fidelity):
+        rows = {}
+    result = {"record": run_record(device), "settings": config_to_dict(cfg), "results": list(rows.values()),
+              "editor_options": options}
     write_json(cfg.output, result)
     headers = ["mode", "edit batch", "edit lag", "steps", "edits", "wall s", "edits/s", "trainer idle s",
                "editor idle s", "oracle PSNR to target", "oracle PSNR to unedited"]
@@ -140,6 +179,9 @@ def main(cfg: BenchIDU) -> dict:
                                     cell(r, "edits_per_s", ".3f"), cell(r, "trainer_idle_s", ".1f"),
                                     cell(r, "editor_idle_s", ".1f"), cell(r, "psnr_to_target", ".2f"),
                                     cell(r, "psnr_to_unedited", ".2f")] for r in rows.values()]))
+    if options:
+        print(markdown_table(["editor option", "s per view (median)", "edits timed"],
+                             [[o["option"], f"{o['seconds_per_view']:.3f}", o["edits"]] for o in options]))
     return result
 
 

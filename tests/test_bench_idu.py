@@ -40,3 +40,12 @@ def test_mode_names_set_batch_and_lag():
     settings = mode_settings("batch5-lag10", BenchIDU())
     assert (settings.edit_batch, settings.edit_lag, settings.edit_rate) == (5, 10, 10)
     assert (mode_settings("serial", BenchIDU()).edit_batch, mode_settings("serial", BenchIDU()).edit_lag) == (1, 0)
+
+
+def test_editor_options_are_timed_one_by_one(tmp_path):
+    cfg = BenchIDU(output=tmp_path / "options.json", editor_options=("default", "channels_last", "batch2"),
+                   option_edits=1, image_size=16, diffusion_steps=1, timing=False, fidelity=False, device="cpu")
+    result = main(cfg)
+    assert [o["option"] for o in result["editor_options"]] == ["default", "channels_last", "batch2"]
+    assert all(o["seconds_per_view"] > 0 and o["edits"] == 1 for o in result["editor_options"])
+    assert result["results"] == []

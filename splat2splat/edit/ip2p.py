@@ -77,6 +77,9 @@ class IP2PConfig:
     """Number of DDIM denoising steps per edit, spread over [0, T] for the sampled noise level T."""
     device: str = "auto"
     """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
+    channels_last: bool = False
+    """Hold the UNet and VAE weights in channels-last memory format (a speed option: convolutions on GPU
+    tensor cores often run faster so; results equal up to rounding). Measure before use: docs/BENCHMARKS.md."""
     offload: bool = False
     """Keep the models in CPU memory and move each one to the GPU only while it runs (in2n-small/tiny do, with
     diffusers' enable_model_cpu_offload): frees GPU memory for the scene at the cost of host-to-GPU copies
@@ -339,6 +342,8 @@ class InstructPix2PixEditor:
             place_module(module, home, self.dtype).eval().requires_grad_(False)
             if self.config.dtype == AUTOCAST:
                 module.float()  # in2n: pipe.unet.float(), pipe.vae.float() after loading in float16
+            if self.config.channels_last:
+                module.to(memory_format=torch.channels_last)
         # The dtype of the images and latents that enter the UNet and the VAE.
         self.compute_dtype = torch.float32 if self.config.dtype == AUTOCAST else self.dtype
         self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)

@@ -365,3 +365,13 @@ def test_edit_batch_groups_different_sizes_and_keeps_the_order(editor):
     assert [tuple(e.shape[:2]) for e in batched] == list(sizes)
     for one, together in zip(serial, batched):
         torch.testing.assert_close(together, one, atol=1e-5, rtol=0)
+
+
+def test_channels_last_is_a_speed_option_with_the_same_edits(tiny_ip2p_folder, editor):
+    fast = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3, device="cpu",
+                                                        channels_last=True))
+    conv = next(m for m in fast.models.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    render, original = image(0), image(1)
+    torch.testing.assert_close(fast.edit(render, original, "snow", (0.02, 0.98), seeded(2)),
+                               editor.edit(render, original, "snow", (0.02, 0.98), seeded(2)), atol=1e-5, rtol=0)
