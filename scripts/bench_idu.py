@@ -64,6 +64,11 @@ class BenchIDU:
     """Steps between single-view edits (in2n's own value)."""
     diffusion_steps: int = 20
     """DDIM steps of every edit (in2n's 20)."""
+    model: str | None = None
+    """InstructPix2Pix of the timing pass and the editor options (hub id or folder, e.g. timbrooks/instruct-pix2pix
+    on a GPU); default: the tiny random-weight model, built here."""
+    dtype: Literal["float32", "float16", "bfloat16", "autocast"] = "float32"
+    """Precision of the timing pass's editor (float16 on a GPU, as in2n-tiny)."""
     timing: bool = True
     """Run the timing pass with the tiny InstructPix2Pix."""
     fidelity: bool = True
@@ -119,7 +124,7 @@ def time_editor_option(option: str, cfg: BenchIDU, model: Path, device: torch.de
     """Median seconds per edited view of the tiny editor with one speed option."""
     from splat2splat.edit.ip2p import EditRequest
 
-    settings = IP2PConfig(model=str(model), dtype="float32", device=str(device), diffusion_steps=cfg.diffusion_steps)
+    settings = IP2PConfig(model=str(model), dtype=cfg.dtype, device=str(device), diffusion_steps=cfg.diffusion_steps)
     batch = int(option[len("batch"):]) if option.startswith("batch") else 1
     if option == "channels_last":
         settings.channels_last = True
@@ -151,11 +156,11 @@ def main(cfg: BenchIDU) -> dict:
     rows = {mode: {"mode": mode} for mode in cfg.modes}
     options = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_ip2p(Path(tmp) / "tiny-ip2p", seed=0)
+        model = cfg.model or build_tiny_ip2p(Path(tmp) / "tiny-ip2p", seed=0)
         options = [time_editor_option(option, cfg, model, device) for option in cfg.editor_options]
         scenes = prepare(fidelity_cfg, oracle, Path(tmp) / "demo", device) if cfg.timing or cfg.fidelity else None
         if cfg.timing:
-            ip2p = InstructPix2PixEditor.from_config(IP2PConfig(model=str(model), dtype="float32", device=str(device),
+            ip2p = InstructPix2PixEditor.from_config(IP2PConfig(model=str(model), dtype=cfg.dtype, device=str(device),
                                                                 diffusion_steps=cfg.diffusion_steps))
             for mode in cfg.modes:
                 rows[mode].update(run_mode(mode, cfg, scenes, ip2p, device)[0])

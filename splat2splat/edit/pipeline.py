@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -66,7 +67,8 @@ class PendingEdit:
 
 @dataclass
 class EditQueue:
-    """Edits running in one editor thread, each replacing its image at a fixed step (see the module doc)."""
+    """Edits running beside training (in an editor thread, or on editor processes: ``editor.lanes``), each
+    replacing its image at a fixed step (see the module doc)."""
 
     editor: Editor
     prompt: str
@@ -83,6 +85,7 @@ class EditQueue:
         self.workers = [concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"editor{k}")
                         for k in range(len(self.lanes))]
         self.submitted = 0
+        self.busy_lock = threading.Lock()  # lanes add their busy time from their own threads
         device = getattr(self.editor, "device", torch.device("cpu"))
         # The editor's kernels go to their own CUDA stream, so they overlap the trainer's.
         self.stream = torch.cuda.Stream(device) if torch.device(device).type == "cuda" else None
@@ -119,14 +122,15 @@ class EditQueue:
             else:
                 edits = edit_views(editor, renders, originals, self.prompt, self.noise_range, self.generator)
             edits = [edit.to(torch.float32).cpu() for edit in edits]  # waits for the editor's stream
-        self.busy_seconds += time.perf_counter() - start
+        with self.busy_lock:
+            self.busy_seconds += time.perf_counter() - start
         return edits
 
     def results_due(self, step: int, everything: bool = False) -> list[tuple[int, torch.Tensor]]:
         """(view, edited image) of every edit due at or before ``step`` (all with ``everything``), in request
         order; waits for those still running."""
         due = [p for p in self.pending if everything or p.due <= step]
-        self.pending = [p for p in self.pending if p not in due]
+        self.pending = [p for p in self.pending if not (everything or p.due <= step)]
         return [(view, image) for p in due for view, image in zip(p.views, p.result.result())]
 
     def in_flight(self) -> int:
