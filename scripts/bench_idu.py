@@ -79,6 +79,8 @@ class BenchIDU:
     edit_batch call, time per view)."""
     option_edits: int = 5
     """Timed edits per editor option."""
+    threads: int | None = None
+    """torch CPU threads (the CPU runs of docs/BENCHMARKS.md use 1: steadier on a shared machine)."""
     seed: int = 0
     """Seed of the demo scene's training and of every edit."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -150,6 +152,8 @@ def time_editor_option(option: str, cfg: BenchIDU, model: Path, device: torch.de
 
 def main(cfg: BenchIDU) -> dict:
     device = resolve_bench_device(cfg.device)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     oracle = OracleEditor()
     fidelity_cfg = BenchFidelity(image_size=cfg.image_size, views=cfg.views, step_scale=cfg.step_scale,
                                  methods=("in2n-tiny",), seed=cfg.seed, device=cfg.device)
