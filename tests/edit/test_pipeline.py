@@ -286,3 +286,18 @@ def test_edits_in_flight_that_do_not_fit_the_dataset_are_refused_on_load():
     serial, _ = make(IDUConfig(edit_rate=1, steps=10))
     with pytest.raises(ValueError, match="edit-lag"):
         serial.load_state_dict(idu.state_dict())
+
+
+def test_the_queue_with_no_lag_reproduces_the_serial_loop():
+    """The pipelined path itself (editor thread, due steps) with L = 0 gives the serial loop's result: what a
+    lag changes is only when edits land."""
+    from splat2splat.edit.pipeline import EditQueue
+    from splat2splat.testing.oracle import OracleEditor
+
+    config = IDUConfig(edit_rate=3, edit_count=2, steps=20, seed=5)
+    serial, serial_backend = make(config, OracleEditor())
+    queued, queued_backend = make(config, OracleEditor())
+    queued.queue = EditQueue(queued.editor, queued.prompt, config.noise_range, queued.generator, lag=0)
+    queued.seconds["edit_wait"] = 0.0
+    run(serial, 20), run(queued, 20)
+    assert same_images(serial, queued) and torch.equal(serial_backend.colour, queued_backend.colour)
