@@ -50,6 +50,8 @@ FIELD_RULES: dict[str, Rule] = {
     "downscale": at_least(1),
     "edit_rate": at_least(1),
     "edit_count": at_least(1),
+    "edit_batch": at_least(1),
+    "edit_lag": at_least(0),
     "diffusion_steps": at_least(1),
     "views": at_least(1),
     "frames": at_least(2),

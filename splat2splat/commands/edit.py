@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from splat2splat.checkpoint import job_fields
+from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
 from splat2splat.errors import InputError
@@ -45,7 +46,12 @@ def preset_argument(args: list[str]) -> str | None:
 
 
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
-    """Run (or resume) the edit; ``editor``/``lpips``/``on_step`` are for tests and benchmarks."""
+    """Run (or resume) the edit; ``editor``/``lpips``/``on_step`` are for tests and benchmarks. Under
+    ``torchrun --nproc-per-node N`` rank 0 trains and ranks 1..N-1 edit (:mod:`splat2splat.edit.distributed`)."""
+    if editor is None and launched_with_several_processes():
+        from splat2splat.edit.distributed import edit_on_ranks
+
+        return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
     edit_run = start_edit(job_fields(cmd, EditJob), cmd.resume, editor, lpips)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one

@@ -20,7 +20,8 @@ from typing import Annotated
 import tyro
 from rich.progress import Progress
 
-from splat2splat.edit.ip2p import IP2PConfig, check_noise_range
+from splat2splat.edit.ip2p import IP2PConfig
+from splat2splat.edit.ip2p_steps import check_noise_range
 from splat2splat.edit.job import EditJob, run_edit_job
 from splat2splat.edit.presets import preset
 from splat2splat.edit.regions import RegionConfig, composite, feathered, preview_masks, region_overlay

@@ -21,6 +21,10 @@ Schedules (``IDUConfig.schedule``), each as its reference's code runs it:
   In between, the scene trains on random views as usual. (igs2gs starts an update when
   ``(global_step - 1) % 2500 == 0``; here at edit steps 0, ``edit_rate``, ...: the same spacing.)
 
+Throughput (splat2splat/edit/pipeline.py): ``edit_batch`` k edits k views every ``k * edit_rate`` steps as
+one editor batch; ``edit_lag`` L > 0 edits in a thread while training goes on and applies the edit of step s
+after step s + L (0: the serial loop above, unchanged).
+
 All randomness of the edits (the editor's noise level and diffusion noise) comes from one generator that
 is part of the checkpointed state, so a resumed run reproduces an uninterrupted one.
 """
@@ -34,6 +38,7 @@ import torch
 
 from splat2splat.data.dataset import Dataset
 from splat2splat.edit.editor import Editor
+from splat2splat.edit.pipeline import EditQueue, check_throughput_options, edit_views
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 
 if TYPE_CHECKING:  # the settings are plain data (edit/presets.py); the loop only reads them
@@ -49,6 +54,7 @@ class IterativeDatasetUpdate:
             raise ValueError("edit_rate and edit_count must be at least 1")
         if config.schedule not in ("in2n", "igs2gs"):
             raise ValueError(f"unknown schedule {config.schedule!r}: use in2n or igs2gs")
+        check_throughput_options(config.schedule, config.edit_batch, config.edit_lag)
         self.dataset, self.backend, self.editor = dataset, backend, editor
         self.prompt, self.config, self.loss_fn = prompt, config, loss_fn
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -58,6 +64,10 @@ class IterativeDatasetUpdate:
         self.step = 0
         self.edits_done = 0
         self.seconds = {"render": 0.0, "edit": 0.0, "train": 0.0}
+        self.queue = None
+        if config.edit_lag > 0:
+            self.queue = EditQueue(editor, prompt, config.noise_range, self.generator, config.edit_lag)
+            self.seconds["edit_wait"] = 0.0  # the trainer waiting for late edits
         backend.configure_edit(config.density_control, config.random_background)
 
     # --------------------------------------------------------------------------------------- schedule
@@ -66,9 +76,9 @@ class IterativeDatasetUpdate:
         if self.config.schedule == "igs2gs":
             starts = self.step % self.config.edit_rate == 0
             return [self.edit_order[self.next_in_order]] if self.updating or starts else []
-        if self.step % self.config.edit_rate != 0:
+        if self.step % (self.config.edit_rate * self.config.edit_batch) != 0:
             return []
-        count = self.config.edit_count
+        count = self.config.edit_count * self.config.edit_batch
         return [self.edit_order[(self.next_in_order + k) % len(self.edit_order)] for k in range(count)]
 
     # ------------------------------------------------------------------------------------------ steps
@@ -85,6 +95,24 @@ class IterativeDatasetUpdate:
         self.edits_done += 1
         return edited.to(torch.float32).cpu()
 
+    def renders(self, views: list[int]) -> list[torch.Tensor]:
+        start = time.perf_counter()
+        renders = [self.backend.render(self.dataset.cameras[[view]])[0] for view in views]
+        self.seconds["render"] += time.perf_counter() - start
+        return renders
+
+    def edited_images(self, views: list[int]) -> list[tuple[int, torch.Tensor]]:
+        """(view, edit) of ``views``: one by one (``edit_batch`` 1), else as one editor batch."""
+        if self.config.edit_batch == 1:
+            return [(view, self.edited_image(view)) for view in views]
+        renders = self.renders(views)
+        start = time.perf_counter()
+        edits = edit_views(self.editor, renders, [self.dataset.original(v) for v in views], self.prompt,
+                           self.config.noise_range, self.generator)
+        self.seconds["edit"] += time.perf_counter() - start
+        self.edits_done += len(views)
+        return [(view, edit.to(torch.float32).cpu()) for view, edit in zip(views, edits)]
+
     def run_step(self) -> dict[str, float]:
         views = self.views_to_edit()
         self.next_in_order = (self.next_in_order + len(views)) % len(self.edit_order)
@@ -95,8 +123,18 @@ class IterativeDatasetUpdate:
                 self.dataset.replace_image(view, self.edited_image(view, render))
 
             stats = self.timed_training(view=views[0], edit=edit)
+        elif self.queue is not None:
+            if views:
+                self.queue.submit(self.step, views, self.renders(views), [self.dataset.original(v) for v in views])
+                self.edits_done += len(views)
+            stats = self.timed_training()
+            last_step = self.step + 1 >= self.config.steps  # the end applies what is still in flight
+            start = time.perf_counter()
+            for view, image in self.queue.results_due(self.step, everything=last_step):
+                self.dataset.replace_image(view, image)
+            self.seconds["edit_wait"] += time.perf_counter() - start
         else:
-            edits = [(view, self.edited_image(view)) for view in views]
+            edits = self.edited_images(views)
             stats = self.timed_training()
             for view, image in edits:  # in2n: this step's loss saw the pre-edit images
                 self.dataset.replace_image(view, image)
@@ -131,13 +169,31 @@ class IterativeDatasetUpdate:
     # ------------------------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         """The loop's own state; the dataset's current images and the backend are saved beside it."""
+        pending = self.queue.state_dict() if self.queue is not None else []  # first: finishes the edits in flight
         return {"step": self.step, "edits_done": self.edits_done, "next_in_order": self.next_in_order,
+                "pending_edits": pending, "seconds": self.timings(),
                 "edit_order": list(self.edit_order), "updating": self.updating,
-                "generator": self.generator.get_state(), "seconds": dict(self.seconds)}
+                "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.edits_done = state["step"], state["edits_done"]
         self.next_in_order, self.edit_order = state["next_in_order"], list(state["edit_order"])
         self.updating = bool(state.get("updating", False))
         self.generator.set_state(state["generator"])
-        self.seconds = dict(state["seconds"])
+        self.seconds = {key: value for key, value in state["seconds"].items() if key in self.seconds}
+        pending = state.get("pending_edits", [])
+        for entry in pending:  # a checkpoint is a file from outside: check before the run depends on it
+            for view, image in zip(entry["views"], entry["images"], strict=True):
+                if view not in self.dataset.train_indices or image.shape != self.dataset.original(view).shape:
+                    raise ValueError(f"an edit in flight for view {view} does not fit the dataset")
+        if self.queue is not None:
+            self.queue.load_state_dict(pending)
+        elif pending:
+            raise ValueError("the checkpoint holds edits in flight, but this run has no --idu.edit-lag")
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent rendering, editing (pipelined: the editor thread's busy time), training, and
+        (pipelined) waiting for late edits."""
+        if self.queue is None:
+            return dict(self.seconds)
+        return {**self.seconds, "edit": self.seconds["edit"] + self.queue.busy_seconds}

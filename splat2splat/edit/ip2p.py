@@ -32,13 +32,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from splat2splat.devices import resolve_device
+from splat2splat.edit.ip2p_steps import (batch_groups, check_noise_range, decode_latents, denoise, denoise_batch,
+                                         encode_condition, encode_prompt, encode_render, place_module,
+                                         sample_max_timestep, scheduler_for, size_for_vae, standard_normal)
 from splat2splat.errors import InputError
 from splat2splat.imaging import resize_image
 from splat2splat.model_loading import load_failure, model_source, quiet_model_loading
@@ -77,6 +80,9 @@ class IP2PConfig:
     """Number of DDIM denoising steps per edit, spread over [0, T] for the sampled noise level T."""
     device: str = "auto"
     """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
+    channels_last: bool = False
+    """Hold the UNet and VAE weights in channels-last memory format (a speed option: convolutions on GPU
+    tensor cores often run faster so; results equal up to rounding). Measure before use: docs/BENCHMARKS.md."""
     offload: bool = False
     """Keep the models in CPU memory and move each one to the GPU only while it runs (in2n-small/tiny do, with
     diffusers' enable_model_cpu_offload): frees GPU memory for the scene at the cost of host-to-GPU copies
@@ -92,6 +98,50 @@ class IP2PModels:
     unet: torch.nn.Module  # UNet2DConditionModel with 8 input channels
     vae: torch.nn.Module  # AutoencoderKL
     scheduler: Any  # diffusers.DDIMScheduler with the full training schedule; never mutated
+
+
+@dataclass
+class EditRequest:
+    """The arguments of one :meth:`InstructPix2PixEditor.edit` call, for :meth:`~InstructPix2PixEditor.edit_batch`."""
+
+    render: torch.Tensor  # [H, W, 3] in [0, 1]
+    original: torch.Tensor  # [H, W, 3] in [0, 1]
+    prompt: str
+    noise_range: tuple[float, float]
+    generator: torch.Generator
+
+
+@dataclass
+class EditPlan:
+    """One request with everything it drew from its generator (drawn before any batch runs)."""
+
+    request: EditRequest
+    size: tuple[int, int]  # the VAE-friendly size the images are resized to
+    max_timestep: int  # T: DDIM runs over [0, T]
+    sample_noise: torch.Tensor  # N(0, 1) of the VAE posterior sample, float32 on the CPU
+    latent_noise: torch.Tensor  # N(0, 1) that noises the latents to T, float32 on the CPU
+
+
+@dataclass(frozen=True)
+class NoiseGeometry:
+    """What drawing an edit's noise needs to know of the model (so a process without it can draw)."""
+
+    num_train_timesteps: int
+    vae_scale_factor: int
+    latent_channels: int
+
+
+def draw_plan(request: EditRequest, geometry: NoiseGeometry) -> EditPlan:
+    """Everything an edit draws from its generator, drawn now and in :meth:`InstructPix2PixEditor.edit`'s
+    order: T, the VAE sample noise, the latent noise."""
+    noise_range = check_noise_range(request.noise_range)
+    factor = geometry.vae_scale_factor
+    size = size_for_vae(*request.render.shape[:2], factor)
+    max_timestep = sample_max_timestep(noise_range, geometry.num_train_timesteps, request.generator)
+    latent_shape = (1, geometry.latent_channels, size[0] // factor, size[1] // factor)
+    sample_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+    latent_noise = torch.randn(latent_shape, generator=request.generator, dtype=torch.float32)
+    return EditPlan(request, size, max_timestep, sample_noise, latent_noise)
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -141,113 +191,6 @@ def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
 
 # ------------------------------------------------------------------------------------- pure helpers
 
-def encode_prompt(tokenizer, text_encoder: torch.nn.Module, prompt: str) -> torch.Tensor:
-    """CLIP embeddings [3, L, D] of in2n's three guidance branches: [text, uncond(""), uncond("")]."""
-    tokens = tokenizer([prompt, ""], padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt")
-    device = next(text_encoder.parameters()).device
-    text, uncond = text_encoder(tokens.input_ids.to(device))[0]
-    return torch.stack([text, uncond, uncond])
-
-
-def standard_normal(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """N(0, 1) noise drawn in float32 on the CPU generator, then moved: the same seed gives the same noise
-    on every device and at every precision."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like)
-
-
-def encode_render(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Latents of the image to edit: a SAMPLE of the VAE posterior, times the VAE scaling factor.
-
-    ``image`` is [1, 3, H, W] in [-1, 1].
-    """
-    posterior = vae.encode(image).latent_dist
-    sample = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, posterior.mean)
-    return sample * vae.config.scaling_factor
-
-
-def encode_condition(vae: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Image-conditioning latents [3, 4, h, w] of the three branches: [cond, cond, zeros].
-
-    The conditioning is the posterior MODE, unscaled (as IP2P was trained); the third, unconditional
-    branch sees no image. ``image`` is [1, 3, H, W] in [-1, 1].
-    """
-    condition = vae.encode(image).latent_dist.mode()
-    return torch.cat([condition, condition, torch.zeros_like(condition)])
-
-
-def sample_max_timestep(noise_range: tuple[float, float], num_train_timesteps: int,
-                        generator: torch.Generator) -> int:
-    """T uniform over the integers [int(lower * N), int(upper * N)], inclusive (in2n's choice)."""
-    lower, upper = noise_range
-    min_step, max_step = int(num_train_timesteps * lower), int(num_train_timesteps * upper)
-    return int(torch.randint(min_step, max_step + 1, (1,), generator=generator).item())
-
-
-def scheduler_for(base_scheduler, max_timestep: int, steps: int):
-    """A fresh DDIM scheduler with ``steps`` timesteps spread over [0, max_timestep].
-
-    in2n sets ``scheduler.config.num_train_timesteps = T`` before ``set_timesteps``: the timesteps and the
-    step size to the previous timestep (``num_train_timesteps // steps``) then span [0, T], while
-    ``alphas_cumprod`` stay those of the full training schedule. The same is done here on a new scheduler,
-    so the shared one is never mutated. Degenerate ranges that would crash in2n (T = 0 or fewer timesteps
-    than steps) are clamped: T >= 1 and at most T steps.
-    """
-    from diffusers import DDIMScheduler
-
-    max_timestep = max(1, max_timestep)
-    scheduler = DDIMScheduler.from_config(base_scheduler.config)  # full-schedule alphas_cumprod
-    scheduler.register_to_config(num_train_timesteps=max_timestep)  # from now on only the spacing reads it
-    scheduler.set_timesteps(min(steps, max_timestep))
-    return scheduler
-
-
-def combine_guidance(text: torch.Tensor, image: torch.Tensor, uncond: torch.Tensor,
-                     text_scale: float, image_scale: float) -> torch.Tensor:
-    """IP2P's two-way classifier-free guidance of the noise predictions of the three branches."""
-    return uncond + text_scale * (text - image) + image_scale * (image - uncond)
-
-
-def denoise(unet: torch.nn.Module, scheduler, latents: torch.Tensor, condition: torch.Tensor,
-            text_embeddings: torch.Tensor, text_scale: float, image_scale: float) -> torch.Tensor:
-    """DDIM from the noised render latents [1, 4, h, w] over ``scheduler.timesteps``."""
-    for t in scheduler.timesteps:
-        # The three branches share the noisy latents; channels 4-7 carry their image conditioning.
-        unet_input = torch.cat([torch.cat([latents] * 3), condition], dim=1)
-        noise_pred = unet(unet_input, t, encoder_hidden_states=text_embeddings, return_dict=False)[0]
-        text, image, uncond = noise_pred.chunk(3)
-        latents = scheduler.step(combine_guidance(text, image, uncond, text_scale, image_scale), t, latents).prev_sample
-    return latents
-
-
-def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Image [1, 3, H, W] in [0, 1] from latents."""
-    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
-    return (image / 2 + 0.5).clamp(0, 1)
-
-
-def size_for_vae(height: int, width: int, factor: int) -> tuple[int, int]:
-    """The nearest size whose sides are multiples of the VAE's downsampling factor (8 for IP2P)."""
-    return max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
-
-
-def place_module(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    """Move ``module``; cast only when needed (diffusers warns on every cast, even a no-op one)."""
-    module.to(device)
-    if next(module.parameters()).dtype != dtype:
-        module.to(dtype)
-    return module
-
-
-def check_noise_range(noise_range: tuple[float, float]) -> tuple[float, float]:
-    lower, upper = (float(value) for value in noise_range)
-    if not 0.0 <= lower <= upper <= 1.0:
-        raise InputError(None, f"noise range ({lower}, {upper}) must satisfy 0 <= lower <= upper <= 1")
-    return lower, upper
-
-
-# ---------------------------------------------------------------------------------------------- editor
-
 class InstructPix2PixEditor:
     """The :class:`~splat2splat.edit.editor.Editor` of Instruct-NeRF2NeRF: InstructPix2Pix + partial DDIM."""
 
@@ -267,6 +210,8 @@ class InstructPix2PixEditor:
             place_module(module, home, self.dtype).eval().requires_grad_(False)
             if self.config.dtype == AUTOCAST:
                 module.float()  # in2n: pipe.unet.float(), pipe.vae.float() after loading in float16
+            if self.config.channels_last:
+                module.to(memory_format=torch.channels_last)
         # The dtype of the images and latents that enter the UNet and the VAE.
         self.compute_dtype = torch.float32 if self.config.dtype == AUTOCAST else self.dtype
         self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
@@ -311,6 +256,65 @@ class InstructPix2PixEditor:
             edited = decode_latents(vae, latents)
         edited = resize_image(edited[0].float().permute(1, 2, 0), (height, width)).clamp(0, 1)
         return edited.to(render.device)
+
+    @torch.no_grad()
+    def edit_batch(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
+        """Edit several views at once: the same results as :meth:`edit` called on each request in order.
+
+        Every request first takes its draws from its generator in :meth:`edit`'s order (T, the VAE sample
+        noise, the latent noise), request after request, so a generator shared by the requests is consumed
+        exactly as by the serial calls. Then the VAE and the UNet run on all requests of one image size
+        together: 3 guidance branches x k views in one UNet batch, each view with its own timesteps (views
+        with different T have different DDIM sequences; the UNet takes a timestep per sample and each view
+        steps its own scheduler). Only floating-point reassociation in batched kernels can differ.
+        """
+        return self.run_plans([self.plan(request) for request in requests])
+
+    def noise_geometry(self) -> NoiseGeometry:
+        return NoiseGeometry(self.models.scheduler.config.num_train_timesteps, self.vae_scale_factor,
+                             self.models.vae.config.latent_channels)
+
+    def plan(self, request: EditRequest) -> EditPlan:
+        return draw_plan(request, self.noise_geometry())
+
+    def run_plans(self, plans: list[EditPlan]) -> list[torch.Tensor]:
+        """The edits of ``plans`` (any sizes and noise levels), in order; each group of one image size and
+        one number of DDIM steps runs as one batch."""
+        results: list[torch.Tensor | None] = [None] * len(plans)
+        for group in batch_groups(plans, self.config.diffusion_steps):
+            for index, edited in zip(group, self.run_batch([plans[i] for i in group])):
+                results[index] = edited
+        return results  # type: ignore[return-value]
+
+    def run_batch(self, plans: list[EditPlan]) -> list[torch.Tensor]:
+        """The edits of ``plans`` (one image size, one number of DDIM steps) as one batch."""
+        size = plans[0].size
+        schedulers = [scheduler_for(self.models.scheduler, plan.max_timestep, self.config.diffusion_steps)
+                      for plan in plans]
+        embeddings = torch.cat([self.prompt_embeddings(plan.request.prompt) for plan in plans])
+        with self.autocast(), self.on_device(self.models.vae) as vae:
+            renders = torch.cat([self.model_input(plan.request.render, size) for plan in plans])
+            originals = torch.cat([self.model_input(plan.request.original, size) for plan in plans])
+            posterior = vae.encode(renders).latent_dist
+            sample_noise = torch.cat([plan.sample_noise for plan in plans]).to(posterior.mean)
+            latents = (posterior.mean + posterior.std * sample_noise) * vae.config.scaling_factor
+            condition = vae.encode(originals).latent_dist.mode()
+        condition = torch.stack([condition, condition, torch.zeros_like(condition)], dim=1).flatten(0, 1)
+        latents = torch.cat([
+            scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), scheduler.timesteps[:1])
+            for i, (plan, scheduler) in enumerate(zip(plans, schedulers))])
+        with self.autocast(), self.on_device(self.models.unet) as unet:
+            latents = denoise_batch(unet, schedulers, latents, condition,
+                                    embeddings.to(self.compute_dtype), self.config.guidance_scale,
+                                    self.config.image_guidance_scale)
+        with self.autocast(), self.on_device(self.models.vae) as vae:
+            decoded = decode_latents(vae, latents)
+        edits = []
+        for plan, image in zip(plans, decoded):
+            render = plan.request.render
+            edited = resize_image(image.float().permute(1, 2, 0), tuple(render.shape[:2])).clamp(0, 1)
+            edits.append(edited.to(render.device))
+        return edits
 
     @torch.no_grad()
     def prompt_embeddings(self, prompt: str) -> torch.Tensor:

@@ -33,6 +33,7 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.idu import IterativeDatasetUpdate
+from splat2splat.edit.pipeline import check_throughput_options
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
@@ -275,6 +276,7 @@ def check_new_edit(job: EditJob) -> None:
         check_local_density(job)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
+    check_throughput_options(job.idu.schedule, job.idu.edit_batch, job.idu.edit_lag)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
     check_output_folder(job.output)
@@ -320,8 +322,8 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     if state is not None:
         try:
             idu.load_state_dict(state["idu"])
-        except ValueError as problem:
-            raise InputError(job.output / CHECKPOINT_NAME, str(problem)) from None
+        except (ValueError, KeyError, TypeError) as problem:
+            raise InputError(job.output / CHECKPOINT_NAME, f"its edit state does not fit this run: {problem}") from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
 

@@ -44,7 +44,7 @@ def write_edit_outputs(run: EditRun, report: LoopReport) -> dict:
         "edits": run.idu.edits_done, "views_edited": run.idu.views_edited(),
         "views": len(dataset.train_indices), "metrics": final, "last_step": report.last_stats,
         "history": report.evaluations,
-        "seconds": {**run.idu.seconds, "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"],
+        "seconds": {**run.idu.timings(), "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"],
                     "outputs": io_seconds, "this_session": time.perf_counter() - run.started},
         "files": [str(f) for f in files],
     }

@@ -55,13 +55,22 @@ class IDUConfig:
     random_background: bool = False
     """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
     default); ignored where the images had alpha composited over a fixed background."""
+    edit_batch: int = 1
+    """Views per editor batch (in2n schedule): k edits k * edit_count views every k * edit_rate steps as one
+    UNet batch (the same edits per training step; each edit equals the serial one). 1 = one at a time."""
+    edit_lag: int = 0
+    """Steps an edit may run behind training: the edit of step s runs in an editor thread and replaces its
+    image after step s + edit_lag (the trainer waits for a late one, so results do not depend on timing).
+    0 = edit, then train (the references' serial loop); in2n schedule only."""
     seed: int = 0
     """Seed of every edit's noise."""
 
 
 def _in2n(description: str, steps: int, dtype: str, offload: bool, lpips: float) -> IDUConfig:
+    # edit_batch 1 and edit_lag 0: in2n edits one view at a time and trains after it (the throughput options
+    # are opt-in: docs/BENCHMARKS.md, "Edit throughput", shows what they cost and save).
     return IDUConfig(description=description, schedule="in2n", steps=steps, edit_rate=10, edit_count=1,
-                     noise_range=(0.02, 0.98), loss=LossWeights(l1=1.0, dssim=0.0, lpips=lpips), lpips_net="alex",
+                     edit_batch=1, edit_lag=0, noise_range=(0.02, 0.98), loss=LossWeights(l1=1.0, dssim=0.0, lpips=lpips), lpips_net="alex",
                      density_control=IN2N_GAUSSIAN_DENSITY_CONTROL,
                      editor=IP2PConfig(dtype=dtype, offload=offload, guidance_scale=7.5, image_guidance_scale=1.5,
                                        diffusion_steps=20))
@@ -80,7 +89,7 @@ PRESETS: dict[str, IDUConfig] = {
                        30000, "float16", True, 0.0),
     "igs2gs": IDUConfig(
         description="Instruct-GS2GS: every 2500 steps re-edit the dataset one view per step, 0.8 L1 + 0.2 D-SSIM",
-        schedule="igs2gs", steps=7500, edit_rate=2500, noise_range=(0.70, 0.98),
+        schedule="igs2gs", steps=7500, edit_rate=2500, edit_batch=1, edit_lag=0, noise_range=(0.70, 0.98),
         loss=LossWeights(l1=0.8, dssim=0.2, lpips=0.0), density_control="cull", random_background=True,
         editor=IP2PConfig(dtype="float16", offload=True, guidance_scale=12.5, image_guidance_scale=1.5,
                           diffusion_steps=20),

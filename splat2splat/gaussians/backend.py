@@ -292,15 +292,15 @@ class GaussianBackend:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        # Copies: on the CPU `.to` and Adam's load_state_dict keep the state's own tensors, and training would
+        # then change the caller's state in place (a state reused for several runs would drift).
         for key in SPLAT_KEYS:
-            # A copy: on the CPU ``.to`` would alias the state's tensor, and training this backend would
-            # change the state (and any backend it came from) in place.
             self.splats[key] = torch.nn.Parameter(state["splats"][key].to(self.device, copy=True))
         self.max_sh_degree = sh_degree_of(self.splats)
         self.optimizers = self._make_optimizers()
         for key, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(copy.deepcopy(state["optimizers"][key]))  # (its moments, likewise)
-        self.strategy_state = to_device(state["strategy_state"], self.device)
+            optimizer.load_state_dict(copy.deepcopy(state["optimizers"][key]))
+        self.strategy_state = to_device(copy.deepcopy(state["strategy_state"]), self.device)
         self.step = state["step"]
         self.generator.set_state(state["generator"])
         self._view_order = list(state["view_order"])

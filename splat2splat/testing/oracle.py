@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from splat2splat.edit.ip2p import check_noise_range
+from splat2splat.edit.ip2p_steps import check_noise_range
 from splat2splat.imaging import resize_image
 from splat2splat.gaussians.model import SH_C0
 

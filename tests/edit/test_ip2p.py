@@ -8,17 +8,9 @@ import pytest
 import torch
 
 from splat2splat.edit.editor import Editor
-from splat2splat.edit.ip2p import (
-    IP2PConfig,
-    InstructPix2PixEditor,
-    combine_guidance,
-    decode_latents,
-    encode_prompt,
-    encode_render,
-    sample_max_timestep,
-    scheduler_for,
-    standard_normal,
-)
+from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor
+from splat2splat.edit.ip2p_steps import (combine_guidance, decode_latents, encode_prompt, encode_render,
+                                         sample_max_timestep, scheduler_for, standard_normal)
 from splat2splat.errors import InputError
 
 SIZE = 64
@@ -310,3 +302,68 @@ def test_the_three_guidance_branches_are_text_image_and_unconditional():
     assert torch.equal(combine_guidance(text, image_, uncond, 0.0, 1.0), image_)
     assert torch.equal(combine_guidance(text, image_, uncond, 0.0, 0.0), uncond)
     assert torch.equal(combine_guidance(text, image_, uncond, 7.5, 1.5), uncond + 7.5 * (text - image_) + 1.5 * (image_ - uncond))
+
+
+# ------------------------------------------------------------------------------------------ batched edits
+
+def batch_requests(generator: torch.Generator, sizes=((SIZE, SIZE),) * 3, prompts=("make it snowy",) * 3):
+    from splat2splat.edit.ip2p import EditRequest
+
+    return [EditRequest(image(10 + i, *size), image(20 + i, *size), prompt, (0.02, 0.98), generator)
+            for i, (size, prompt) in enumerate(zip(sizes, prompts))]
+
+
+def test_edit_batch_equals_editing_one_at_a_time_with_a_shared_generator(editor):
+    """The draws of every request are taken in the serial order (T, VAE sample, noise; request by request),
+    so a generator shared by the batch ends where the serial calls leave it and every edit matches."""
+    serial_generator, batch_generator = seeded(3), seeded(3)
+    requests = batch_requests(batch_generator, prompts=("make it snowy", "make it red", "make it snowy"))
+    serial = [editor.edit(r.render, r.original, r.prompt, r.noise_range, serial_generator) for r in requests]
+    batched = editor.edit_batch(requests)
+    assert len(batched) == 3
+    for one, together in zip(serial, batched):
+        assert one.shape == together.shape
+        torch.testing.assert_close(together, one, atol=1e-5, rtol=0)
+    assert torch.equal(serial_generator.get_state(), batch_generator.get_state())
+    assert not torch.allclose(batched[0], batched[2])
+
+
+def test_edit_batch_runs_views_at_different_noise_levels_in_one_unet_batch(editor, monkeypatch):
+    """Requests of one size go through the UNet together, each sample with its own timestep."""
+    seen = []
+    unet_forward = editor.models.unet.forward
+
+    def recording(sample, timestep, *args, **kwargs):
+        seen.append((sample.shape[0], timestep.clone()))
+        return unet_forward(sample, timestep, *args, **kwargs)
+
+    monkeypatch.setattr(editor.models.unet, "forward", recording)
+    plans_generator = seeded(11)
+    editor.edit_batch(batch_requests(plans_generator))
+    assert len(seen) == editor.config.diffusion_steps  # one UNet call per DDIM step for all three views
+    batch, timesteps = seen[0]
+    assert batch == 9 and timesteps.shape == (9,)
+    per_view = timesteps.view(3, 3)
+    assert (per_view == per_view[:, :1]).all()  # a view's three branches share its timestep
+    assert len(set(per_view[:, 0].tolist())) > 1  # different views, different noise levels
+
+
+def test_edit_batch_groups_different_sizes_and_keeps_the_order(editor):
+    sizes = ((SIZE, SIZE), (40, 56), (SIZE, SIZE))
+    serial_generator, batch_generator = seeded(5), seeded(5)
+    requests = batch_requests(batch_generator, sizes=sizes)
+    serial = [editor.edit(r.render, r.original, r.prompt, r.noise_range, serial_generator) for r in requests]
+    batched = editor.edit_batch(requests)
+    assert [tuple(e.shape[:2]) for e in batched] == list(sizes)
+    for one, together in zip(serial, batched):
+        torch.testing.assert_close(together, one, atol=1e-5, rtol=0)
+
+
+def test_channels_last_is_a_speed_option_with_the_same_edits(tiny_ip2p_folder, editor):
+    fast = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3, device="cpu",
+                                                        channels_last=True))
+    conv = next(m for m in fast.models.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    render, original = image(0), image(1)
+    torch.testing.assert_close(fast.edit(render, original, "snow", (0.02, 0.98), seeded(2)),
+                               editor.edit(render, original, "snow", (0.02, 0.98), seeded(2)), atol=1e-5, rtol=0)

@@ -231,3 +231,16 @@ def test_cuda_train_step_densifies_with_fused_ssim_and_round_trips(demo_scene, t
             assert restored.strategy_state[key].device.type == "cuda" and torch.equal(restored.strategy_state[key], value)
     stats = restored.train_step(dataset, loss)  # and it trains on
     assert restored.step == 41 and torch.isfinite(torch.tensor(stats["loss"]))
+
+
+def test_a_state_loaded_twice_trains_the_same_twice(dataset):
+    """Loading copies the state: training one backend must not change the state another one starts from."""
+    source = backend_for(dataset, kind="none")
+    train(source, dataset, 2)
+    state = source.state_dict()
+    results = []
+    for _ in range(2):
+        backend = GaussianBackend.from_state_dict(state, "cpu")
+        train(backend, dataset, 3)
+        results.append({k: v.detach().clone() for k, v in backend.splats.items()})
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])

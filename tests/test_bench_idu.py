@@ -1,0 +1,51 @@
+"""The edit-throughput benchmark at toy size: every mode makes the same edits, and neither batching nor lag
+costs fidelity on the oracle's known target."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
+
+from bench_idu import BenchIDU, main, mode_settings  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    # Step counts / 1000: a 30-step scene, 30 edit steps, an edit every 2 steps (15 edits per mode).
+    cfg = BenchIDU(output=tmp_path_factory.mktemp("idu") / "result.json", modes=("serial", "batch3", "lag4"),
+                   image_size=16, views=8, step_scale=1000, edit_rate=2, diffusion_steps=2, device="cpu")
+    return main(cfg)
+
+
+def test_every_mode_makes_the_same_number_of_edits(result):
+    rows = result["results"]
+    assert [row["edits"] for row in rows] == [15, 15, 15]
+    assert all(row["oracle_edits"] == 15 for row in rows)
+    for row in rows:
+        assert row["wall_s"] > 0 and 0 <= row["trainer_idle_s"] and row["editor_idle_s"] <= row["wall_s"]
+
+
+def test_batching_and_lag_keep_the_fidelity_of_the_serial_loop(result):
+    rows = {row["mode"]: row for row in result["results"]}
+    for mode in ("batch3", "lag4"):
+        assert rows[mode]["psnr_to_target"] > rows["serial"]["psnr_to_target"] - 1.0, mode
+        assert rows[mode]["psnr_to_target"] > rows[mode]["psnr_to_unedited"], mode
+
+
+def test_mode_names_set_batch_and_lag():
+    settings = mode_settings("batch5-lag10", BenchIDU())
+    assert (settings.edit_batch, settings.edit_lag, settings.edit_rate) == (5, 10, 10)
+    assert (mode_settings("serial", BenchIDU()).edit_batch, mode_settings("serial", BenchIDU()).edit_lag) == (1, 0)
+
+
+def test_editor_options_are_timed_one_by_one(tmp_path):
+    cfg = BenchIDU(output=tmp_path / "options.json", editor_options=("default", "channels_last", "batch2"),
+                   option_edits=1, image_size=16, diffusion_steps=1, timing=False, fidelity=False, device="cpu")
+    result = main(cfg)
+    assert [o["option"] for o in result["editor_options"]] == ["default", "channels_last", "batch2"]
+    assert all(o["seconds_per_view"] > 0 and o["edits"] == 1 for o in result["editor_options"])
+    assert result["results"] == []
