@@ -30,6 +30,7 @@ from splat2splat.scene import SceneBackend
 
 FORMAT_VERSION = 1  # bumped whenever the layout above changes
 CHECKPOINT_SUFFIXES = (".pt", ".ckpt")
+CHECKPOINT_FILE = "checkpoint.pt"  # the name every run folder gives its checkpoint
 COMMAND_FILE = "command.json"
 # Options that older splat2splat versions saved with a run but that belong to one invocation only.
 PER_INVOCATION_KEYS = ("resume", "viewer", "viewer_port", "viewer_every")

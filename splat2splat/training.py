@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
-from splat2splat.checkpoint import (backend_from_checkpoint, job_from_dict, load_rng_state, read_checkpoint,
-                                    require_keys, save_checkpoint)
+from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
+                                    read_checkpoint, require_keys, save_checkpoint)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
@@ -27,7 +27,6 @@ from splat2splat.runner import LoopReport, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 from splat2splat.validation import check_options
 
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -96,7 +95,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     """A new training run, or with ``resume`` the one in ``job.output`` (its saved job wins over ``job``)."""
     from splat2splat.data.readers import load_dataset
 
-    checkpoint_path = job.output / CHECKPOINT_NAME
+    checkpoint_path = job.output / CHECKPOINT_FILE
     if resume:
         state = read_checkpoint(checkpoint_path)
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
@@ -123,7 +122,7 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
     from splat2splat.io import write_json
 
     job, dataset, backend = start_training(job, resume)
-    checkpoint_path = job.output / CHECKPOINT_NAME
+    checkpoint_path = job.output / CHECKPOINT_FILE
 
     def save() -> None:
         save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=config_to_dict(job))

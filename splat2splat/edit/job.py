@@ -26,8 +26,9 @@ from typing import Callable, Literal
 import torch
 
 from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
-from splat2splat.checkpoint import (COMMAND_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
-                                    read_checkpoint, read_command, require_keys, save_checkpoint, write_command)
+from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
+                                    load_rng_state, read_checkpoint, read_command, require_keys, save_checkpoint,
+                                    write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
@@ -49,7 +50,6 @@ from splat2splat.validation import check_options
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 @dataclass
@@ -149,7 +149,7 @@ def check_fits_dataset(source: Path, backend: SceneBackend, dataset: Dataset) ->
 
 def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     """A scene trained here on the unedited images (resumable from initial/checkpoint.pt)."""
-    path = job.output / "initial" / CHECKPOINT_NAME
+    path = job.output / "initial" / CHECKPOINT_FILE
     if path.exists():
         state = read_checkpoint(path)
         backend = backend_from_checkpoint(path, state, device_name(job.device))
@@ -225,7 +225,7 @@ class EditRun:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.job.output / CHECKPOINT_NAME
+        return self.job.output / CHECKPOINT_FILE
 
     def save_checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.backend, self.job.data, self.job.downscale,
@@ -252,7 +252,7 @@ class EditRun:
 
 def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
     """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing)."""
-    output, checkpoint_path = job.output, job.output / CHECKPOINT_NAME
+    output, checkpoint_path = job.output, job.output / CHECKPOINT_FILE
     if (output / "run.json").exists():
         raise InputError(output / "run.json", "this edit has already finished; nothing to resume")
     if checkpoint_path.exists():
@@ -280,7 +280,7 @@ def check_new_edit(job: EditJob) -> None:
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
     check_output_folder(job.output)
-    if (job.output / CHECKPOINT_NAME).exists() or (job.output / COMMAND_FILE).exists():
+    if (job.output / CHECKPOINT_FILE).exists() or (job.output / COMMAND_FILE).exists():
         raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
 
@@ -323,7 +323,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         try:
             idu.load_state_dict(state["idu"])
         except (ValueError, KeyError, TypeError) as problem:
-            raise InputError(job.output / CHECKPOINT_NAME, f"its edit state does not fit this run: {problem}") from None
+            raise InputError(job.output / CHECKPOINT_FILE, f"its edit state does not fit this run: {problem}") from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
 
@@ -366,7 +366,7 @@ def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Edit
 
 def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     """The scene and edited images of an edit checkpoint, checked against the dataset."""
-    path = job.output / CHECKPOINT_NAME
+    path = job.output / CHECKPOINT_FILE
     backend = backend_from_checkpoint(path, state, job.gaussians.device)
     check_fits_dataset(path, backend, dataset)
     try:

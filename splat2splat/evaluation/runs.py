@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splat2splat.checkpoint import CHECKPOINT_FILE, COMMAND_FILE, job_from_dict
 from splat2splat.errors import InputError
 from splat2splat.io import read_json
 
-EDITED_SCENE_FILES = ("checkpoint.pt", "scene.ply")  # in order of preference: the checkpoint is exact
-INITIAL_SCENE = Path("initial") / "checkpoint.pt"
+EDITED_SCENE_FILES = (CHECKPOINT_FILE, "scene.ply")  # in order of preference: the checkpoint is exact
+INITIAL_SCENE = Path("initial") / CHECKPOINT_FILE
 
 
 @dataclass
@@ -56,47 +57,47 @@ def _run_folder_target(folder: Path, original: Path | None, data: Path | None, d
     record = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
     if not isinstance(record, dict):
         raise InputError(folder / "run.json", "not an edit's run.json (not a JSON object)")
-    command = _run_command(folder, record)
+    job = _run_job(folder, record)
     if original is None:
-        original = _recorded_original(folder, command)
+        original = _recorded_original(folder, job)
     elif not Path(original).is_file():
         raise InputError(original, "original scene file (--original) does not exist")
     return EvalTarget(
         name=folder.resolve().name, edited=edited, original=Path(original),
-        data=_recorded_path(folder, command, "data", data, "--data DATA (the dataset the edit ran on)"),
-        downscale=downscale if downscale is not None else int(command.get("downscale") or 1),
-        prompt=record.get("prompt", command.get("prompt")), run_folder=folder, finished=bool(record),
+        data=_recorded_path(folder, job.data, "data", data, "--data DATA (the dataset the edit ran on)"),
+        downscale=downscale if downscale is not None else job.downscale,
+        prompt=record.get("prompt", job.prompt), run_folder=folder, finished=bool(record),
         run_metrics=dict(record.get("metrics") or {}),
     )
 
 
-def _run_command(folder: Path, record: dict) -> dict:
-    """The edit's saved command: command.json, else the copy in run.json."""
-    if (folder / "command.json").is_file():
-        command = read_json(folder / "command.json")
-    else:
-        command = record.get("command")
-    if not isinstance(command, dict):
+def _run_job(folder: Path, record: dict):
+    """The edit's saved job (an :class:`~splat2splat.edit.job.EditJob`): command.json, else the copy in run.json,
+    read and type-checked by :mod:`splat2splat.checkpoint` like a resume reads it."""
+    from splat2splat.edit.job import EditJob
+
+    if (folder / COMMAND_FILE).is_file():
+        return job_from_dict(EditJob, read_json(folder / COMMAND_FILE), folder / COMMAND_FILE)
+    if not isinstance(record.get("command"), dict):
         raise InputError(folder, "not an edit run folder: no command.json (nor a command in run.json) says which "
                                  "dataset and original scene it used; pass the scene file with --original and --data")
-    return command
+    return job_from_dict(EditJob, record["command"], folder / "run.json")
 
 
-def _recorded_original(folder: Path, command: dict) -> Path:
-    if command.get("init"):
-        return _recorded_path(folder, command, "init", None, "--original SCENE (the scene the edit started from)")
+def _recorded_original(folder: Path, job) -> Path:
+    if job.init is not None:
+        return _recorded_path(folder, job.init, "init", None, "--original SCENE (the scene the edit started from)")
     initial = folder / INITIAL_SCENE
     if not initial.is_file():
         raise InputError(initial, "the run's original scene is missing (the edit trained it here): pass --original SCENE")
     return initial
 
 
-def _recorded_path(folder: Path, command: dict, key: str, override: Path | None, option: str) -> Path:
+def _recorded_path(folder: Path, recorded: Path | None, key: str, override: Path | None, option: str) -> Path:
     if override is not None:
         if not Path(override).exists():
             raise InputError(override, f"does not exist ({option.split()[0]})")
         return Path(override)
-    recorded = command.get(key)
     if not recorded:
         raise InputError(folder, f"the run's command does not name its '{key}': pass {option}")
     if not Path(recorded).exists():
