@@ -40,6 +40,7 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from bench_editor_options import OPTION_HEADERS, bench_editor_options, option_table_rows
 from bench_common import (DeviceChoice, Timing, markdown_table, measure_peak_memory, memory_method, mib, progress_bar,
                           record_summary_line, resolve_bench_device, run_record, summarize, time_call, write_json)
 from splat2splat.data.cameras import Cameras
@@ -81,6 +82,12 @@ class BenchSpeedConfig:
     """Skip the editor benchmark."""
     skip_train: bool = False
     """Skip the training-step benchmark."""
+    editor_options: tuple[str, ...] = ()
+    """Editor speed options to time against the default editor in the same run (scripts/bench_editor_options.py),
+    each a '+'-joined list of channels-last, compile=MODE, attention=KERNEL, dtype=DTYPE, batch=K, e.g.
+    channels-last compile=inductor compile=inductor-cuda-graphs attention=flash dtype=bfloat16 batch=4. Uses
+    the same model, --dtype, --image-size, --steps and --editor-repeats as the editor benchmark; every option
+    keeps its own copy of the model loaded while they are timed in turns."""
     model: str | None = None
     """InstructPix2Pix to time: a local diffusers folder or a hub id in the HF cache. Without it a random-weight
     model is built (see --random-model)."""
@@ -227,6 +234,15 @@ def bench_editor(config: BenchSpeedConfig, device: torch.device, progress) -> di
     }
 
 
+def bench_options(config: BenchSpeedConfig, device: torch.device, progress) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="bench-speed-") as scratch:
+        model, model_source = prepare_model_folder(config, Path(scratch))
+        base = IP2PConfig(model=model, dtype=config.dtype, diffusion_steps=config.steps, device=str(device))
+        result = bench_editor_options(config.editor_options, base, config.image_size, config.editor_repeats,
+                                      config.seed, EDIT_PROMPT, EDIT_NOISE_RANGE, progress)
+    return {**result, "model": model, "model_source": model_source}
+
+
 # --------------------------------------------------------------------------------------- train step
 
 def synthetic_dataset(image_size: int, views: int, generator: torch.Generator) -> Dataset:
@@ -332,12 +348,17 @@ def print_results(results: dict[str, Any], markdown: bool, console: Console) -> 
     if "editor" in results:
         sections.append(("Editor latency", EDITOR_HEADERS, editor_table_rows(results["editor"]),
                          results["editor"]["memory_method"]))
+    if "editor_options" in results:
+        options = results["editor_options"]
+        sections.append((f"Editor speed options ({options['image_size']} px, {options['diffusion_steps']} steps, "
+                         f"{options['base_dtype']})", OPTION_HEADERS, option_table_rows(options), None))
     if "train_step" in results:
         sections.append(("Gaussian training step", TRAIN_HEADERS, train_table_rows(results["train_step"]),
                          results["train_step"]["memory_method"]))
     for title, headers, rows, method in sections:
         console.print(rich_table(title, headers, rows))
-        console.print(f"peak memory: {method}")
+        if method is not None:
+            console.print(f"peak memory: {method}")
     if markdown:
         # soft_wrap: Markdown rows must stay on one line whatever the terminal width.
         console.print(f"\nCommand: `{results['record']['command']}`\n", markup=False, highlight=False, soft_wrap=True)
@@ -359,6 +380,8 @@ def main(config: BenchSpeedConfig, command: str | None = None, console: Console 
     with progress_bar() as progress:
         if not config.skip_editor:
             results["editor"] = bench_editor(config, device, progress)
+        if config.editor_options:
+            results["editor_options"] = bench_options(config, device, progress)
         if not config.skip_train:
             results["train_step"] = bench_train_step(config, device, progress)
     write_json(config.output, results)

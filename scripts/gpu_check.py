@@ -70,16 +70,21 @@ class Sizes:
     memory_steps: int
     train_counts: tuple[int, ...]
     train_image_sizes: tuple[int, ...]
+    editor_options: tuple[str, ...]  # the throughput group's editor speed options (bench_speed --editor-options)
 
 
 GPU = Sizes(device="cuda", demo_views=40, demo_image_size=64, demo_points=3000, train_steps=300, refine_start=100,
             refine_every=50, mcmc_cap=6000, edit_init_steps=100, edit_steps=30, editor_model="full-size",
             editor_image_size=512, editor_steps=20, editor_repeats=3, memory_image_size=512, memory_steps=3,
-            train_counts=(100_000, 1_000_000), train_image_sizes=(512, 1024))
+            train_counts=(100_000, 1_000_000), train_image_sizes=(512, 1024),
+            editor_options=("channels-last", "dtype=bfloat16", "attention=flash", "attention=efficient",
+                            "attention=cudnn", "compile=inductor", "compile=inductor-cuda-graphs", "compile=cuda-graphs",
+                            "batch=4"))
 DRY_RUN = Sizes(device="cpu", demo_views=12, demo_image_size=32, demo_points=600, train_steps=30, refine_start=10,
                 refine_every=10, mcmc_cap=800, edit_init_steps=10, edit_steps=4, editor_model="tiny",
                 editor_image_size=64, editor_steps=2, editor_repeats=1, memory_image_size=64, memory_steps=2,
-                train_counts=(1_000, 2_000), train_image_sizes=(32, 64))
+                train_counts=(1_000, 2_000), train_image_sizes=(32, 64),
+                editor_options=("channels-last", "attention=math", "batch=2"))
 
 
 class Skip(Exception):
@@ -266,6 +271,8 @@ def stage_make_editor_model(sizes: Sizes, work: Path) -> dict:
     from splat2splat.testing.tiny_ip2p import build_full_size_random_ip2p, build_tiny_ip2p
 
     folder = work / f"ip2p-{sizes.editor_model}"
+    if (folder / "model_index.json").exists():  # built by an earlier run on this machine (same seed, same weights)
+        return {"model": sizes.editor_model, "folder": str(folder), "reused": True}
     shutil.rmtree(folder, ignore_errors=True)
     started = time.perf_counter()
     if sizes.editor_model == "full-size":
@@ -306,6 +313,22 @@ def stage_bench_editor(sizes: Sizes, work: Path) -> dict:
             "ours_peak_bytes": editor["ours"]["peak_memory_bytes"], "stock_peak_bytes": editor["stock"]["peak_memory_bytes"],
             "dtype": editor["dtype"], "image_size": editor["image_size"], "steps": editor["unet_evaluations_per_edit"],
             "json": "bench_speed_editor.json"}
+
+
+def stage_editor_options(sizes: Sizes, work: Path) -> dict:
+    """The editor's speed options against the default editor, in one run (issue 16: each option is kept only
+    where this shows a gain)."""
+    folder = editor_model_folder(sizes, work)
+    dtype = "float16" if sizes.device == "cuda" else "float32"
+    results = run_bench_speed(["--device", sizes.device, "--skip-train", "--skip-editor", "--random-model-folder",
+                               str(folder), "--random-model", sizes.editor_model, "--dtype", dtype,
+                               "--image-size", str(sizes.editor_image_size), "--steps", str(sizes.editor_steps),
+                               "--editor-repeats", str(sizes.editor_repeats + 2), "--editor-options",
+                               *sizes.editor_options, "--output", str(work / "bench_speed_options.json")])
+    rows = results["editor_options"]["rows"]
+    require(len(rows) == 1 + len(sizes.editor_options), "missing option rows")
+    return {"rows": [{k: row[k] for k in ("option", "first_edit_s", "median_s_per_view", "speedup_over_default",
+                                          "max_abs_difference")} for row in rows], "json": "bench_speed_options.json"}
 
 
 def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
@@ -404,13 +427,14 @@ class Stage:
     run: Callable[[Sizes, Path], dict]
     timeout_s: int  # on the GPU machine; the dry run allows more (a slow, shared CPU)
     parallel: bool = False  # part of the first group, run side by side
+    groups: tuple[str, ...] = ("check",)  # --group: the first GPU run ("check") or edit throughput ("throughput")
 
 
 STAGES = (
-    Stage("build_gsplat", stage_build_gsplat, 330, parallel=True),
+    Stage("build_gsplat", stage_build_gsplat, 330, parallel=True, groups=("check", "throughput")),
     Stage("build_ssim", stage_build_ssim, 200, parallel=True),
     Stage("train_cpu", stage_train_cpu, 200, parallel=True),
-    Stage("make_editor_model", stage_make_editor_model, 200, parallel=True),
+    Stage("make_editor_model", stage_make_editor_model, 200, parallel=True, groups=("check", "throughput")),
     Stage("gpu_tests", stage_gpu_tests, 150),
     Stage("train_parity", stage_train_parity, 60),
     Stage("train_mcmc", stage_train_mcmc, 45),
@@ -419,6 +443,7 @@ STAGES = (
     Stage("bench_editor", stage_bench_editor, 120),
     Stage("edit_memory", stage_edit_memory, 75),
     Stage("bench_train", stage_bench_train, 90),
+    Stage("editor_options", stage_editor_options, 300, groups=("throughput",)),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -524,7 +549,7 @@ def nvidia_smi() -> str | None:
         return None
 
 
-def run_all(output: Path, dry_run: bool, only: list[str] | None, total_budget_s: float) -> int:
+def run_all(output: Path, dry_run: bool, only: list[str] | None, group: str, total_budget_s: float) -> int:
     started = time.monotonic()
     work = Path(os.environ.get("GPU_CHECK_WORK", "/tmp/splat2splat-gpu-check"))
     shutil.rmtree(work / "logs", ignore_errors=True)
@@ -532,7 +557,7 @@ def run_all(output: Path, dry_run: bool, only: list[str] | None, total_budget_s:
     output.mkdir(parents=True, exist_ok=True)
     environment = build_environment(work, dry_run)
     print(f"[gpu_check] {json.dumps(environment)}", flush=True)
-    stages = [s for s in STAGES if only is None or s.name in only]
+    stages = [s for s in STAGES if s.name in only] if only else [s for s in STAGES if group in s.groups]
     for stage in stages:
         (work / f"{stage.name}.json").unlink(missing_ok=True)
     scale = 6.0 if dry_run else 1.0  # the dry run's shared 2-core CPU, not the GPU machine's 16 cores
@@ -569,7 +594,7 @@ def write_report(output: Path, work: Path, records: list[dict], environment: dic
             combined.write(f"===== {record['stage']} ({record['status']})\n")
             if log.exists():
                 combined.write(log.read_text(errors="replace")[-200_000:])
-    for name in ("bench_speed_editor.json", "bench_speed_train.json", "gpu-tests.xml"):
+    for name in ("bench_speed_editor.json", "bench_speed_train.json", "bench_speed_options.json", "gpu-tests.xml"):
         if (work / name).exists():
             shutil.copy(work / name, output / name)
     print(f"\n{'stage':<20} {'status':<6} {'wall s':>7}  detail")
@@ -587,6 +612,9 @@ def main() -> int:
     parser.add_argument("--cpu-dry-run", action="store_true", default=os.environ.get("GPU_CHECK_DRY_RUN") == "1",
                         help="run every stage on the CPU at tiny sizes (CUDA-only parts skip with their reason)")
     parser.add_argument("--only", nargs="+", choices=list(STAGE_BY_NAME), help="run only these stages")
+    parser.add_argument("--group", choices=["check", "throughput"], default="check",
+                        help="check: the first GPU run (default); throughput: issue 16's editor options and IDU "
+                             "throughput (after a check on the same warm machine, which reuses its builds)")
     parser.add_argument("--budget", type=float, default=None,
                         help="seconds for the whole check (default: 510 on the GPU, 3000 for the dry run)")
     parser.add_argument("--stage", choices=list(STAGE_BY_NAME), help=argparse.SUPPRESS)  # a stage's own process
@@ -595,7 +623,7 @@ def main() -> int:
     if args.stage:
         return run_one_stage(args.stage, args.work, args.cpu_dry_run)
     budget = args.budget or (3000.0 if args.cpu_dry_run else 510.0)
-    return run_all(args.output, args.cpu_dry_run, args.only, budget)
+    return run_all(args.output, args.cpu_dry_run, args.only, args.group, budget)
 
 
 if __name__ == "__main__":

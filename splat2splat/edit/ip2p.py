@@ -32,16 +32,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from splat2splat.devices import resolve_device
-from splat2splat.edit.ip2p_steps import (batch_groups, check_noise_range, decode_latents, denoise, denoise_batch,
-                                         encode_condition, encode_prompt, encode_render, place_module,
-                                         sample_max_timestep, scheduler_for, size_for_vae, standard_normal)
+from splat2splat.edit.ip2p_speed import AttentionKernel, CompileMode, check_speed_options, compiled, use_attention_kernel
+from splat2splat.edit.ip2p_steps import (batch_groups, check_noise_range, decode_latents, denoise, encode_prompt,
+                                         place_module, sample_max_timestep, scheduler_for, size_for_vae)
 from splat2splat.errors import InputError
 from splat2splat.imaging import resize_image
 from splat2splat.model_loading import load_failure, model_source, quiet_model_loading
@@ -83,6 +83,13 @@ class IP2PConfig:
     channels_last: bool = False
     """Hold the UNet and VAE weights in channels-last memory format (a speed option: convolutions on GPU
     tensor cores often run faster so; results equal up to rounding). Measure before use: docs/BENCHMARKS.md."""
+    compile: CompileMode = "off"
+    """torch.compile the UNet: 'inductor' (fused kernels), 'inductor-cuda-graphs' (inductor's kernels replayed
+    as CUDA graphs; CUDA only), 'cuda-graphs' (the eager kernels as CUDA graphs; CUDA only). The first edit of
+    each batch shape compiles (a minute or more). Measure before use: docs/BENCHMARKS.md."""
+    attention: AttentionKernel = "auto"
+    """Attention kernel of the UNet and the VAE: 'auto' (PyTorch chooses, as diffusers does), one of PyTorch's
+    'flash', 'efficient', 'cudnn', 'math', or 'unfused' (diffusers' matmul + softmax). Measure before use."""
     offload: bool = False
     """Keep the models in CPU memory and move each one to the GPU only while it runs (in2n-small/tiny do, with
     diffusers' enable_model_cpu_offload): frees GPU memory for the scene at the cost of host-to-GPU copies
@@ -189,7 +196,13 @@ def load_ip2p_models(model: str, dtype: torch.dtype) -> IP2PModels:
     return IP2PModels(pipeline.tokenizer, pipeline.text_encoder, pipeline.unet, pipeline.vae, scheduler)
 
 
-# ------------------------------------------------------------------------------------- pure helpers
+def check_editor_options(config: IP2PConfig) -> None:
+    """One-line errors for editor options that cannot run together on the configured device (before loading)."""
+    device = resolve_device(config.device)
+    check_speed_options(config.compile, config.attention, config.offload and device.type == "cuda", device)
+
+
+# ------------------------------------------------------------------------------------------- the editor
 
 class InstructPix2PixEditor:
     """The :class:`~splat2splat.edit.editor.Editor` of Instruct-NeRF2NeRF: InstructPix2Pix + partial DDIM."""
@@ -199,6 +212,7 @@ class InstructPix2PixEditor:
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.dtype, self.device)
         self.offload = self.config.offload and self.device.type == "cuda"  # on the CPU there is nothing to offload
+        check_editor_options(self.config)
         if self.dtype == torch.float16 and self.device.type == "cpu" and self.config.dtype != AUTOCAST:
             logger.warning("float16 on the CPU runs, but far slower than float32; prefer --dtype float32 there")
         self.models = models
@@ -215,10 +229,24 @@ class InstructPix2PixEditor:
         # The dtype of the images and latents that enter the UNet and the VAE.
         self.compute_dtype = torch.float32 if self.config.dtype == AUTOCAST else self.dtype
         self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+        attention_dtype = torch.float16 if self.autocast_active() else self.compute_dtype
+        use_attention_kernel(self.config.attention, [models.unet, models.vae], self.device, attention_dtype)
+        self._compiled_unet = None
+
+    def unet(self) -> Callable:
+        """What the denoising loop calls: the UNet, or its compiled form (built on first use)."""
+        if self.config.compile == "off":
+            return self.models.unet
+        if self._compiled_unet is None:
+            self._compiled_unet = compiled(self.models.unet, self.config.compile)
+        return self._compiled_unet
+
+    def autocast_active(self) -> bool:
+        return self.config.dtype == AUTOCAST and self.device.type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """in2n's trainer runs the edit under float16 autocast (mixed_precision=True); only on CUDA here."""
-        if self.config.dtype == AUTOCAST and self.device.type == "cuda":
+        if self.autocast_active():
             return torch.autocast("cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
@@ -232,30 +260,9 @@ class InstructPix2PixEditor:
     def edit(self, render: torch.Tensor, original: torch.Tensor, prompt: str,
              noise_range: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
         """Edit ``render`` [H, W, 3] in [0, 1] towards ``prompt``, conditioned on ``original``; returns
-        [H, W, 3] in [0, 1] (float32, on the render's device)."""
-        noise_range = check_noise_range(noise_range)
-        height, width = render.shape[:2]
-        size = size_for_vae(height, width, self.vae_scale_factor)
-        text_embeddings = self.prompt_embeddings(prompt)
-
-        max_timestep = sample_max_timestep(noise_range, self.models.scheduler.config.num_train_timesteps, generator)
-        scheduler = scheduler_for(self.models.scheduler, max_timestep, self.config.diffusion_steps)
-
-        with self.autocast(), self.on_device(self.models.vae) as vae:
-            latents = encode_render(vae, self.model_input(render, size), generator)
-            condition = encode_condition(vae, self.model_input(original, size))
-
-        noise = standard_normal(latents.shape, generator, latents)
-        latents = scheduler.add_noise(latents, noise, scheduler.timesteps[:1])
-
-        with self.autocast(), self.on_device(self.models.unet) as unet:
-            latents = denoise(unet, scheduler, latents, condition, text_embeddings.to(self.compute_dtype),
-                              self.config.guidance_scale, self.config.image_guidance_scale)
-
-        with self.autocast(), self.on_device(self.models.vae) as vae:
-            edited = decode_latents(vae, latents)
-        edited = resize_image(edited[0].float().permute(1, 2, 0), (height, width)).clamp(0, 1)
-        return edited.to(render.device)
+        [H, W, 3] in [0, 1] (float32, on the render's device). A batch of one: the same code as
+        :meth:`edit_batch`, so the speed options apply to both."""
+        return self.run_plans([self.plan(EditRequest(render, original, prompt, noise_range, generator))])[0]
 
     @torch.no_grad()
     def edit_batch(self, requests: Sequence[EditRequest]) -> list[torch.Tensor]:
@@ -303,8 +310,8 @@ class InstructPix2PixEditor:
         latents = torch.cat([
             scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), scheduler.timesteps[:1])
             for i, (plan, scheduler) in enumerate(zip(plans, schedulers))])
-        with self.autocast(), self.on_device(self.models.unet) as unet:
-            latents = denoise_batch(unet, schedulers, latents, condition,
+        with self.autocast(), self.on_device(self.models.unet):
+            latents = denoise(self.unet(), schedulers, latents, condition,
                                     embeddings.to(self.compute_dtype), self.config.guidance_scale,
                                     self.config.image_guidance_scale)
         with self.autocast(), self.on_device(self.models.vae) as vae:

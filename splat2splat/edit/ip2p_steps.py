@@ -16,6 +16,7 @@ from splat2splat.errors import InputError
 if TYPE_CHECKING:
     from splat2splat.edit.ip2p import EditPlan
 
+
 def encode_prompt(tokenizer, text_encoder: torch.nn.Module, prompt: str) -> torch.Tensor:
     """CLIP embeddings [3, L, D] of in2n's three guidance branches: [text, uncond(""), uncond("")]."""
     tokens = tokenizer([prompt, ""], padding="max_length", max_length=tokenizer.model_max_length,
@@ -23,32 +24,6 @@ def encode_prompt(tokenizer, text_encoder: torch.nn.Module, prompt: str) -> torc
     device = next(text_encoder.parameters()).device
     text, uncond = text_encoder(tokens.input_ids.to(device))[0]
     return torch.stack([text, uncond, uncond])
-
-
-def standard_normal(shape: torch.Size, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """N(0, 1) noise drawn in float32 on the CPU generator, then moved: the same seed gives the same noise
-    on every device and at every precision."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like)
-
-
-def encode_render(vae: torch.nn.Module, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Latents of the image to edit: a SAMPLE of the VAE posterior, times the VAE scaling factor.
-
-    ``image`` is [1, 3, H, W] in [-1, 1].
-    """
-    posterior = vae.encode(image).latent_dist
-    sample = posterior.mean + posterior.std * standard_normal(posterior.mean.shape, generator, posterior.mean)
-    return sample * vae.config.scaling_factor
-
-
-def encode_condition(vae: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Image-conditioning latents [3, 4, h, w] of the three branches: [cond, cond, zeros].
-
-    The conditioning is the posterior MODE, unscaled (as IP2P was trained); the third, unconditional
-    branch sees no image. ``image`` is [1, 3, H, W] in [-1, 1].
-    """
-    condition = vae.encode(image).latent_dist.mode()
-    return torch.cat([condition, condition, torch.zeros_like(condition)])
 
 
 def sample_max_timestep(noise_range: tuple[float, float], num_train_timesteps: int,
@@ -83,23 +58,13 @@ def combine_guidance(text: torch.Tensor, image: torch.Tensor, uncond: torch.Tens
     return uncond + text_scale * (text - image) + image_scale * (image - uncond)
 
 
-def denoise(unet: torch.nn.Module, scheduler, latents: torch.Tensor, condition: torch.Tensor,
+def denoise(unet, schedulers: list, latents: torch.Tensor, condition: torch.Tensor,
             text_embeddings: torch.Tensor, text_scale: float, image_scale: float) -> torch.Tensor:
-    """DDIM from the noised render latents [1, 4, h, w] over ``scheduler.timesteps``."""
-    for t in scheduler.timesteps:
-        # The three branches share the noisy latents; channels 4-7 carry their image conditioning.
-        unet_input = torch.cat([torch.cat([latents] * 3), condition], dim=1)
-        noise_pred = unet(unet_input, t, encoder_hidden_states=text_embeddings, return_dict=False)[0]
-        text, image, uncond = noise_pred.chunk(3)
-        latents = scheduler.step(combine_guidance(text, image, uncond, text_scale, image_scale), t, latents).prev_sample
-    return latents
-
-
-def denoise_batch(unet: torch.nn.Module, schedulers: list, latents: torch.Tensor, condition: torch.Tensor,
-                  text_embeddings: torch.Tensor, text_scale: float, image_scale: float) -> torch.Tensor:
-    """:func:`denoise` of k views at once: latents [k, 4, h, w]; condition and text embeddings [3k, ...] with
-    each view's three branches next to each other; ``schedulers[i]`` holds view i's timesteps (all of one
-    length). The UNet gets one timestep per sample, so views at different noise levels share a batch."""
+    """DDIM of k views at once from their noised render latents [k, 4, h, w]; condition and text embeddings
+    [3k, ...] with each view's three branches next to each other (the branches share the noisy latents;
+    channels 4-7 carry their image conditioning); ``schedulers[i]`` holds view i's timesteps (all of one
+    length). The UNet (a module, or a compiled callable of one) gets one timestep per sample, on the
+    latents' device, so views at different noise levels share a batch."""
     count = len(schedulers)
     for index in range(len(schedulers[0].timesteps)):
         timesteps = torch.stack([scheduler.timesteps[index] for scheduler in schedulers])
@@ -124,7 +89,7 @@ def batch_groups(plans: list[EditPlan], steps: int) -> list[list[int]]:
 
 
 def decode_latents(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-    """Image [1, 3, H, W] in [0, 1] from latents."""
+    """Images [k, 3, H, W] in [0, 1] from latents [k, 4, h, w]."""
     image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
     return (image / 2 + 0.5).clamp(0, 1)
 

@@ -268,6 +268,7 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
 
 
 def check_new_edit(job: EditJob) -> None:
+    from splat2splat.edit.ip2p import check_editor_options
     from splat2splat.edit.regions import check_region_config
 
     check_options(job)
@@ -277,6 +278,7 @@ def check_new_edit(job: EditJob) -> None:
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     check_throughput_options(job.idu.schedule, job.idu.edit_batch, job.idu.edit_lag)
+    check_editor_options(on_device(job).idu.editor)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
     check_output_folder(job.output)

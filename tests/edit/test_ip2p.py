@@ -9,8 +9,8 @@ import torch
 
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor
-from splat2splat.edit.ip2p_steps import (combine_guidance, decode_latents, encode_prompt, encode_render,
-                                         sample_max_timestep, scheduler_for, standard_normal)
+from splat2splat.edit.ip2p_steps import (combine_guidance, decode_latents, encode_prompt, sample_max_timestep,
+                                         scheduler_for)
 from splat2splat.errors import InputError
 
 SIZE = 64
@@ -112,7 +112,7 @@ class RecordingUNet(torch.nn.Module):
     @staticmethod
     def predict(noisy: torch.Tensor, condition: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         gains = torch.tensor([0.9, 0.6, 0.3]).view(3, 1, 1, 1)  # text, image, uncond branches
-        return gains * noisy + 0.1 * condition + 1e-4 * t.float()
+        return gains * noisy + 0.1 * condition + 1e-4 * t.float().view(-1, 1, 1, 1)
 
     def forward(self, sample, timestep, encoder_hidden_states, return_dict=True):
         self.calls.append((sample.clone(), timestep.clone(), encoder_hidden_states.clone()))
@@ -139,14 +139,16 @@ def test_edit_follows_in2n_step_by_step(recording_editor):
     max_timestep = sample_max_timestep((0.3, 0.7), 1000, generator)
     assert 300 <= max_timestep <= 700
     vae = editor.models.vae
-    render_latents = encode_render(vae, render.permute(2, 0, 1)[None] * 2 - 1, generator)
-    noise = standard_normal(render_latents.shape, generator, render_latents)
+    posterior = vae.encode(render.permute(2, 0, 1)[None] * 2 - 1).latent_dist  # a SAMPLE of the posterior, scaled
+    render_latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator))
+    render_latents = render_latents * vae.config.scaling_factor
+    noise = torch.randn(render_latents.shape, generator=generator)
     condition = vae.encode(original.permute(2, 0, 1)[None] * 2 - 1).latent_dist.mode()
     assert not torch.allclose(condition, vae.encode(render.permute(2, 0, 1)[None] * 2 - 1).latent_dist.mode())
 
     step = max_timestep // steps
     timesteps = [step * k + 1 for k in reversed(range(steps))]
-    assert [int(t) for _, t, _ in unet.calls] == timesteps
+    assert [t.tolist() for _, t, _ in unet.calls] == [[t] * 3 for t in timesteps]  # one per branch
 
     # Text embeddings: [text, uncond(""), uncond("")].
     tokenizer, text_encoder = editor.models.tokenizer, editor.models.text_encoder
@@ -166,7 +168,7 @@ def test_edit_follows_in2n_step_by_step(recording_editor):
         # The UNet sees the same noisy latents in all branches, then the ORIGINAL's [cond, cond, zeros].
         assert torch.allclose(sample[:, :4], latents.expand(3, -1, -1, -1), atol=1e-5)
         assert torch.allclose(sample[:, 4:], conditioning, atol=1e-6)
-        text, image_, uncond = RecordingUNet.predict(sample[:, :4], sample[:, 4:], torch.tensor(t)).chunk(3)
+        text, image_, uncond = RecordingUNet.predict(sample[:, :4], sample[:, 4:], torch.tensor([t] * 3)).chunk(3)
         eps = uncond + s_text * (text - image_) + s_image * (image_ - uncond)
         alpha, alpha_prev = alphas[t], (alphas[t - step] if t - step >= 0 else alphas[0])
         predicted_original = (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()
@@ -269,9 +271,9 @@ def test_edit_from_the_top_noise_level_equals_diffusers_instructpix2pix_pipeline
     started_from = []
     real_denoise = ip2p.denoise
 
-    def recording_denoise(unet, scheduler, latents, *args):
+    def recording_denoise(unet, schedulers, latents, *args):
         started_from.append(latents.clone())
-        return real_denoise(unet, scheduler, latents, *args)
+        return real_denoise(unet, schedulers, latents, *args)
 
     monkeypatch.setattr(ip2p, "denoise", recording_denoise)
     render, original, prompt = image(0), image(1), "make it look like bronze"
