@@ -10,7 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 
-from bench_idu import BenchIDU, main, mode_settings  # noqa: E402
+from bench_idu import (BenchIDU, main, mode_parts, mode_settings, single_process_mode,  # noqa: E402
+                       with_single_process_modes)
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +50,23 @@ def test_editor_options_are_timed_one_by_one(tmp_path):
     assert [o["option"] for o in result["editor_options"]] == ["default", "channels_last", "batch2"]
     assert all(o["seconds_per_view"] > 0 and o["edits"] == 1 for o in result["editor_options"])
     assert result["results"] == []
+
+
+def test_procs_mode_names():
+    assert mode_parts("procs3-batch2-lag10") == (3, 2, 10)
+    assert single_process_mode("procs3-batch2-lag10") == "batch2-lag10"
+    assert with_single_process_modes(("serial", "procs2-lag4", "lag4", "procs3-lag4", "procs2-lag8")) == (
+        "serial", "procs2-lag4", "lag4", "procs3-lag4", "lag8", "procs2-lag8")
+    for mode in ("procs2", "procs1-lag4", "procs2-batch2"):
+        with pytest.raises(SystemExit):
+            mode_parts(mode)
+
+
+def test_editor_processes_give_the_single_process_scene(tmp_path):
+    cfg = BenchIDU(output=tmp_path / "procs.json", modes=("procs3-lag4",), image_size=16, views=8, step_scale=1000,
+                   edit_rate=2, diffusion_steps=2, fidelity=False, device="cpu")
+    rows = {row["mode"]: row for row in main(cfg)["results"]}
+    assert list(rows) == ["lag4", "procs3-lag4"]  # the single-process mode of the check comes first
+    assert rows["procs3-lag4"]["equals_single_process"] is True
+    assert rows["procs3-lag4"]["processes"] == 3 and rows["procs3-lag4"]["edits"] == rows["lag4"]["edits"] == 15
+    assert rows["procs3-lag4"]["editor_idle_s"] <= 2 * rows["procs3-lag4"]["wall_s"]

@@ -11,15 +11,22 @@ the number of processes, and its checkpoints and --resume are the single process
 1 (with lag 0 there is nothing to overlap); to keep N - 1 editors busy, make it at least (N - 1) x edit_rate
 x edit_batch steps.
 
-Transport: gloo point-to-point messages, on GPUs too: an edit's payload (render, original image, noise and
-result: a few MB at 512 px) is small beside a 20-step diffusion, and CPU messages can be sent from the queue's
-threads (one per editor rank) without sharing a CUDA communicator between threads. Each editor rank runs on
-``cuda:LOCAL_RANK`` when the job's device is cuda. The processes share the run folder (one machine, or a
-shared file system): editor ranks read the saved job on --resume.
+Devices: every process uses GPU ``LOCAL_RANK % (GPUs on its machine)`` (:func:`local_gpu_index`), so a
+machine may run more processes than it has GPUs. On one GPU, the trainer and one editor process share cuda:0:
+the editor's Python-bound sampling loop then runs outside the trainer's GIL (an editor thread shares it).
+When the job's device is a GPU, an editor rank's editor runs on that GPU (``cuda:<index>``), whatever index
+--device named; the trainer stays on --device.
+
+Transport: gloo point-to-point messages, on GPUs too. NCCL refuses two ranks on one GPU, which would rule out
+the trainer and an editor process sharing one; and an edit's payload (render, original image, noise and
+result: a few MB at 512 px) is small beside a 20-step diffusion. CPU messages can also be sent from the
+queue's threads (one per editor rank) without sharing a CUDA communicator between threads. The processes
+share the run folder (one machine, or a shared file system): editor ranks read the saved job on --resume.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import signal
@@ -44,14 +51,40 @@ def launched_with_several_processes() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def local_rank() -> int:
+    """This process's rank on its own machine (torchrun's LOCAL_RANK; 0 without one)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def local_gpu_index(rank_on_machine: int, device_count: int) -> int:
+    """The GPU of the process with this LOCAL_RANK: round robin over the machine's GPUs, so processes beyond
+    the GPU count share them (one GPU: trainer and editor processes all on cuda:0)."""
+    return rank_on_machine % device_count
+
+
+def editor_rank_device(device: str, rank_on_machine: int, device_count: int) -> str:
+    """The device of an editor rank's editor, for the job's resolved device: its own GPU when that is a GPU."""
+    if torch.device(device).type != "cuda":
+        return device
+    return f"cuda:{local_gpu_index(rank_on_machine, device_count)}"
+
+
+def on_editor_rank_device(job, rank_on_machine: int, device_count: int):
+    """``job`` (an :class:`~splat2splat.edit.job.EditJob` with resolved devices) with its editor on this editor
+    rank's device (:func:`editor_rank_device`)."""
+    editor = job.idu.editor
+    device = editor_rank_device(editor.device, rank_on_machine, device_count)
+    return dataclasses.replace(job, idu=dataclasses.replace(job.idu, editor=dataclasses.replace(editor, device=device)))
+
+
 def start_process_group() -> tuple[int, int]:
-    """Join the launch's process group (gloo); returns (rank, world size)."""
+    """Join the launch's process group (gloo) and select this process's GPU; returns (rank, world size)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo", timeout=PATIENCE)
     if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(local_gpu_index(local_rank(), torch.cuda.device_count()))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -200,10 +233,14 @@ def edit_on_ranks(job, resume: bool, run_as_trainer) -> dict:
     def settled_job():
         return saved_job(job)[0] if resume else job
 
+    def editor_job():
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        return on_editor_rank_device(on_device(settled_job()), local_rank(), count)
+
     rank, world_size = start_process_group()
     try:
         if rank != TRAINER:
-            serve_edits(lambda: make_editor(on_device(settled_job())))
+            serve_edits(lambda: make_editor(editor_job()))
             return {}
         editors = RemoteEditors(world_size)
         try:
