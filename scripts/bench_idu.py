@@ -88,7 +88,7 @@ class BenchIDU:
     diffusion_steps: int = 20
     """DDIM steps of every edit (in2n's 20)."""
     model: str | None = None
-    """InstructPix2Pix of the timing pass and the editor options (hub id or folder, e.g. timbrooks/instruct-pix2pix
+    """InstructPix2Pix of the timing pass (hub id or folder, e.g. timbrooks/instruct-pix2pix
     on a GPU); default: the tiny random-weight model, built here."""
     dtype: Literal["float32", "float16", "bfloat16", "autocast"] = "float32"
     """Precision of the timing pass's editor (float16 on a GPU, as in2n-tiny)."""
@@ -96,12 +96,6 @@ class BenchIDU:
     """Run the timing pass with the tiny InstructPix2Pix."""
     fidelity: bool = True
     """Run the fidelity pass with the oracle editor."""
-    editor_options: tuple[str, ...] = ()
-    """Editor speed options to time one by one on the tiny model (median of `option_edits` edits of one
-    view each, after one warm-up): 'default', 'channels_last', 'float16', 'bfloat16', 'batchK' (K views per
-    edit_batch call, time per view)."""
-    option_edits: int = 5
-    """Timed edits per editor option."""
     threads: int | None = None
     """torch CPU threads (the CPU runs of docs/BENCHMARKS.md use 1: steadier on a shared machine)."""
     seed: int = 0
@@ -267,36 +261,16 @@ def splat_tensors(backend: GaussianBackend) -> dict[str, torch.Tensor]:
     return {key: value.detach().cpu().clone() for key, value in backend.splats.items()}
 
 
+def splat_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float | None:
+    """The largest difference of any splat value (None when the Gaussians differ in number): on a GPU, another
+    process may pick other kernels and round differently, which this shows."""
+    if a.keys() != b.keys() or any(a[key].shape != b[key].shape for key in a):
+        return None
+    return max(float((a[key] - b[key]).abs().max()) if a[key].numel() else 0.0 for key in a)
+
+
 def same_splats(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-
-
-def time_editor_option(option: str, cfg: BenchIDU, model: Path, device: torch.device) -> dict:
-    """Median seconds per edited view of the tiny editor with one speed option."""
-    from splat2splat.edit.ip2p import EditRequest
-
-    settings = IP2PConfig(model=str(model), dtype=cfg.dtype, device=str(device), diffusion_steps=cfg.diffusion_steps)
-    batch = int(option[len("batch"):]) if option.startswith("batch") else 1
-    if option == "channels_last":
-        settings.channels_last = True
-    elif option in ("float16", "bfloat16"):
-        settings.dtype = option
-    elif option != "default" and batch == 1:
-        raise SystemExit(f"unknown editor option {option!r}")
-    editor = InstructPix2PixEditor.from_config(settings)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    images = [torch.rand(cfg.image_size, cfg.image_size, 3, generator=generator) for _ in range(2)]
-    requests = [EditRequest(images[0], images[1], "make it autumn", (0.02, 0.98), generator) for _ in range(batch)]
-    times = []
-    for repeat in range(cfg.option_edits + 1):
-        start = time.perf_counter()
-        if batch > 1:
-            editor.edit_batch(requests)
-        else:
-            editor.edit(images[0], images[1], "make it autumn", (0.02, 0.98), generator)
-        if repeat:  # the first call warms up
-            times.append((time.perf_counter() - start) / batch)
-    return {"option": option, "seconds_per_view": sorted(times)[len(times) // 2], "edits": len(times)}
 
 
 def main(cfg: BenchIDU) -> dict:
@@ -308,10 +282,8 @@ def main(cfg: BenchIDU) -> dict:
                                  methods=("in2n-tiny",), seed=cfg.seed, device=cfg.device)
     modes = with_single_process_modes(cfg.modes)
     rows = {mode: {"mode": mode} for mode in modes}
-    options = []
     with tempfile.TemporaryDirectory() as tmp:
         model = cfg.model or build_tiny_ip2p(Path(tmp) / "tiny-ip2p", seed=0)
-        options = [time_editor_option(option, cfg, model, device) for option in cfg.editor_options]
         scenes = prepare(fidelity_cfg, oracle, Path(tmp) / "demo", device) if cfg.timing or cfg.fidelity else None
         if cfg.timing:
             ip2p_settings = IP2PConfig(model=str(model), dtype=cfg.dtype, device=str(device),
@@ -326,7 +298,8 @@ def main(cfg: BenchIDU) -> dict:
                     row, backend = run_on_processes(mode, cfg, scenes, ip2p_settings, device)
                     reference = single_process_mode(mode)
                     row.update(single_process_mode=reference,
-                               equals_single_process=same_splats(splat_tensors(backend), finals[reference]))
+                               equals_single_process=same_splats(splat_tensors(backend), finals[reference]),
+                               max_splat_difference=splat_difference(splat_tensors(backend), finals[reference]))
                 rows[mode].update(row)
         if cfg.fidelity:
             for mode in modes:
@@ -336,8 +309,7 @@ def main(cfg: BenchIDU) -> dict:
                 rows[mode].update({"oracle_edits": row["edits"], "oracle_wall_s": row["wall_s"], **score(backend, scenes)})
     if not (cfg.timing or cfg.fidelity):
         rows = {}
-    result = {"record": run_record(device), "settings": config_to_dict(cfg), "results": list(rows.values()),
-              "editor_options": options}
+    result = {"record": run_record(device), "settings": config_to_dict(cfg), "results": list(rows.values())}
     write_json(cfg.output, result)
     headers = ["mode", "processes", "edit batch", "edit lag", "steps", "edits", "wall s", "edits/s",
                "trainer idle s", "editor idle s", "= 1 process", "oracle PSNR to target", "oracle PSNR to unedited"]
@@ -351,7 +323,10 @@ def main(cfg: BenchIDU) -> dict:
         return cell(row, key, ".2f")
 
     def equality_cell(row):
-        return {True: "yes", False: "NO"}.get(row.get("equals_single_process"), "-")
+        if row.get("equals_single_process") is False:
+            difference = row.get("max_splat_difference")
+            return "NO (other Gaussian count)" if difference is None else f"NO (max diff {difference:.1e})"
+        return {True: "yes"}.get(row.get("equals_single_process"), "-")
 
     print(markdown_table(headers, [[r["mode"], cell(r, "processes", "d"), cell(r, "edit_batch", "d"),
                                     cell(r, "edit_lag", "d"), cell(r, "steps", "d"), cell(r, "edits", "d"),
@@ -359,9 +334,6 @@ def main(cfg: BenchIDU) -> dict:
                                     cell(r, "trainer_idle_s", ".1f"), cell(r, "editor_idle_s", ".1f"),
                                     equality_cell(r), fidelity_cell(r, "psnr_to_target"),
                                     fidelity_cell(r, "psnr_to_unedited")] for r in rows.values()]))
-    if options:
-        print(markdown_table(["editor option", "s per view (median)", "edits timed"],
-                             [[o["option"], f"{o['seconds_per_view']:.3f}", o["edits"]] for o in options]))
     return result
 
 

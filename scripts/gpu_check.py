@@ -71,6 +71,10 @@ class Sizes:
     train_counts: tuple[int, ...]
     train_image_sizes: tuple[int, ...]
     editor_options: tuple[str, ...]  # the throughput group's editor speed options (bench_speed --editor-options)
+    idu_image_size: int  # the throughput group's bench_idu: image size, views, step scale, modes
+    idu_views: int
+    idu_step_scale: int
+    idu_modes: tuple[str, ...]
 
 
 GPU = Sizes(device="cuda", demo_views=40, demo_image_size=64, demo_points=3000, train_steps=300, refine_start=100,
@@ -79,12 +83,15 @@ GPU = Sizes(device="cuda", demo_views=40, demo_image_size=64, demo_points=3000, 
             train_counts=(100_000, 1_000_000), train_image_sizes=(512, 1024),
             editor_options=("channels-last", "dtype=bfloat16", "attention=flash", "attention=efficient",
                             "attention=cudnn", "compile=inductor", "compile=inductor-cuda-graphs", "compile=cuda-graphs",
-                            "batch=4"))
+                            "batch=4"),
+            idu_image_size=512, idu_views=16, idu_step_scale=250,
+            idu_modes=("serial", "batch4", "lag10", "batch4-lag40", "procs2-lag10"))
 DRY_RUN = Sizes(device="cpu", demo_views=12, demo_image_size=32, demo_points=600, train_steps=30, refine_start=10,
                 refine_every=10, mcmc_cap=800, edit_init_steps=10, edit_steps=4, editor_model="tiny",
                 editor_image_size=64, editor_steps=2, editor_repeats=1, memory_image_size=64, memory_steps=2,
                 train_counts=(1_000, 2_000), train_image_sizes=(32, 64),
-                editor_options=("channels-last", "attention=math", "batch=2"))
+                editor_options=("channels-last", "attention=math", "batch=2"),
+                idu_image_size=32, idu_views=8, idu_step_scale=500, idu_modes=("serial", "batch2", "procs2-lag4"))
 
 
 class Skip(Exception):
@@ -331,6 +338,33 @@ def stage_editor_options(sizes: Sizes, work: Path) -> dict:
                                           "max_abs_difference")} for row in rows], "json": "bench_speed_options.json"}
 
 
+# in2n-small's and in2n's edit: 30000 steps with an edit every 10 (in2n-tiny: the same).
+IN2N_EDIT_STEPS = 30000
+
+
+def stage_idu_throughput(sizes: Sizes, work: Path) -> dict:
+    """scripts/bench_idu.py with the full-size random editor: serial vs batched vs pipelined vs an editor process
+    (trainer and editor process share the GPU), the same edits each; and what that rate means for an
+    in2n-length edit (a projection from the measured steps, labelled as one)."""
+    sys.path.insert(0, str(SCRIPTS))
+    import bench_idu
+
+    folder = editor_model_folder(sizes, work)
+    dtype = "float16" if sizes.device == "cuda" else "float32"
+    config = bench_idu.BenchIDU(output=work / "bench_idu.json", modes=sizes.idu_modes, image_size=sizes.idu_image_size,
+                                views=sizes.idu_views, step_scale=sizes.idu_step_scale, model=str(folder), dtype=dtype,
+                                fidelity=False, device=sizes.device)
+    rows = bench_idu.main(config)["results"]
+    require(all(row["edits"] == rows[0]["edits"] > 0 for row in rows), "the modes made different numbers of edits")
+    for row in rows:
+        row["projected_in2n_length_min"] = row["wall_s"] / row["steps"] * IN2N_EDIT_STEPS / 60
+    keep = ("mode", "processes", "steps", "edits", "wall_s", "edits_per_s", "trainer_idle_s", "editor_idle_s",
+            "equals_single_process", "max_splat_difference", "projected_in2n_length_min")
+    return {"rows": [{k: row[k] for k in keep if k in row} for row in rows], "image_size": sizes.idu_image_size,
+            "editor": sizes.editor_model, "dtype": dtype, "json": "bench_idu.json",
+            "projection": f"wall_s / steps x {IN2N_EDIT_STEPS} steps (same edit rate), not a measured full run"}
+
+
 def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
     """Peak GPU memory of in2n-small IDU steps (fp16 editor, L1 + LPIPS) at 512 px, each step with an edit.
 
@@ -444,6 +478,7 @@ STAGES = (
     Stage("edit_memory", stage_edit_memory, 75),
     Stage("bench_train", stage_bench_train, 90),
     Stage("editor_options", stage_editor_options, 300, groups=("throughput",)),
+    Stage("idu_throughput", stage_idu_throughput, 180, groups=("throughput",)),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -594,7 +629,8 @@ def write_report(output: Path, work: Path, records: list[dict], environment: dic
             combined.write(f"===== {record['stage']} ({record['status']})\n")
             if log.exists():
                 combined.write(log.read_text(errors="replace")[-200_000:])
-    for name in ("bench_speed_editor.json", "bench_speed_train.json", "bench_speed_options.json", "gpu-tests.xml"):
+    for name in ("bench_speed_editor.json", "bench_speed_train.json", "bench_speed_options.json", "bench_idu.json",
+                 "gpu-tests.xml"):
         if (work / name).exists():
             shutil.copy(work / name, output / name)
     print(f"\n{'stage':<20} {'status':<6} {'wall s':>7}  detail")

@@ -43,15 +43,6 @@ def test_mode_names_set_batch_and_lag():
     assert (mode_settings("serial", BenchIDU()).edit_batch, mode_settings("serial", BenchIDU()).edit_lag) == (1, 0)
 
 
-def test_editor_options_are_timed_one_by_one(tmp_path):
-    cfg = BenchIDU(output=tmp_path / "options.json", editor_options=("default", "channels_last", "batch2"),
-                   option_edits=1, image_size=16, diffusion_steps=1, timing=False, fidelity=False, device="cpu")
-    result = main(cfg)
-    assert [o["option"] for o in result["editor_options"]] == ["default", "channels_last", "batch2"]
-    assert all(o["seconds_per_view"] > 0 and o["edits"] == 1 for o in result["editor_options"])
-    assert result["results"] == []
-
-
 def test_procs_mode_names():
     assert mode_parts("procs3-batch2-lag10") == (3, 2, 10)
     assert single_process_mode("procs3-batch2-lag10") == "batch2-lag10"

@@ -20,7 +20,7 @@ def scripts_on_path(monkeypatch):
     """The scripts import their shared helpers as a sibling module, like ``python scripts/bench_speed.py`` does."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     yield
-    for name in ("bench_speed", "bench_common"):
+    for name in ("bench_speed", "bench_common", "bench_editor_options"):
         sys.modules.pop(name, None)
 
 
@@ -65,6 +65,37 @@ def test_bench_speed_main_writes_all_results_at_toy_sizes(scripts_on_path, tmp_p
 
     printed = output.getvalue()
     assert "| Gaussians | image px | median wall s/step" in printed and "| ours (in2n partial DDIM) | 32 | 1 |" in printed
+
+
+def test_editor_options_are_timed_against_the_default_in_one_run(scripts_on_path, tmp_path, tiny_model_folder):
+    import bench_speed
+
+    config = bench_speed.BenchSpeedConfig(
+        device="cpu", output=tmp_path / "options.json", skip_editor=True, skip_train=True, random_model="tiny",
+        random_model_folder=tiny_model_folder, image_size=32, steps=2, editor_repeats=3,
+        editor_options=("channels-last", "attention=math+batch=2", "dtype=bfloat16"))
+    results = bench_speed.main(config, console=Console(file=io.StringIO(), width=200))
+    rows = results["editor_options"]["rows"]
+    assert [row["option"] for row in rows] == ["default", "channels-last", "attention=math+batch=2", "dtype=bfloat16"]
+    assert [row["views_per_call"] for row in rows] == [1, 1, 2, 1]
+    for row in rows:
+        assert len(row["seconds_per_view"]) == 3 and row["median_s_per_view"] > 0 and row["first_edit_s"] > 0
+        assert row["speedup_over_default"] == pytest.approx(rows[0]["median_s_per_view"] / row["median_s_per_view"])
+    # The same edit up to rounding; bfloat16 rounds far more (and is measured, not hidden).
+    assert rows[0]["max_abs_difference"] == 0 and rows[1]["max_abs_difference"] < 1e-4
+    assert rows[2]["max_abs_difference"] < 1e-4 and 1e-4 < rows[3]["max_abs_difference"] < 0.5
+
+
+def test_unknown_editor_options_are_refused(scripts_on_path):
+    import bench_editor_options
+
+    from splat2splat.edit.ip2p import IP2PConfig
+
+    option = bench_editor_options.parse_option("compile=inductor+channels-last+batch=3", IP2PConfig())
+    assert (option.config.compile, option.config.channels_last, option.batch) == ("inductor", True, 3)
+    for name in ("turbo", "batch=0", "compile="):
+        with pytest.raises(SystemExit, match="unknown editor option"):
+            bench_editor_options.parse_option(name, IP2PConfig())
 
 
 def test_both_editors_evaluate_the_unet_equally_often(scripts_on_path, tiny_model_folder):

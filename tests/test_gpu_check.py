@@ -65,3 +65,18 @@ def test_junit_counts_include_skips(gpu_check, tmp_path):
     report = tmp_path / "report.xml"
     report.write_text('<testsuites><testsuite tests="5" failures="0" errors="0" skipped="2"/></testsuites>')
     assert gpu_check.junit_counts(report) == {"tests": 5, "failures": 0, "errors": 0, "skipped": 2}
+
+
+def test_the_throughput_group_reuses_the_checks_builds_and_stays_out_of_the_first_run(gpu_check):
+    def group(name):
+        return [stage.name for stage in gpu_check.STAGES if name in stage.groups]
+
+    assert group("throughput") == ["build_gsplat", "make_editor_model", "editor_options", "idu_throughput"]
+    assert "editor_options" not in group("check") and "idu_throughput" not in group("check")
+    # bench_idu's modes make the same number of edits only when the steps are a multiple of batch x edit rate.
+    from splat2splat.edit.presets import preset
+
+    for sizes in (gpu_check.GPU, gpu_check.DRY_RUN):
+        steps = preset("in2n-tiny").steps // sizes.idu_step_scale  # bench_idu's scaled in2n-tiny
+        batches = [int(part[5:]) for mode in sizes.idu_modes for part in mode.split("-") if part.startswith("batch")]
+        assert all(steps % (batch * 10) == 0 for batch in batches)
