@@ -84,7 +84,7 @@ class BenchSpeedConfig:
     """Skip the training-step benchmark."""
     editor_options: tuple[str, ...] = ()
     """Editor speed options to time against the default editor in the same run (scripts/bench_editor_options.py),
-    each a '+'-joined list of channels-last, compile=MODE, attention=KERNEL, dtype=DTYPE, batch=K, e.g.
+    each a '+'-joined list of channels-last, offload, compile=MODE, attention=KERNEL, dtype=DTYPE, batch=K, e.g.
     channels-last compile=inductor compile=inductor-cuda-graphs attention=flash dtype=bfloat16 batch=4. Uses
     the same model, --dtype, --image-size, --steps and --editor-repeats as the editor benchmark; every option
     keeps its own copy of the model loaded while they are timed in turns."""
@@ -351,14 +351,13 @@ def print_results(results: dict[str, Any], markdown: bool, console: Console) -> 
     if "editor_options" in results:
         options = results["editor_options"]
         sections.append((f"Editor speed options ({options['image_size']} px, {options['diffusion_steps']} steps, "
-                         f"{options['base_dtype']})", OPTION_HEADERS, option_table_rows(options), None))
+                         f"{options['dtype']})", OPTION_HEADERS, option_table_rows(options), options["memory_method"]))
     if "train_step" in results:
         sections.append(("Gaussian training step", TRAIN_HEADERS, train_table_rows(results["train_step"]),
                          results["train_step"]["memory_method"]))
     for title, headers, rows, method in sections:
         console.print(rich_table(title, headers, rows))
-        if method is not None:
-            console.print(f"peak memory: {method}")
+        console.print(f"peak memory: {method}")
     if markdown:
         # soft_wrap: Markdown rows must stay on one line whatever the terminal width.
         console.print(f"\nCommand: `{results['record']['command']}`\n", markup=False, highlight=False, soft_wrap=True)

@@ -19,6 +19,10 @@ bench_editor (scripts/bench_speed.py: full-size random editor vs diffusers' pipe
 edit_memory (peak GPU memory of in2n-small IDU steps at 512 px), bench_train (100k / 1M Gaussians at
 512 / 1024 px). With ``--cpu-dry-run`` everything runs on the CPU at tiny sizes and the CUDA-only parts are
 skipped with their reason.
+
+``--group throughput`` (issue 16, a second call on the warm machine; it reuses the check's gsplat build and
+editor model): editor_options (bench_speed's editor speed options against the default editor) and
+idu_throughput (bench_idu's serial / batched / pipelined / editor-process modes at 512 px).
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ GPU = Sizes(device="cuda", demo_views=40, demo_image_size=64, demo_points=3000, 
             train_counts=(100_000, 1_000_000), train_image_sizes=(512, 1024),
             editor_options=("channels-last", "dtype=bfloat16", "attention=flash", "attention=efficient",
                             "attention=cudnn", "compile=inductor", "compile=inductor-cuda-graphs", "compile=cuda-graphs",
-                            "batch=4"),
+                            "batch=4", "offload"),
             idu_image_size=512, idu_views=16, idu_step_scale=250,
             idu_modes=("serial", "batch4", "lag10", "batch4-lag40", "procs2-lag10"))
 DRY_RUN = Sizes(device="cpu", demo_views=12, demo_image_size=32, demo_points=600, train_steps=30, refine_start=10,
@@ -334,8 +338,9 @@ def stage_editor_options(sizes: Sizes, work: Path) -> dict:
                                *sizes.editor_options, "--output", str(work / "bench_speed_options.json")])
     rows = results["editor_options"]["rows"]
     require(len(rows) == 1 + len(sizes.editor_options), "missing option rows")
-    return {"rows": [{k: row[k] for k in ("option", "first_edit_s", "median_s_per_view", "speedup_over_default",
-                                          "max_abs_difference")} for row in rows], "json": "bench_speed_options.json"}
+    keep = ("option", "first_edit_s", "median_s_per_view", "speedup_over_default", "max_abs_difference", "held_bytes",
+            "peak_bytes")
+    return {"rows": [{k: row[k] for k in keep} for row in rows], "json": "bench_speed_options.json"}
 
 
 # in2n-small's and in2n's edit: 30000 steps with an edit every 10 (in2n-tiny: the same).

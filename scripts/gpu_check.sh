@@ -4,7 +4,7 @@
 #     GPU_CHECK_DRY_RUN=1 bash scripts/gpu_check.sh   # here, on the CPU: tiny sizes, CUDA-only stages skipped
 # Prepare the wheels first, here: bash scripts/prepare_gpu_wheels.sh. Stages, limits and outputs:
 # scripts/gpu_check.py and docs/BENCHMARKS.md ("The GPU check"). Extra arguments go to gpu_check.py
-# (e.g. --only bench_editor edit_memory).
+# (e.g. --only bench_editor edit_memory; --group throughput for issue 16's editor options and IDU throughput).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/gpu_check}

@@ -81,6 +81,7 @@ def test_editor_options_are_timed_against_the_default_in_one_run(scripts_on_path
     for row in rows:
         assert len(row["seconds_per_view"]) == 3 and row["median_s_per_view"] > 0 and row["first_edit_s"] > 0
         assert row["speedup_over_default"] == pytest.approx(rows[0]["median_s_per_view"] / row["median_s_per_view"])
+        assert row["held_bytes"] is None and row["peak_bytes"] >= 0  # held: GPU memory only
     # The same edit up to rounding; bfloat16 rounds far more (and is measured, not hidden).
     assert rows[0]["max_abs_difference"] == 0 and rows[1]["max_abs_difference"] < 1e-4
     assert rows[2]["max_abs_difference"] < 1e-4 and 1e-4 < rows[3]["max_abs_difference"] < 0.5
