@@ -7,7 +7,8 @@ round), so a change in the machine's load falls on all of them alike. Per option
 editor, the first edit (warm-up; for a compiled UNet this is the compilation), the median seconds per edited
 view afterwards, its ratio to the default's median, and the largest pixel difference between its edit and
 the default's edit of the same images with the same seed (every option must leave the edit unchanged up to
-rounding; half precisions differ by more).
+rounding; half precisions differ by more). An option the machine cannot run (an attention kernel the GPU
+lacks for the model's head sizes, CUDA graphs on a CPU) is listed as refused, with its one-line reason.
 
 Peak memory: the largest extra memory one timed call needed beyond what was held before it (GPU memory on
 CUDA, resident memory on the CPU), and on CUDA the GPU memory the editor holds between edits (allocated while
@@ -31,6 +32,7 @@ import torch
 from bench_common import measure_peak_memory, memory_method, mib, synchronize, time_call
 from splat2splat.devices import resolve_device
 from splat2splat.edit.ip2p import EditRequest, IP2PConfig, InstructPix2PixEditor
+from splat2splat.errors import InputError
 
 SETTINGS = {"compile": "compile", "attention": "attention", "dtype": "dtype"}
 
@@ -96,10 +98,18 @@ def bench_editor_options(names: tuple[str, ...], base: IP2PConfig, image_size: i
     images = torch.rand(2, image_size, image_size, 3, generator=torch.Generator().manual_seed(seed))
     device = resolve_device(base.device)
     task = progress.add_task("editor options", total=len(options) * (repeats + 1))
-    editors, rows, default_edit = [], [], None
-    for option in options:
+    editors, rows, refused, default_edit = [], [], [], None
+    for option in list(options):
         progress.update(task, description=f"editor options: {option.name} (build + first edit)")
-        editor, row, edit = build_and_warm_up(option, images, seed, prompt, noise_range, device)
+        try:
+            editor, row, edit = build_and_warm_up(option, images, seed, prompt, noise_range, device)
+        except InputError as error:  # e.g. an attention kernel this GPU lacks: a result, not a crash
+            if not editors:
+                raise
+            refused.append({"option": option.name, "refused": str(error)})
+            options.remove(option)
+            progress.advance(task, repeats + 1)
+            continue
         default_edit = edit if default_edit is None else default_edit
         row["max_abs_difference"] = float((edit - default_edit).abs().max())
         editors.append(editor)
@@ -119,7 +129,7 @@ def bench_editor_options(names: tuple[str, ...], base: IP2PConfig, image_size: i
         row["speedup_over_default"] = rows[0]["median_s_per_view"] / row["median_s_per_view"]
     return {"image_size": image_size, "repeats": repeats, "noise_range": list(noise_range),
             "diffusion_steps": base.diffusion_steps, "dtype": str(editors[0].dtype).removeprefix("torch."),
-            "memory_method": memory_method(device), "rows": rows}
+            "memory_method": memory_method(device), "rows": rows, "refused": refused}
 
 
 def rotated(indices, shift: int) -> list[int]:

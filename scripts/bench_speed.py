@@ -358,6 +358,8 @@ def print_results(results: dict[str, Any], markdown: bool, console: Console) -> 
     for title, headers, rows, method in sections:
         console.print(rich_table(title, headers, rows))
         console.print(f"peak memory: {method}")
+    for refusal in results.get("editor_options", {}).get("refused", []):
+        console.print(f"editor option {refusal['option']} refused: {refusal['refused']}", markup=False)
     if markdown:
         # soft_wrap: Markdown rows must stay on one line whatever the terminal width.
         console.print(f"\nCommand: `{results['record']['command']}`\n", markup=False, highlight=False, soft_wrap=True)

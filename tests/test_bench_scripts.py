@@ -73,9 +73,14 @@ def test_editor_options_are_timed_against_the_default_in_one_run(scripts_on_path
     config = bench_speed.BenchSpeedConfig(
         device="cpu", output=tmp_path / "options.json", skip_editor=True, skip_train=True, random_model="tiny",
         random_model_folder=tiny_model_folder, image_size=32, steps=2, editor_repeats=3,
-        editor_options=("channels-last", "attention=math+batch=2", "dtype=bfloat16"))
-    results = bench_speed.main(config, console=Console(file=io.StringIO(), width=200))
+        editor_options=("channels-last", "attention=math+batch=2", "attention=efficient", "dtype=bfloat16"))
+    printed = io.StringIO()
+    results = bench_speed.main(config, console=Console(file=printed, width=200))
     rows = results["editor_options"]["rows"]
+    # No efficient-attention kernel on a CPU: reported as refused, and the rest still timed.
+    (refusal,) = results["editor_options"]["refused"]
+    assert refusal["option"] == "attention=efficient" and "PyTorch has no efficient attention" in refusal["refused"]
+    assert "editor option attention=efficient refused: --idu.editor.attention efficient" in printed.getvalue()
     assert [row["option"] for row in rows] == ["default", "channels-last", "attention=math+batch=2", "dtype=bfloat16"]
     assert [row["views_per_call"] for row in rows] == [1, 1, 2, 1]
     for row in rows:

@@ -99,3 +99,59 @@ def test_inductor_compiled_unet_gives_the_default_edits(tiny_ip2p_folder, defaul
     assert editor.unet() is not editor.models.unet
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------------------------- on a GPU (gpu_check)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+
+
+def edits_in_an_editor_thread(editor: InstructPix2PixEditor, count: int) -> list[torch.Tensor]:
+    """``count`` edits of the same images from one worker thread, as the pipelined loop's editor thread runs them."""
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
+        return [thread.submit(one_edit, editor).result() for _ in range(count)]
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.throughput
+@pytest.mark.parametrize("mode", ["inductor", "inductor-cuda-graphs", "cuda-graphs"])
+def test_compiled_unets_edit_like_eager_on_the_gpu_in_the_editor_thread(tiny_ip2p_folder, mode):
+    """The compiled UNet (recorded, then replayed: three edits) gives the eager editor's edit in float32, from
+    the editor thread of --idu.edit-lag."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    eager = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3, device="cuda",
+                                                         dtype="float32"))
+    expected = one_edit(eager)
+    compiled = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3,
+                                                            device="cuda", dtype="float32", compile=mode))
+    for edited in edits_in_an_editor_thread(compiled, 3):
+        torch.testing.assert_close(edited, expected, atol=1e-4, rtol=0)
+    assert compiled.unet() is not compiled.models.unet
+    torch._dynamo.reset()
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.throughput
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "math", "unfused"])
+def test_attention_kernels_on_the_gpu_give_the_default_half_precision_edits(tiny_ip2p_folder, kernel, record_property):
+    """Each kernel either runs the tiny model's heads in float16 and edits as PyTorch's own choice does, or
+    is refused in one line when the editor is built (never mid-edit)."""
+    def half_editor(**options):
+        return InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3,
+                                                            device="cuda", dtype="float16", **options))
+
+    expected = one_edit(half_editor())
+    try:
+        editor = half_editor(attention=kernel)
+    except InputError as error:  # a refusal is a right answer too, if it is this one line (in the JUnit report)
+        assert f"--idu.editor.attention {kernel}: PyTorch has no {kernel} attention kernel" in str(error)
+        record_property("refused", str(error))
+        return
+    record_property("refused", "")
+    torch.testing.assert_close(one_edit(editor), expected, atol=2e-2, rtol=0)
