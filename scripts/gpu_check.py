@@ -495,9 +495,10 @@ STAGES = (
     Stage("bench_editor", stage_bench_editor, 120),
     Stage("edit_memory", stage_edit_memory, 75),
     Stage("bench_train", stage_bench_train, 90),
+    # Most needed first: what a short lease left after the check can still fit (see --budget).
     Stage("throughput_tests", stage_throughput_tests, 110, groups=("throughput",)),
-    Stage("editor_options", stage_editor_options, 240, groups=("throughput",)),
     Stage("idu_throughput", stage_idu_throughput, 150, groups=("throughput",)),
+    Stage("editor_options", stage_editor_options, 240, groups=("throughput",)),
 )
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 

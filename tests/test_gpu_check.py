@@ -71,8 +71,8 @@ def test_the_throughput_group_reuses_the_checks_builds_and_stays_out_of_the_firs
     def group(name):
         return [stage.name for stage in gpu_check.STAGES if name in stage.groups]
 
-    assert group("throughput") == ["build_gsplat", "make_editor_model", "throughput_tests", "editor_options",
-                                   "idu_throughput"]
+    assert group("throughput") == ["build_gsplat", "make_editor_model", "throughput_tests", "idu_throughput",
+                                   "editor_options"]
     assert sum(stage.timeout_s for stage in gpu_check.STAGES if "throughput" in stage.groups and not stage.parallel) <= 500
     assert "editor_options" not in group("check") and "idu_throughput" not in group("check")
     # bench_idu's modes make the same number of edits only when the steps are a multiple of batch x edit rate.

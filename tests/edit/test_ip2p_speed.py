@@ -107,11 +107,18 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 
 def edits_in_an_editor_thread(editor: InstructPix2PixEditor, count: int) -> list[torch.Tensor]:
-    """``count`` edits of the same images from one worker thread, as the pipelined loop's editor thread runs them."""
+    """``count`` edits of the same images from one worker thread on its own CUDA stream, as the pipelined loop's
+    editor thread runs them (splat2splat.edit.pipeline.EditQueue.run)."""
     import concurrent.futures
 
+    stream = torch.cuda.Stream()
+
+    def on_the_editor_stream():
+        with torch.cuda.stream(stream):
+            return one_edit(editor).cpu()
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as thread:
-        return [thread.submit(one_edit, editor).result() for _ in range(count)]
+        return [thread.submit(on_the_editor_stream).result() for _ in range(count)]
 
 
 @requires_cuda
@@ -126,7 +133,7 @@ def test_compiled_unets_edit_like_eager_on_the_gpu_in_the_editor_thread(tiny_ip2
     torch._dynamo.reset()
     eager = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3, device="cuda",
                                                          dtype="float32"))
-    expected = one_edit(eager)
+    expected = one_edit(eager).cpu()
     compiled = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3,
                                                             device="cuda", dtype="float32", compile=mode))
     for edited in edits_in_an_editor_thread(compiled, 3):
