@@ -302,6 +302,9 @@ class InstructPix2PixEditor:
         with self.autocast(), self.on_device(self.models.vae) as vae:
             renders = torch.cat([self.model_input(plan.request.render, size) for plan in plans])
             originals = torch.cat([self.model_input(plan.request.original, size) for plan in plans])
+            # The render to edit: a SAMPLE of the VAE posterior, scaled. The conditioning original: the posterior
+            # MODE, unscaled (as IP2P was trained), as [cond, cond, zeros] for the text, image and unconditional
+            # branches.
             posterior = vae.encode(renders).latent_dist
             sample_noise = torch.cat([plan.sample_noise for plan in plans]).to(posterior.mean)
             latents = (posterior.mean + posterior.std * sample_noise) * vae.config.scaling_factor
@@ -311,9 +314,8 @@ class InstructPix2PixEditor:
             scheduler.add_noise(latents[i:i + 1], plan.latent_noise.to(latents), scheduler.timesteps[:1])
             for i, (plan, scheduler) in enumerate(zip(plans, schedulers))])
         with self.autocast(), self.on_device(self.models.unet):
-            latents = denoise(self.unet(), schedulers, latents, condition,
-                                    embeddings.to(self.compute_dtype), self.config.guidance_scale,
-                                    self.config.image_guidance_scale)
+            latents = denoise(self.unet(), schedulers, latents, condition, embeddings.to(self.compute_dtype),
+                              self.config.guidance_scale, self.config.image_guidance_scale)
         with self.autocast(), self.on_device(self.models.vae) as vae:
             decoded = decode_latents(vae, latents)
         edits = []

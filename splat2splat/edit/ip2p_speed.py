@@ -134,9 +134,7 @@ def use_attention_kernel(kernel: str, modules: list[torch.nn.Module], device: to
 
 
 def compiled(unet: torch.nn.Module, compile_mode: str) -> Callable:
-    """The UNet as the editor calls it: itself, or compiled (each new input shape compiles on first use)."""
-    if compile_mode == "off":
-        return unet
+    """The UNet compiled in ``compile_mode`` (not 'off'); each new input shape compiles on its first call."""
     logger.info("the UNet is compiled (--idu.editor.compile %s): the first edit of each batch shape takes a "
                 "minute or more", compile_mode)
     compiled_unet = torch.compile(unet, dynamic=False, **COMPILE_ARGUMENTS[compile_mode])
