@@ -40,10 +40,10 @@ def test_unknown_command_is_one_line(capsys):
 
 
 def test_no_library_module_imports_a_command():
-    """Commands sit on top: the library never imports splat2splat.commands (nor the CLI)."""
+    """Commands sit on top: the library never imports splat2splat.commands (nor the CLI); the entry points may."""
     package = Path(splat2splat.__file__).parent
     for path in package.rglob("*.py"):
-        if path.parent.name == "commands" or path.name == "cli.py":
+        if path.parent.name == "commands" or path.name in ("cli.py", "__main__.py"):  # the entry points
             continue
         text = path.read_text()
         assert "splat2splat.commands" not in text and "splat2splat.cli" not in text, path
@@ -58,3 +58,14 @@ def test_commands_never_import_each_other():
 def test_no_product_file_is_named_like_a_test():
     package = Path(splat2splat.__file__).parent
     assert not [p for p in package.rglob("*.py") if p.name.startswith("test_") or p.name.endswith("_test.py")]
+
+
+def test_python_dash_m_runs_the_command(tmp_path):
+    """``python -m splat2splat`` (what ``torchrun -m splat2splat edit`` runs) is the splat2splat command."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "splat2splat", "edit", "--help"], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr[-1000:]
+    assert "--idu.edit-lag" in result.stdout

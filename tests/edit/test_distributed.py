@@ -1,4 +1,4 @@
-"""Editing on other processes: `torchrun -m splat2splat.cli edit` (gloo, CPU) gives the single process's result
+"""Editing on other processes: `torchrun -m splat2splat edit` (gloo, CPU) gives the single process's result
 at the same lag and seed, with 2 processes on one machine and with 3 processes on two "machines" (two torchrun
 launches on localhost); and the choice of each editor rank's GPU."""
 
@@ -27,7 +27,7 @@ needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is n
 
 
 def edit_command(data: Path, output: Path, model: Path, lag: int) -> list[str]:
-    return ["-m", "splat2splat.cli", "edit", "--preset", "in2n-tiny", "--data", str(data), "--prompt", "autumn",
+    return ["-m", "splat2splat", "edit", "--preset", "in2n-tiny", "--data", str(data), "--prompt", "autumn",
             "--output", str(output), "--model", str(model), "--device", "cpu", "--init-steps", "10",
             "--idu.steps", "12", "--idu.edit-rate", "1", "--idu.edit-batch", "2", "--idu.edit-lag", str(lag),
             "--idu.editor.dtype", "float32", "--idu.editor.diffusion-steps", "2", "--gaussians.strategy.kind", "none",
