@@ -88,7 +88,7 @@ class IP2PConfig:
     as CUDA graphs; CUDA only), 'cuda-graphs' (the eager kernels as CUDA graphs; CUDA only). The first edit of
     each batch shape compiles (a minute or more). Measure before use: docs/BENCHMARKS.md."""
     attention: AttentionKernel = "auto"
-    """Attention kernel of the UNet and the VAE: 'auto' (PyTorch chooses, as diffusers does), one of PyTorch's
+    """Attention kernel of the UNet: 'auto' (PyTorch chooses, as diffusers does), one of PyTorch's
     'flash', 'efficient', 'cudnn', 'math', or 'unfused' (diffusers' matmul + softmax). Measure before use."""
     offload: bool = False
     """Keep the models in CPU memory and move each one to the GPU only while it runs (in2n-small/tiny do, with
@@ -230,7 +230,7 @@ class InstructPix2PixEditor:
         self.compute_dtype = torch.float32 if self.config.dtype == AUTOCAST else self.dtype
         self.vae_scale_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
         attention_dtype = torch.float16 if self.autocast_active() else self.compute_dtype
-        use_attention_kernel(self.config.attention, [models.unet, models.vae], self.device, attention_dtype)
+        use_attention_kernel(self.config.attention, models.unet, self.device, attention_dtype)
         self._compiled_unet = None
 
     def unet(self) -> Callable:

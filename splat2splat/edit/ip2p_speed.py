@@ -10,10 +10,11 @@ machine at hand (docs/BENCHMARKS.md, "Editor speed options"). Channels-last weig
   graphs, which removes the per-kernel launch cost of small batches; ``cuda-graphs`` replays the eager kernels
   as CUDA graphs without inductor (torch.compile's ``cudagraphs`` backend). Each batch shape (views per
   batch, image size) compiles once, on its first edit: a minute or more for the real UNet.
-* ``attention``: which of PyTorch's scaled-dot-product-attention kernels the UNet and the VAE use (``auto``
-  lets PyTorch choose per call, as diffusers does), or ``unfused`` for diffusers' pre-PyTorch-2 attention
-  (explicit matmul + softmax). A kernel the device cannot run for the model's head sizes is refused when the
-  editor is built, in one line.
+* ``attention``: which of PyTorch's scaled-dot-product-attention kernels the UNet uses (``auto`` lets PyTorch
+  choose per call, as diffusers does), or ``unfused`` for diffusers' pre-PyTorch-2 attention (explicit matmul
+  + softmax). A kernel the device cannot run for the UNet's head sizes is refused when the editor is built, in
+  one line. The VAE keeps PyTorch's choice: it attends twice per edit, and its single 512-wide head is beyond
+  what the flash kernels take.
 """
 
 from __future__ import annotations
@@ -121,16 +122,13 @@ def attention_processor(kernel: str):
     return OneKernelProcessor()
 
 
-def use_attention_kernel(kernel: str, modules: list[torch.nn.Module], device: torch.device,
-                         dtype: torch.dtype) -> None:
-    """Make ``modules`` (the UNet and the VAE) compute attention with ``kernel``, after checking it runs."""
+def use_attention_kernel(kernel: str, unet: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """Make the UNet compute attention with ``kernel``, after checking the kernel runs its heads here."""
     processor = attention_processor(kernel)
     if processor is None:
         return
-    check_attention_kernel(kernel, set().union(*(attention_head_sizes(m) for m in modules)), device, dtype)
-    for module in modules:
-        if attention_head_sizes(module):
-            module.set_attn_processor(processor)
+    check_attention_kernel(kernel, attention_head_sizes(unet), device, dtype)
+    unet.set_attn_processor(processor)
 
 
 def compiled(unet: torch.nn.Module, compile_mode: str) -> Callable:

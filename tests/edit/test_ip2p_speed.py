@@ -29,9 +29,10 @@ def default_edit(tiny_ip2p_folder) -> torch.Tensor:
 def test_attention_kernels_give_the_default_edits(tiny_ip2p_folder, default_edit, kernel):
     editor = tiny_editor(tiny_ip2p_folder, attention=kernel)
     expected = "AttnProcessor" if kernel == "unfused" else "OneKernelProcessor"
-    for model in (editor.models.unet, editor.models.vae):
-        assert attention_head_sizes(model)  # the tiny model has attention layers in both
-        assert {type(p).__name__ for p in model.attn_processors.values()} == {expected}
+    assert attention_head_sizes(editor.models.unet) == {4, 8}
+    assert {type(p).__name__ for p in editor.models.unet.attn_processors.values()} == {expected}
+    # The VAE keeps diffusers' default (its 512-wide head in the real model is beyond the flash kernels).
+    assert {type(p).__name__ for p in editor.models.vae.attn_processors.values()} == {"AttnProcessor2_0"}
     torch.testing.assert_close(one_edit(editor), default_edit, atol=1e-5, rtol=0)
 
 
