@@ -182,16 +182,21 @@ def rank_environment(rank: int, world_size: int, port: int) -> dict[str, str]:
             "WORLD_SIZE": str(world_size)}
 
 
-def warmed_up(editor: InstructPix2PixEditor, image_size: int) -> InstructPix2PixEditor:
-    """``editor`` after one edit of a random image, as the in-process editor is after its first mode (a fresh
-    process's first edit also pays one-time set-up, e.g. CUDA kernels loading)."""
+def warmed_up(editor: InstructPix2PixEditor, image_size: int, batches: set[int]) -> InstructPix2PixEditor:
+    """``editor`` after one call of each batch size the modes use, on a random image: the first call of a new
+    editor (or of a new batch shape) pays one-time set-up (CUDA kernels loading, cuDNN/cuBLAS heuristics) that
+    would otherwise land on whichever mode runs first."""
+    from splat2splat.edit.ip2p import EditRequest
+
     image = torch.rand(image_size, image_size, 3, generator=torch.Generator().manual_seed(0))
-    editor.edit(image, image, PROMPT, (0.02, 0.98), torch.Generator().manual_seed(0))
+    for batch in sorted(batches):
+        editor.edit_batch([EditRequest(image, image, PROMPT, (0.02, 0.98), torch.Generator().manual_seed(k))
+                           for k in range(batch)])
     return editor
 
 
 def editor_process(index: int, world_size: int, port: int, settings: IP2PConfig, threads: int,
-                   image_size: int) -> None:
+                   image_size: int, batches: set[int]) -> None:
     """A spawned editor rank (rank ``index + 1``): serves edits with the timing pass's InstructPix2Pix."""
     rank = index + 1
     os.environ.update(rank_environment(rank, world_size, port))
@@ -201,21 +206,22 @@ def editor_process(index: int, world_size: int, port: int, settings: IP2PConfig,
         count = torch.cuda.device_count() if torch.cuda.is_available() else 1
         device = editor_rank_device(settings.device, rank, count)
         serve_edits(lambda: warmed_up(InstructPix2PixEditor.from_config(dataclasses.replace(settings, device=device)),
-                                      image_size))
+                                      image_size, batches))
     finally:
         end_process_group()
 
 
 @contextlib.contextmanager
-def editor_processes(world_size: int, settings: IP2PConfig, image_size: int):
+def editor_processes(world_size: int, settings: IP2PConfig, image_size: int, batches: set[int]):
     """:class:`RemoteEditors` for ``world_size - 1`` spawned editor processes, this process being rank 0."""
     import torch.multiprocessing as mp
 
     port = free_port()
     saved = {key: os.environ.get(key) for key in rank_environment(0, world_size, port)}
     os.environ.update(rank_environment(0, world_size, port))
-    context = mp.start_processes(editor_process, args=(world_size, port, settings, torch.get_num_threads(), image_size),
-                                 nprocs=world_size - 1, join=False, start_method="spawn")
+    arguments = (world_size, port, settings, torch.get_num_threads(), image_size, batches)
+    context = mp.start_processes(editor_process, args=arguments, nprocs=world_size - 1, join=False,
+                                 start_method="spawn")
     watcher = threading.Thread(target=stop_if_an_editor_fails, args=(context,), daemon=True)
     watcher.start()
     try:
@@ -253,7 +259,8 @@ def stop_if_an_editor_fails(context) -> None:
 
 def run_on_processes(mode: str, cfg: BenchIDU, scenes: Scenes, settings: IP2PConfig,
                      device: torch.device) -> tuple[dict, GaussianBackend]:
-    with editor_processes(mode_parts(mode)[0], settings, cfg.image_size) as editors:
+    processes, batch, _ = mode_parts(mode)
+    with editor_processes(processes, settings, cfg.image_size, {batch}) as editors:
         return run_mode(mode, cfg, scenes, editors, device)
 
 
@@ -288,7 +295,8 @@ def main(cfg: BenchIDU) -> dict:
         if cfg.timing:
             ip2p_settings = IP2PConfig(model=str(model), dtype=cfg.dtype, device=str(device),
                                        diffusion_steps=cfg.diffusion_steps)
-            ip2p = InstructPix2PixEditor.from_config(ip2p_settings)
+            ip2p = warmed_up(InstructPix2PixEditor.from_config(ip2p_settings), cfg.image_size,
+                             {mode_parts(mode)[1] for mode in modes})
             finals = {}  # final splats of the single-process runs, for the procs modes' equality check
             for mode in sorted(modes, key=lambda m: mode_parts(m)[0] > 1):  # those runs first
                 if mode_parts(mode)[0] == 1:
