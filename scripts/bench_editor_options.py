@@ -14,9 +14,9 @@ Peak memory: the largest extra memory one timed call needed beyond what was held
 CUDA, resident memory on the CPU), and on CUDA the GPU memory the editor holds between edits (allocated while
 it was built: the offloaded models hold none).
 
-An option is a ``+``-joined list of settings: ``channels-last``, ``offload``, ``compile=MODE``, ``attention=KERNEL``,
-``dtype=DTYPE`` (of IP2PConfig) and ``batch=K`` (K views per ``edit_batch`` call; time per view), e.g.
-``compile=inductor-cuda-graphs+batch=4``. ``default`` is always measured first.
+An option is a ``+``-joined list of settings: ``channels-last``, ``offload``, ``compile=MODE``,
+``attention=KERNEL``, ``dtype=DTYPE`` (of IP2PConfig) and ``batch=K`` (K views per ``edit_batch`` call; time
+per view), e.g. ``compile=inductor-cuda-graphs+batch=4``. ``default`` is always measured first.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from splat2splat.devices import resolve_device
 from splat2splat.edit.ip2p import EditRequest, IP2PConfig, InstructPix2PixEditor
 from splat2splat.errors import InputError
 
-SETTINGS = {"compile": "compile", "attention": "attention", "dtype": "dtype"}
+SETTINGS = ("compile", "attention", "dtype")  # IP2PConfig fields an option may set to a value
 
 
 @dataclass
@@ -56,7 +56,7 @@ def parse_option(name: str, base: IP2PConfig) -> EditorOption:
         elif key == "batch" and value.isdigit() and int(value) >= 1:
             batch = int(value)
         elif key in SETTINGS and value:
-            config = dataclasses.replace(config, **{SETTINGS[key]: value})
+            config = dataclasses.replace(config, **{key: value})
         else:
             raise SystemExit(f"unknown editor option {part!r} in {name!r}: use channels-last, offload, "
                              "compile=MODE, attention=KERNEL, dtype=DTYPE or batch=K, joined by '+'")
