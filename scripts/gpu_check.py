@@ -21,8 +21,9 @@ edit_memory (peak GPU memory of in2n-small IDU steps at 512 px), bench_train (10
 skipped with their reason.
 
 ``--group throughput`` (issue 16, a second call on the warm machine; it reuses the check's gsplat build and
-editor model): editor_options (bench_speed's editor speed options against the default editor) and
-idu_throughput (bench_idu's serial / batched / pipelined / editor-process modes at 512 px).
+editor model), most needed first: throughput_tests (``pytest -m "gpu and throughput"``: compiled UNets and
+attention kernels on the GPU), idu_throughput (bench_idu's serial / batched / pipelined / editor-process modes
+at 512 px) and editor_options (bench_speed's editor speed options against the default editor).
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ def stage_editor_options(sizes: Sizes, work: Path) -> dict:
     return {"rows": [{k: row[k] for k in keep} for row in rows], "refused": refused, "json": "bench_speed_options.json"}
 
 
-# in2n-small's and in2n's edit: 30000 steps with an edit every 10 (in2n-tiny: the same).
+# in2n-small's and in2n-tiny's edit: 30000 steps with an edit every 10 (the in2n preset runs 15000).
 IN2N_EDIT_STEPS = 30000
 
 
