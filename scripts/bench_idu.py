@@ -49,7 +49,7 @@ from bench_fidelity import BenchFidelity, Scenes, prepare, score  # noqa: E402
 
 from splat2splat.configs import config_to_dict  # noqa: E402
 from splat2splat.edit.distributed import (RemoteEditors, editor_rank_device, end_process_group,  # noqa: E402
-                                          serve_edits, start_process_group)
+                                          gpu_count, serve_edits, start_process_group)
 from splat2splat.edit.idu import IterativeDatasetUpdate  # noqa: E402
 from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor  # noqa: E402
 from splat2splat.edit.presets import IDUConfig, preset  # noqa: E402
@@ -203,8 +203,7 @@ def editor_process(index: int, world_size: int, port: int, settings: IP2PConfig,
     torch.set_num_threads(threads)  # the trainer's count: the kernels sum in the same order as in one process
     start_process_group()
     try:
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
-        device = editor_rank_device(settings.device, rank, count)
+        device = editor_rank_device(settings.device, rank, gpu_count())
         serve_edits(lambda: warmed_up(InstructPix2PixEditor.from_config(dataclasses.replace(settings, device=device)),
                                       image_size, batches))
     finally:

@@ -83,6 +83,11 @@ class Sizes:
     idu_step_scale: int
     idu_modes: tuple[str, ...]
 
+    @property
+    def editor_dtype(self) -> str:
+        """The editors' precision: float16 on the GPU (in2n-small/tiny), float32 in the CPU dry run."""
+        return "float16" if self.device == "cuda" else "float32"
+
 
 GPU = Sizes(device="cuda", demo_views=40, demo_image_size=64, demo_points=3000, train_steps=300, refine_start=100,
             refine_every=50, mcmc_cap=6000, edit_init_steps=100, edit_steps=30, editor_model="full-size",
@@ -226,7 +231,7 @@ def stage_edit_tiny(sizes: Sizes, work: Path) -> dict:
                 "--output", str(output), "--model", str(model), "--device", sizes.device,
                 "--init-steps", str(sizes.edit_init_steps), "--idu.steps", str(sizes.edit_steps),
                 "--idu.edit-rate", "2", "--idu.editor.diffusion-steps", "3", "--checkpoint-every", "0",
-                "--idu.editor.dtype", "float16" if sizes.device == "cuda" else "float32",
+                "--idu.editor.dtype", sizes.editor_dtype,
                 "--eval-every", "0", "--turntable-frames", "4", "--video-format", "gif"])
     record = read_json(output / "run.json")
     require(record["steps"] == sizes.edit_steps and record["edits"] > 0, f"run.json says {record['steps']} steps, "
@@ -314,9 +319,8 @@ def run_bench_speed(arguments: list[str]) -> dict:
 
 def stage_bench_editor(sizes: Sizes, work: Path) -> dict:
     folder = editor_model_folder(sizes, work)
-    dtype = "float16" if sizes.device == "cuda" else "float32"
     results = run_bench_speed(["--device", sizes.device, "--skip-train", "--random-model", sizes.editor_model,
-                               "--random-model-folder", str(folder), "--dtype", dtype,
+                               "--random-model-folder", str(folder), "--dtype", sizes.editor_dtype,
                                "--image-size", str(sizes.editor_image_size), "--steps", str(sizes.editor_steps),
                                "--editor-repeats", str(sizes.editor_repeats), "--output",
                                str(work / "bench_speed_editor.json")])
@@ -333,9 +337,8 @@ def stage_editor_options(sizes: Sizes, work: Path) -> dict:
     """The editor's speed options against the default editor, in one run (issue 16: each option is kept only
     where this shows a gain)."""
     folder = editor_model_folder(sizes, work)
-    dtype = "float16" if sizes.device == "cuda" else "float32"
     results = run_bench_speed(["--device", sizes.device, "--skip-train", "--skip-editor", "--random-model-folder",
-                               str(folder), "--random-model", sizes.editor_model, "--dtype", dtype,
+                               str(folder), "--random-model", sizes.editor_model, "--dtype", sizes.editor_dtype,
                                "--image-size", str(sizes.editor_image_size), "--steps", str(sizes.editor_steps),
                                "--editor-repeats", str(sizes.editor_repeats + 2), "--editor-options",
                                *sizes.editor_options, "--output", str(work / "bench_speed_options.json")])
@@ -358,10 +361,9 @@ def stage_idu_throughput(sizes: Sizes, work: Path) -> dict:
     import bench_idu
 
     folder = editor_model_folder(sizes, work)
-    dtype = "float16" if sizes.device == "cuda" else "float32"
     config = bench_idu.BenchIDU(output=work / "bench_idu.json", modes=sizes.idu_modes, image_size=sizes.idu_image_size,
-                                views=sizes.idu_views, step_scale=sizes.idu_step_scale, model=str(folder), dtype=dtype,
-                                fidelity=False, device=sizes.device)
+                                views=sizes.idu_views, step_scale=sizes.idu_step_scale, model=str(folder),
+                                dtype=sizes.editor_dtype, fidelity=False, device=sizes.device)
     rows = bench_idu.main(config)["results"]
     require(all(row["edits"] == rows[0]["edits"] > 0 for row in rows), "the modes made different numbers of edits")
     for row in rows:
@@ -369,7 +371,7 @@ def stage_idu_throughput(sizes: Sizes, work: Path) -> dict:
     keep = ("mode", "processes", "steps", "edits", "wall_s", "edits_per_s", "trainer_idle_s", "editor_idle_s",
             "equals_single_process", "max_splat_difference", "projected_in2n_length_min")
     return {"rows": [{k: row[k] for k in keep if k in row} for row in rows], "image_size": sizes.idu_image_size,
-            "editor": sizes.editor_model, "dtype": dtype, "json": "bench_idu.json",
+            "editor": sizes.editor_model, "dtype": sizes.editor_dtype, "json": "bench_idu.json",
             "projection": f"wall_s / steps x {IN2N_EDIT_STEPS} steps (same edit rate), not a measured full run"}
 
 
@@ -398,7 +400,7 @@ def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
     config = preset("in2n-small")
     config = dataclasses.replace(config, edit_rate=1, editor=dataclasses.replace(
         config.editor, model=str(editor_model_folder(sizes, work)), device=sizes.device,
-        dtype="float16" if sizes.device == "cuda" else "float32"))
+        dtype=sizes.editor_dtype))
     backend = GaussianBackend.from_dataset(dataset, GaussianConfig(device=sizes.device,
                                                                    strategy=StrategyConfig(kind="none")))
     lpips = load_lpips(config.lpips_net, random_backbone=True)

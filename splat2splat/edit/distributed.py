@@ -56,6 +56,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def gpu_count() -> int:
+    """GPUs on this machine (1 where there is none: every process then shares the one CPU device)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
 def local_gpu_index(rank_on_machine: int, device_count: int) -> int:
     """The GPU of the process with this LOCAL_RANK: round robin over the machine's GPUs, so processes beyond
     the GPU count share them (one GPU: trainer and editor processes all on cuda:0)."""
@@ -234,8 +239,7 @@ def edit_on_ranks(job, resume: bool, run_as_trainer) -> dict:
         return saved_job(job)[0] if resume else job
 
     def editor_job():
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 1
-        return on_editor_rank_device(on_device(settled_job()), local_rank(), count)
+        return on_editor_rank_device(on_device(settled_job()), local_rank(), gpu_count())
 
     rank, world_size = start_process_group()
     try:
