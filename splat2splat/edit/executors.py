@@ -134,7 +134,7 @@ class EditQueue:
 
     def __init__(self, editor: Editor | EditorPool, prompt: str, noise_range: tuple[float, float],
                  generator: torch.Generator, lag: int):
-        self.editor, self.prompt, self.noise_range, self.generator, self.lag = editor, prompt, noise_range, generator, lag
+        self.prompt, self.noise_range, self.generator, self.lag = prompt, noise_range, generator, lag
         self.pending: list[PendingEdit] = []
         self.busy_seconds = 0.0
         # Where edits run: the editor itself in one thread, or one thread per editor process of a pool, the

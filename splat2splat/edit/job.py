@@ -32,7 +32,7 @@ from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
-from splat2splat.edit.editor import Editor
+from splat2splat.edit.editor import Editor, EditorPool
 from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.executors import check_throughput_options
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
@@ -286,7 +286,7 @@ def check_new_edit(job: EditJob) -> None:
         raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
 
-def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
+def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool | None = None,
                lpips: torch.nn.Module | None = None) -> EditRun:
     """A new edit, or with ``resume`` the interrupted one in ``job.output`` (its saved job wins).
 
@@ -344,8 +344,8 @@ def check_local_density(job: EditJob) -> None:
         raise InputError(None, local_density_problem(strategy.refine_stop, job.init_steps))
 
 
-def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Editor, loss: PhotometricLoss,
-             fresh: bool) -> IterativeDatasetUpdate:
+def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Editor | EditorPool,
+             loss: PhotometricLoss, fresh: bool) -> IterativeDatasetUpdate:
     """The IDU loop; with --region.* a local one (a resumed run takes its region from the checkpoint)."""
     if not job.region.given():
         return IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
@@ -378,7 +378,7 @@ def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     return backend
 
 
-def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | None = None,
+def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | EditorPool | None = None,
                  lpips: torch.nn.Module | None = None, on_step: Callable[[int], None] | None = None) -> dict:
     """Start (or resume), edit and finish in one call; returns run.json's content."""
     run = start_edit(job, resume, editor, lpips)

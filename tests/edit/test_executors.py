@@ -17,7 +17,7 @@ from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.presets import IDUConfig
 from splat2splat.errors import InputError
 from splat2splat.testing.editors import TintEditor
-from tests.edit.test_idu import tiny_dataset
+from tests.edit.test_idu import FakeBackend, tiny_dataset
 
 
 class LearningBackend:
@@ -302,3 +302,48 @@ def test_the_queue_with_no_lag_reproduces_the_serial_loop():
     queued.seconds["edit_wait"] = 0.0
     run(serial, 20), run(queued, 20)
     assert same_images(serial, queued) and torch.equal(serial_backend.colour, queued_backend.colour)
+
+
+# ------------------------------------------------------------------------------------------ the interface
+
+def test_the_executor_follows_the_lag_and_an_editor_pool_needs_one():
+    from splat2splat.edit.distributed import RemoteEditors
+    from splat2splat.edit.executors import make_executor
+
+    generator = torch.Generator()
+    assert isinstance(make_executor(TintEditor(), "p", (0.0, 1.0), generator, 1, 0), ImmediateEdits)
+    assert isinstance(make_executor(TintEditor(), "p", (0.0, 1.0), generator, 2, 3), EditQueue)
+    pool = RemoteEditors.__new__(RemoteEditors)  # an editor pool, without the processes behind it
+    pool.lanes = [TintEditor()]
+    with pytest.raises(InputError, match="edit-lag of at least 1"):
+        make_executor(pool, "p", (0.0, 1.0), generator, 1, 0)
+
+
+def test_a_planning_editor_is_declared_not_probed(tiny_ip2p_folder):
+    from splat2splat.edit.distributed import RemoteEditors
+    from splat2splat.edit.editor import Editor, EditorPool, PlanningEditor
+    from splat2splat.edit.ip2p import InstructPix2PixEditor
+
+    assert issubclass(InstructPix2PixEditor, PlanningEditor)
+    assert isinstance(TintEditor(), Editor) and not isinstance(TintEditor(), PlanningEditor)
+    pool = RemoteEditors.__new__(RemoteEditors)
+    pool.lanes = []
+    assert isinstance(pool, EditorPool) and not isinstance(pool, Editor)  # a pool never edits in the loop
+
+
+def test_every_write_back_goes_through_apply():
+    """Serial, batched, lagged and igs2gs edits all reach the dataset through IterativeDatasetUpdate.apply (the
+    fake backend calls igs2gs' in-step edit hook)."""
+    class Counting(IterativeDatasetUpdate):
+        applied = 0
+
+        def apply(self, view, edited):
+            Counting.applied += 1
+            super().apply(view, edited)
+
+    for config in (IDUConfig(edit_rate=1, steps=6), IDUConfig(edit_rate=1, edit_batch=2, steps=6),
+                   IDUConfig(edit_rate=1, edit_lag=2, steps=6), IDUConfig(schedule="igs2gs", edit_rate=6, steps=6)):
+        Counting.applied = 0
+        idu = Counting(tiny_dataset(), FakeBackend(), TintEditor(), "tint", config, lambda p, t: (None, {}))
+        run(idu, 6)
+        assert Counting.applied == idu.edits_done == sum(idu.dataset.edit_counts) > 0, config
