@@ -59,7 +59,7 @@ class IterativeDatasetUpdate:
         self.dataset, self.backend, self.editor = dataset, backend, editor
         self.prompt, self.config, self.loss_fn = prompt, config, loss_fn
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.edit_order = edit_order(dataset.train_indices, config.edit_order, config.seed)
+        self.edit_order = draw_edit_order(dataset.train_indices, config.edit_order, config.seed)
         self.next_in_order = 0  # position in edit_order of the next view to edit
         self.updating = False  # igs2gs: a dataset update is under way (one view per step)
         self.step = 0
@@ -182,7 +182,7 @@ class IterativeDatasetUpdate:
         return {**self.seconds, "edit": self.executor.busy_seconds}
 
 
-def edit_order(train_indices: list[int], kind: str, seed: int) -> list[int]:
+def draw_edit_order(train_indices: list[int], kind: str, seed: int) -> list[int]:
     """The order the views are edited in: a random permutation drawn once from ``seed`` (with its own
     generator: the edits' draws stay as they are), or the dataset's order."""
     if kind == "dataset":
