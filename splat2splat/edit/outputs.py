@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
-
 from splat2splat.backends import config_for
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
