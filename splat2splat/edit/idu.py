@@ -15,7 +15,7 @@ Schedules (``IDUConfig.schedule``), each as its reference's code runs it:
   are the same either way: no optimiser step lies between) and the edited image replaces the old one AFTER
   the step's training, so the step trains on the pre-edit images exactly as in2n's does.
 * ``igs2gs`` (Instruct-GS2GS): every ``edit_rate`` steps a dataset update starts; it edits the training
-  views in order ONE PER TRAINING STEP: the step renders that view (its training render, background
+  views in the edit order ONE PER TRAINING STEP: the step renders that view (its training render, background
   included), edits it, replaces the image and trains on the fresh edit. In between, the scene trains on
   random views as usual (an update starts at edit steps 0, ``edit_rate``, ...).
 
