@@ -50,6 +50,7 @@ from bench_fidelity import BenchFidelity, Scenes, prepare, score  # noqa: E402
 from splat2splat.configs import config_to_dict  # noqa: E402
 from splat2splat.edit.distributed import (RemoteEditors, editor_rank_device, end_process_group,  # noqa: E402
                                           gpu_count, serve_edits, start_process_group)
+from splat2splat.edit.editor import EditorPool, EditRequest  # noqa: E402
 from splat2splat.edit.idu import IterativeDatasetUpdate  # noqa: E402
 from splat2splat.edit.ip2p import IP2PConfig, InstructPix2PixEditor  # noqa: E402
 from splat2splat.edit.presets import IDUConfig, preset  # noqa: E402
@@ -159,7 +160,7 @@ def run_mode(mode: str, cfg: BenchIDU, scenes: Scenes, editor, device: torch.dev
     wall = time.perf_counter() - start
     seconds = loop.timings()
     trainer_idle = seconds.get("edit_wait", seconds["edit"])  # serial: the trainer waits for every edit
-    remote = hasattr(editor, "lanes")  # RemoteEditors: one lane per editor process
+    remote = isinstance(editor, EditorPool)  # RemoteEditors: one lane per editor process
     lanes = len(editor.lanes) if remote else 1
     row = {"mode": mode, "processes": 1 + lanes if remote else 1,
            "edit_batch": settings.edit_batch, "edit_lag": settings.edit_lag, "steps": settings.steps,
@@ -186,8 +187,6 @@ def warmed_up(editor: InstructPix2PixEditor, image_size: int, batches: set[int])
     """``editor`` after one call of each batch size the modes use, on a random image: the first call of a new
     editor (or of a new batch shape) pays one-time set-up (CUDA kernels loading, cuDNN/cuBLAS heuristics) that
     would otherwise land on whichever mode runs first."""
-    from splat2splat.edit.ip2p import EditRequest
-
     image = torch.rand(image_size, image_size, 3, generator=torch.Generator().manual_seed(0))
     for batch in sorted(batches):
         editor.edit_batch([EditRequest(image, image, PROMPT, (0.02, 0.98), torch.Generator().manual_seed(k))

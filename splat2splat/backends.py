@@ -26,13 +26,15 @@ class BackendKind:
     config_class: type
     config_field: str  # the job field holding this backend's config (``--gaussians.*``, ``--nerf.*``)
     reconstruction_loss: Callable[[], ImageLoss]  # the scene-fitting loss of the reference method
+    holds_gaussians: bool  # its scenes' ``gaussians()`` is not None (a region may be given as a volume)
 
 
 BACKENDS: dict[str, BackendKind] = {
     # 3DGS / gsplat: 0.8 L1 + 0.2 D-SSIM.
-    "gaussian": BackendKind(GaussianBackend, GaussianConfig, "gaussians", lambda: PhotometricLoss(LossWeights())),
+    "gaussian": BackendKind(GaussianBackend, GaussianConfig, "gaussians", lambda: PhotometricLoss(LossWeights()),
+                            holds_gaussians=True),
     # nerfacto: MSE.
-    "nerf": BackendKind(NerfBackend, NerfConfig, "nerf", lambda: mse_loss),
+    "nerf": BackendKind(NerfBackend, NerfConfig, "nerf", lambda: mse_loss, holds_gaussians=False),
 }
 
 

@@ -25,6 +25,29 @@ EditHook = Callable[[int, torch.Tensor], None]
 
 
 @runtime_checkable
+class GaussianScene(Protocol):
+    """A scene made of Gaussians, as a local edit uses it: select Gaussians (``splats``, normalised frame),
+    render them with other colours (``device``, ``rasterizer``), freeze those outside the region."""
+
+    splats: torch.nn.ParameterDict
+    device: torch.device
+    rasterizer: str
+    step: int
+
+    def freeze(self, frozen: torch.Tensor | None) -> None:
+        """Keep the Gaussians where ``frozen`` [N] is True bit for bit from now on (None: none)."""
+        ...
+
+    def strategy_active(self) -> bool:
+        """Whether the density strategy (which acts on every Gaussian) would still run from this step on."""
+        ...
+
+    def strategy_stop(self) -> int:
+        """The step from which the density strategy no longer runs."""
+        ...
+
+
+@runtime_checkable
 class SceneBackend(Protocol):
     name: str  # "gaussian" or "nerf"
     step: int  # optimisation steps taken so far (schedules depend on it)
@@ -57,6 +80,11 @@ class SceneBackend(Protocol):
 
     def export(self, output_dir: Path, dataset: Dataset) -> list[Path]:
         """Write the scene's deliverables into ``output_dir`` (PLY for Gaussians; renders for a NeRF)."""
+        ...
+
+    def gaussians(self) -> GaussianScene | None:
+        """The scene as Gaussians a region selects and freezes; None for a scene of another kind (a NeRF:
+        a local edit there only composites through --region.masks)."""
         ...
 
 

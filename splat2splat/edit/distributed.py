@@ -3,7 +3,7 @@
     torchrun --nproc-per-node N --no-python splat2splat edit ... --idu.edit-lag L
 
 Rank 0 runs the whole edit as one process would, with :class:`RemoteEditors` as its editor: the pipelined
-:class:`~splat2splat.edit.pipeline.EditQueue` draws every edit's noise on rank 0, in submission order (the
+:class:`~splat2splat.edit.executors.EditQueue` draws every edit's noise on rank 0, in submission order (the
 draws need only the model's :class:`~splat2splat.edit.ip2p.NoiseGeometry`, which each editor rank reports
 when it starts), and sends the k-th submission to editor rank 1 + k % (N - 1); the result comes back before
 its due step. So a run gives the same result as the single-process run with the same lag and seed, whatever
@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from splat2splat.edit.ip2p import EditPlan, EditRequest, NoiseGeometry, draw_plan
+from splat2splat.edit.editor import EditPlan, EditRequest
+from splat2splat.edit.ip2p import NoiseGeometry, draw_plan
 from splat2splat.errors import InputError
 
 TRAINER = 0
@@ -169,7 +170,8 @@ class RemoteLane:
 
 
 class RemoteEditors:
-    """Rank 0's editor: draws each edit's noise like the editor would and hands the edit to an editor rank."""
+    """Rank 0's :class:`~splat2splat.edit.editor.EditorPool`: draws each edit's noise like the editor would and
+    hands the edit to an editor rank (a lane)."""
 
     def __init__(self, world_size: int):
         import torch.distributed as dist
@@ -193,9 +195,6 @@ class RemoteEditors:
 
     def plan(self, request: EditRequest) -> EditPlan:
         return draw_plan(request, self.geometry)
-
-    def edit(self, *args, **kwargs):
-        raise InputError(None, "editing on other processes needs --idu.edit-lag of at least 1")
 
     def close(self) -> None:
         """Ends every editor rank's loop."""
@@ -233,25 +232,22 @@ def edit_on_ranks(job, resume: bool, run_as_trainer) -> dict:
     """The edit of ``job`` (an :class:`~splat2splat.edit.job.EditJob`) on this process's rank: rank 0 calls
     ``run_as_trainer(editors)`` with the :class:`RemoteEditors` and returns its run.json content; the other
     ranks serve edits and return an empty dict."""
+    from splat2splat.edit.executors import check_throughput_options
     from splat2splat.edit.job import make_editor, on_device, saved_job
 
-    def settled_job():
-        return saved_job(job)[0] if resume else job
-
-    def editor_job():
-        return on_editor_rank_device(on_device(settled_job()), local_rank(), gpu_count())
-
+    # Every rank reads the same job and refuses it the same way, before any process waits for another.
+    settled = saved_job(job)[0] if resume else job
+    check_throughput_options(settled.idu.schedule, settled.idu.edit_batch, settled.idu.edit_lag)
+    if settled.idu.edit_lag < 1:
+        raise InputError(None, f"--idu.edit-lag {settled.idu.edit_lag}: editing on other processes (torchrun with "
+                               f"{os.environ.get('WORLD_SIZE')} processes) needs a lag of at least 1 step")
     rank, world_size = start_process_group()
     try:
         if rank != TRAINER:
-            serve_edits(lambda: make_editor(editor_job()))
+            serve_edits(lambda: make_editor(on_editor_rank_device(on_device(settled), local_rank(), gpu_count())))
             return {}
         editors = RemoteEditors(world_size)
         try:
-            lag = settled_job().idu.edit_lag
-            if lag < 1:
-                raise InputError(None, f"--idu.edit-lag {lag}: editing on other processes (torchrun with "
-                                       f"{world_size} processes) needs a lag of at least 1 step")
             return run_as_trainer(editors)
         finally:
             editors.close()

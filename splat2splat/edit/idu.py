@@ -9,21 +9,22 @@ not-yet-edited views and the edits converge to one 3D-consistent scene.
 
 Schedules (``IDUConfig.schedule``), each as its reference's code runs it:
 
-* ``in2n`` (Instruct-NeRF2NeRF, in2n_pipeline.py:92-95,125-179): every ``edit_rate`` steps the next
-  ``edit_count`` views of the dataset's own order are edited (cycling). Within such a step in2n samples and
-  forwards its batch first, then edits, and the loss uses the PRE-edit batch; here the view is rendered and
-  edited before the step (the scene's parameters are the same either way: no optimiser step lies between)
-  and the edited image replaces the old one AFTER the step's training, so the step trains on the pre-edit
-  images exactly as in2n's does.
-* ``igs2gs`` (Instruct-GS2GS, igs2gs_pipeline.py:106-147): every ``edit_rate`` steps a dataset update
-  starts; it edits the training views in dataset order ONE PER TRAINING STEP: the step renders that view
-  (its training render, background included), edits it, replaces the image and trains on the fresh edit.
-  In between, the scene trains on random views as usual. (igs2gs starts an update when
-  ``(global_step - 1) % 2500 == 0``; here at edit steps 0, ``edit_rate``, ...: the same spacing.)
+* ``in2n`` (Instruct-NeRF2NeRF): every ``edit_rate`` steps the next ``edit_count`` views of the edit order
+  are edited (cycling). Within such a step in2n samples and forwards its batch first, then edits, and the
+  loss uses the PRE-edit batch; here the view is rendered and edited before the step (the scene's parameters
+  are the same either way: no optimiser step lies between) and the edited image replaces the old one AFTER
+  the step's training, so the step trains on the pre-edit images exactly as in2n's does.
+* ``igs2gs`` (Instruct-GS2GS): every ``edit_rate`` steps a dataset update starts; it edits the training
+  views in the edit order ONE PER TRAINING STEP: the step renders that view (its training render, background
+  included), edits it, replaces the image and trains on the fresh edit. In between, the scene trains on
+  random views as usual (an update starts at edit steps 0, ``edit_rate``, ...).
 
-Throughput (splat2splat/edit/pipeline.py): ``edit_batch`` k edits k views every ``k * edit_rate`` steps as
-one editor batch; ``edit_lag`` L > 0 edits in a thread while training goes on and applies the edit of step s
-after step s + L (0: the serial loop above, unchanged).
+The edit order (``IDUConfig.edit_order``) is a random permutation of the training views drawn once from the
+run's seed (in2n) or the dataset's order (igs2gs); it is part of the checkpointed state.
+
+How edits are computed (serial, one editor batch, behind training, on editor processes) is the executor's
+business (:mod:`splat2splat.edit.executors`); whichever computed it, every edit reaches the dataset through
+:meth:`IterativeDatasetUpdate.apply`, the one write-back point (a local edit overrides only that).
 
 All randomness of the edits (the editor's noise level and diffusion noise) comes from one generator that
 is part of the checkpointed state, so a resumed run reproduces an uninterrupted one.
@@ -37,8 +38,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from splat2splat.data.dataset import Dataset
-from splat2splat.edit.editor import Editor
-from splat2splat.edit.pipeline import EditQueue, check_throughput_options, edit_views
+from splat2splat.edit.editor import Editor, EditorPool
+from splat2splat.edit.executors import EditQueue, check_throughput_options, make_executor
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 
 if TYPE_CHECKING:  # the settings are plain data (edit/presets.py); the loop only reads them
@@ -48,8 +49,8 @@ if TYPE_CHECKING:  # the settings are plain data (edit/presets.py); the loop onl
 class IterativeDatasetUpdate:
     """The IDU loop; a :class:`splat2splat.runner.SteppedLoop` (``step`` counts IDU steps, from 0)."""
 
-    def __init__(self, dataset: Dataset, backend: SceneBackend, editor: Editor, prompt: str, config: IDUConfig,
-                 loss_fn: ImageLoss):
+    def __init__(self, dataset: Dataset, backend: SceneBackend, editor: Editor | EditorPool, prompt: str,
+                 config: IDUConfig, loss_fn: ImageLoss):
         if config.edit_rate < 1 or config.edit_count < 1:
             raise ValueError("edit_rate and edit_count must be at least 1")
         if config.schedule not in ("in2n", "igs2gs"):
@@ -58,15 +59,15 @@ class IterativeDatasetUpdate:
         self.dataset, self.backend, self.editor = dataset, backend, editor
         self.prompt, self.config, self.loss_fn = prompt, config, loss_fn
         self.generator = torch.Generator().manual_seed(config.seed)
-        self.edit_order = list(dataset.train_indices)  # both references edit in the dataset's own order
+        self.edit_order = draw_edit_order(dataset.train_indices, config.edit_order, config.seed)
         self.next_in_order = 0  # position in edit_order of the next view to edit
         self.updating = False  # igs2gs: a dataset update is under way (one view per step)
         self.step = 0
         self.edits_done = 0
-        self.seconds = {"render": 0.0, "edit": 0.0, "train": 0.0}
-        self.queue = None
-        if config.edit_lag > 0:
-            self.queue = EditQueue(editor, prompt, config.noise_range, self.generator, config.edit_lag)
+        self.seconds = {"render": 0.0, "train": 0.0}
+        self.executor = make_executor(editor, prompt, config.noise_range, self.generator, config.edit_batch,
+                                      config.edit_lag)
+        if isinstance(self.executor, EditQueue):
             self.seconds["edit_wait"] = 0.0  # the trainer waiting for late edits
         backend.configure_edit(config.density_control, config.random_background)
 
@@ -82,18 +83,17 @@ class IterativeDatasetUpdate:
         return [self.edit_order[(self.next_in_order + k) % len(self.edit_order)] for k in range(count)]
 
     # ------------------------------------------------------------------------------------------ steps
-    def edited_image(self, view: int, render: torch.Tensor | None = None) -> torch.Tensor:
-        """The editor's edit of ``render`` (default: a fresh render of ``view``), conditioned on the ORIGINAL."""
-        if render is None:
-            start = time.perf_counter()
-            render = self.backend.render(self.dataset.cameras[[view]])[0]
-            self.seconds["render"] += time.perf_counter() - start
-        start = time.perf_counter()
-        edited = self.editor.edit(render, self.dataset.original(view), self.prompt, self.config.noise_range,
-                                  self.generator)
-        self.seconds["edit"] += time.perf_counter() - start
-        self.edits_done += 1
-        return edited.to(torch.float32).cpu()
+    def apply(self, view: int, edited: torch.Tensor) -> None:
+        """The one write-back point: ``edited`` (the editor's output for ``view``) becomes its training image."""
+        self.dataset.replace_image(view, edited)
+
+    def submit(self, views: list[int], renders: list[torch.Tensor]) -> None:
+        self.executor.submit(self.step, views, renders, [self.dataset.original(v) for v in views])
+        self.edits_done += len(views)
+
+    def write_back_due(self, everything: bool = False) -> None:
+        for view, edited in self.executor.due(self.step, everything):
+            self.apply(view, edited)
 
     def renders(self, views: list[int]) -> list[torch.Tensor]:
         start = time.perf_counter()
@@ -101,51 +101,34 @@ class IterativeDatasetUpdate:
         self.seconds["render"] += time.perf_counter() - start
         return renders
 
-    def edited_images(self, views: list[int]) -> list[tuple[int, torch.Tensor]]:
-        """(view, edit) of ``views``: one by one (``edit_batch`` 1), else as one editor batch."""
-        if self.config.edit_batch == 1:
-            return [(view, self.edited_image(view)) for view in views]
-        renders = self.renders(views)
-        start = time.perf_counter()
-        edits = edit_views(self.editor, renders, [self.dataset.original(v) for v in views], self.prompt,
-                           self.config.noise_range, self.generator)
-        self.seconds["edit"] += time.perf_counter() - start
-        self.edits_done += len(views)
-        return [(view, edit.to(torch.float32).cpu()) for view, edit in zip(views, edits)]
-
     def run_step(self) -> dict[str, float]:
         views = self.views_to_edit()
         self.next_in_order = (self.next_in_order + len(views)) % len(self.edit_order)
         if self.config.schedule == "igs2gs" and views:
-            self.updating = self.next_in_order != 0  # the update ends with the dataset's last view
+            self.updating = self.next_in_order != 0  # the update ends with the order's last view
 
-            def edit(view: int, render: torch.Tensor) -> None:
-                self.dataset.replace_image(view, self.edited_image(view, render))
+            def edit(view: int, render: torch.Tensor) -> None:  # inside the step: it trains on the fresh edit
+                self.submit([view], [render])
+                self.write_back_due()
 
             stats = self.timed_training(view=views[0], edit=edit)
-        elif self.queue is not None:
+        else:
             if views:
-                self.queue.submit(self.step, views, self.renders(views), [self.dataset.original(v) for v in views])
-                self.edits_done += len(views)
-            stats = self.timed_training()
+                self.submit(views, self.renders(views))
+            stats = self.timed_training()  # in2n: this step's loss sees the pre-edit images
             last_step = self.step + 1 >= self.config.steps  # the end applies what is still in flight
             start = time.perf_counter()
-            for view, image in self.queue.results_due(self.step, everything=last_step):
-                self.dataset.replace_image(view, image)
-            self.seconds["edit_wait"] += time.perf_counter() - start
-        else:
-            edits = self.edited_images(views)
-            stats = self.timed_training()
-            for view, image in edits:  # in2n: this step's loss saw the pre-edit images
-                self.dataset.replace_image(view, image)
+            self.write_back_due(everything=last_step)
+            if "edit_wait" in self.seconds:
+                self.seconds["edit_wait"] += time.perf_counter() - start
         self.step += 1
         return {**stats, "edits": float(self.edits_done)}
 
     def timed_training(self, **kwargs) -> dict[str, float]:
         """One training step of the scene; its time, less any edit made inside it, counts as training."""
-        start, editing_before = time.perf_counter(), self.seconds["edit"]
+        start, editing_before = time.perf_counter(), self.executor.busy_seconds
         stats = self.backend.train_step(self.dataset, self.loss_fn, **kwargs)
-        self.seconds["train"] += time.perf_counter() - start - (self.seconds["edit"] - editing_before)
+        self.seconds["train"] += time.perf_counter() - start - (self.executor.busy_seconds - editing_before)
         return stats
 
     # ------------------------------------------------------------------------------------- evaluation
@@ -169,7 +152,7 @@ class IterativeDatasetUpdate:
     # ------------------------------------------------------------------------------------ persistence
     def state_dict(self) -> dict:
         """The loop's own state; the dataset's current images and the backend are saved beside it."""
-        pending = self.queue.state_dict() if self.queue is not None else []  # first: finishes the edits in flight
+        pending = self.executor.state_dict()  # first: finishes the edits in flight
         return {"step": self.step, "edits_done": self.edits_done, "next_in_order": self.next_in_order,
                 "pending_edits": pending, "seconds": self.timings(),
                 "edit_order": list(self.edit_order), "updating": self.updating,
@@ -177,23 +160,34 @@ class IterativeDatasetUpdate:
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.edits_done = state["step"], state["edits_done"]
-        self.next_in_order, self.edit_order = state["next_in_order"], list(state["edit_order"])
+        order = [int(view) for view in state["edit_order"]]
+        if sorted(order) != sorted(self.dataset.train_indices) or not 0 <= int(state["next_in_order"]) < len(order):
+            raise ValueError("its edit order is not an order of this dataset's training views")
+        self.next_in_order, self.edit_order = int(state["next_in_order"]), order
         self.updating = bool(state.get("updating", False))
         self.generator.set_state(state["generator"])
-        self.seconds = {key: value for key, value in state["seconds"].items() if key in self.seconds}
+        seconds = state["seconds"]
+        self.seconds = {key: seconds.get(key, 0.0) for key in self.seconds}
+        self.executor.busy_seconds = seconds.get("edit", 0.0)
         pending = state.get("pending_edits", [])
         for entry in pending:  # a checkpoint is a file from outside: check before the run depends on it
             for view, image in zip(entry["views"], entry["images"], strict=True):
                 if view not in self.dataset.train_indices or image.shape != self.dataset.original(view).shape:
                     raise ValueError(f"an edit in flight for view {view} does not fit the dataset")
-        if self.queue is not None:
-            self.queue.load_state_dict(pending)
-        elif pending:
-            raise ValueError("the checkpoint holds edits in flight, but this run has no --idu.edit-lag")
+        self.executor.load_state_dict(pending)
 
     def timings(self) -> dict[str, float]:
-        """Seconds spent rendering, editing (pipelined: the editor thread's busy time), training, and
-        (pipelined) waiting for late edits."""
-        if self.queue is None:
-            return dict(self.seconds)
-        return {**self.seconds, "edit": self.seconds["edit"] + self.queue.busy_seconds}
+        """Seconds spent rendering, editing (behind training: the editor threads' busy time), training, and
+        (behind training) waiting for late edits."""
+        return {**self.seconds, "edit": self.executor.busy_seconds}
+
+
+def draw_edit_order(train_indices: list[int], kind: str, seed: int) -> list[int]:
+    """The order the views are edited in: a random permutation drawn once from ``seed`` (with its own
+    generator: the edits' draws stay as they are), or the dataset's order."""
+    if kind == "dataset":
+        return list(train_indices)
+    if kind != "random-permutation":
+        raise ValueError(f"unknown edit order {kind!r}: use random-permutation or dataset")
+    permutation = torch.randperm(len(train_indices), generator=torch.Generator().manual_seed(seed))
+    return [train_indices[i] for i in permutation.tolist()]

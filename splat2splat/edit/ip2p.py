@@ -39,6 +39,7 @@ from typing import Any, Literal
 import torch
 
 from splat2splat.devices import resolve_device
+from splat2splat.edit.editor import EditPlan, EditRequest
 from splat2splat.edit.ip2p_speed import AttentionKernel, CompileMode, check_speed_options, compiled, use_attention_kernel
 from splat2splat.edit.ip2p_steps import (batch_groups, check_noise_range, decode_latents, denoise, encode_prompt,
                                          place_module, sample_max_timestep, scheduler_for, size_for_vae)
@@ -105,28 +106,6 @@ class IP2PModels:
     unet: torch.nn.Module  # UNet2DConditionModel with 8 input channels
     vae: torch.nn.Module  # AutoencoderKL
     scheduler: Any  # diffusers.DDIMScheduler with the full training schedule; never mutated
-
-
-@dataclass
-class EditRequest:
-    """The arguments of one :meth:`InstructPix2PixEditor.edit` call, for :meth:`~InstructPix2PixEditor.edit_batch`."""
-
-    render: torch.Tensor  # [H, W, 3] in [0, 1]
-    original: torch.Tensor  # [H, W, 3] in [0, 1]
-    prompt: str
-    noise_range: tuple[float, float]
-    generator: torch.Generator
-
-
-@dataclass
-class EditPlan:
-    """One request with everything it drew from its generator (drawn before any batch runs)."""
-
-    request: EditRequest
-    size: tuple[int, int]  # the VAE-friendly size the images are resized to
-    max_timestep: int  # T: DDIM runs over [0, T]
-    sample_noise: torch.Tensor  # N(0, 1) of the VAE posterior sample, float32 on the CPU
-    latent_noise: torch.Tensor  # N(0, 1) that noises the latents to T, float32 on the CPU
 
 
 @dataclass(frozen=True)
@@ -205,7 +184,8 @@ def check_editor_options(config: IP2PConfig) -> None:
 # ------------------------------------------------------------------------------------------- the editor
 
 class InstructPix2PixEditor:
-    """The :class:`~splat2splat.edit.editor.Editor` of Instruct-NeRF2NeRF: InstructPix2Pix + partial DDIM."""
+    """The editor of Instruct-NeRF2NeRF: InstructPix2Pix + partial DDIM (a
+    :class:`~splat2splat.edit.editor.PlanningEditor`: it batches)."""
 
     def __init__(self, models: IP2PModels, config: IP2PConfig | None = None):
         self.config = config or IP2PConfig()

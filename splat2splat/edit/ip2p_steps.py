@@ -14,7 +14,7 @@ import torch
 from splat2splat.errors import InputError
 
 if TYPE_CHECKING:
-    from splat2splat.edit.ip2p import EditPlan
+    from splat2splat.edit.editor import EditPlan
 
 
 def encode_prompt(tokenizer, text_encoder: torch.nn.Module, prompt: str) -> torch.Tensor:

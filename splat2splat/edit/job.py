@@ -25,16 +25,16 @@ from typing import Callable, Literal
 
 import torch
 
-from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
+from splat2splat.backends import BackendName, backend_kind, config_for, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
                                     load_rng_state, read_checkpoint, read_command, require_keys, save_checkpoint,
                                     write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
-from splat2splat.edit.editor import Editor
+from splat2splat.edit.editor import Editor, EditorPool
 from splat2splat.edit.idu import IterativeDatasetUpdate
-from splat2splat.edit.pipeline import check_throughput_options
+from splat2splat.edit.executors import check_throughput_options
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
@@ -286,7 +286,7 @@ def check_new_edit(job: EditJob) -> None:
         raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
 
-def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
+def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool | None = None,
                lpips: torch.nn.Module | None = None) -> EditRun:
     """A new edit, or with ``resume`` the interrupted one in ``job.output`` (its saved job wins).
 
@@ -339,13 +339,13 @@ def local_density_problem(refine_stop: int, step: int) -> str:
 def check_local_density(job: EditJob) -> None:
     """A scene trained here for fewer steps than its densification window cannot 'continue' in a local edit."""
     strategy = job.gaussians.strategy
-    if job.backend == "gaussian" and job.init is None and job.idu.density_control == "continue" \
+    if backend_kind(job.backend).holds_gaussians and job.init is None and job.idu.density_control == "continue" \
             and strategy.kind != "none" and job.init_steps < strategy.refine_stop:
         raise InputError(None, local_density_problem(strategy.refine_stop, job.init_steps))
 
 
-def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Editor, loss: PhotometricLoss,
-             fresh: bool) -> IterativeDatasetUpdate:
+def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Editor | EditorPool,
+             loss: PhotometricLoss, fresh: bool) -> IterativeDatasetUpdate:
     """The IDU loop; with --region.* a local one (a resumed run takes its region from the checkpoint)."""
     if not job.region.given():
         return IterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss)
@@ -356,12 +356,12 @@ def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Edit
         masks = [torch.zeros(dataset.image_size(i)) for i in range(len(dataset))]
         return LocalIterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss, masks=masks,
                                            feather=job.region.feather)
-    if getattr(backend, "strategy_active", None) is not None and job.idu.density_control == "continue" \
-            and backend.strategy_active():
-        raise InputError(None, local_density_problem(backend.config.strategy.refine_stop, backend.step))
+    scene = backend.gaussians()
+    if scene is not None and job.idu.density_control == "continue" and scene.strategy_active():
+        raise InputError(None, local_density_problem(scene.strategy_stop(), backend.step))
     region = resolve_region(job.region, dataset, backend, job.downscale)
-    if region.inside is not None:
-        backend.freeze(~region.inside)
+    if scene is not None and region.inside is not None:
+        scene.freeze(~region.inside)
     return LocalIterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss, masks=region.masks,
                                        feather=job.region.feather)
 
@@ -378,7 +378,7 @@ def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     return backend
 
 
-def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | None = None,
+def run_edit_job(job: EditJob, resume: bool = False, editor: Editor | EditorPool | None = None,
                  lpips: torch.nn.Module | None = None, on_step: Callable[[int], None] | None = None) -> dict:
     """Start (or resume), edit and finish in one call; returns run.json's content."""
     run = start_edit(job, resume, editor, lpips)

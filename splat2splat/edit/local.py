@@ -3,8 +3,10 @@
 Two mechanisms keep the edit from leaking out of the region (:mod:`splat2splat.edit.regions`):
 
 * every edited image is composited with the view's ORIGINAL outside the view's region mask (soft inner edge,
-  ``RegionConfig.feather``), so the training images never change outside the region; the loss is taken on the
-  whole composited image, which therefore also pulls in-region content back from where the original shows;
+  ``RegionConfig.feather``) at the loop's one write-back point, so the training images never change outside
+  the region, whichever way the edit was computed (serial, batched, behind training, on editor processes,
+  igs2gs' update); the loss is taken on the whole composited image, which therefore also pulls in-region
+  content back from where the original shows;
 * on a Gaussian scene, the Gaussians outside the region are frozen (:meth:`GaussianBackend.freeze`): they get
   no gradient, keep their exact values, and are never culled.
 
@@ -32,9 +34,8 @@ class LocalIterativeDatasetUpdate(IterativeDatasetUpdate):
         self.masks = [mask.detach().float().cpu() for mask in masks]
         self.weights = [feathered(mask, self.feather) for mask in self.masks]
 
-    def edited_image(self, view: int, render: torch.Tensor | None = None) -> torch.Tensor:
-        edited = super().edited_image(view, render)
-        return composite(edited, self.dataset.original(view), self.weights[view])
+    def apply(self, view: int, edited: torch.Tensor) -> None:
+        super().apply(view, composite(edited, self.dataset.original(view), self.weights[view]))
 
     def state_dict(self) -> dict:
         # The masks as the edit started: recomputing them from a half-edited scene would differ.

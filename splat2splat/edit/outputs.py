@@ -3,12 +3,9 @@ a turntable video and ``run.json`` (prompt, every setting, seeds, versions, timi
 
 from __future__ import annotations
 
-import platform
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import torch
 
 from splat2splat.backends import config_for
 from splat2splat.configs import config_to_dict
@@ -18,6 +15,7 @@ from splat2splat.io import save_image, write_json
 from splat2splat.media import contact_sheet, evenly_spread, render_turntable, write_video
 from splat2splat.runner import LoopReport
 from splat2splat.scene import SceneBackend
+from splat2splat.versions import software_versions
 
 if TYPE_CHECKING:
     from splat2splat.edit.job import EditRun
@@ -40,6 +38,7 @@ def write_edit_outputs(run: EditRun, report: LoopReport) -> dict:
         "prompt": job.prompt, "preset": job.preset, "backend": backend.name, "command": config_to_dict(job),
         "preset_settings": config_to_dict(preset(job.preset)),  # the preset as defined, before any override
         "seeds": {"idu": job.idu.seed, "scene": config_for(backend.name, job).seed},
+        "edit_order": list(run.idu.edit_order),  # the views in the order they are edited (cycling)
         "versions": software_versions(), "steps": run.idu.step, "scene_steps": backend.step,
         "edits": run.idu.edits_done, "views_edited": run.idu.views_edited(),
         "views": len(dataset.train_indices), "metrics": final, "last_step": report.last_stats,
@@ -62,14 +61,3 @@ def write_before_after(path: Path, backend: SceneBackend, dataset: Dataset, n_vi
                           column_labels=["original", "edited image", "edited scene"])
     save_image(path, sheet)
     return path
-
-
-def software_versions() -> dict[str, str]:
-    import diffusers
-    import gsplat
-
-    import splat2splat
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "gsplat": gsplat.__version__,
-            "diffusers": diffusers.__version__, "splat2splat": splat2splat.__version__,
-            "cuda": torch.version.cuda or "none", "platform": platform.platform()}

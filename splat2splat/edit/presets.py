@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
+from splat2splat.gaussians.config import DensityControl
 from splat2splat.losses import LossWeights
 
 Schedule = Literal["in2n", "igs2gs"]
-DensityControl = Literal["continue", "cull", "off"]
+EditOrder = Literal["random-permutation", "dataset"]
 
 
 @dataclass
@@ -32,8 +33,12 @@ class IDUConfig:
     description: str = "custom settings"
     """What this preset is for (shown by --help and stored in run.json)."""
     schedule: Schedule = "in2n"
-    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the dataset's order;
-    'igs2gs': every `edit_rate` steps re-edit every training view, one per step, training on each fresh edit."""
+    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the edit order;
+    'igs2gs': every `edit_rate` steps re-edit every training view in the edit order, one per step, training on
+    each fresh edit."""
+    edit_order: EditOrder = "random-permutation"
+    """The order views are edited in: 'random-permutation' of the training views, drawn once from --idu.seed
+    and then cycled (in2n), or the 'dataset' order (igs2gs). run.json and the checkpoint record it."""
     steps: int = 3000
     """Training steps of the edit (the scene's own step counter continues from its initial training)."""
     edit_rate: int = 10
@@ -63,12 +68,13 @@ class IDUConfig:
     image after step s + edit_lag (the trainer waits for a late one, so results do not depend on timing).
     0 = edit, then train (the references' serial loop); in2n schedule only."""
     seed: int = 0
-    """Seed of every edit's noise."""
+    """Seed of every edit's noise and of the random edit order."""
 
 
 def _in2n(description: str, steps: int, dtype: str, offload: bool, lpips: float) -> IDUConfig:
-    # edit_batch 1 and edit_lag 0: in2n edits one view at a time and trains after it (the throughput options
-    # are opt-in: docs/BENCHMARKS.md, "Edit throughput", shows what they cost and save).
+    # edit_order is the default random permutation. edit_batch 1 and edit_lag 0: in2n edits one view at a time
+    # and trains after it (the throughput options are opt-in: docs/BENCHMARKS.md, "Edit throughput", shows
+    # what they cost and save).
     return IDUConfig(description=description, schedule="in2n", steps=steps, edit_rate=10, edit_count=1,
                      edit_batch=1, edit_lag=0, noise_range=(0.02, 0.98), loss=LossWeights(l1=1.0, dssim=0.0, lpips=lpips), lpips_net="alex",
                      density_control=IN2N_GAUSSIAN_DENSITY_CONTROL,
@@ -89,7 +95,7 @@ PRESETS: dict[str, IDUConfig] = {
                        30000, "float16", True, 0.0),
     "igs2gs": IDUConfig(
         description="Instruct-GS2GS: every 2500 steps re-edit the dataset one view per step, 0.8 L1 + 0.2 D-SSIM",
-        schedule="igs2gs", steps=7500, edit_rate=2500, edit_batch=1, edit_lag=0, noise_range=(0.70, 0.98),
+        schedule="igs2gs", edit_order="dataset", steps=7500, edit_rate=2500, edit_batch=1, edit_lag=0, noise_range=(0.70, 0.98),
         loss=LossWeights(l1=0.8, dssim=0.2, lpips=0.0), density_control="cull", random_background=True,
         editor=IP2PConfig(dtype="float16", offload=True, guidance_scale=12.5, image_guidance_scale=1.5,
                           diffusion_steps=20),

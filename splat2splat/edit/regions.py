@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 
+from splat2splat.backends import backend_kind
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.gaussians.model import SH_C0, activated
 from splat2splat.gaussians.rasterize import rasterize
 from splat2splat.io import load_image
+from splat2splat.scene import GaussianScene, SceneBackend
 
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
 REGION_SIGMAS = 1.0  # a region given as Gaussians covers each of its Gaussians out to this many standard deviations
@@ -178,7 +180,7 @@ def _indicator_sh(values: torch.Tensor) -> torch.Tensor:
     return ((values.float() - 0.5) / SH_C0)[:, None, None].expand(-1, 1, 3).contiguous()
 
 
-def render_weights(backend, dataset: Dataset, view: int, sh: torch.Tensor) -> torch.Tensor:
+def render_weights(backend: GaussianScene, dataset: Dataset, view: int, sh: torch.Tensor) -> torch.Tensor:
     """The scene's render of ``view`` with the given degree-0 colours on a black background ([H, W, 3])."""
     cameras = dataset.cameras[view].to(backend.device)
     height, width = cameras.image_size(0)
@@ -190,13 +192,13 @@ def render_weights(backend, dataset: Dataset, view: int, sh: torch.Tensor) -> to
 
 
 @torch.no_grad()
-def project_gaussians(backend, dataset: Dataset, inside: torch.Tensor) -> list[torch.Tensor]:
+def project_gaussians(backend: GaussianScene, dataset: Dataset, inside: torch.Tensor) -> list[torch.Tensor]:
     """Soft per-view masks: the accumulated rendering weight of the in-region Gaussians in each view."""
     sh = _indicator_sh(inside.to(backend.device))
     return [render_weights(backend, dataset, view, sh)[..., 0].clamp(0, 1).cpu() for view in range(len(dataset))]
 
 
-def lift_masks(backend, dataset: Dataset, masks: list[torch.Tensor]) -> torch.Tensor:
+def lift_masks(backend: GaussianScene, dataset: Dataset, masks: list[torch.Tensor]) -> torch.Tensor:
     """Which Gaussians render mostly inside the masks: the gradient of the mask-weighted render with respect to
     a Gaussian's colour is its rendered weight inside the masks (channel 0) and outside them (channel 1)."""
     n = len(backend.splats["means"])
@@ -289,27 +291,27 @@ def composite(edited: torch.Tensor, original: torch.Tensor, weight: torch.Tensor
 # ------------------------------------------------------------------------------------------- resolving
 
 
-def resolve_region(config: RegionConfig, dataset: Dataset, backend, downscale: int = 1) -> Region | None:
+def resolve_region(config: RegionConfig, dataset: Dataset, backend: SceneBackend, downscale: int = 1) -> Region | None:
     """The region of ``config`` on this scene (None: no region given)."""
     given = config.given()
     if not given:
         return None
     check_region_config(config)
-    gaussian = getattr(backend, "splats", None) is not None
+    scene = backend.gaussians()
     if config.masks is not None:
         masks = read_masks(config.masks, dataset, downscale)
-        inside = lift_masks(backend, dataset, masks) if gaussian else None
+        inside = lift_masks(scene, dataset, masks) if scene is not None else None
         if inside is not None and not inside.any():
             raise InputError(config.masks, "the masks cover no Gaussian of the scene")
         return Region(masks, inside)
-    if not gaussian:
+    if scene is None:
         raise InputError(None, f"{option(config)} selects Gaussians; a {backend.name} scene needs --region.masks")
-    inside = region_gaussians(config, dataset, backend.splats)
+    inside = region_gaussians(config, dataset, scene.splats)
     if not inside.any():
         raise InputError(getattr(config, given[0]) if given[0] in ("file", "gaussians") else None,
                          f"{option(config)} holds none of the scene's {len(inside)} Gaussians (is it outside "
                          f"the scene, or in another frame?)")
-    return Region(project_gaussians(backend, dataset, inside), inside)
+    return Region(project_gaussians(scene, dataset, inside), inside)
 
 
 def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -333,9 +335,10 @@ def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, t
 
 
 def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int = 1, backend: str = "gaussian") -> None:
-    """Read what the region's files say before any training (their problems are one line each)."""
+    """Read what the region's files say before any training (their problems are one line each); ``backend``:
+    the registry name of the scene's backend."""
     check_region_config(config)
-    if backend != "gaussian" and config.masks is None:
+    if not backend_kind(backend).holds_gaussians and config.masks is None:
         raise InputError(None, f"{option(config)} selects Gaussians; a {backend} scene needs --region.masks")
     if config.masks is not None:
         read_masks(config.masks, dataset, downscale)

@@ -13,24 +13,13 @@ Output folder::
 from __future__ import annotations
 
 import dataclasses
-import platform
 from pathlib import Path
 
 from splat2splat.evaluation.clip_metrics import ClipEncoder
 from splat2splat.evaluation.evaluate import EditEvaluation, EvaluatedEdit
+from splat2splat.versions import software_versions
 
 SHEETS = "sheets"
-
-
-def software_versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import splat2splat
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "splat2splat": splat2splat.__version__, "cuda": torch.version.cuda or "none",
-            "platform": platform.platform()}
 
 
 def report_header(encoder: ClipEncoder, source_caption: str, path: str, frames: int, device: str,

@@ -141,7 +141,13 @@ class GaussianBackend:
 
     def strategy_active(self) -> bool:
         """Whether 'continue' would still densify, prune or reset opacities from the current step on."""
-        return self.strategy is not None and self.step < self.config.strategy.refine_stop
+        return self.strategy is not None and self.step < self.strategy_stop()
+
+    def strategy_stop(self) -> int:
+        return self.config.strategy.refine_stop
+
+    def gaussians(self) -> "GaussianBackend":
+        return self
 
     @torch.no_grad()
     def _restore_frozen(self) -> None:

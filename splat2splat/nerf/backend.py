@@ -160,6 +160,9 @@ class NerfBackend:
 
     # ---------------------------------------------------------------- training
 
+    def gaussians(self) -> None:
+        return None  # a field, not Gaussians: regions come as masks and nothing is frozen
+
     def configure_edit(self, density_control: str, random_background: bool) -> None:
         """A field has no Gaussians to densify and renders over its fixed background: nothing to change."""
 

@@ -59,19 +59,41 @@ def make_idu(config: IDUConfig, dataset=None, editor=None):
     return IterativeDatasetUpdate(dataset, backend, editor, "make it orange", config, lambda p, t: (None, {})), backend
 
 
-def test_in2n_schedule_edits_edit_count_views_every_edit_rate_steps_in_dataset_order():
-    """in2n_pipeline.py:92-95,131-137: cycle(range(N)) over the dataset's own order, not a shuffled one."""
-    idu, backend = make_idu(IDUConfig(edit_rate=3, edit_count=2))
-    order = idu.dataset.train_indices  # [1, 2, 3, 4, 5]; the held-out view 0 is never edited
-    assert idu.edit_order == order
+def test_in2n_schedule_edits_edit_count_views_every_edit_rate_steps_in_a_seeded_permutation():
+    """in2n cycles the positions of its cached batch, which nerfstudio's loader filled in a random order drawn
+    once (README presets table): a permutation of the training views from the run's seed, then cycled."""
+    idu, backend = make_idu(IDUConfig(edit_rate=3, edit_count=2, seed=0))
+    order = idu.edit_order
+    permutation = torch.randperm(5, generator=torch.Generator().manual_seed(0)).tolist()
+    assert order == [idu.dataset.train_indices[i] for i in permutation]  # the held-out view 0 is never edited
+    assert sorted(order) == [1, 2, 3, 4, 5] and order != [1, 2, 3, 4, 5]
+    edited = []
+    for _ in range(9):
+        edited.append(idu.views_to_edit())
+        idu.run_step()
+    assert [views for views in edited if views] == [order[0:2], order[2:4], [order[4], order[0]]]
+    assert [bool(views) for views in edited] == [True, False, False] * 3
+    assert idu.edits_done == 6
+    assert idu.dataset.edit_counts[0] == 0  # the held-out view stays original
+
+
+def test_dataset_order_cycles_the_training_views_as_they_come():
+    idu, _ = make_idu(IDUConfig(edit_rate=3, edit_count=2, edit_order="dataset"))
+    assert idu.edit_order == [1, 2, 3, 4, 5]
     edited = []
     for _ in range(9):
         edited.append(idu.views_to_edit())
         idu.run_step()
     assert [views for views in edited if views] == [[1, 2], [3, 4], [5, 1]]
-    assert [bool(views) for views in edited] == [True, False, False] * 3
-    assert idu.edits_done == 6
-    assert idu.dataset.edit_counts[0] == 0  # the held-out view stays original
+
+
+def test_the_order_has_its_own_generator_and_an_unknown_order_is_refused():
+    """Drawing the permutation leaves the edits' generator as the seed made it (the edits' draws do not depend
+    on the order chosen)."""
+    idu, _ = make_idu(IDUConfig(seed=4))
+    assert torch.equal(idu.generator.get_state(), torch.Generator().manual_seed(4).get_state())
+    with pytest.raises(ValueError, match="edit order"):
+        make_idu(IDUConfig(edit_order="shuffled"))
 
 
 def test_in2n_step_trains_on_the_pre_edit_images_and_the_next_step_on_the_edit():
@@ -96,7 +118,7 @@ def test_editor_gets_the_render_the_original_the_prompt_and_the_noise_range():
 
     dataset = tiny_dataset()
     dataset.replace_image(1, torch.zeros(8, 8, 3))  # an earlier edit: the editor must still see the ORIGINAL
-    idu, _ = make_idu(IDUConfig(edit_rate=1, noise_range=(0.3, 0.6)), dataset, Spy())
+    idu, _ = make_idu(IDUConfig(edit_rate=1, noise_range=(0.3, 0.6), edit_order="dataset"), dataset, Spy())
     idu.run_step()  # view 1 is the first of the dataset order
     render, original, prompt, noise_range = calls[-1]
     assert torch.equal(render, torch.full((8, 8, 3), 0.5))
@@ -114,7 +136,7 @@ def test_igs2gs_update_edits_one_view_per_step_and_trains_on_that_fresh_edit():
             renders.append(render.clone())
             return super().edit(render, original, prompt, noise_range, generator)
 
-    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_rate=8), editor=Spy())
+    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_order="dataset", edit_rate=8), editor=Spy())
     for _ in range(16):
         idu.run_step()
     views = idu.dataset.train_indices  # 5 training views
@@ -127,7 +149,7 @@ def test_igs2gs_update_edits_one_view_per_step_and_trains_on_that_fresh_edit():
 
 
 def test_igs2gs_update_longer_than_the_edit_rate_runs_to_its_end():
-    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_rate=2))
+    idu, backend = make_idu(IDUConfig(schedule="igs2gs", edit_order="dataset", edit_rate=2))
     for _ in range(7):
         idu.run_step()
     assert backend.trained_views == [1, 2, 3, 4, 5, None, 1]  # steps 2 and 4 start nothing new; step 6 does
@@ -166,16 +188,25 @@ def test_state_dict_round_trip_continues_identically():
     assert all(torch.equal(a, b) for a, b in zip(second.dataset.current, reference.dataset.current))
 
 
-def test_seed_decides_the_edits_not_the_order():
+def test_seed_decides_the_edits_and_the_order():
     a, _ = make_idu(IDUConfig(seed=1))
     b, _ = make_idu(IDUConfig(seed=1))
     c, _ = make_idu(IDUConfig(seed=2))
     for idu in (a, b, c):
         for _ in range(10):
             idu.run_step()
-    assert a.edit_order == b.edit_order == c.edit_order
+    assert a.edit_order == b.edit_order != c.edit_order
     assert all(torch.equal(x, y) for x, y in zip(a.dataset.current, b.dataset.current))
     assert any(not torch.equal(x, y) for x, y in zip(a.dataset.current, c.dataset.current))
+
+
+def test_a_checkpointed_order_that_is_not_of_this_dataset_is_refused():
+    idu, _ = make_idu(IDUConfig())
+    state = idu.state_dict()
+    fresh, _ = make_idu(IDUConfig())
+    for order in ([1, 2, 3, 4], [1, 1, 2, 3, 4], [0, 1, 2, 3, 4]):
+        with pytest.raises(ValueError, match="edit order"):
+            fresh.load_state_dict({**state, "edit_order": order})
 
 
 def test_invalid_schedule_is_rejected():

@@ -109,7 +109,7 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 
 
 def edits_in_an_editor_thread(editor: InstructPix2PixEditor, count: int) -> list[torch.Tensor]:
     """``count`` edits of the same images from one worker thread on its own CUDA stream, as the pipelined loop's
-    editor thread runs them (splat2splat.edit.pipeline.EditQueue.run)."""
+    editor thread runs them (splat2splat.edit.executors.EditQueue.run)."""
     import concurrent.futures
 
     stream = torch.cuda.Stream()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -77,11 +79,12 @@ def test_an_interrupted_local_edit_resumes_to_the_same_scene(scene, tmp_path):
     resumed = tmp_path / "resumed"
 
     def stop_at(step: int) -> None:
-        if step == 4:
-            raise Interrupted(2)
+        if step == 4:  # Ctrl-C: the loop checkpoints step 4 and stops
+            os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
         run_edit(parse_edit_args(local_args(scene, resumed, *args, steps=8)), editor=TintEditor(), on_step=stop_at)
+    assert load_checkpoint_file(resumed / "checkpoint.pt")["idu"]["step"] == 4
     run_edit(parse_edit_args(["--output", str(resumed), "--resume"]), editor=TintEditor())
     a = load_checkpoint_file(reference / "checkpoint.pt")
     b = load_checkpoint_file(resumed / "checkpoint.pt")

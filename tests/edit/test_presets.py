@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.edit.presets import PRESETS
@@ -17,7 +18,10 @@ IGS2GS = "cvachha/instruct-gs2gs@5890bab"
 SPLATFACTO = "nerfstudio splatfacto.py@05ce76db"
 
 IN2N_COMMON = {
-    "schedule": ("in2n", f"{IN2N} in2n/in2n_pipeline.py:92-95,137: cycle(range(N)), the dataset's order"),
+    "schedule": ("in2n", f"{IN2N} in2n/in2n_pipeline.py:46-48: one view every 10 steps"),
+    "edit_order": ("random-permutation", f"{IN2N} in2n/in2n_pipeline.py:92-95,137 cycle(range(N)) over the positions "
+                                         "of the cached batch, filled by nerfstudio data/utils/dataloaders.py "
+                                         "CacheDataloader as random.sample(range(N), k=N)"),
     "edit_rate": (10, f"{IN2N} in2n/in2n_pipeline.py:46"),
     "edit_count": (1, f"{IN2N} in2n/in2n_pipeline.py:48"),
     "noise_range": ([0.02, 0.98], f"{IN2N} in2n/in2n_pipeline.py:52-55"),
@@ -56,6 +60,8 @@ REFERENCE = {
     },
     "igs2gs": {
         "schedule": ("igs2gs", f"{IGS2GS} igs2gs/igs2gs_pipeline.py:106-147: one view per step, trained on"),
+        "edit_order": ("dataset", f"{IGS2GS} igs2gs/igs2gs_pipeline.py:106-147: views 0..N-1 of the full-image "
+                                  "data manager, in order"),
         "steps": (7500, f"{IGS2GS} igs2gs/igs2gs_config.py:45 max_num_iterations"),
         "edit_rate": (2500, f"{IGS2GS} igs2gs/igs2gs_pipeline.py:49 gs_steps"),
         "noise_range": ([0.70, 0.98], f"{IGS2GS} igs2gs/igs2gs_pipeline.py:53-56"),
@@ -114,3 +120,11 @@ def test_run_json_of_a_tiny_edit_holds_the_reference_values(name, scene, tiny_ip
     for key, value in OVERRIDES.items():
         assert str(field(used, key)) == value
     assert record["steps"] == 3
+    views = sorted(record["edit_order"])
+    assert len(views) == record["views"] == len(set(views))  # every training view once
+    if PRESETS[name].edit_order == "dataset":
+        assert record["edit_order"] == views
+    else:  # the permutation of --idu.seed 0, not the dataset's order
+        assert record["edit_order"] != views
+        permutation = torch.randperm(len(views), generator=torch.Generator().manual_seed(0))
+        assert record["edit_order"] == [views[i] for i in permutation.tolist()]

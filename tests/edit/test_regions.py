@@ -218,3 +218,21 @@ def test_full_resolution_masks_are_shrunk_with_the_images(scene, tmp_path):
     assert torch.equal(masks[0][:, :8], torch.zeros(16, 8))
     with pytest.raises(InputError, match="mask is 32x32, its view is 16x16"):
         read_masks(folder, dataset, downscale=1)
+
+
+def test_regions_ask_the_scene_contract_for_gaussians(fitted):
+    """A scene that declares no Gaussians (SceneBackend.gaussians() is None, as a NeRF) gets the masks-only
+    message for a volume, whatever its class; a Gaussian scene is its own GaussianScene."""
+    from splat2splat.scene import GaussianScene
+
+    dataset, backend = fitted
+    assert backend.gaussians() is backend and isinstance(backend, GaussianScene)
+
+    class WithoutGaussians:
+        name = "field"
+
+        def gaussians(self):
+            return None
+
+    with pytest.raises(InputError, match="a field scene needs --region.masks"):
+        resolve_region(RegionConfig(box=SPHERE_BOX), dataset, WithoutGaussians())

@@ -1,4 +1,5 @@
-"""Edit throughput: batched edits and edits pipelined with a fixed lag (splat2splat/edit/pipeline.py)."""
+"""How edits are computed: at once (serial or batched) and behind training with a fixed lag
+(splat2splat/edit/executors.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import time
 import pytest
 import torch
 
+from splat2splat.edit.executors import EditQueue, ImmediateEdits
 from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.presets import IDUConfig
 from splat2splat.errors import InputError
 from splat2splat.testing.editors import TintEditor
-from tests.edit.test_idu import tiny_dataset
+from tests.edit.test_idu import FakeBackend, tiny_dataset
 
 
 class LearningBackend:
@@ -78,12 +80,12 @@ def test_lag_zero_is_the_serial_loop_bit_for_bit():
     """The reference loop written out: render, edit (one generator), train on the pre-edit images, replace."""
     config = IDUConfig(edit_rate=2, edit_count=2, steps=12, seed=3)
     idu, backend = make(config)
-    assert idu.queue is None  # no editor thread at lag 0
+    assert isinstance(idu.executor, ImmediateEdits)  # no editor thread at lag 0
     run(idu, 12)
 
     reference, editor = LearningBackend(), TintEditor()
     dataset, generator = tiny_dataset(), torch.Generator().manual_seed(3)
-    order, position = dataset.train_indices, 0
+    order, position = idu.edit_order, 0
     for step in range(12):
         edits = []
         if step % 2 == 0:
@@ -144,7 +146,7 @@ def test_the_last_step_applies_every_edit_still_in_flight():
     run(serial, 9), run(pipelined, 9)
     assert serial.edits_done == pipelined.edits_done == 5
     assert list(serial.dataset.edit_counts) == list(pipelined.dataset.edit_counts)
-    assert pipelined.queue.in_flight() == 0
+    assert pipelined.executor.pending == []
 
 
 def test_resume_with_edits_in_flight_equals_the_uninterrupted_run():
@@ -189,7 +191,7 @@ def test_lag_is_not_the_same_as_serial():
 # ------------------------------------------------------------------------------------------ batching
 
 def test_edit_batch_keeps_the_edits_per_step_and_edits_k_views_at_once():
-    idu, backend = make(IDUConfig(edit_rate=2, edit_batch=3))
+    idu, backend = make(IDUConfig(edit_rate=2, edit_batch=3, edit_order="dataset"))
     requested = []
     for _ in range(12):
         requested.append(idu.views_to_edit())
@@ -205,8 +207,8 @@ def test_batched_idu_equals_serial_edits_at_the_same_steps(tiny_ip2p_folder):
 
     editor = InstructPix2PixEditor.from_config(IP2PConfig(model=str(tiny_ip2p_folder), diffusion_steps=3, device="cpu"))
     calls = []
-    batch = editor.edit_batch
-    editor.edit_batch = lambda requests: calls.append(len(requests)) or batch(requests)
+    run_plans = editor.run_plans
+    editor.run_plans = lambda plans: calls.append(len(plans)) or run_plans(plans)
 
     def images(config):
         idu = IterativeDatasetUpdate(tiny_dataset(size=16), LearningBackend(), editor, "tint", config,
@@ -216,7 +218,7 @@ def test_batched_idu_equals_serial_edits_at_the_same_steps(tiny_ip2p_folder):
     batched = images(IDUConfig(edit_rate=1, edit_batch=3, seed=1))
     assert calls == [3, 3]
     serial = images(IDUConfig(edit_rate=3, edit_count=3, seed=1))
-    assert calls == [3, 3]  # edit_batch 1 edits one by one
+    assert calls == [3, 3] + [1] * 6  # edit_batch 1 edits one by one
     for a, b in zip(batched, serial):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
@@ -291,13 +293,57 @@ def test_edits_in_flight_that_do_not_fit_the_dataset_are_refused_on_load():
 def test_the_queue_with_no_lag_reproduces_the_serial_loop():
     """The pipelined path itself (editor thread, due steps) with L = 0 gives the serial loop's result: what a
     lag changes is only when edits land."""
-    from splat2splat.edit.pipeline import EditQueue
     from splat2splat.testing.oracle import OracleEditor
 
     config = IDUConfig(edit_rate=3, edit_count=2, steps=20, seed=5)
     serial, serial_backend = make(config, OracleEditor())
     queued, queued_backend = make(config, OracleEditor())
-    queued.queue = EditQueue(queued.editor, queued.prompt, config.noise_range, queued.generator, lag=0)
+    queued.executor = EditQueue(queued.editor, queued.prompt, config.noise_range, queued.generator, lag=0)
     queued.seconds["edit_wait"] = 0.0
     run(serial, 20), run(queued, 20)
     assert same_images(serial, queued) and torch.equal(serial_backend.colour, queued_backend.colour)
+
+
+# ------------------------------------------------------------------------------------------ the interface
+
+def test_the_executor_follows_the_lag_and_an_editor_pool_needs_one():
+    from splat2splat.edit.distributed import RemoteEditors
+    from splat2splat.edit.executors import make_executor
+
+    generator = torch.Generator()
+    assert isinstance(make_executor(TintEditor(), "p", (0.0, 1.0), generator, 1, 0), ImmediateEdits)
+    assert isinstance(make_executor(TintEditor(), "p", (0.0, 1.0), generator, 2, 3), EditQueue)
+    pool = RemoteEditors.__new__(RemoteEditors)  # an editor pool, without the processes behind it
+    pool.lanes = [TintEditor()]
+    with pytest.raises(InputError, match="edit-lag of at least 1"):
+        make_executor(pool, "p", (0.0, 1.0), generator, 1, 0)
+
+
+def test_a_planning_editor_is_declared_not_probed(tiny_ip2p_folder):
+    from splat2splat.edit.distributed import RemoteEditors
+    from splat2splat.edit.editor import Editor, EditorPool, PlanningEditor
+    from splat2splat.edit.ip2p import InstructPix2PixEditor
+
+    assert issubclass(InstructPix2PixEditor, PlanningEditor)
+    assert isinstance(TintEditor(), Editor) and not isinstance(TintEditor(), PlanningEditor)
+    pool = RemoteEditors.__new__(RemoteEditors)
+    pool.lanes = []
+    assert isinstance(pool, EditorPool) and not isinstance(pool, Editor)  # a pool never edits in the loop
+
+
+def test_every_write_back_goes_through_apply():
+    """Serial, batched, lagged and igs2gs edits all reach the dataset through IterativeDatasetUpdate.apply (the
+    fake backend calls igs2gs' in-step edit hook)."""
+    class Counting(IterativeDatasetUpdate):
+        applied = 0
+
+        def apply(self, view, edited):
+            Counting.applied += 1
+            super().apply(view, edited)
+
+    for config in (IDUConfig(edit_rate=1, steps=6), IDUConfig(edit_rate=1, edit_batch=2, steps=6),
+                   IDUConfig(edit_rate=1, edit_lag=2, steps=6), IDUConfig(schedule="igs2gs", edit_rate=6, steps=6)):
+        Counting.applied = 0
+        idu = Counting(tiny_dataset(), FakeBackend(), TintEditor(), "tint", config, lambda p, t: (None, {}))
+        run(idu, 6)
+        assert Counting.applied == idu.edits_done == sum(idu.dataset.edit_counts) > 0, config
