@@ -25,7 +25,7 @@ from typing import Callable, Literal
 
 import torch
 
-from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
+from splat2splat.backends import BackendName, backend_kind, config_for, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
                                     load_rng_state, read_checkpoint, read_command, require_keys, save_checkpoint,
                                     write_command)
@@ -49,7 +49,6 @@ from splat2splat.training import train_scene
 from splat2splat.validation import check_options
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
 
 
 @dataclass
@@ -169,11 +168,12 @@ def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
 
 
 def edit_configured(job: EditJob, backend: SceneBackend) -> SceneBackend:
-    """The scene as the edit trains it: a backend that trains on ray patches (the NeRF) is rebuilt with in2n's
-    32x32 patches when the edit's loss has LPIPS, which needs image structure; whole-image backends are as is."""
-    patch_size = getattr(backend.config, "patch_size", None)
-    if patch_size is not None and job.idu.loss.lpips > 0 and patch_size != IN2N_LPIPS_PATCH:
-        return rebuilt_with(backend, patch_size=IN2N_LPIPS_PATCH)
+    """The scene as the edit trains it: a backend that trains on ray patches (the NeRF) is rebuilt with patches
+    of --idu.lpips-patch-size (in2n: 32x32) when the edit's loss has LPIPS, which needs image structure;
+    whole-image backends are as is (their loss crops the LPIPS patches)."""
+    if backend_kind(backend.name).trains_on == "patches" and job.idu.loss.lpips > 0 \
+            and backend.config.patch_size != job.idu.lpips_patch_size:
+        return rebuilt_with(backend, patch_size=job.idu.lpips_patch_size)
     return backend
 
 
@@ -187,12 +187,57 @@ def make_editor(job: EditJob) -> Editor:
 
 
 def make_loss(job: EditJob, lpips: torch.nn.Module | None) -> PhotometricLoss:
-    """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing)."""
+    """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing).
+
+    On a whole-image scene the loss crops --idu.lpips-on patches itself; a backend that trains on ray patches
+    hands it patches already (see :func:`edit_configured`)."""
     if job.idu.loss.lpips > 0 and lpips is None:
         from splat2splat.edit.lpips_loss import load_lpips
 
         lpips = load_lpips(job.idu.lpips_net, job.lpips_weights)
-    return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None)
+    crops = backend_kind(job.backend).trains_on == "images"
+    return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None,
+                           job.idu.lpips_patch_sampling() if crops else None)
+
+
+def check_lpips_options(job: EditJob) -> None:
+    """LPIPS settings the backbone or the backend cannot honour are refused before any work."""
+    from splat2splat.edit.lpips_loss import SMALLEST_SIDE
+
+    if job.idu.loss.lpips <= 0:
+        return
+    smallest = SMALLEST_SIDE[job.idu.lpips_net]
+    if job.idu.lpips_on == "patches" and job.idu.lpips_patch_size < smallest:
+        raise InputError(None, f"--idu.lpips-patch-size {job.idu.lpips_patch_size}: the {job.idu.lpips_net} LPIPS "
+                               f"backbone needs patches of at least {smallest} px")
+    if backend_kind(job.backend).trains_on != "patches":
+        return
+    if job.idu.lpips_on != "patches":
+        raise InputError(None, f"--idu.lpips-on {job.idu.lpips_on}: --backend {job.backend} trains on ray patches, "
+                               f"so its LPIPS sees patches only (pass --idu.lpips-on patches)")
+    if job.nerf.rays_per_batch < job.idu.lpips_patch_size ** 2:
+        raise InputError(None, f"--nerf.rays-per-batch {job.nerf.rays_per_batch} holds no "
+                               f"{job.idu.lpips_patch_size}x{job.idu.lpips_patch_size} LPIPS patch "
+                               f"(--idu.lpips-patch-size): pass at least {job.idu.lpips_patch_size ** 2}")
+
+
+def check_lpips_fits(job: EditJob, dataset: Dataset) -> None:
+    """LPIPS patches must fit in every training view, and whole views be large enough for the backbone."""
+    from splat2splat.edit.lpips_loss import SMALLEST_SIDE
+
+    if job.idu.loss.lpips <= 0:
+        return
+    sizes = {dataset.image_size(view) for view in dataset.train_indices}
+    height, width = min(size[0] for size in sizes), min(size[1] for size in sizes)
+    if job.idu.lpips_on == "patches" and min(height, width) < job.idu.lpips_patch_size:
+        size = job.idu.lpips_patch_size
+        raise InputError(dataset.source, f"training views of {width}x{height} px are smaller than the {size}x{size} "
+                                         f"LPIPS patches (--idu.lpips-patch-size): pass a smaller size or a smaller "
+                                         f"--downscale")
+    if job.idu.lpips_on == "image" and min(height, width) < SMALLEST_SIDE[job.idu.lpips_net]:
+        raise InputError(dataset.source, f"training views of {width}x{height} px are too small for the "
+                                         f"{job.idu.lpips_net} LPIPS backbone (at least "
+                                         f"{SMALLEST_SIDE[job.idu.lpips_net]} px a side)")
 
 
 def load_eval_clip(job: EditJob):
@@ -278,6 +323,7 @@ def check_new_edit(job: EditJob) -> None:
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     check_throughput_options(job.idu.schedule, job.idu.edit_batch, job.idu.edit_lag)
+    check_lpips_options(job)
     check_editor_options(on_device(job).idu.editor)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
@@ -301,6 +347,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
         check_new_edit(job)
     job = on_device(job)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
+    check_lpips_fits(job, dataset)
     if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
         from splat2splat.edit.regions import check_region_inputs
 
