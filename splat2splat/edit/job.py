@@ -39,6 +39,7 @@ from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
+from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.io import check_output_folder
 from splat2splat.losses import PhotometricLoss
@@ -146,9 +147,14 @@ def check_fits_dataset(source: Path, backend: SceneBackend, dataset: Dataset) ->
         raise InputError(source, f"does not fit the dataset {dataset.source}: {problem}") from None
 
 
+def initial_checkpoint(output: Path) -> Path:
+    """Where an edit keeps the initial scene it trained (the original scene of its evaluation)."""
+    return output / "initial" / CHECKPOINT_FILE
+
+
 def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     """A scene trained here on the unedited images (resumable from initial/checkpoint.pt)."""
-    path = job.output / "initial" / CHECKPOINT_FILE
+    path = initial_checkpoint(job.output)
     if path.exists():
         state = read_checkpoint(path)
         backend = backend_from_checkpoint(path, state, device_name(job.device))
@@ -287,12 +293,37 @@ class EditRun:
         """Write the deliverables and run.json; returns run.json's content."""
         from splat2splat.edit.outputs import write_edit_outputs
 
-        record = write_edit_outputs(self, report)
+        job = self.job
+        record = write_edit_outputs(job.output, self.backend, self.dataset, self.record(report), job.turntable_frames,
+                                    job.video_format, self.started)
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
-            record = add_eval_to_run(self.job.output, record, self.job.eval, self.clip, device_name(self.job.device))
+            record = add_eval_to_run(record, self.eval_target(record), job.eval, self.clip, device_name(job.device))
         return record
+
+    def record(self, report: LoopReport) -> dict:
+        """run.json's content, but the files the outputs write (see :func:`write_edit_outputs`)."""
+        from splat2splat.versions import software_versions
+
+        job, idu = self.job, self.idu
+        return {
+            "prompt": job.prompt, "preset": job.preset, "backend": self.backend.name, "command": config_to_dict(job),
+            "preset_settings": config_to_dict(preset(job.preset)),  # the preset as defined, before any override
+            "seeds": {"idu": job.idu.seed, "scene": config_for(self.backend.name, job).seed},
+            "versions": software_versions(), "steps": idu.step, "scene_steps": self.backend.step,
+            "edits": idu.edits_done, "views_edited": idu.views_edited(), "views": len(self.dataset.train_indices),
+            "metrics": idu.evaluate(), "last_step": report.last_stats, "history": report.evaluations,
+            "seconds": {**idu.timings(), "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"]},
+        }
+
+    def eval_target(self, record: dict) -> EvalTarget:
+        """This finished run as the evaluation sees it: its scene, the scene it started from, its dataset."""
+        job = self.job
+        return EvalTarget(name=job.output.resolve().name, edited=self.checkpoint_path,
+                          original=job.init if job.init is not None else initial_checkpoint(job.output),
+                          data=job.data, downscale=job.downscale, prompt=job.prompt, run_folder=job.output,
+                          finished=True, run_metrics=dict(record["metrics"]))
 
 
 def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:

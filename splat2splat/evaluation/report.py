@@ -13,24 +13,14 @@ Output folder::
 from __future__ import annotations
 
 import dataclasses
-import platform
 from pathlib import Path
 
 from splat2splat.evaluation.clip_metrics import ClipEncoder
 from splat2splat.evaluation.evaluate import EditEvaluation, EvaluatedEdit
+from splat2splat.evaluation.runs import EvalTarget
+from splat2splat.versions import software_versions
 
 SHEETS = "sheets"
-
-
-def software_versions() -> dict[str, str]:
-    import torch
-    import transformers
-
-    import splat2splat
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "splat2splat": splat2splat.__version__, "cuda": torch.version.cuda or "none",
-            "platform": platform.platform()}
 
 
 def report_header(encoder: ClipEncoder, source_caption: str, path: str, frames: int, device: str,
@@ -136,22 +126,23 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def add_eval_to_run(folder: Path, record: dict, config: EditEvaluation, encoder: ClipEncoder, device: str) -> dict:
-    """The hook of ``splat2splat edit --eval.captions SRC TGT``: evaluate the finished run in ``folder``, write its
-    report into ``folder/eval`` and add the numbers to run.json (``record``, returned updated)."""
+def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, encoder: ClipEncoder,
+                    device: str) -> dict:
+    """The hook of ``splat2splat edit --eval.captions SRC TGT``: evaluate the finished run ``target`` (built by the
+    edit, in memory), write its report into its folder's ``eval/`` and add the numbers to its run.json
+    (``record``, returned updated)."""
     import time
 
     from splat2splat.evaluation.evaluate import evaluate_targets
-    from splat2splat.evaluation.runs import locate_target
     from splat2splat.io import write_json
 
     started = time.perf_counter()
-    source, target = config.captions
-    evaluated = evaluate_targets([locate_target(folder)], [target], source, encoder, config.frames, "capture", device)
+    folder, (source, caption) = Path(target.run_folder), config.captions
+    evaluated = evaluate_targets([target], [caption], source, encoder, config.frames, "capture", device)
     report = write_report(folder / "eval", evaluated,
                           report_header(encoder, source, "capture", config.frames, device, time.perf_counter() - started))
     run = report["runs"][0]
-    record = {**record, "eval": {"clip_model": report["clip_model"], "source_caption": source, "target_caption": target,
+    record = {**record, "eval": {"clip_model": report["clip_model"], "source_caption": source, "target_caption": caption,
                                  "path": "capture", "frames": config.frames, "clip": {
                                      key: run["clip"][key] for key in ("direction_similarity", "direction_consistency",
                                                                        "frame_direction_consistency")},
