@@ -257,7 +257,7 @@ def load_eval_clip(job: EditJob):
     if job.eval.frames < 2:
         raise InputError(None, f"--eval.frames must be at least 2 (consistency compares consecutive frames), "
                                f"got {job.eval.frames}")
-    return load_clip(job.eval.clip_model, device_name(job.device))
+    return load_clip(job.eval.clip_model, device_name(job.device), job.eval.resize)
 
 
 # ------------------------------------------------------------------------------------------- the run
