@@ -88,3 +88,14 @@ def test_patch_lpips_without_a_generator_is_refused(lpips):
     loss = PhotometricLoss(LossWeights(l1=0.0, dssim=0.0, lpips=1.0), lpips, LpipsPatches(1, 32))
     with pytest.raises(ValueError, match="generator"):
         loss(images(8), images(9))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_patch_lpips_on_cuda_images_draws_on_the_cpu_generator_and_equals_the_cpu_loss(lpips):
+    """A CUDA scene passes its CPU generator: the same patches as on the CPU, the crops made on the GPU."""
+    pred, target = images(10), images(11)
+    loss = PhotometricLoss(LossWeights(l1=1.0, dssim=0.2, lpips=1.0), lpips, LpipsPatches(16, 32))
+    on_cpu, _ = loss(pred, target, generator=torch.Generator().manual_seed(4))
+    on_gpu, _ = loss(pred.cuda(), target.cuda(), generator=torch.Generator().manual_seed(4))
+    assert on_gpu.device.type == "cuda" and on_gpu.item() == pytest.approx(on_cpu.item(), rel=1e-4)
