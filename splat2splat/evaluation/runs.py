@@ -1,10 +1,10 @@
 """What an evaluation compares: the edited scene, the original scene it started from, and their dataset.
 
-An edit run folder (written by ``splat2splat edit``) holds the edited
-scene (``checkpoint.pt``, or ``scene.ply``), the command that made it (``command.json``: the dataset, its
-downscale and ``--init``, the original scene) and, once finished, ``run.json`` with its metrics. The
-original scene is ``--init`` when the edit started from one, else ``initial/checkpoint.pt``, which the edit
-trained. A bare scene file (``.pt`` / ``.ply``) can be evaluated too, given the original scene.
+An edit run folder (written by ``splat2splat edit``) holds the edited scene (``checkpoint.pt``, or
+``scene.ply``), the command that made it (``command.json``: the dataset, its downscale and ``--init``, the
+original scene) and, once finished, ``run.json`` with its metrics. The original scene is ``--init`` when the
+edit started from one, else ``initial/checkpoint.pt``, which the edit trained. A bare scene file (``.pt`` /
+``.ply``) can be evaluated too, given the original scene.
 
 Paths in ``command.json`` are as the edit was given them (often relative to where it ran), so each one is
 checked and a missing one names the option that overrides it. Only the command's fields named in
