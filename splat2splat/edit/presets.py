@@ -51,9 +51,10 @@ class IDUConfig:
     lpips_on: LpipsOn = "patches"
     """What LPIPS compares on a Gaussian scene: 'patches' (in2n's: --idu.lpips-patches random squares of side
     --idu.lpips-patch-size in the rendered view and the same squares of its training image, new ones every step,
-    drawn from the scene's checkpointed generator) or 'image' (the whole view). L1 and D-SSIM always take the
-    whole view. The NeRF trains on ray patches of that side (as many as --nerf.rays-per-batch holds), so it
-    takes 'patches' only."""
+    drawn from the scene's checkpointed generator, by the training step only, so edit batches, lags, editor
+    ranks, regions and --resume see the same patches) or 'image' (the whole view). L1 and D-SSIM always take
+    the whole view. The NeRF trains on ray patches of that side (as many as --nerf.rays-per-batch holds), so
+    it takes 'patches' only."""
     lpips_patch_size: int = 32
     """Side of the LPIPS patches in pixels (in2n: 32)."""
     lpips_patches: int = 16
