@@ -191,16 +191,19 @@ def lpips_edit_args(scene: Path, output: Path, model: Path, *extra: str, steps: 
                      "--idu.lpips-patch-size", "16", "--idu.lpips-patches", "3", *extra, steps=steps)
 
 
-def test_interrupted_patch_lpips_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path):
+@pytest.mark.parametrize("throughput", [[], ["--idu.edit-batch", "2", "--idu.edit-lag", "2"]])
+def test_interrupted_patch_lpips_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path,
+                                                                         throughput):
     """The patch positions come from the scene's generator, which the checkpoint holds: a resumed run draws the
-    same patches as the uninterrupted one (and patches and whole images give different scenes)."""
+    same patches as the uninterrupted one, serial or batched and lagged (and patches and whole images give
+    different scenes)."""
     from splat2splat.edit.lpips_loss import load_lpips
 
     torch.manual_seed(0)
     lpips = load_lpips("vgg", random_backbone=True)
     reference, interrupted, whole = tmp_path / "reference", tmp_path / "interrupted", tmp_path / "whole"
-    record = run_edit(parse_edit_args(lpips_edit_args(small_scene, reference, tiny_ip2p_folder, steps=10)),
-                      lpips=lpips)
+    record = run_edit(parse_edit_args(lpips_edit_args(small_scene, reference, tiny_ip2p_folder, *throughput,
+                                                      steps=10)), lpips=lpips)
     assert record["command"]["idu"]["lpips_on"] == "patches" and record["last_step"]["lpips"] > 0
 
     def press_ctrl_c(step: int) -> None:
@@ -208,11 +211,11 @@ def test_interrupted_patch_lpips_edit_resumes_to_the_uninterrupted_result(small_
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
-        run_edit(parse_edit_args(lpips_edit_args(small_scene, interrupted, tiny_ip2p_folder, steps=10)), lpips=lpips,
-                 on_step=press_ctrl_c)
+        run_edit(parse_edit_args(lpips_edit_args(small_scene, interrupted, tiny_ip2p_folder, *throughput, steps=10)),
+                 lpips=lpips, on_step=press_ctrl_c)
     run_edit(parse_edit_args(["--output", str(interrupted), "--resume"]), lpips=lpips)
-    run_edit(parse_edit_args(lpips_edit_args(small_scene, whole, tiny_ip2p_folder, "--idu.lpips-on", "image",
-                                             steps=10)), lpips=lpips)
+    run_edit(parse_edit_args(lpips_edit_args(small_scene, whole, tiny_ip2p_folder, *throughput, "--idu.lpips-on",
+                                             "image", steps=10)), lpips=lpips)
     a, b, c = (load_checkpoint_file(run / "checkpoint.pt")["backend_state"] for run in (reference, interrupted, whole))
     for key, value in a["splats"].items():
         assert torch.equal(value, b["splats"][key]), key
