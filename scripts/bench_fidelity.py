@@ -5,7 +5,10 @@ Every step count of the references (the 30000-step initial scene and its schedul
 steps, igs2gs' 7500 steps with an update every 2500) is divided by ``step_scale`` together, so the CPU run
 keeps their proportions; in2n's edit rate (10) is a per-step property and stays. in2n-tiny is the in2n
 preset that needs no LPIPS weights (offline); "in2n-tiny-cull" is the same with igs2gs' culling, the
-measurement behind the in2n presets' density control on Gaussians.
+measurement behind the in2n presets' density control on Gaussians. "in2n-small" (L1 + LPIPS on in2n's 16
+random 32x32 patches, the preset) and "in2n-small-image" (the same with LPIPS on the whole view) compare the
+two LPIPS inputs side by side; they need the AlexNet ImageNet weights (``--lpips-weights`` or the torch hub
+cache), or ``--random-lpips`` for a random backbone (the loss then only has LPIPS' shape, not its meaning).
 
 The oracle (``splat2splat.testing.oracle``) edits towards a fixed colour transform of the original image, with
 IP2P-like imperfections (noise-level blend with the render, per-view jitter and colour blobs). The same
@@ -18,6 +21,7 @@ Every edited scene is rendered over the transformed background colour (the targe
 tints the background too and a fixed white background could never match it.
 
     python scripts/bench_fidelity.py                 # CPU, 64-px demo, about 10 minutes
+    python scripts/bench_fidelity.py --methods in2n-tiny in2n-small in2n-small-image naive   # LPIPS inputs
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from splat2splat.data.dataset import Dataset  # noqa: E402
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.edit.idu import IterativeDatasetUpdate  # noqa: E402
+from splat2splat.edit.lpips_loss import load_lpips  # noqa: E402
 from splat2splat.edit.presets import IDUConfig  # noqa: E402
 from splat2splat.testing.oracle import OracleEditor  # noqa: E402
 from splat2splat.edit.presets import preset  # noqa: E402
@@ -56,10 +61,12 @@ from splat2splat.backends import make_backend, reconstruction_loss  # noqa: E402
 from splat2splat.scene import evaluate_views  # noqa: E402
 from splat2splat.training import TrainLoop  # noqa: E402
 
-Method = Literal["in2n-tiny", "in2n-tiny-cull", "igs2gs", "in2n-tiny-nerf", "naive"]
+Method = Literal["in2n-tiny", "in2n-tiny-cull", "igs2gs", "in2n-tiny-nerf", "naive", "in2n-small",
+                 "in2n-small-image"]
 # The preset each method runs (naive: in2n-tiny's steps and loss, every view edited once at the start).
 METHOD_PRESET = {"in2n-tiny": "in2n-tiny", "in2n-tiny-cull": "in2n-tiny", "igs2gs": "igs2gs",
-                 "in2n-tiny-nerf": "in2n-tiny", "naive": "in2n-tiny"}
+                 "in2n-tiny-nerf": "in2n-tiny", "naive": "in2n-tiny", "in2n-small": "in2n-small",
+                 "in2n-small-image": "in2n-small"}
 
 
 @dataclass
@@ -88,6 +95,10 @@ class BenchFidelity:
     """Seed of the demo scene's training and of every edit."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Device of the scenes."""
+    lpips_weights: Path | None = None
+    """AlexNet ImageNet checkpoint for the LPIPS methods (default: the torch hub cache)."""
+    random_lpips: bool = False
+    """LPIPS methods with a random AlexNet backbone (where the ImageNet weights cannot be had; say so in results)."""
     markdown: bool = True
     """Print a markdown table for docs/BENCHMARKS.md."""
 
@@ -148,13 +159,23 @@ def method_settings(method: Method, cfg: BenchFidelity) -> IDUConfig:
         settings.edit_rate = cfg.in2n_edit_rate
     if method == "in2n-tiny-cull":
         settings.density_control = "cull"
+    if method == "in2n-small-image":
+        settings.lpips_on = "image"
     if method == "naive":  # every training view edited once, at the start, from the unedited scene's renders
         settings = dataclasses.replace(settings, schedule="igs2gs", edit_rate=settings.steps + 1)
     return settings
 
 
+def lpips_input(settings: IDUConfig) -> str:
+    """What the method's LPIPS sees, for the results table."""
+    patches = settings.lpips_patch_sampling()
+    if settings.loss.lpips <= 0:
+        return "-"
+    return "whole view" if patches is None else f"{patches.count} patches {patches.size}x{patches.size}"
+
+
 def edit_with(method: Method, cfg: BenchFidelity, scenes: Scenes, editor: OracleEditor,
-              device: torch.device) -> tuple[SceneBackend, float, IDUConfig]:
+              device: torch.device, lpips: torch.nn.Module | None) -> tuple[SceneBackend, float, IDUConfig]:
     """Run one method from the unedited scene; returns the edited scene, the seconds it took, its settings."""
     dataset = scenes.dataset
     dataset.reset_edits()
@@ -166,7 +187,8 @@ def edit_with(method: Method, cfg: BenchFidelity, scenes: Scenes, editor: Oracle
             group["lr"] = cfg.sh0_lr
     backend.background = scenes.target_background.to(backend.background)
     settings = method_settings(method, cfg)
-    loss = reconstruction_loss("nerf") if method == "in2n-tiny-nerf" else PhotometricLoss(settings.loss)
+    loss = reconstruction_loss("nerf") if method == "in2n-tiny-nerf" else \
+        PhotometricLoss(settings.loss, lpips if settings.loss.lpips > 0 else None, settings.lpips_patch_sampling())
     start = time.perf_counter()
     loop = IterativeDatasetUpdate(dataset, backend, editor, "oracle", settings, loss)
     run_loop(loop, settings.steps, lambda: None, 0, 0, method)
@@ -196,24 +218,29 @@ def loop_edits(dataset: Dataset) -> int:
 def main(cfg: BenchFidelity, editor: OracleEditor | None = None) -> dict:
     device = resolve_bench_device(cfg.device)
     editor = editor or OracleEditor()
+    lpips = None
+    if any(method_settings(method, cfg).loss.lpips > 0 for method in cfg.methods):  # fails before any training
+        torch.manual_seed(cfg.seed)  # a random backbone is the same in every run
+        lpips = load_lpips("alex", cfg.lpips_weights, random_backbone=cfg.random_lpips).to(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         scenes = prepare(cfg, editor, Path(tmp) / "demo", device)
         baseline = {"psnr_unedited_to_target": sum(psnr(u, t) for u, t in zip(scenes.unedited, scenes.targets))
                     / len(scenes.targets)}
         for method in cfg.methods:
-            backend, seconds, settings = edit_with(method, cfg, scenes, editor, device)
+            backend, seconds, settings = edit_with(method, cfg, scenes, editor, device, lpips)
             gaussians = len(backend.splats["means"]) if isinstance(backend, GaussianBackend) else None
             rows.append({"method": method, "steps": settings.steps, "edit_rate": settings.edit_rate,
                          "edits": loop_edits(dataset=scenes.dataset), "density_control": settings.density_control,
+                         "lpips": lpips_input(settings),
                          "gaussians": gaussians, "seconds": seconds, **score(backend, scenes)})
     result = {"record": run_record(device), "settings": config_to_dict(cfg), "oracle": config_to_dict(editor),
               **baseline, "results": rows}
     write_json(cfg.output, result)
     if cfg.markdown:
-        headers = ["method", "steps", "edit every", "edits", "density control", "Gaussians", "PSNR to target",
-                   "SSIM to target", "PSNR to unedited", "dataset consistency PSNR", "s"]
-        table = [[r["method"], r["steps"], r["edit_rate"], r["edits"], r["density_control"],
+        headers = ["method", "steps", "edit every", "edits", "density control", "LPIPS on", "Gaussians",
+                   "PSNR to target", "SSIM to target", "PSNR to unedited", "dataset consistency PSNR", "s"]
+        table = [[r["method"], r["steps"], r["edit_rate"], r["edits"], r["density_control"], r["lpips"],
                   r["gaussians"] if r["gaussians"] is not None else "-", f"{r['psnr_to_target']:.2f}",
                   f"{r['ssim_to_target']:.3f}", f"{r['psnr_to_unedited']:.2f}",
                   f"{r['dataset_consistency_psnr']:.2f}", f"{r['seconds']:.1f}"] for r in rows]

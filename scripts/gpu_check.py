@@ -404,7 +404,7 @@ def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
     backend = GaussianBackend.from_dataset(dataset, GaussianConfig(device=sizes.device,
                                                                    strategy=StrategyConfig(kind="none")))
     lpips = load_lpips(config.lpips_net, random_backbone=True)
-    loss = PhotometricLoss(config.loss, lpips)
+    loss = PhotometricLoss(config.loss, lpips, config.lpips_patch_sampling())  # the preset's LPIPS patches
     idu = IterativeDatasetUpdate(dataset, backend, InstructPix2PixEditor.from_config(config.editor), EDIT_PROMPT,
                                  config, loss)
     idu.run_step()  # warm-up: loads the editor onto the device, first-call allocations
@@ -417,7 +417,7 @@ def stage_edit_memory(sizes: Sizes, work: Path) -> dict:
     seconds = (time.perf_counter() - started) / sizes.memory_steps
     require(math.isfinite(stats["loss"]) and idu.edits_done == 1 + sizes.memory_steps, f"IDU steps gave {stats}")
     result = {"preset": "in2n-small", "image_size": sizes.memory_image_size, "editor": sizes.editor_model,
-              "editor_dtype": config.editor.dtype, "lpips": f"{config.lpips_net} (random backbone, same memory)",
+              "editor_dtype": config.editor.dtype, "lpips": f"{config.lpips_net} on {config.lpips_on} (random backbone, same memory)",
               "steps": sizes.memory_steps, "seconds_per_step_with_edit": seconds}
     if sizes.device != "cuda":
         result["peak_memory_bytes"] = None

@@ -27,14 +27,18 @@ class BackendKind:
     config_field: str  # the job field holding this backend's config (``--gaussians.*``, ``--nerf.*``)
     reconstruction_loss: Callable[[], ImageLoss]  # the scene-fitting loss of the reference method
     holds_gaussians: bool  # its scenes' ``gaussians()`` is not None (a region may be given as a volume)
+    # What a training step hands the loss: whole rendered views, or square ray patches whose side is the
+    # config's ``patch_size`` (a patch-wise loss such as in2n's LPIPS then needs no cropping).
+    trains_on: Literal["images", "patches"]
 
 
 BACKENDS: dict[str, BackendKind] = {
     # 3DGS / gsplat: 0.8 L1 + 0.2 D-SSIM.
     "gaussian": BackendKind(GaussianBackend, GaussianConfig, "gaussians", lambda: PhotometricLoss(LossWeights()),
-                            holds_gaussians=True),
+                            holds_gaussians=True, trains_on="images"),
     # nerfacto: MSE.
-    "nerf": BackendKind(NerfBackend, NerfConfig, "nerf", lambda: mse_loss, holds_gaussians=False),
+    "nerf": BackendKind(NerfBackend, NerfConfig, "nerf", lambda: mse_loss, holds_gaussians=False,
+                        trains_on="patches"),
 }
 
 

@@ -1,4 +1,10 @@
-"""Image losses shared by every backend: L1, D-SSIM (3DGS) and LPIPS (in2n), as one weighted sum."""
+"""Image losses shared by every backend: L1, D-SSIM (3DGS) and LPIPS (in2n), as one weighted sum.
+
+LPIPS compares either the whole images or, as in2n's perceptual term sees its ray batch, random square
+patches of them (:class:`LpipsPatches`); the L1 and D-SSIM terms always take the whole images. Patch positions
+come from the generator the caller passes (a backend passes its own, which its checkpoint holds, so a resumed
+run draws the same patches).
+"""
 
 from __future__ import annotations
 
@@ -22,16 +28,53 @@ class LossWeights:
     """Weight of LPIPS (in2n uses 1.0 with L1 at 1.0); needs the LPIPS backbone weights."""
 
 
-class PhotometricLoss:
-    """``loss(pred, target)`` on [B, H, W, 3] batches; implements :data:`splat2splat.scene.ImageLoss`."""
+@dataclass(frozen=True)
+class LpipsPatches:
+    """LPIPS over ``count`` random ``size`` x ``size`` patches of a batch (in2n: 16 of 32 x 32)."""
 
-    def __init__(self, weights: LossWeights, lpips: torch.nn.Module | None = None):
+    count: int
+    size: int
+
+
+def random_patches(shape: torch.Size | tuple[int, ...], patches: LpipsPatches,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(image index, top row, left column) of ``patches.count`` patches of a [B, H, W, C] batch, each drawn
+    uniformly over every position where the patch fits (as nerfstudio's patch sampler; patches may overlap)."""
+    batch, height, width = shape[0], shape[1], shape[2]
+    if height < patches.size or width < patches.size:
+        raise ValueError(f"{patches.size}x{patches.size} LPIPS patches do not fit {width}x{height} images")
+    image = torch.randint(0, batch, (patches.count,), generator=generator)
+    top = torch.randint(0, height - patches.size + 1, (patches.count,), generator=generator)
+    left = torch.randint(0, width - patches.size + 1, (patches.count,), generator=generator)
+    return image, top, left
+
+
+def crop_patches(images: torch.Tensor, image: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """The [N, size, size, C] patches of [B, H, W, C] ``images`` at the given positions (differentiable)."""
+    offsets = torch.arange(size)
+    rows = (top[:, None] + offsets)[:, :, None]  # [N, size, 1]
+    columns = (left[:, None] + offsets)[:, None, :]  # [N, 1, size]
+    index = (image[:, None, None], rows, columns)
+    return images[tuple(i.to(images.device) for i in index)]
+
+
+class PhotometricLoss:
+    """``loss(pred, target, generator)`` on [B, H, W, 3] batches; implements :class:`splat2splat.scene.ImageLoss`.
+
+    ``lpips_patches``: LPIPS over random patches of the batch, drawn from ``generator``; None: over the batch
+    as it is (whole images, or the NeRF's ray patches)."""
+
+    def __init__(self, weights: LossWeights, lpips: torch.nn.Module | None = None,
+                 lpips_patches: LpipsPatches | None = None):
         if weights.lpips > 0 and lpips is None:
             raise ValueError("an LPIPS weight > 0 needs an LPIPS module")
         self.weights = weights
         self.lpips = lpips
+        self.lpips_patches = lpips_patches
 
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
         if w.l1:
@@ -41,9 +84,20 @@ class PhotometricLoss:
         if w.lpips:
             if self.lpips is not None and next(self.lpips.parameters(), torch.empty(0)).device != pred.device:
                 self.lpips.to(pred.device)
-            terms["lpips"] = w.lpips * self.lpips(pred, target).mean()
+            terms["lpips"] = w.lpips * self.lpips(*self.lpips_inputs(pred, target, generator)).mean()
         loss = sum(terms.values())
         return loss, {name: float(value.detach()) for name, value in terms.items()}
+
+    def lpips_inputs(self, pred: torch.Tensor, target: torch.Tensor,
+                     generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What LPIPS compares: the batch itself, or the same random patches of prediction and target."""
+        if self.lpips_patches is None:
+            return pred, target
+        if generator is None:
+            raise ValueError("patch LPIPS draws its patch positions from the caller's generator; none was passed")
+        positions = random_patches(pred.shape, self.lpips_patches, generator)
+        size = self.lpips_patches.size
+        return crop_patches(pred, *positions, size), crop_patches(target, *positions, size)
 
 
 def psnr_from_mse(mse: float) -> float:

@@ -15,9 +15,16 @@ from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
 from splat2splat.losses import image_metrics
 
-# A loss on image batches: (prediction [B, H, W, 3], target [B, H, W, 3]) -> (scalar loss, logged terms).
-# The Gaussian backend passes whole images, the NeRF backend patches of rays (in2n: 32x32).
-ImageLoss = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
+
+class ImageLoss(Protocol):
+    """A loss on image batches: (prediction [B, H, W, 3], target [B, H, W, 3]) -> (scalar loss, logged terms).
+
+    The Gaussian backend passes whole images, the NeRF backend patches of rays (in2n: 32x32). Both pass their
+    own seeded generator, whose state their checkpoint holds: a loss that draws (patch LPIPS) draws from it."""
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]: ...
+
 
 # Called by ``train_step(..., edit=hook)`` with (view, that step's render [H, W, 3] in [0, 1] on the CPU) before
 # the loss; it may replace the view's current image, which the step then trains on (Instruct-GS2GS' update).

@@ -76,6 +76,8 @@ FIELD_RULES: dict[str, Rule] = {
     "cap_max": at_least(1),
     "rays_per_batch": at_least(1),
     "patch_size": at_least(1),
+    "lpips_patch_size": at_least(1),
+    "lpips_patches": at_least(1),
     "samples_per_ray": at_least(1),
     "image_size": at_least(8),
     "n_views": at_least(2),

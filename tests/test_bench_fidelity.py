@@ -39,3 +39,15 @@ def test_the_edited_scene_is_closer_to_the_target_than_to_the_unedited_scene(res
 def test_result_records_how_it_was_made(result):
     assert {"machine", "device", "versions", "date", "command"} <= set(result["record"])
     assert Path(BenchFidelity().output).suffix == ".json"
+
+
+def test_patch_and_whole_image_lpips_side_by_side(tmp_path):
+    """One run compares in2n-small's LPIPS on 16 random 32x32 patches with LPIPS on the whole view (here with a
+    random backbone: the numbers only show that both run and differ, not which is better)."""
+    cfg = BenchFidelity(output=tmp_path / "result.json", methods=("in2n-small", "in2n-small-image"), image_size=48,
+                        views=10, step_scale=600, in2n_edit_rate=2, device="cpu", markdown=False, random_lpips=True)
+    rows = {row["method"]: row for row in main(cfg)["results"]}
+    assert rows["in2n-small"]["lpips"] == "16 patches 32x32" and rows["in2n-small-image"]["lpips"] == "whole view"
+    assert rows["in2n-small"]["psnr_to_target"] != rows["in2n-small-image"]["psnr_to_target"]
+    for row in rows.values():
+        assert row["psnr_to_target"] > row["psnr_to_unedited"], row["method"]

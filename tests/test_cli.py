@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 from pathlib import Path
@@ -53,6 +54,68 @@ def test_commands_never_import_each_other():
     package = Path(splat2splat.__file__).parent / "commands"
     for path in package.glob("*.py"):
         assert "splat2splat.commands" not in path.read_text(), path
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every product module and the product modules it imports anywhere in its file (at the top, inside a
+    function, under TYPE_CHECKING: a lazy import is still a dependency)."""
+    package = Path(splat2splat.__file__).parent
+    modules = {".".join(path.relative_to(package.parent).with_suffix("").parts).removesuffix(".__init__"): path
+               for path in package.rglob("*.py")}
+
+    def module_of(name: str) -> str:  # ``splat2splat.a.b.symbol`` -> the module that defines it
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {module_of(alias.name) for alias in node.names if alias.name.startswith("splat2splat")}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("splat2splat"):
+                imported |= {module_of(f"{node.module}.{alias.name}") for alias in node.names}
+        graph[name] = imported - {name}
+    return graph
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph (as a path that returns to its start), or None."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once every path from it is explored
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[module] = "done"
+        path.pop()
+        return None
+
+    return next((cycle for module in sorted(graph) if module not in state and (cycle := visit(module))), None)
+
+
+def test_no_import_cycle_among_product_modules():
+    cycle = import_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert import_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert import_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_evaluation_never_imports_the_edit():
+    """The edit job uses the evaluation (edit --eval.*), so the evaluation must not depend on the edit."""
+    graph = import_graph()
+    for module, imported in graph.items():
+        if module.startswith("splat2splat.evaluation"):
+            assert not {name for name in imported if name.startswith("splat2splat.edit")}, module
 
 
 def test_no_product_file_is_named_like_a_test():

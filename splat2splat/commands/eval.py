@@ -16,14 +16,15 @@ from typing import Annotated
 import tyro
 
 from splat2splat.errors import InputError
-from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, ResizeMode
+from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ResizeMode
 from splat2splat.evaluation.evaluate import PathKind
 
 
 @dataclass
 class EvalCommand:
-    """CLIP text-image direction similarity and direction consistency (Instruct-NeRF2NeRF's metrics) of edit runs,
-    beside their PSNR/SSIM figures, with contact sheets of original vs edited scene."""
+    """CLIP text-image direction similarity and direction consistency (Instruct-NeRF2NeRF's metrics, its
+    preprocessing by default) of edit runs, beside their PSNR/SSIM figures, with contact sheets of original vs
+    edited scene."""
 
     runs: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="RUN [RUN ...]")]]
     """Edit run folders (the --output of `splat2splat edit`), or edited scene files (.pt/.ply) with --original."""
@@ -44,9 +45,9 @@ class EvalCommand:
     clip_model: str = DEFAULT_CLIP_MODEL
     """CLIP hub id or local transformers folder (CLIPModel + tokenizer + preprocessor_config.json). Without hub
     access, pass a folder or have the model in the HF cache; HF_HUB_OFFLINE=1 is respected."""
-    resize: ResizeMode = "clip"
-    """Image preprocessing: 'clip' (CLIPImageProcessor's: bicubic resize of the shortest side, centre crop) or
-    'in2n' (in2n's metrics script: bicubic squash to 224x224, no crop)."""
+    resize: ResizeMode = DEFAULT_RESIZE
+    """Image preprocessing: 'in2n' (in2n's metrics script: bicubic squash to 224x224, no crop; what published
+    figures use) or 'clip' (CLIPImageProcessor's: bicubic resize of the shortest side, centre crop)."""
     frames: int = 60
     """Frames of the camera path (consecutive frames give the direction consistency)."""
     path: PathKind = "capture"

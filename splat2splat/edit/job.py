@@ -39,6 +39,7 @@ from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
+from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.io import check_output_folder
 from splat2splat.losses import PhotometricLoss
@@ -47,9 +48,9 @@ from splat2splat.runner import LoopReport, run_loop
 from splat2splat.scene import SceneBackend
 from splat2splat.training import train_scene
 from splat2splat.validation import check_options
+from splat2splat.versions import software_versions
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
-IN2N_LPIPS_PATCH = 32  # in2n trains its NeRF on 32x32 patches when LPIPS is on
 
 
 @dataclass
@@ -147,9 +148,14 @@ def check_fits_dataset(source: Path, backend: SceneBackend, dataset: Dataset) ->
         raise InputError(source, f"does not fit the dataset {dataset.source}: {problem}") from None
 
 
+def initial_checkpoint(output: Path) -> Path:
+    """Where an edit keeps the initial scene it trained (the original scene of its evaluation)."""
+    return output / "initial" / CHECKPOINT_FILE
+
+
 def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     """A scene trained here on the unedited images (resumable from initial/checkpoint.pt)."""
-    path = job.output / "initial" / CHECKPOINT_FILE
+    path = initial_checkpoint(job.output)
     if path.exists():
         state = read_checkpoint(path)
         backend = backend_from_checkpoint(path, state, device_name(job.device))
@@ -169,11 +175,12 @@ def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
 
 
 def edit_configured(job: EditJob, backend: SceneBackend) -> SceneBackend:
-    """The scene as the edit trains it: a backend that trains on ray patches (the NeRF) is rebuilt with in2n's
-    32x32 patches when the edit's loss has LPIPS, which needs image structure; whole-image backends are as is."""
-    patch_size = getattr(backend.config, "patch_size", None)
-    if patch_size is not None and job.idu.loss.lpips > 0 and patch_size != IN2N_LPIPS_PATCH:
-        return rebuilt_with(backend, patch_size=IN2N_LPIPS_PATCH)
+    """The scene as the edit trains it: a backend that trains on ray patches (the NeRF) is rebuilt with patches
+    of --idu.lpips-patch-size (in2n: 32x32) when the edit's loss has LPIPS, which needs image structure;
+    whole-image backends are as is (their loss crops the LPIPS patches)."""
+    if backend_kind(backend.name).trains_on == "patches" and job.idu.loss.lpips > 0 \
+            and backend.config.patch_size != job.idu.lpips_patch_size:
+        return rebuilt_with(backend, patch_size=job.idu.lpips_patch_size)
     return backend
 
 
@@ -187,12 +194,57 @@ def make_editor(job: EditJob) -> Editor:
 
 
 def make_loss(job: EditJob, lpips: torch.nn.Module | None) -> PhotometricLoss:
-    """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing)."""
+    """The preset's loss; LPIPS needs its backbone's ImageNet weights (a clear error when they are missing).
+
+    On a whole-image scene the loss crops --idu.lpips-on patches itself; a backend that trains on ray patches
+    hands it patches already (see :func:`edit_configured`)."""
     if job.idu.loss.lpips > 0 and lpips is None:
         from splat2splat.edit.lpips_loss import load_lpips
 
         lpips = load_lpips(job.idu.lpips_net, job.lpips_weights)
-    return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None)
+    crops = backend_kind(job.backend).trains_on == "images"
+    return PhotometricLoss(job.idu.loss, lpips if job.idu.loss.lpips > 0 else None,
+                           job.idu.lpips_patch_sampling() if crops else None)
+
+
+def check_lpips_options(job: EditJob) -> None:
+    """LPIPS settings the backbone or the backend cannot honour are refused before any work."""
+    from splat2splat.edit.lpips_loss import SMALLEST_SIDE
+
+    if job.idu.loss.lpips <= 0:
+        return
+    smallest = SMALLEST_SIDE[job.idu.lpips_net]
+    if job.idu.lpips_on == "patches" and job.idu.lpips_patch_size < smallest:
+        raise InputError(None, f"--idu.lpips-patch-size {job.idu.lpips_patch_size}: the {job.idu.lpips_net} LPIPS "
+                               f"backbone needs patches of at least {smallest} px")
+    if backend_kind(job.backend).trains_on != "patches":
+        return
+    if job.idu.lpips_on != "patches":
+        raise InputError(None, f"--idu.lpips-on {job.idu.lpips_on}: --backend {job.backend} trains on ray patches, "
+                               f"so its LPIPS sees patches only (pass --idu.lpips-on patches)")
+    if job.nerf.rays_per_batch < job.idu.lpips_patch_size ** 2:
+        raise InputError(None, f"--nerf.rays-per-batch {job.nerf.rays_per_batch} holds no "
+                               f"{job.idu.lpips_patch_size}x{job.idu.lpips_patch_size} LPIPS patch "
+                               f"(--idu.lpips-patch-size): pass at least {job.idu.lpips_patch_size ** 2}")
+
+
+def check_lpips_fits(job: EditJob, dataset: Dataset) -> None:
+    """LPIPS patches must fit in every training view, and whole views be large enough for the backbone."""
+    from splat2splat.edit.lpips_loss import SMALLEST_SIDE
+
+    if job.idu.loss.lpips <= 0:
+        return
+    sizes = {dataset.image_size(view) for view in dataset.train_indices}
+    height, width = min(size[0] for size in sizes), min(size[1] for size in sizes)
+    if job.idu.lpips_on == "patches" and min(height, width) < job.idu.lpips_patch_size:
+        size = job.idu.lpips_patch_size
+        raise InputError(dataset.source, f"training views of {width}x{height} px are smaller than the {size}x{size} "
+                                         f"LPIPS patches (--idu.lpips-patch-size): pass a smaller size or a smaller "
+                                         f"--downscale")
+    if job.idu.lpips_on == "image" and min(height, width) < SMALLEST_SIDE[job.idu.lpips_net]:
+        raise InputError(dataset.source, f"training views of {width}x{height} px are too small for the "
+                                         f"{job.idu.lpips_net} LPIPS backbone (at least "
+                                         f"{SMALLEST_SIDE[job.idu.lpips_net]} px a side)")
 
 
 def load_eval_clip(job: EditJob):
@@ -206,7 +258,7 @@ def load_eval_clip(job: EditJob):
     if job.eval.frames < 2:
         raise InputError(None, f"--eval.frames must be at least 2 (consistency compares consecutive frames), "
                                f"got {job.eval.frames}")
-    return load_clip(job.eval.clip_model, device_name(job.device))
+    return load_clip(job.eval.clip_model, device_name(job.device), job.eval.resize)
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -242,12 +294,36 @@ class EditRun:
         """Write the deliverables and run.json; returns run.json's content."""
         from splat2splat.edit.outputs import write_edit_outputs
 
-        record = write_edit_outputs(self, report)
+        job = self.job
+        record = write_edit_outputs(job.output, self.backend, self.dataset, self.record(report), job.turntable_frames,
+                                    job.video_format, self.started)
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
-            record = add_eval_to_run(self.job.output, record, self.job.eval, self.clip, device_name(self.job.device))
+            record = add_eval_to_run(record, self.eval_target(record), job.eval, self.clip, device_name(job.device))
         return record
+
+    def record(self, report: LoopReport) -> dict:
+        """run.json's content, but the files the outputs write (see :func:`write_edit_outputs`)."""
+        job, idu = self.job, self.idu
+        return {
+            "prompt": job.prompt, "preset": job.preset, "backend": self.backend.name, "command": config_to_dict(job),
+            "preset_settings": config_to_dict(preset(job.preset)),  # the preset as defined, before any override
+            "seeds": {"idu": job.idu.seed, "scene": config_for(self.backend.name, job).seed},
+            "edit_order": list(idu.edit_order),  # the views in the order they are edited (cycling)
+            "versions": software_versions(), "steps": idu.step, "scene_steps": self.backend.step,
+            "edits": idu.edits_done, "views_edited": idu.views_edited(), "views": len(self.dataset.train_indices),
+            "metrics": idu.evaluate(), "last_step": report.last_stats, "history": report.evaluations,
+            "seconds": {**idu.timings(), "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"]},
+        }
+
+    def eval_target(self, record: dict) -> EvalTarget:
+        """This finished run as the evaluation sees it: its scene, the scene it started from, its dataset."""
+        job = self.job
+        return EvalTarget(name=job.output.resolve().name, edited=self.checkpoint_path,
+                          original=job.init if job.init is not None else initial_checkpoint(job.output),
+                          data=job.data, downscale=job.downscale, prompt=job.prompt, run_folder=job.output,
+                          finished=True, run_metrics=dict(record["metrics"]))
 
 
 def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
@@ -278,6 +354,7 @@ def check_new_edit(job: EditJob) -> None:
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder of the scene to edit)")
     check_throughput_options(job.idu.schedule, job.idu.edit_batch, job.idu.edit_lag)
+    check_lpips_options(job)
     check_editor_options(on_device(job).idu.editor)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
@@ -301,6 +378,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool |
         check_new_edit(job)
     job = on_device(job)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
+    check_lpips_fits(job, dataset)
     if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
         from splat2splat.edit.regions import check_region_inputs
 

@@ -19,6 +19,8 @@ import torch
 from splat2splat.errors import InputError
 
 LpipsNet = Literal["vgg", "alex", "squeeze"]
+# The smallest image side each backbone's strides and poolings leave a pixel of (smaller inputs fail inside it).
+SMALLEST_SIDE: dict[str, int] = {"alex": 31, "vgg": 16, "squeeze": 17}
 
 
 def torchvision_weights(net: LpipsNet):

@@ -8,7 +8,8 @@ field can be overridden on the command line, e.g.
 
 What differs on purpose (the README lists it too): the scene is a Gaussian splatting scene unless
 ``--backend nerf``; the in2n presets' density control on Gaussians (in2n has none; chosen by measurement,
-docs/BENCHMARKS.md); the in2n presets have no camera-pose optimiser (in2n's SO3xR3); an igs2gs dataset update
+docs/BENCHMARKS.md); on Gaussians in2n's LPIPS patches come from the rendered view, the L1 from the whole view;
+the in2n presets have no camera-pose optimiser (in2n's SO3xR3); an igs2gs dataset update
 starts at edit step 0 rather than at the first global step with ``(step - 1) % 2500 == 0``.
 """
 
@@ -20,10 +21,11 @@ from typing import Literal
 
 from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
 from splat2splat.gaussians.config import DensityControl
-from splat2splat.losses import LossWeights
+from splat2splat.losses import LossWeights, LpipsPatches
 
 Schedule = Literal["in2n", "igs2gs"]
 EditOrder = Literal["random-permutation", "dataset"]
+LpipsOn = Literal["patches", "image"]
 
 
 @dataclass
@@ -51,6 +53,17 @@ class IDUConfig:
     """Training loss while editing (in2n: L1 + LPIPS, both weight 1)."""
     lpips_net: Literal["alex", "vgg", "squeeze"] = "alex"
     """LPIPS backbone (in2n uses torchmetrics' default, AlexNet)."""
+    lpips_on: LpipsOn = "patches"
+    """What LPIPS compares on a Gaussian scene: 'patches' (in2n's: --idu.lpips-patches random squares of side
+    --idu.lpips-patch-size in the rendered view and the same squares of its training image, new ones every step,
+    drawn from the scene's checkpointed generator, by the training step only, so edit batches, lags, editor
+    ranks, regions and --resume see the same patches) or 'image' (the whole view). L1 and D-SSIM always take
+    the whole view. The NeRF trains on ray patches of that side (as many as --nerf.rays-per-batch holds), so
+    it takes 'patches' only."""
+    lpips_patch_size: int = 32
+    """Side of the LPIPS patches in pixels (in2n: 32)."""
+    lpips_patches: int = 16
+    """LPIPS patches per step on a Gaussian scene (in2n: its 16384-ray batch holds 16 patches of 32x32)."""
     editor: IP2PConfig = field(default_factory=IP2PConfig)
     """InstructPix2Pix settings (model, precision, guidance scales, diffusion steps)."""
     density_control: DensityControl = "continue"
@@ -70,13 +83,20 @@ class IDUConfig:
     seed: int = 0
     """Seed of every edit's noise and of the random edit order."""
 
+    def lpips_patch_sampling(self) -> LpipsPatches | None:
+        """The LPIPS patches a whole-image scene's loss draws (None: LPIPS over the whole image, or no LPIPS)."""
+        if self.loss.lpips <= 0 or self.lpips_on != "patches":
+            return None
+        return LpipsPatches(self.lpips_patches, self.lpips_patch_size)
+
 
 def _in2n(description: str, steps: int, dtype: str, offload: bool, lpips: float) -> IDUConfig:
     # edit_order is the default random permutation. edit_batch 1 and edit_lag 0: in2n edits one view at a time
     # and trains after it (the throughput options are opt-in: docs/BENCHMARKS.md, "Edit throughput", shows
     # what they cost and save).
     return IDUConfig(description=description, schedule="in2n", steps=steps, edit_rate=10, edit_count=1,
-                     edit_batch=1, edit_lag=0, noise_range=(0.02, 0.98), loss=LossWeights(l1=1.0, dssim=0.0, lpips=lpips), lpips_net="alex",
+                     edit_batch=1, edit_lag=0, noise_range=(0.02, 0.98), loss=LossWeights(l1=1.0, dssim=0.0, lpips=lpips),
+                     lpips_net="alex", lpips_on="patches", lpips_patch_size=32, lpips_patches=16,
                      density_control=IN2N_GAUSSIAN_DENSITY_CONTROL,
                      editor=IP2PConfig(dtype=dtype, offload=offload, guidance_scale=7.5, image_guidance_scale=1.5,
                                        diffusion_steps=20))

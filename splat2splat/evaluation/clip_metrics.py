@@ -1,21 +1,21 @@
-"""CLIP metrics of a text-driven edit, as Instruct-NeRF2NeRF (in2n) and its successors report them.
+"""CLIP metrics of a text-driven edit, as Instruct-NeRF2NeRF (in2n) reports them.
 
-Both metrics compare unit CLIP embeddings ``E`` of renders of the ORIGINAL scene ``o_i`` and of the EDITED
-scene ``e_i`` from the same cameras, and of a source caption ``t_o`` and a target caption ``t_e``
-(in2n ``metrics/clip_metrics.py``; GaussianEditor copies it in ``threestudio/utils/clip_metrics.py``):
+Every metric compares unit CLIP embeddings ``E`` of renders of the ORIGINAL scene ``o_i`` and of the EDITED
+scene ``e_i`` from the same cameras along a path, and of a source caption ``t_o`` and a target caption ``t_e``
+(the README's evaluation table says where each definition comes from):
 
-* text-image direction similarity, per frame: ``cos(E(e_i) - E(o_i), E(t_e) - E(t_o))``: did the
-  image change the way the captions say;
-* direction consistency, per pair of consecutive frames: ``cos(ΔI_i, ΔI_{i+1})`` with
-  ``ΔI_i = E(e_i) - E(o_i)``: does the edit change neighbouring views the same way.
+* text-image direction similarity, per frame: ``cos(E(e_i) - E(o_i), E(t_e) - E(t_o))``: did the image change
+  the way the captions say;
+* direction consistency, per pair of consecutive frames: ``cos(E(o_{i+1}) - E(o_i), E(e_{i+1}) - E(e_i))``:
+  does the camera's step from frame i to i+1 change the edited renders as it changes the original ones (the
+  in2n author's definition; an unedited scene scores 1);
+* edit direction consistency, per pair of consecutive frames: ``cos(ΔI_i, ΔI_{i+1})`` with
+  ``ΔI_i = E(e_i) - E(o_i)``: does the edit change neighbouring views the same way (not in2n's; an unedited
+  scene has no change and scores 0).
 
-The in2n paper's appendix states the consistency formula with a typo and its issues (#28, #91) discuss
-another reading, ``cos(E(o_{i+1}) - E(o_i), E(e_{i+1}) - E(e_i))`` (the camera motion seen in both
-scenes); it is computed too, as ``frame_direction_consistency``, so numbers can be compared either way.
-
-Images are preprocessed here on tensors, batched, as transformers' ``CLIPImageProcessor`` does
-(bicubic resize of the shortest side, centre crop, CLIP mean/std), or as in2n's script does
-(``resize="in2n"``: a bicubic squash to the square crop size, no crop, no antialiasing).
+Images are preprocessed here on tensors, batched, as in2n's metrics script does (``resize="in2n"``, the
+default: a bicubic squash to the square input size, no crop, no antialiasing), or as transformers'
+``CLIPImageProcessor`` does (``resize="clip"``: bicubic resize of the shortest side, centre crop).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ DEFAULT_CLIP_MODEL = "openai/clip-vit-large-patch14"  # OpenAI CLIP ViT-L/14, wh
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CLIP_CONTEXT_LENGTH = 77
-ResizeMode = Literal["clip", "in2n"]
+ResizeMode = Literal["in2n", "clip"]
+DEFAULT_RESIZE: ResizeMode = "in2n"
 
 HOW_TO_SUPPLY_A_CLIP_MODEL = (
     "pass a local transformers CLIP folder with --clip-model PATH (saved with save_pretrained: config, weights, "
@@ -52,14 +53,14 @@ def direction_similarity(original: torch.Tensor, edited: torch.Tensor, source_te
 
 
 def direction_consistency(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
+    """Per consecutive pair ``cos(E(o_{i+1}) - E(o_i), E(e_{i+1}) - E(e_i))`` (in2n's); [N, D] -> [N - 1]."""
+    return F.cosine_similarity(original[1:] - original[:-1], edited[1:] - edited[:-1], dim=-1)
+
+
+def edit_direction_consistency(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     """Per consecutive pair ``cos(ΔI_i, ΔI_{i+1})`` with ``ΔI_i = E(e_i) - E(o_i)``; [N, D] -> [N - 1]."""
     change = edited - original
     return F.cosine_similarity(change[:-1], change[1:], dim=-1)
-
-
-def frame_direction_consistency(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
-    """Per consecutive pair ``cos(E(o_{i+1}) - E(o_i), E(e_{i+1}) - E(e_i))`` (in2n issue #28's reading)."""
-    return F.cosine_similarity(original[1:] - original[:-1], edited[1:] - edited[:-1], dim=-1)
 
 
 # --------------------------------------------------------------------------------------- preprocessing
@@ -72,10 +73,10 @@ class ClipPreprocessing:
     crop_size: tuple[int, int] = (224, 224)  # (height, width)
     mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     std: tuple[float, float, float] = OPENAI_CLIP_STD
-    resize: ResizeMode = "clip"
+    resize: ResizeMode = DEFAULT_RESIZE
 
     @staticmethod
-    def from_processor(processor: Any, resize: ResizeMode = "clip") -> "ClipPreprocessing":
+    def from_processor(processor: Any, resize: ResizeMode = DEFAULT_RESIZE) -> "ClipPreprocessing":
         """The settings of a transformers ``CLIPImageProcessor`` (sizes: dicts, SizeDicts, or ints in old configs)."""
         size, crop = processor.size, processor.crop_size
         shortest = _size_entry(size, "shortest_edge") or _size_entry(size, "height")
@@ -177,7 +178,7 @@ def no_progress_bars() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
-def load_clip(model: str, device: str | torch.device = "cpu", resize: ResizeMode = "clip",
+def load_clip(model: str, device: str | torch.device = "cpu", resize: ResizeMode = DEFAULT_RESIZE,
               batch_size: int = 16) -> ClipEncoder:
     """CLIP model, tokenizer and preprocessing from a hub id or a local folder (``HF_HUB_OFFLINE`` honoured).
 

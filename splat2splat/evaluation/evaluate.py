@@ -19,8 +19,9 @@ from rich.progress import track
 from splat2splat.data.cameras import Cameras, orbit_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.evaluation.camera_path import capture_path
-from splat2splat.evaluation.clip_metrics import (DEFAULT_CLIP_MODEL, ClipEncoder, direction_consistency,
-                                                 direction_similarity, frame_direction_consistency)
+from splat2splat.evaluation.clip_metrics import (DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ClipEncoder, ResizeMode,
+                                                 direction_consistency, direction_similarity,
+                                                 edit_direction_consistency)
 from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.scene import SceneBackend
 
@@ -38,6 +39,9 @@ class EditEvaluation:
     """CLIP hub id or local transformers folder (loaded before the edit starts, so a missing model fails early)."""
     frames: int = 60
     """Frames of the camera path through the captured views."""
+    resize: ResizeMode = DEFAULT_RESIZE
+    """Image preprocessing, as `splat2splat eval --resize`: 'in2n' (in2n's metrics script: bicubic squash to
+    224x224, no crop) or 'clip' (CLIPImageProcessor's: bicubic resize of the shortest side, centre crop)."""
 
 
 @dataclass
@@ -89,16 +93,18 @@ def mean(values: torch.Tensor) -> float | None:
     return float(values.mean()) if len(values) else None
 
 
+CLIP_METRICS = ("direction_similarity", "direction_consistency", "edit_direction_consistency")  # eval.json's names
+
+
 def clip_scores(encoder: ClipEncoder, original: torch.Tensor, edited: torch.Tensor,
                 texts: torch.Tensor) -> dict:
-    """The CLIP metrics of unit image embeddings ``original``/``edited`` ([N, D]) and ``texts`` = [source, target]."""
-    similarity = direction_similarity(original, edited, texts[0], texts[1])
-    consistency = direction_consistency(original, edited)
-    frame_consistency = frame_direction_consistency(original, edited)
-    return {"direction_similarity": mean(similarity), "direction_consistency": mean(consistency),
-            "frame_direction_consistency": mean(frame_consistency),
-            "per_frame": {"direction_similarity": similarity.tolist(), "direction_consistency": consistency.tolist(),
-                          "frame_direction_consistency": frame_consistency.tolist()}}
+    """The CLIP metrics of unit image embeddings ``original``/``edited`` ([N, D]) and ``texts`` = [source, target]:
+    each one's mean, and its values per frame (similarity) or per pair of consecutive frames (consistencies)."""
+    values = dict(zip(CLIP_METRICS, (direction_similarity(original, edited, texts[0], texts[1]),
+                                     direction_consistency(original, edited),
+                                     edit_direction_consistency(original, edited))))
+    return {**{name: mean(value) for name, value in values.items()},
+            "per_frame": {name: value.tolist() for name, value in values.items()}}
 
 
 def evaluate_targets(targets: list[EvalTarget], target_captions: list[str], source_caption: str,

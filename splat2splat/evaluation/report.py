@@ -16,7 +16,8 @@ import dataclasses
 from pathlib import Path
 
 from splat2splat.evaluation.clip_metrics import ClipEncoder
-from splat2splat.evaluation.evaluate import EditEvaluation, EvaluatedEdit
+from splat2splat.evaluation.evaluate import CLIP_METRICS, EditEvaluation, EvaluatedEdit
+from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.versions import software_versions
 
 SHEETS = "sheets"
@@ -32,7 +33,8 @@ def report_header(encoder: ClipEncoder, source_caption: str, path: str, frames: 
 def summary_line(run: dict) -> str:
     clip = run["clip"]
     return (f"{run['name']}: CLIP direction similarity {_number(clip['direction_similarity'], 4)}, "
-            f"direction consistency {_number(clip['direction_consistency'], 4)}")
+            f"direction consistency {_number(clip['direction_consistency'], 4)} (in2n's), "
+            f"edit direction consistency {_number(clip['edit_direction_consistency'], 4)}")
 
 
 def write_sheets(output: Path, evaluated: list[EvaluatedEdit]) -> dict[str, dict[str, str]]:
@@ -86,15 +88,16 @@ def _number(value: float | None, digits: int) -> str:
 
 def table(record: dict) -> list[str]:
     """The comparison table: one row per run."""
-    lines = ["| run | target caption | CLIP direction similarity | CLIP direction consistency | held-out: CLIP "
-             "direction similarity (photo → edited scene) | held-out PSNR / SSIM (edited scene vs photo) | run.json: PSNR to edited images "
-             "| run.json: held-out PSNR to original |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | target caption | CLIP direction similarity | CLIP direction consistency | CLIP edit direction "
+             "consistency | held-out: CLIP direction similarity (photo → edited scene) | held-out PSNR / SSIM (edited "
+             "scene vs photo) | run.json: PSNR to edited images | run.json: held-out PSNR to original |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for run in record["runs"]:
         clip, heldout, metrics = run["clip"], run["heldout"] or {}, run["run_metrics"]
         lines.append(
             f"| {_cell(run['name'])}{'' if run['finished'] else ' (unfinished)'} | {_cell(run['target_caption'])} "
             f"| {_number(clip['direction_similarity'], 4)} | {_number(clip['direction_consistency'], 4)} "
+            f"| {_number(clip['edit_direction_consistency'], 4)} "
             f"| {_number(heldout.get('clip_direction_similarity'), 4)} "
             f"| {_number(heldout.get('edited_psnr'), 2)} / {_number(heldout.get('edited_ssim'), 3)} "
             f"| {_number(metrics.get('psnr_to_edited'), 2)} | {_number(metrics.get('heldout_psnr_to_original'), 2)} |")
@@ -108,10 +111,11 @@ def markdown(record: dict) -> str:
         f"CLIP model `{record['clip_model']}` (resize: {record['preprocessing']['resize']}); source caption "
         f"\"{record['source_caption']}\"; camera path: {record['path']} with {run['path']['frames']} frames at "
         f"{run['path']['width']}×{run['path']['height']} px.", "",
-        "CLIP direction similarity: cos(E(edited) − E(original), E(target caption) − E(source caption)), mean over "
-        "frames; CLIP direction consistency: cos(ΔI_i, ΔI_i+1) of consecutive frames, ΔI = E(edited) − E(original) "
-        "(Instruct-NeRF2NeRF's metrics; higher is better). They compare with published figures only for the same CLIP "
-        "model, captions, scenes and path.", "",
+        "CLIP direction similarity: cos(E(e_i) − E(o_i), E(target caption) − E(source caption)), mean over frames i; "
+        "CLIP direction consistency: cos(E(o_i+1) − E(o_i), E(e_i+1) − E(e_i)) of consecutive frames, o original and "
+        "e edited renders (Instruct-NeRF2NeRF's two metrics; higher is better). CLIP edit direction consistency: "
+        "cos(ΔI_i, ΔI_i+1), ΔI = E(e) − E(o) (not in2n's; 0 for an unedited scene). They compare with published "
+        "figures only for the same CLIP model, preprocessing, captions, scenes and path.", "",
         *table(record), "",
     ]
     if "comparison_sheet" in record:
@@ -125,25 +129,25 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def add_eval_to_run(folder: Path, record: dict, config: EditEvaluation, encoder: ClipEncoder, device: str) -> dict:
-    """The hook of ``splat2splat edit --eval.captions SRC TGT``: evaluate the finished run in ``folder``, write its
-    report into ``folder/eval`` and add the numbers to run.json (``record``, returned updated)."""
+def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, encoder: ClipEncoder,
+                    device: str) -> dict:
+    """The hook of ``splat2splat edit --eval.captions SRC TGT``: evaluate the finished run ``target`` (built by the
+    edit, in memory), write its report into its folder's ``eval/`` and add the numbers to its run.json
+    (``record``, returned updated)."""
     import time
 
     from splat2splat.evaluation.evaluate import evaluate_targets
-    from splat2splat.evaluation.runs import locate_target
     from splat2splat.io import write_json
 
     started = time.perf_counter()
-    source, target = config.captions
-    evaluated = evaluate_targets([locate_target(folder)], [target], source, encoder, config.frames, "capture", device)
+    folder, (source, caption) = Path(target.run_folder), config.captions
+    evaluated = evaluate_targets([target], [caption], source, encoder, config.frames, "capture", device)
     report = write_report(folder / "eval", evaluated,
                           report_header(encoder, source, "capture", config.frames, device, time.perf_counter() - started))
     run = report["runs"][0]
-    record = {**record, "eval": {"clip_model": report["clip_model"], "source_caption": source, "target_caption": target,
-                                 "path": "capture", "frames": config.frames, "clip": {
-                                     key: run["clip"][key] for key in ("direction_similarity", "direction_consistency",
-                                                                       "frame_direction_consistency")},
+    record = {**record, "eval": {"clip_model": report["clip_model"], "source_caption": source, "target_caption": caption,
+                                 "path": "capture", "frames": config.frames, "resize": config.resize,
+                                 "clip": {key: run["clip"][key] for key in CLIP_METRICS},
                                  "heldout": run["heldout"], "report": str(folder / "eval" / "eval.md")}}
     write_json(folder / "run.json", record)
     print(summary_line(run))

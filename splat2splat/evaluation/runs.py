@@ -1,18 +1,20 @@
 """What an evaluation compares: the edited scene, the original scene it started from, and their dataset.
 
-An edit run folder (written by ``splat2splat edit``, see :mod:`splat2splat.edit.job`) holds the edited
-scene (``checkpoint.pt``, or ``scene.ply``), the command that made it (``command.json``: the dataset, its
-downscale and ``--init``, the original scene) and, once finished, ``run.json`` with its metrics. The
-original scene is ``--init`` when the edit started from one, else ``initial/checkpoint.pt``, which the edit
-trained. A bare scene file (``.pt`` / ``.ply``) can be evaluated too, given the original scene.
+An edit run folder (written by ``splat2splat edit``) holds the edited scene (``checkpoint.pt``, or
+``scene.ply``), the command that made it (``command.json``: the dataset, its downscale and ``--init``, the
+original scene) and, once finished, ``run.json`` with its metrics. The original scene is ``--init`` when the
+edit started from one, else ``initial/checkpoint.pt``, which the edit trained. A bare scene file (``.pt`` /
+``.ply``) can be evaluated too, given the original scene.
 
 Paths in ``command.json`` are as the edit was given them (often relative to where it ran), so each one is
-checked and a missing one names the option that overrides it.
+checked and a missing one names the option that overrides it. Only the command's fields named in
+:class:`RecordedEdit` are read (type-checked as a resume reads a job): the evaluation is a layer the edit
+uses, so it never imports the edit's own job class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from splat2splat.checkpoint import CHECKPOINT_FILE, COMMAND_FILE, job_from_dict
@@ -36,6 +38,16 @@ class EvalTarget:
     run_folder: Path | None = None
     finished: bool = True  # the run wrote run.json (an interrupted run is evaluated at its last checkpoint)
     run_metrics: dict = field(default_factory=dict)  # run.json "metrics": PSNR figures of the edit
+
+
+@dataclass
+class RecordedEdit:
+    """What an edit's saved command says about its inputs (the fields of the edit job the evaluation needs)."""
+
+    data: Path | None = None
+    init: Path | None = None
+    downscale: int = 1
+    prompt: str = ""
 
 
 def locate_target(path: Path, original: Path | None = None, data: Path | None = None,
@@ -71,20 +83,23 @@ def _run_folder_target(folder: Path, original: Path | None, data: Path | None, d
     )
 
 
-def _run_job(folder: Path, record: dict):
-    """The edit's saved job (an :class:`~splat2splat.edit.job.EditJob`): command.json, else the copy in run.json,
-    read and type-checked by :mod:`splat2splat.checkpoint` like a resume reads it."""
-    from splat2splat.edit.job import EditJob
-
+def _run_job(folder: Path, record: dict) -> RecordedEdit:
+    """The inputs of the edit's saved job: command.json, else the copy in run.json, type-checked by
+    :mod:`splat2splat.checkpoint` like a resume reads it."""
     if (folder / COMMAND_FILE).is_file():
-        return job_from_dict(EditJob, read_json(folder / COMMAND_FILE), folder / COMMAND_FILE)
-    if not isinstance(record.get("command"), dict):
+        source, command = folder / COMMAND_FILE, read_json(folder / COMMAND_FILE)
+    elif isinstance(record.get("command"), dict):
+        source, command = folder / "run.json", record["command"]
+    else:
         raise InputError(folder, "not an edit run folder: no command.json (nor a command in run.json) says which "
                                  "dataset and original scene it used; pass the scene file with --original and --data")
-    return job_from_dict(EditJob, record["command"], folder / "run.json")
+    if not isinstance(command, dict):
+        raise InputError(source, "not an edit's command (not a JSON object)")
+    names = {f.name for f in fields(RecordedEdit)}
+    return job_from_dict(RecordedEdit, {key: value for key, value in command.items() if key in names}, source)
 
 
-def _recorded_original(folder: Path, job) -> Path:
+def _recorded_original(folder: Path, job: RecordedEdit) -> Path:
     if job.init is not None:
         return _recorded_path(folder, job.init, "init", None, "--original SCENE (the scene the edit started from)")
     initial = folder / INITIAL_SCENE

@@ -209,7 +209,7 @@ class GaussianBackend:
                              "density control 'off' or 'cull'")
         if refining:
             self.strategy.step_pre_backward(self.splats, self.optimizers, self.strategy_state, self.step, info)
-        loss, stats = loss_fn(image, target)
+        loss, stats = loss_fn(image, target, generator=self.generator)
         loss.backward()
         if self.frozen is not None:
             for key in SPLAT_KEYS:

@@ -124,8 +124,9 @@ class NerfConfig:
                              f"{self.patch_size}x{self.patch_size} patch")
 
 
-def mse_loss(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """nerfacto's photometric loss (an :data:`ImageLoss`): mean squared error, logged with its PSNR."""
+def mse_loss(pred: torch.Tensor, target: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """nerfacto's photometric loss (an :class:`ImageLoss`): mean squared error, logged with its PSNR."""
     mse = torch.mean((pred - target) ** 2)
     return mse, {"mse": mse.item(), "psnr": psnr_from_mse(mse.item())}
 
@@ -188,7 +189,7 @@ class NerfBackend:
             # Unsupervised (masked-out) pixels get the prediction itself as target: zero error, no gradient,
             # while the loss still sees whole patches.
             target = torch.where(supervised.reshape(patch_shape[:-1])[..., None], target, pred.detach())
-        loss, loss_stats = loss_fn(pred, target)
+        loss, loss_stats = loss_fn(pred, target, generator=self.generator)
         self._set_learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

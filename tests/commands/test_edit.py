@@ -185,6 +185,63 @@ def test_lpips_presets_train_with_an_explicitly_random_backbone(small_scene, tin
         assert checkpoint["backend_state"]["config"]["patch_size"] == 32
 
 
+def lpips_edit_args(scene: Path, output: Path, model: Path, *extra: str, steps: int = 16) -> list[str]:
+    """in2n-tiny with in2n's LPIPS term on 16 px patches (VGG takes them; AlexNet needs 31 px) of 32 px views."""
+    return edit_args(scene, output, model, "--idu.loss.lpips", "1", "--idu.lpips-net", "vgg",
+                     "--idu.lpips-patch-size", "16", "--idu.lpips-patches", "3", *extra, steps=steps)
+
+
+@pytest.mark.parametrize("throughput", [[], ["--idu.edit-batch", "2", "--idu.edit-lag", "2"]])
+def test_interrupted_patch_lpips_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path,
+                                                                         throughput):
+    """The patch positions come from the scene's generator, which the checkpoint holds: a resumed run draws the
+    same patches as the uninterrupted one, serial or batched and lagged (and patches and whole images give
+    different scenes)."""
+    from splat2splat.edit.lpips_loss import load_lpips
+
+    torch.manual_seed(0)
+    lpips = load_lpips("vgg", random_backbone=True)
+    reference, interrupted, whole = tmp_path / "reference", tmp_path / "interrupted", tmp_path / "whole"
+    record = run_edit(parse_edit_args(lpips_edit_args(small_scene, reference, tiny_ip2p_folder, *throughput,
+                                                      steps=10)), lpips=lpips)
+    assert record["command"]["idu"]["lpips_on"] == "patches" and record["last_step"]["lpips"] > 0
+
+    def press_ctrl_c(step: int) -> None:
+        if step == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted):
+        run_edit(parse_edit_args(lpips_edit_args(small_scene, interrupted, tiny_ip2p_folder, *throughput, steps=10)),
+                 lpips=lpips, on_step=press_ctrl_c)
+    run_edit(parse_edit_args(["--output", str(interrupted), "--resume"]), lpips=lpips)
+    run_edit(parse_edit_args(lpips_edit_args(small_scene, whole, tiny_ip2p_folder, *throughput, "--idu.lpips-on",
+                                             "image", steps=10)), lpips=lpips)
+    a, b, c = (load_checkpoint_file(run / "checkpoint.pt")["backend_state"] for run in (reference, interrupted, whole))
+    for key, value in a["splats"].items():
+        assert torch.equal(value, b["splats"][key]), key
+    assert torch.equal(a["generator"], b["generator"])
+    assert not torch.equal(a["splats"]["sh0"], c["splats"]["sh0"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend", "nerf", *NERF_TINY, "--idu.lpips-on", "image"], "trains on ray patches"),
+    (["--idu.lpips-patch-size", "8"], "needs patches of at least 16 px"),
+    (["--idu.lpips-patch-size", "40"], "smaller than the 40x40 LPIPS patches"),
+    (["--backend", "nerf", *NERF_TINY], "holds no 16x16 LPIPS patch"),
+])
+def test_lpips_settings_the_scene_cannot_honour_are_one_line_before_any_work(small_scene, tiny_ip2p_folder, tmp_path,
+                                                                            capsys, args, message):
+    output = tmp_path / "run"
+    args = lpips_edit_args(small_scene, output, tiny_ip2p_folder, *args)
+    if "nerf" in args:
+        args += ["--nerf.rays-per-batch", "1024" if "image" in args else "200"]
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+    assert not (output / "initial").exists()
+
+
 def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
     pytest.importorskip("viser", reason="viser is not installed")
     import socket

@@ -50,6 +50,8 @@ def test_edit_with_eval_captions_adds_the_numbers_to_run_json(edit_run, tiny_cli
     record = read_json(edit_run / "run.json")
     numbers = record["eval"]
     assert numbers["source_caption"] == SOURCE and numbers["target_caption"] == TARGET and numbers["frames"] == 6
+    assert numbers["resize"] == "in2n" and set(numbers["clip"]) == {"direction_similarity", "direction_consistency",
+                                                                     "edit_direction_consistency"}
     assert -1 <= numbers["clip"]["direction_similarity"] <= 1 and -1 <= numbers["clip"]["direction_consistency"] <= 1
     assert numbers["heldout"]["views"] == 2 and (edit_run / "eval" / "eval.md").is_file()
     assert record["metrics"]["views_edited"] == 8  # the rest of run.json is as the edit wrote it
@@ -69,15 +71,18 @@ def test_eval_compares_runs_in_one_report(edit_run, tiny_clip_folder, tmp_path):
     run, as_file, unedited = record["runs"]
     assert [r["name"] for r in record["runs"]] == ["run", "run-2", "initial"]
     assert record["clip_model"] == str(tiny_clip_folder) and record["source_caption"] == SOURCE
-    assert record["preprocessing"]["resize"] == "clip" and "transformers" in record["versions"]
+    assert record["preprocessing"]["resize"] == "in2n" and "transformers" in record["versions"]
     per_frame = run["clip"]["per_frame"]
     assert len(per_frame["direction_similarity"]) == 7 and len(per_frame["direction_consistency"]) == 6
+    assert len(per_frame["edit_direction_consistency"]) == 6
     assert (run["path"]["frames"], run["path"]["width"], run["path"]["height"]) == (7, 32, 32)
     assert torch.tensor(run["path"]["camtoworlds"]).shape == (7, 4, 4)
     # One scene, two ways of naming it: the same numbers.
     assert as_file["clip"]["direction_similarity"] == pytest.approx(run["clip"]["direction_similarity"], abs=1e-6)
-    # An unedited scene has no image change: every direction is the zero vector (cosine 0), not a pseudo-score.
-    assert unedited["clip"]["direction_similarity"] == 0.0 and unedited["clip"]["direction_consistency"] == 0.0
+    # An unedited scene has no image change: every edit direction is the zero vector (cosine 0), not a
+    # pseudo-score; and its frames step exactly as the original's do (in2n's consistency 1).
+    assert unedited["clip"]["direction_similarity"] == 0.0 and unedited["clip"]["edit_direction_consistency"] == 0.0
+    assert unedited["clip"]["direction_consistency"] == pytest.approx(1.0, abs=1e-5)
     assert unedited["heldout"]["edited_psnr"] == pytest.approx(unedited["heldout"]["original_psnr"])
     # The edit's own figures side by side: run.json's metrics, and our held-out PSNR agrees with its own.
     run_json = read_json(edit_run / "run.json")
@@ -152,10 +157,12 @@ def test_resumed_edit_keeps_its_eval_captions(small_scene, tiny_clip_folder, tmp
             os.kill(os.getpid(), signal.SIGINT)
 
     args = edit_args(small_scene, output, "--eval.captions", SOURCE, TARGET, "--eval.clip-model", str(tiny_clip_folder),
-                     "--eval.frames", "3")
+                     "--eval.frames", "3", "--eval.resize", "clip")
     with pytest.raises(Interrupted):
         run_edit(parse_edit_args(args), editor=TintEditor(), on_step=press_ctrl_c)
     assert not (output / "run.json").exists()
     record = run_edit(parse_edit_args(["--output", str(output), "--resume"]), editor=TintEditor())
     assert record["eval"]["target_caption"] == TARGET and record["eval"]["frames"] == 3
+    # --eval.resize reached the evaluation (CLIP's crop instead of the default in2n squash).
+    assert record["eval"]["resize"] == "clip" and read_json(output / "eval" / "eval.json")["preprocessing"]["resize"] == "clip"
     assert read_json(output / "run.json")["eval"] == record["eval"]

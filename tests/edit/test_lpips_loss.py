@@ -103,3 +103,15 @@ def test_missing_backbone_is_downloaded_to_the_torch_cache_unless_offline(tmp_pa
     model = lpips_loss.load_lpips("alex")
     assert len(fetched) == 1 and lpips_loss.cached_backbone_path("alex").is_file()
     assert float(model(torch.rand(1, 32, 32, 3), torch.rand(1, 32, 32, 3)).mean()) >= 0
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+def test_smallest_side_is_the_smallest_image_each_backbone_takes(net):
+    """The edit refuses LPIPS patches (or views) below SMALLEST_SIDE up front, instead of failing inside the net."""
+    from splat2splat.edit.lpips_loss import SMALLEST_SIDE
+
+    lpips = load_lpips(net, random_backbone=True)
+    side = SMALLEST_SIDE[net]
+    assert lpips(torch.rand(1, side, side, 3), torch.rand(1, side, side, 3)).isfinite()
+    with pytest.raises(RuntimeError):
+        lpips(torch.rand(1, side - 1, side - 1, 3), torch.rand(1, side - 1, side - 1, 3))

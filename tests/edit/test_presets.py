@@ -31,6 +31,9 @@ IN2N_COMMON = {
     "loss.l1": (1.0, f"{IN2N} in2n/in2n.py:55-57,64: L1Loss"),
     "loss.dssim": (0.0, f"{IN2N} in2n/in2n.py:61-69: no SSIM term"),
     "lpips_net": ("alex", f"{IN2N} in2n/in2n.py:59: torchmetrics LearnedPerceptualImagePatchSimilarity() (alex)"),
+    "lpips_on": ("patches", f"{IN2N} in2n/in2n.py:66-69: LPIPS on the batch viewed as patch_size^2 patches"),
+    "lpips_patch_size": (32, f"{IN2N} in2n/in2n.py:41 patch_size=32; in2n/in2n_config.py:45,88 patch_size=32"),
+    "lpips_patches": (16, f"{IN2N} in2n/in2n_config.py:43,86: 16384 rays = 16 patches of 32x32"),
     "random_background": (False, "nerfacto renders over its own background; no random colour"),
 }
 

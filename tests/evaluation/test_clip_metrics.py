@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from splat2splat.errors import InputError
-from splat2splat.evaluation.clip_metrics import (OPENAI_CLIP_STD, ClipPreprocessing,
+from splat2splat.evaluation.clip_metrics import (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocessing,
                                                  direction_consistency, direction_similarity,
-                                                 frame_direction_consistency, load_clip, preprocess_images)
+                                                 edit_direction_consistency, load_clip, preprocess_images)
 
 E1, E2, E3 = torch.eye(3)
 
@@ -36,25 +36,35 @@ def test_direction_similarity_is_per_frame():
     assert similarity.tolist() == pytest.approx([1.0, 0.5, -0.5], abs=1e-6)
 
 
-def test_direction_consistency_compares_consecutive_changes():
+def test_direction_consistency_compares_the_camera_motion_in_both_scenes():
+    """in2n's: cos(E(o_i+1) - E(o_i), E(e_i+1) - E(e_i)), the step between consecutive frames in both scenes."""
+    original = torch.stack([E1, E2, E1])
+    same_motion = original + 0.5 * E3  # the edited frames move the way the original ones do
+    reversed_motion = torch.stack([E2, E1, E2])
+    assert direction_consistency(original, same_motion).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert direction_consistency(original, reversed_motion).tolist() == pytest.approx([-1.0, -1.0], abs=1e-6)
+    # Edited frames that move orthogonally to the original ones: (e2 - e1) vs (e3 - e1), then (e1 - e2) vs (e1 - e3).
+    assert direction_consistency(original, torch.stack([E1, E3, E1])).tolist() == pytest.approx([0.5, 0.5], abs=1e-6)
+
+
+def test_an_unedited_scene_is_perfectly_consistent_and_has_no_edit_direction():
+    original = F.normalize(torch.randn(5, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    assert direction_consistency(original, original).tolist() == pytest.approx([1.0] * 4, abs=1e-6)
+    assert edit_direction_consistency(original, original).tolist() == [0.0] * 4
+
+
+def test_edit_direction_consistency_compares_consecutive_changes():
     original = torch.zeros(4, 3)
     edited = torch.stack([E1, 2 * E1, -E1, E2])  # changes: e1, 2 e1 (same way), -e1 (reversed), e2 (orthogonal)
-    assert direction_consistency(original, edited).tolist() == pytest.approx([1.0, -1.0, 0.0], abs=1e-6)
+    assert edit_direction_consistency(original, edited).tolist() == pytest.approx([1.0, -1.0, 0.0], abs=1e-6)
 
 
 def test_consistent_edit_of_a_moving_camera_scores_one():
     """The same change added to every frame of a path is perfectly consistent, however the frames differ."""
     original = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
     change = torch.linspace(-1, 1, 8)
+    assert edit_direction_consistency(original, original + change).tolist() == pytest.approx([1.0] * 5, abs=1e-6)
     assert direction_consistency(original, original + change).tolist() == pytest.approx([1.0] * 5, abs=1e-6)
-
-
-def test_frame_direction_consistency_compares_the_camera_motion_in_both_scenes():
-    original = torch.stack([E1, E2, E1])
-    same_motion = original + 0.5 * E3  # the edited frames move the way the original ones do
-    reversed_motion = torch.stack([E2, E1, E2])
-    assert frame_direction_consistency(original, same_motion).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
-    assert frame_direction_consistency(original, reversed_motion).tolist() == pytest.approx([-1.0, -1.0], abs=1e-6)
 
 
 # ------------------------------------------------------------------------------------- preprocessing
@@ -84,7 +94,7 @@ def test_preprocessing_matches_clip_image_processor(height, width):
     from PIL import Image
 
     image = textured_image(height, width, seed=height * width)
-    ours = preprocess_images(image[None].float() / 255, ClipPreprocessing())
+    ours = preprocess_images(image[None].float() / 255, ClipPreprocessing(resize="clip"))
     for processor in clip_image_processors():
         reference = processor(images=Image.fromarray(image.numpy()), return_tensors="pt")["pixel_values"]
         assert ours.shape == reference.shape == (1, 3, 224, 224)
@@ -93,11 +103,21 @@ def test_preprocessing_matches_clip_image_processor(height, width):
         assert difference.max() < 1.5 * ONE_LEVEL and difference.mean() < 0.6 * ONE_LEVEL, type(processor).__name__
 
 
-def test_preprocessing_is_batched():
+@pytest.mark.parametrize("resize", ["in2n", "clip"])
+def test_preprocessing_is_batched(resize):
     images = torch.stack([textured_image(60, 80, seed) for seed in range(3)]).float() / 255
-    batch = preprocess_images(images, ClipPreprocessing())
-    one_by_one = torch.cat([preprocess_images(image[None], ClipPreprocessing()) for image in images])
+    batch = preprocess_images(images, ClipPreprocessing(resize=resize))
+    one_by_one = torch.cat([preprocess_images(image[None], ClipPreprocessing(resize=resize)) for image in images])
     assert torch.allclose(batch, one_by_one, atol=1e-6)
+
+
+def test_the_default_preprocessing_is_in2n_s_squash():
+    """in2n's metrics script: F.interpolate(image, 224, bicubic, align_corners=False), then CLIP's mean and std."""
+    image = textured_image(97, 151, seed=5).float()[None] / 255
+    pixels = F.interpolate(image.permute(0, 3, 1, 2), size=224, mode="bicubic", align_corners=False)
+    expected = (pixels - torch.tensor(OPENAI_CLIP_MEAN).reshape(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).reshape(1, 3, 1, 1)
+    assert ClipPreprocessing().resize == "in2n"
+    assert torch.allclose(preprocess_images(image, ClipPreprocessing()), expected, atol=1e-6)
 
 
 def test_in2n_resize_squashes_the_whole_image_into_the_square():
@@ -105,7 +125,7 @@ def test_in2n_resize_squashes_the_whole_image_into_the_square():
     image = torch.ones(1, 100, 300, 3) * 0.5
     image[:, :, :20] = torch.tensor([1.0, 0.0, 0.0])
     squashed = preprocess_images(image, ClipPreprocessing(resize="in2n"))
-    cropped = preprocess_images(image, ClipPreprocessing())
+    cropped = preprocess_images(image, ClipPreprocessing(resize="clip"))
     red = (1.0 - ClipPreprocessing().mean[0]) / ClipPreprocessing().std[0]
     assert squashed.shape == cropped.shape == (1, 3, 224, 224)
     assert squashed[0, 0, :, 0].mean() == pytest.approx(red, abs=1e-3)
@@ -116,7 +136,8 @@ def test_in2n_resize_squashes_the_whole_image_into_the_square():
 
 def test_tiny_clip_loads_with_the_real_tokenizer_and_clip_preprocessing(tiny_clip_folder):
     encoder = load_clip(str(tiny_clip_folder), "cpu")
-    assert encoder.preprocessing == ClipPreprocessing()
+    assert encoder.preprocessing == ClipPreprocessing()  # in2n's squash to the processor's 224x224
+    assert load_clip(str(tiny_clip_folder), "cpu", resize="clip").preprocessing == ClipPreprocessing(resize="clip")
     # OpenAI CLIP's token ids: <start> a photo of a <end>
     ids = encoder.tokenizer(["a photo of a"])["input_ids"][0]
     assert ids == [49406, 320, 1125, 539, 320, 49407]

@@ -82,3 +82,14 @@ def test_scene_file_needs_the_original(tmp_path):
 def test_repeated_names_become_distinct():
     targets = [EvalTarget(name, Path("e"), Path("o"), Path("d"), 1) for name in ("run", "run", "other")]
     assert [t.name for t in unique_names(targets)] == ["run", "run-2", "other"]
+
+
+def test_a_command_json_with_a_wrong_type_is_one_clear_line(tmp_path):
+    """The evaluation reads the edit's command without the edit's job class, checked like a resume reads it."""
+    data = tmp_path / "data"
+    data.mkdir()
+    run = make_run(tmp_path / "run", data)
+    (run / "command.json").write_text(json.dumps({"data": str(data), "downscale": "two", "idu": {"steps": 3}}))
+    with pytest.raises(InputError, match="downscale") as error:
+        locate_target(run)
+    assert error.value.path == run / "command.json" and "\n" not in str(error.value)
