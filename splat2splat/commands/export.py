@@ -5,7 +5,8 @@ Formats (what each keeps: :mod:`splat2splat.gaussians.formats`):
 * ``ply``: INRIA 3DGS PLY (``scene.ply``), read by every Gaussian-splatting viewer and by ``--scene``;
 * ``splat``: antimatter15's ``.splat`` (``scene.splat``), 32 bytes per Gaussian, colour only;
 * ``ply_compressed``: PlayCanvas / SuperSplat compressed PLY (``scene.compressed.ply``), about 4x smaller;
-* ``spz``: Niantic's SPZ version 3 (``scene.spz``), about 10x smaller;
+* ``spz``: Niantic's SPZ (``scene.spz``), about 10x smaller: version 4 (zstd), or 3 (gzip) with ``--spz-version 3``
+  for viewers that predate version 4;
 * ``points``: a coloured point cloud (``point_cloud.ply``): Gaussian centres with their base colour, or,
   for a NeRF checkpoint, the NeRF's surface points plus renders of the eval views (its own export).
 
@@ -72,6 +73,9 @@ class ExportCommand:
     """Image downscale for a NeRF's renders (default: the checkpoint's training downscale)."""
     device: str = "auto"
     """Device a NeRF checkpoint renders on ('cuda', 'cpu' or 'auto')."""
+    spz_version: Literal[3, 4] = 4
+    """SPZ version --formats spz writes: 4 (zstd streams; Niantic's and splat-transform's default) or 3 (one
+    gzip stream, for viewers that predate version 4)."""
 
 
 def check_formats(formats: tuple[str, ...]) -> None:
@@ -80,6 +84,11 @@ def check_formats(formats: tuple[str, ...]) -> None:
     unknown = [f for f in formats if f not in FILE_NAMES]
     if unknown:
         raise InputError(None, f"unknown export format {unknown[0]!r}: use {', '.join(FILE_NAMES)}")
+
+
+def check_spz_version(cmd: ExportCommand) -> None:
+    if cmd.spz_version != 4 and "spz" not in cmd.formats:
+        raise InputError(None, f"--spz-version {cmd.spz_version} applies to --formats spz, which is not asked for")
 
 
 def check_not_overwriting(scene: Path, output_files: list[Path]) -> None:
@@ -128,7 +137,7 @@ def export_gaussians(cmd: ExportCommand, splats: dict[str, torch.Tensor]) -> dic
         if name == "points":
             write_point_cloud(path, splats, SceneNormalization())
         else:
-            save_splats(path, splats, SceneNormalization(), name, cmd.sh_degree)
+            save_splats(path, splats, SceneNormalization(), name, cmd.sh_degree, spz_version=cmd.spz_version)
         written[name] = str(path)
     return written
 
@@ -154,6 +163,7 @@ def export_other_backend(cmd: ExportCommand, checkpoint: dict) -> dict[str, list
 def run(cmd: ExportCommand) -> dict:
     """Export the scene; returns what export.json holds."""
     check_formats(cmd.formats)
+    check_spz_version(cmd)
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
     checkpoint = read_scene_checkpoint(cmd.scene)
     summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}

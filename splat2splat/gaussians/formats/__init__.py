@@ -84,9 +84,10 @@ def load_splats(path: str | Path, normalization: SceneNormalization,
 
 
 def save_splats(path: str | Path, splats: dict[str, torch.Tensor], normalization: SceneNormalization,
-                fmt: SplatFormat, sh_degree: int | None = None, frame_transform: torch.Tensor | None = None) -> int:
-    """Write ``splats`` in ``fmt`` atomically (``.splat`` keeps SH degree 0 whatever ``sh_degree``); returns
-    the number of Gaussians written."""
+                fmt: SplatFormat, sh_degree: int | None = None, frame_transform: torch.Tensor | None = None,
+                *, spz_version: int = 4) -> int:
+    """Write ``splats`` in ``fmt`` atomically (``.splat`` keeps SH degree 0 whatever ``sh_degree``; SPZ is
+    written as ``spz_version``, 4 or 3); returns the number of Gaussians written."""
     if fmt == "ply":
         from splat2splat.gaussians.ply import save_ply
 
@@ -102,5 +103,5 @@ def save_splats(path: str | Path, splats: dict[str, torch.Tensor], normalization
     if fmt == "spz":
         from splat2splat.gaussians.formats.spz import save_spz
 
-        return save_spz(path, splats, normalization, sh_degree, frame_transform)
+        return save_spz(path, splats, normalization, sh_degree, frame_transform, version=spz_version)
     raise ValueError(f"unknown Gaussian-scene format {fmt!r}")

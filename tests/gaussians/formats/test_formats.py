@@ -159,6 +159,28 @@ def spz_header_only(version: int, count: int, degree: int, body: bytes = b""):
     return lambda path: path.write_bytes(spz_bytes((0x5053474E, version, count, degree, 12, 0, 0), body))
 
 
+def ngsp_edit(layout: str, offset: int, value: int):
+    """A version-4 file with one field replaced."""
+    def write(path: Path) -> None:
+        write_format("spz")(path)
+        data = bytearray(path.read_bytes())
+        struct.pack_into(layout, data, offset, value)
+        path.write_bytes(bytes(data))
+    return write
+
+
+def ngsp_with_coordinate_system(code: int):
+    """A version-4 file with Adobe's coordinate-system record inserted before its table."""
+    def write(path: Path) -> None:
+        write_format("spz")(path)
+        data = bytearray(path.read_bytes())
+        record = struct.pack("<III", 0xADBE0003, 4, code)
+        data[14] |= 0x2  # flags: has extensions
+        struct.pack_into("<I", data, 16, 32 + len(record))
+        path.write_bytes(bytes(data[:32]) + record + bytes(data[32:]))
+    return write
+
+
 def nan_splat(path: Path) -> None:
     record = np.zeros(2, dtype=RECORD)
     record["scale"] = 0.1
@@ -186,8 +208,16 @@ DAMAGED = {
     "spz_truncated": ("scene.spz", cut("spz", 0.6), "SPZ file"),
     "spz_bad_magic": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x12345678, 2, 1, 0, 12, 0, 0)),),
                       "without the NGSP magic"),
-    "spz_version_4": ("scene.spz", lambda path: path.write_bytes(b"NGSP" + struct.pack("<I", 4) + bytes(24)),
-                      "version 4 .zstd streams. is not supported"),
+    "spz4_short_header": ("scene.spz", lambda path: path.write_bytes(b"NGSP" + struct.pack("<I", 4) + bytes(20)),
+                          "shorter than the version-4 header"),
+    "spz4_truncated": ("scene.spz", cut("spz", 0.6), "truncated or corrupt SPZ file"),
+    "spz4_count_lie": ("scene.spz", ngsp_edit("<I", 8, 4_000_000_000), "claims 4000000000 Gaussians"),
+    "spz4_stream_size_lie": ("scene.spz", ngsp_edit("<Q", 32 + 8, 2 ** 40), "sizes do not match"),
+    "spz4_toc_beyond_file": ("scene.spz", ngsp_edit("<I", 16, 2 ** 31), "streams with their table at byte"),
+    "spz4_damaged_zstd": ("scene.spz", ngsp_edit("<Q", 32 + 6 * 16, 0), "zstd stream"),
+    "spz4_other_frame": ("scene.spz", ngsp_with_coordinate_system(6), "coordinate system 6"),
+    "spz4_in_gzip": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 4, 1, 0, 12, 0, 0))),
+                     "version 4 inside a gzip stream"),
     "spz_version_9": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 9, 1, 0, 12, 0, 0))),
                       "SPZ file version 9 is not supported"),
     "spz_degree_4": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 3, 1, 4, 12, 0, 0))),
