@@ -7,6 +7,7 @@ Formats (what each keeps: :mod:`splat2splat.gaussians.formats`):
 * ``ply_compressed``: PlayCanvas / SuperSplat compressed PLY (``scene.compressed.ply``), about 4x smaller;
 * ``spz``: Niantic's SPZ (``scene.spz``), about 10x smaller: version 4 (zstd), or 3 (gzip) with ``--spz-version 3``
   for viewers that predate version 4;
+* ``sog``: PlayCanvas SOG (``scene.sog``), WebP images in a zip, what SuperSplat publishes, about 15-20x smaller;
 * ``points``: a coloured point cloud (``point_cloud.ply``): Gaussian centres with their base colour, or,
   for a NeRF checkpoint, the NeRF's surface points plus renders of the eval views (its own export).
 
@@ -15,7 +16,7 @@ A checkpoint keeps its Gaussians in the normalised frame; ``--frame`` picks the 
 -- rotating means, Gaussians and SH colours), ``dataset`` (the frame of the dataset's poses, e.g.
 transforms.json) or ``normalized`` (the training frame). Normalisation and frame transform come from the
 dataset (``--data``, default the one the checkpoint names), recomputed from its cameras exactly as training
-did. A scene FILE (.ply, .splat, .spz) is converted in its own frame and needs no dataset.
+did. A scene FILE (.ply, .splat, .spz, .sog, meta.json) is converted in its own frame and needs no dataset.
 """
 
 from __future__ import annotations
@@ -36,20 +37,21 @@ from splat2splat.io import write_json, write_point_ply
 from splat2splat.checkpoint import backend_from_checkpoint
 from splat2splat.scene_loading import dataset_frames, dataset_path_for, downscale_for, read_scene_checkpoint
 
-ExportFormat = Literal["ply", "splat", "ply_compressed", "spz", "points"]
+ExportFormat = Literal["ply", "splat", "ply_compressed", "spz", "sog", "points"]
 ExportFrame = Literal["original", "dataset", "normalized"]
 FILE_NAMES: dict[str, str] = {"ply": "scene.ply", "splat": "scene.splat", "ply_compressed": "scene.compressed.ply",
-                              "spz": "scene.spz", "points": "point_cloud.ply"}
-GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz")
+                              "spz": "scene.spz", "sog": "scene.sog", "points": "point_cloud.ply"}
+GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz", "sog")
 
 
 @dataclass
 class ExportCommand:
-    """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ (optionally pruned, cropped, fewer SH bands)."""
+    """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ / SOG (optionally pruned, cropped, fewer SH
+    bands)."""
 
     scene: Path
     """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting file (.ply, compressed .ply,
-    .splat, .spz)."""
+    .splat, .spz, .sog or a SOG's meta.json)."""
     output: Path = Path("outputs/export")
     """Folder for the exported files and export.json."""
     data: Path | None = None
@@ -57,7 +59,7 @@ class ExportCommand:
     ignored for a scene file, which is converted in its own frame."""
     formats: tuple[ExportFormat, ...] = ("ply", "splat")
     """Files to write: ply (INRIA 3DGS), splat (antimatter15), ply_compressed (SuperSplat), spz (Niantic),
-    points (point cloud)."""
+    sog (PlayCanvas SOG bundle), points (point cloud)."""
     frame: ExportFrame = "original"
     """World frame of a checkpoint's files: original (the capture's, e.g. COLMAP's: undoes nerfstudio's
     applied_transform), dataset (the dataset's poses, e.g. transforms.json) or normalized (training frame)."""

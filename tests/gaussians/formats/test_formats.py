@@ -20,7 +20,8 @@ from splat2splat.gaussians.model import SH_C0
 from splat2splat.gaussians.ply import OPACITY_LOGIT_LIMIT
 
 NORMALIZATION = SceneNormalization(center=(1.5, -2.0, 0.25), scale=0.4)
-FILE_NAMES = {"ply": "scene.ply", "ply_compressed": "scene.compressed.ply", "splat": "scene.splat", "spz": "scene.spz"}
+FILE_NAMES = {"ply": "scene.ply", "ply_compressed": "scene.compressed.ply", "splat": "scene.splat", "spz": "scene.spz",
+              "sog": "scene.sog"}
 
 
 def scene_splats(n: int = 600, sh_degree: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -56,7 +57,7 @@ TOLERANCES = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(FILE_NAMES))
+@pytest.mark.parametrize("fmt", list(TOLERANCES))  # SOG's codebooks and palette: tests/gaussians/formats/test_sog.py
 def test_every_format_round_trips_within_its_precision(tmp_path, fmt):
     splats = scene_splats()
     path = tmp_path / FILE_NAMES[fmt]
@@ -81,7 +82,7 @@ def test_every_format_round_trips_within_its_precision(tmp_path, fmt):
     assert relative.max().item() <= tolerance["cov"]
 
 
-@pytest.mark.parametrize("fmt", ["ply_compressed", "splat", "spz"])
+@pytest.mark.parametrize("fmt", ["ply_compressed", "splat", "spz", "sog"])
 def test_8_bit_opacities_of_0_and_255_load_clamped(tmp_path, fmt):
     splats = scene_splats(n=4, sh_degree=1)
     splats["opacities"] = torch.tensor([40.0, -40.0, 0.0, 1.0])  # sigmoid rounds to byte 255 and 0
@@ -116,7 +117,7 @@ def test_ply_is_told_apart_by_header_and_unknown_suffixes_are_refused(tmp_path):
 def test_a_frame_transform_is_undone_on_save_and_applied_on_load(tmp_path):
     applied = torch.tensor([[0.0, 1.0, 0.0, 2.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 1.0]])
     splats = scene_splats(n=20, sh_degree=2)
-    for fmt in ("ply", "spz"):
+    for fmt in ("ply", "spz", "sog"):
         path = tmp_path / FILE_NAMES[fmt]
         save_splats(path, splats, NORMALIZATION, fmt, frame_transform=applied)
         in_file = load_splats(path, SceneNormalization())["means"].detach().double()
