@@ -101,7 +101,7 @@ def _zip_reader(path: Path) -> tuple[int, FileReader]:
     total = path.stat().st_size
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError) as exc:
         raise InputError(path, f"not a {KIND} (a zip bundle of meta.json and WebP images): {exc}") from None
     members = {info.filename: info for info in archive.infolist()}
 
@@ -157,7 +157,10 @@ def _numbers(path: Path, value, length: int, what: str) -> np.ndarray:
     """A list of ``length`` finite numbers from meta.json (or a single number when ``length`` is 0)."""
     ok = isinstance(value, (int, float)) if length == 0 else (
         isinstance(value, list) and len(value) == length and all(isinstance(v, (int, float)) for v in value))
-    array = np.asarray(value, dtype=np.float64) if ok else None
+    try:
+        array = np.asarray(value, dtype=np.float64) if ok else None
+    except OverflowError:  # an integer beyond float64
+        array = None
     if array is None or not np.isfinite(array).all():
         raise InputError(path, f"corrupt {KIND}: meta.json {what} is not {length or 1} finite numbers")
     return array
@@ -207,8 +210,9 @@ def _means(path: Path, meta: dict, images: _Images) -> np.ndarray:
     codes = images.texels(low_name)[:, :3].astype(np.float64) + 256.0 * images.texels(high_name)[:, :3]
     low = _numbers(path, meta["means"].get("mins"), 3, "means.mins")
     span = _numbers(path, meta["means"].get("maxs"), 3, "means.maxs") - low
-    logs = low + np.where(span != 0, span, 1.0) * codes / 65535.0
-    return np.sign(logs) * np.expm1(np.abs(logs))
+    with np.errstate(over="ignore", invalid="ignore"):  # huge bounds: infinite positions, refused by name later
+        logs = low + np.where(span != 0, span, 1.0) * codes / 65535.0
+        return np.sign(logs) * np.expm1(np.abs(logs))
 
 
 def _quats(path: Path, meta: dict, images: _Images) -> np.ndarray:
@@ -245,7 +249,7 @@ def _sh_rest(path: Path, meta: dict, images: _Images) -> np.ndarray:
         palette = MAX_PALETTE
     else:
         bands = meta["shN"].get("bands")
-        if bands not in SH_COEFFICIENTS:
+        if not isinstance(bands, int) or bands not in SH_COEFFICIENTS:
             raise InputError(path, f"corrupt {KIND}: meta.json shN.bands is {bands!r} (1, 2 or 3)")
         coefficients = SH_COEFFICIENTS[bands]
         palette = _integer(path, meta["shN"].get("count"), "shN.count")

@@ -179,3 +179,45 @@ def test_damaged_files_end_in_one_line_naming_file_and_format(tmp_path, case):
     with pytest.raises(InputError, match=message) as error:
         load_splats(path, IDENTITY)
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value) and "SOG" in str(error.value)
+
+
+def check_scene(splats) -> None:
+    n = len(splats["means"])
+    assert n > 0 and splats["sh0"].shape == (n, 1, 3) and splats["shN"].shape[0] == n
+    assert all(torch.isfinite(value).all() for value in splats.values())
+    assert (splats["quats"].abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize("target", ["meta", "bytes", "image"])
+def test_fuzz_load_sog(tmp_path, target):
+    """Mutated meta.json values, bundle bytes or image bytes end in an InputError or a finite scene."""
+    import random
+
+    from tests.fuzzing import cases, fuzz, mutate_bytes, mutate_json
+
+    path = tmp_path / "scene.sog"
+    save_sog(path, scene_splats(n=40, sh_degree=2), IDENTITY)
+    original = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+
+    def bundle(files: dict[str, bytes]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+        return buffer.getvalue()
+
+    def run_case(rng: random.Random):
+        if target == "meta":
+            text = mutate_json(json.loads(members["meta.json"]), rng)
+            path.write_bytes(bundle(dict(members, **{"meta.json": text.encode("utf-8", errors="surrogatepass")})))
+        elif target == "image":
+            name = rng.choice([name for name in members if name.endswith(".webp")])
+            path.write_bytes(bundle(dict(members, **{name: mutate_bytes(members[name], rng)})))
+        else:
+            path.write_bytes(mutate_bytes(original, rng))
+        return load_splats(path, IDENTITY)
+
+    fuzz(f"load_sog ({target})", cases(), 70 + ["meta", "bytes", "image"].index(target), run_case,
+         check_scene).assert_clean()

@@ -77,3 +77,24 @@ def test_spec_bytes_decode_to_the_spec_values_in_the_ply_frame(tmp_path, version
     flip = torch.diag(torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64))
     covariance = _quat_scale_to_covar_preci(splats["quats"], scales, triu=False)[0][0]
     torch.testing.assert_close(covariance, flip @ file_covariance @ flip, atol=1e-2 * float(scales.max() ** 2), rtol=0)
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_fuzz_load_spz(tmp_path, version):
+    """Mutated SPZ bytes (version 4: the plain header and table too) end in an InputError or a finite scene."""
+    import random
+
+    from splat2splat.gaussians.formats import save_splats
+    from tests.fuzzing import cases, fuzz, mutate_bytes
+    from tests.gaussians.formats.test_formats import scene_splats
+    from tests.gaussians.formats.test_sog import check_scene
+
+    path = tmp_path / "scene.spz"
+    save_splats(path, scene_splats(n=40, sh_degree=2), SceneNormalization(), "spz", spz_version=version)
+    original = path.read_bytes()
+
+    def run_case(rng: random.Random):
+        path.write_bytes(mutate_bytes(original, rng))
+        return load_splats(path, SceneNormalization())
+
+    fuzz(f"load_spz (version {version})", cases(), 80 + version, run_case, check_scene).assert_clean()
