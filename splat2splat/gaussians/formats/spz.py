@@ -7,8 +7,8 @@ fractionalBits, uint8 flags (0x1 = trained with antialiasing; ignored: we render
 
 Version 4 (splat-transform's default): a plain 32-byte header (magic, version, numPoints, shDegree,
 fractionalBits, flags, uint8 numStreams, uint32 tocByteOffset, 12 reserved bytes), extension records up to
-``tocByteOffset`` when flags & 0x2 (``u32 type, u32 length, payload``; only Adobe's coordinate-system record
-changes the data, and RUB / RDF are the systems read), a table of ``numStreams`` x (u64 compressed size, u64
+``tocByteOffset`` when flags & 0x2 (``u32 type, u32 length, payload``; skipped, except that Adobe's
+coordinate-system record must say RUB, the default), a table of ``numStreams`` x (u64 compressed size, u64
 size), then one zstd frame per non-empty block below (no SH block at degree 0).
 
 The blocks, each for all Gaussians in turn:
@@ -103,7 +103,8 @@ def load_spz(path: str | Path, normalization: SceneNormalization,
 
 
 def _decompress(path: Path) -> bytes:
-    """The file as a version 1-3 gzip stream decompresses: header and attribute blocks, checked."""
+    """The 16-byte header and the attribute blocks, checked, as a version 1-3 gzip stream holds them (a
+    version-4 file is brought to the same form)."""
     raw = path.read_bytes()
     if raw[:4] == b"NGSP":
         return _read_ngsp(path, raw)
@@ -205,9 +206,7 @@ def _block_sizes(version: int, n: int, degree: int) -> dict[str, int]:
 
 
 def _bytes_per_gaussian(version: int, degree: int) -> int:
-    position = 6 if version == 1 else 9
-    rotation = 4 if version >= 3 else 3
-    return position + 1 + 3 + 3 + rotation + 3 * SH_COEFFICIENTS[degree]
+    return sum(_block_sizes(version, 1, degree).values())
 
 
 def _split_blocks(path: Path, data: bytes, version: int, n: int, degree: int) -> dict[str, bytes]:

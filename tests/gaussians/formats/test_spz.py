@@ -79,6 +79,22 @@ def test_spec_bytes_decode_to_the_spec_values_in_the_ply_frame(tmp_path, version
     torch.testing.assert_close(covariance, flip @ file_covariance @ flip, atol=1e-2 * float(scales.max() ** 2), rtol=0)
 
 
+@pytest.mark.parametrize("degree", [0, 3])
+def test_version_4_has_one_stream_per_non_empty_block(tmp_path, degree):
+    from splat2splat.gaussians.formats import save_splats
+    from tests.gaussians.formats.test_formats import scene_splats
+
+    splats = scene_splats(n=10, sh_degree=degree)
+    save_splats(tmp_path / "s.spz", splats, SceneNormalization(), "spz")
+    data = (tmp_path / "s.spz").read_bytes()
+    magic, version, n, file_degree, bits, flags, streams, toc = struct.unpack_from("<IIIBBBBI12x", data)
+    assert (magic, version, n, file_degree, bits, flags, toc) == (0x5053474E, 4, 10, degree, 12, 0, 32)
+    assert streams == (5 if degree == 0 else 6)  # positions, alphas, colours, scales, rotations (, SH)
+    sizes = [struct.unpack_from("<QQ", data, 32 + 16 * k)[1] for k in range(streams)]
+    assert sizes == [90, 10, 30, 30, 40] + ([450] if degree else [])
+    assert load_splats(tmp_path / "s.spz", SceneNormalization())["shN"].shape == (10, (degree + 1) ** 2 - 1, 3)
+
+
 @pytest.mark.parametrize("version", [3, 4])
 def test_fuzz_load_spz(tmp_path, version):
     """Mutated SPZ bytes (version 4: the plain header and table too) end in an InputError or a finite scene."""
