@@ -59,6 +59,8 @@ KMEANS_ITERATIONS = 10  # splat-transform's default
 KMEANS_CHUNK = 4096  # Gaussians per distance block (x palette size floats)
 
 FileReader = Callable[[str], bytes]
+FileSize = Callable[[str], int]
+SECTIONS = {"means": 2, "scales": 1, "quats": 1, "sh0": 1, "shN": 2}  # meta.json section -> images it names
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -69,11 +71,11 @@ def load_sog(path: str | Path, normalization: SceneNormalization,
     """Read a ``.sog`` bundle or an unbundled ``meta.json`` into the normalised frame; problems are one
     InputError line naming the file."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
-        total, read = _folder_reader(path)
-    else:
-        total, read = _zip_reader(path)
-    meta = _parse_json(path, read(META if path.suffix.lower() != ".json" else path.name))
+    bundled = path.suffix.lower() != ".json"
+    read, size = _zip_reader(path) if bundled else _folder_reader(path)
+    meta = _parse_json(path, read(META if bundled else path.name))
+    total = size(META if bundled else path.name) + sum(
+        size(name) for key, images in SECTIONS.items() if key in meta for name in _files(path, meta, key, images))
     version = meta.get("version")
     if version not in (None, 2):
         raise InputError(path, f"{KIND} meta version {version!r} is not supported (readable: 1, 2)")
@@ -97,7 +99,7 @@ def load_sog(path: str | Path, normalization: SceneNormalization,
     return splats_from_arrays(path, KIND, arrays, normalization, frame_transform)
 
 
-def _zip_reader(path: Path) -> tuple[int, FileReader]:
+def _zip_reader(path: Path) -> tuple[FileReader, FileSize]:
     total = path.stat().st_size
     try:
         archive = zipfile.ZipFile(path)
@@ -117,21 +119,28 @@ def _zip_reader(path: Path) -> tuple[int, FileReader]:
             return archive.read(info)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
             raise InputError(path, f"truncated or corrupt {KIND}: {name!r} cannot be read ({exc})") from None
-    return total, read
+
+    def size(name: str) -> int:  # as stored (what the bundle's bytes hold)
+        if name not in members:
+            raise InputError(path, f"truncated or corrupt {KIND}: the bundle has no {name!r}")
+        return members[name].compress_size
+    return read, size
 
 
-def _folder_reader(meta_path: Path) -> tuple[int, FileReader]:
+def _folder_reader(meta_path: Path) -> tuple[FileReader, FileSize]:
     """The unbundled form: meta.json names images beside it (plain names only, nothing outside the folder)."""
     folder = meta_path.parent
 
-    def read(name: str) -> bytes:
-        file = folder / name
-        if not file.is_file():
+    def size(name: str) -> int:
+        if not (folder / name).is_file():
             raise InputError(meta_path, f"{KIND}: {name!r}, which meta.json names, is not beside it")
-        if name != meta_path.name and file.stat().st_size > MAX_META_BYTES << 4:
-            raise InputError(meta_path, f"{KIND}: {name!r} is {file.stat().st_size} bytes, too large for an image")
-        return file.read_bytes()
-    return meta_path.stat().st_size, read
+        return (folder / name).stat().st_size
+
+    def read(name: str) -> bytes:
+        if size(name) > (MAX_META_BYTES if name == meta_path.name else MAX_META_BYTES << 4):
+            raise InputError(meta_path, f"{KIND}: {name!r} is {size(name)} bytes, too large")
+        return (folder / name).read_bytes()
+    return read, size
 
 
 def _parse_json(path: Path, raw: bytes) -> dict:
@@ -183,7 +192,7 @@ class _Images:
         self.path, self.read, self.count, self.cache = path, read, count, {}
 
     def rgba(self, name: str, least: int, most: int) -> np.ndarray:
-        """The image as [texels, 4] uint8, holding ``least`` to ``most`` texels."""
+        """The image as [height, width, 4] uint8; it must hold ``least`` to ``most`` texels."""
         if name not in self.cache:
             try:
                 with Image.open(io.BytesIO(self.read(name))) as image:
