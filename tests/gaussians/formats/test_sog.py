@@ -78,6 +78,17 @@ def test_a_full_palette_is_fitted_by_k_means(tmp_path):
     assert error < 1.3 * 0.01 ** 2, error
 
 
+@pytest.mark.parametrize("members, size", [([5, 0, 7, 0, 1000, 3], 64), ([1] * 10, 10), ([0, 0, 9], 5),
+                                           ([123456, 7, 0, 99999], 32768)])
+def test_palette_shares_fill_the_palette_and_skip_empty_groups(members, size):
+    from splat2splat.gaussians.formats.sog import _shares
+
+    shares = _shares(torch.tensor(members), size)
+    assert int(shares.sum()) == size and ((shares > 0) == (torch.tensor(members) > 0)).all()
+    big = torch.tensor(members).argmax()
+    assert shares[big] == shares.max()  # in proportion to the members
+
+
 def test_degree_0_has_no_sh_images_and_other_formats_read_it(tmp_path):
     splats = scene_splats(n=50, sh_degree=0)
     save_splats(tmp_path / "scene.sog", splats, IDENTITY, "sog")
