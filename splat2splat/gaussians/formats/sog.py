@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, features
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
@@ -71,6 +71,7 @@ def load_sog(path: str | Path, normalization: SceneNormalization,
     """Read a ``.sog`` bundle or an unbundled ``meta.json`` into the normalised frame; problems are one
     InputError line naming the file."""
     path = Path(path)
+    _require_webp(path)
     bundled = path.suffix.lower() != ".json"
     read, size = _zip_reader(path) if bundled else _folder_reader(path)
     meta = _parse_json(path, read(META if bundled else path.name))
@@ -97,6 +98,12 @@ def load_sog(path: str | Path, normalization: SceneNormalization,
         arrays["opacities"] = opacity_logits(images.texels(_files(path, meta, "sh0", 1)[0])[:, 3] / 255.0)
     arrays["shN"] = _sh_rest(path, meta, images) if "shN" in meta else np.zeros((count, 0, 3))
     return splats_from_arrays(path, KIND, arrays, normalization, frame_transform)
+
+
+def _require_webp(path: Path) -> None:
+    if not features.check("webp"):
+        raise InputError(path, f"{KIND}: this Pillow was built without WebP; reinstall Pillow from PyPI (its wheels "
+                               f"include WebP)")
 
 
 def _zip_reader(path: Path) -> tuple[FileReader, FileSize]:
@@ -292,6 +299,7 @@ def save_sog(path: str | Path, splats: dict[str, torch.Tensor], normalization: S
     meta.json with its images beside it. ``palette_size``: SH palette entries (default: splat-transform's
     choice for the Gaussian count). Returns the Gaussian count."""
     path = Path(path)
+    _require_webp(path)
     arrays = arrays_for_export(path, splats, normalization, sh_degree, frame_transform)
     order = morton_order(arrays["means"])
     arrays = {name: value[order] for name, value in arrays.items()}

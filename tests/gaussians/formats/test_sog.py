@@ -89,6 +89,17 @@ def test_palette_shares_fill_the_palette_and_skip_empty_groups(members, size):
     assert shares[big] == shares.max()  # in proportion to the members
 
 
+def test_a_pillow_without_webp_is_one_line_both_ways(tmp_path, monkeypatch):
+    from PIL import features
+
+    monkeypatch.setattr(features, "check", lambda name: name != "webp")
+    for action in (lambda: save_sog(tmp_path / "s.sog", scene_splats(n=5), IDENTITY),
+                   lambda: load_splats(tmp_path / "s.sog", IDENTITY)):
+        (tmp_path / "s.sog").write_bytes(b"x")
+        with pytest.raises(InputError, match="Pillow was built without WebP"):
+            action()
+
+
 def test_degree_0_has_no_sh_images_and_other_formats_read_it(tmp_path):
     splats = scene_splats(n=50, sh_degree=0)
     save_splats(tmp_path / "scene.sog", splats, IDENTITY, "sog")
