@@ -177,7 +177,7 @@ def _numbers(path: Path, value, length: int, what: str) -> np.ndarray:
         array = np.asarray(value, dtype=np.float64) if ok else None
     except OverflowError:  # an integer beyond float64
         array = None
-    if array is None or not np.isfinite(array).all():
+    if array is None or not (np.abs(array) <= np.finfo(np.float32).max).all():  # scenes are float32; NaN fails
         raise InputError(path, f"corrupt {KIND}: meta.json {what} is not {length or 1} finite numbers")
     return array
 
