@@ -170,6 +170,8 @@ def run(cmd: ExportCommand) -> dict:
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
     checkpoint = read_scene_checkpoint(cmd.scene)
     summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}
+    if "spz" in cmd.formats:
+        summary["spz_version"] = cmd.spz_version
     if checkpoint is not None and checkpoint["backend"] != "gaussian":
         summary["files"] = export_other_backend(cmd, checkpoint)
     else:

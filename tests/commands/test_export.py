@@ -249,7 +249,8 @@ def test_spz_is_version_4_unless_version_3_is_asked_for(trained, tmp_path):
     source = tmp_path / "scene.ply"
     save_ply(source, backend.splats, dataset.normalization)
     run_export(ExportCommand(scene=source, output=tmp_path / "v4", formats=("spz",)))
-    run_export(ExportCommand(scene=source, output=tmp_path / "v3", formats=("spz",), spz_version=3))
+    summary = run_export(ExportCommand(scene=source, output=tmp_path / "v3", formats=("spz",), spz_version=3))
+    assert summary["spz_version"] == 3
     assert (tmp_path / "v4" / "scene.spz").read_bytes()[:8] == b"NGSP\x04\x00\x00\x00"
     assert (tmp_path / "v3" / "scene.spz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
     for version in ("v3", "v4"):
