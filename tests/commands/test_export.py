@@ -258,3 +258,13 @@ def test_spz_is_version_4_unless_version_3_is_asked_for(trained, tmp_path):
         assert len(loaded["means"]) == len(backend.splats["means"])
     with pytest.raises(InputError, match="--spz-version 3 applies to --formats spz"):
         run_export(ExportCommand(scene=source, output=tmp_path / "no", formats=("ply",), spz_version=3))
+
+
+def test_sog_export_reloads(trained, tmp_path):
+    path, backend, dataset = trained
+    summary = run_export(ExportCommand(scene=path, output=tmp_path, formats=("sog",), sh_degree=1))
+    assert summary["files"] == {"sog": str(tmp_path / "scene.sog")}
+    reloaded = load_scene(tmp_path / "scene.sog", dataset, device="cpu").splats
+    assert len(reloaded["means"]) == len(backend.splats["means"]) and reloaded["shN"].shape[1] == 3
+    closest = torch.cdist(reloaded["means"].detach(), backend.splats["means"].detach()).min(dim=1).values
+    assert closest.max() < 1e-2  # 16-bit positions, back in the normalised frame
