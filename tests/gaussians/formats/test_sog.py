@@ -243,3 +243,51 @@ def test_fuzz_load_sog(tmp_path, target):
 
     fuzz(f"load_sog ({target})", cases(), 70 + ["meta", "bytes", "image"].index(target), run_case,
          check_scene).assert_clean()
+
+
+def test_meta_version_1_decodes_to_its_spec_values(tmp_path):
+    """A legacy (version 1) bundle built byte by byte: per-channel mins..maxs instead of codebooks."""
+    def texels(rows: list[list[int]]) -> np.ndarray:
+        rgba = np.full((16, 4), 255, dtype=np.uint8)
+        rgba[:len(rows), :len(rows[0])] = rows
+        return rgba.reshape(4, 4, 4)
+
+    centroids = np.zeros((1, 192, 4), dtype=np.uint8)  # 64 entries x 3 coefficients: SH band 1
+    centroids[0, 3:6, :3] = [[0, 255, 51], [102, 153, 204], [255, 0, 0]]  # entry 1
+    centroids[..., 3] = 255
+    files = {
+        "means_l.webp": webp(texels([[0, 0, 0], [255, 255, 255], [0, 0, 0]])),
+        "means_u.webp": webp(texels([[0, 0, 0], [255, 255, 255], [128, 0, 0]])),
+        "quats.webp": webp(texels([[128, 128, 128, 255], [255, 128, 128, 252], [128, 0, 128, 253]])),
+        "scales.webp": webp(texels([[0, 255, 51], [0, 0, 0], [255, 255, 255]])),
+        "sh0.webp": webp(texels([[0, 255, 51, 255], [0, 0, 0, 0], [255, 255, 255, 51]])),
+        "shN_centroids.webp": webp(centroids),
+        "shN_labels.webp": webp(texels([[1, 0, 0], [1, 0, 0], [0, 0, 0]])),
+        "meta.json": json.dumps({
+            "means": {"shape": [3, 3], "mins": [-1.0, -1.0, -1.0], "maxs": [1.0, 1.0, 1.0],
+                      "files": ["means_l.webp", "means_u.webp"]},
+            "scales": {"mins": [-5.0, -4.0, -3.0], "maxs": [0.0, 1.0, 2.0], "files": ["scales.webp"]},
+            "quats": {"files": ["quats.webp"]},
+            "sh0": {"mins": [-2.0, -2.0, -2.0, -6.0], "maxs": [2.0, 2.0, 2.0, 4.0], "files": ["sh0.webp"]},
+            "shN": {"mins": -1.0, "maxs": 1.0, "files": ["shN_centroids.webp", "shN_labels.webp"]},
+        }).encode(),
+    }
+    path = tmp_path / "legacy.sog"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    splats = {key: value.detach().double() for key, value in load_splats(path, IDENTITY).items()}
+    # Means: 16-bit codes over the log-transformed box, sign(l) * (exp|l| - 1) back.
+    logs = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0], [-1 + 2 * (128 * 256) / 65535, -1.0, -1.0]])
+    torch.testing.assert_close(splats["means"], torch.sign(logs).double() * torch.expm1(logs.abs()).double())
+    torch.testing.assert_close(splats["scales"][0], torch.tensor([-5.0, 1.0, -3.0 + 5.0 * 51 / 255]).double())
+    torch.testing.assert_close(splats["sh0"][0, 0], torch.tensor([-2.0, 2.0, -2.0 + 4.0 * 51 / 255]).double())
+    torch.testing.assert_close(splats["opacities"], torch.tensor([4.0, -6.0, -6.0 + 10.0 * 51 / 255]).double())
+    # Quaternions (w, x, y, z): tag 252 + index of the largest; the others (byte / 255 * 2 - 1) / sqrt2.
+    small, half = (128 / 255 * 2 - 1) / math.sqrt(2), math.sqrt(0.5)  # bytes 128 and 255 / 0
+    largest = math.sqrt(1 - half ** 2 - 2 * small ** 2)
+    torch.testing.assert_close(splats["quats"][1], torch.tensor([largest, half, small, small]).double())  # tag 252
+    torch.testing.assert_close(splats["quats"][2], torch.tensor([small, largest, -half, small]).double())  # 253
+    expected_sh = torch.tensor([[0, 255, 51], [102, 153, 204], [255, 0, 0]]).double() / 255 * 2 - 1
+    torch.testing.assert_close(splats["shN"][0], expected_sh)
+    torch.testing.assert_close(splats["shN"][2], torch.full((3, 3), -1.0).double())  # entry 0: all zero bytes
