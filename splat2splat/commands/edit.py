@@ -48,6 +48,10 @@ def preset_argument(args: list[str]) -> str | None:
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
     """Run (or resume) the edit; ``editor``/``lpips``/``on_step`` are for tests and benchmarks. Under
     ``torchrun --nproc-per-node N`` rank 0 trains and ranks 1..N-1 edit (:mod:`splat2splat.edit.distributed`)."""
+    if cmd.viewer:  # refused before any work (command.json, models) when the optional extra is missing
+        from splat2splat.viewer import require_viser
+
+        require_viser()
     if editor is None and launched_with_several_processes():
         from splat2splat.edit.distributed import edit_on_ranks
 

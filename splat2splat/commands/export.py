@@ -5,7 +5,10 @@ Formats (what each keeps: :mod:`splat2splat.gaussians.formats`):
 * ``ply``: INRIA 3DGS PLY (``scene.ply``), read by every Gaussian-splatting viewer and by ``--scene``;
 * ``splat``: antimatter15's ``.splat`` (``scene.splat``), 32 bytes per Gaussian, colour only;
 * ``ply_compressed``: PlayCanvas / SuperSplat compressed PLY (``scene.compressed.ply``), about 4x smaller;
-* ``spz``: Niantic's SPZ version 3 (``scene.spz``), about 10x smaller;
+* ``spz``: Niantic's SPZ (``scene.spz``), about 10x smaller: version 4 (zstd), or 3 (gzip) with ``--spz-version 3``
+  for viewers that predate version 4;
+* ``sog``: PlayCanvas SOG (``scene.sog``), lossless WebP images in a zip, what SuperSplat publishes (5x smaller
+  than PLY on a 2000-Gaussian scene; the SH palette is shared, so more on large ones);
 * ``points``: a coloured point cloud (``point_cloud.ply``): Gaussian centres with their base colour, or,
   for a NeRF checkpoint, the NeRF's surface points plus renders of the eval views (its own export).
 
@@ -14,7 +17,7 @@ A checkpoint keeps its Gaussians in the normalised frame; ``--frame`` picks the 
 -- rotating means, Gaussians and SH colours), ``dataset`` (the frame of the dataset's poses, e.g.
 transforms.json) or ``normalized`` (the training frame). Normalisation and frame transform come from the
 dataset (``--data``, default the one the checkpoint names), recomputed from its cameras exactly as training
-did. A scene FILE (.ply, .splat, .spz) is converted in its own frame and needs no dataset.
+did. A scene FILE (.ply, .splat, .spz, .sog, meta.json) is converted in its own frame and needs no dataset.
 """
 
 from __future__ import annotations
@@ -35,20 +38,21 @@ from splat2splat.io import write_json, write_point_ply
 from splat2splat.checkpoint import backend_from_checkpoint
 from splat2splat.scene_loading import dataset_frames, dataset_path_for, downscale_for, read_scene_checkpoint
 
-ExportFormat = Literal["ply", "splat", "ply_compressed", "spz", "points"]
+ExportFormat = Literal["ply", "splat", "ply_compressed", "spz", "sog", "points"]
 ExportFrame = Literal["original", "dataset", "normalized"]
 FILE_NAMES: dict[str, str] = {"ply": "scene.ply", "splat": "scene.splat", "ply_compressed": "scene.compressed.ply",
-                              "spz": "scene.spz", "points": "point_cloud.ply"}
-GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz")
+                              "spz": "scene.spz", "sog": "scene.sog", "points": "point_cloud.ply"}
+GAUSSIAN_ONLY_FORMATS = ("ply", "splat", "ply_compressed", "spz", "sog")
 
 
 @dataclass
 class ExportCommand:
-    """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ (optionally pruned, cropped, fewer SH bands)."""
+    """Export a Gaussian scene as PLY / .splat / compressed PLY / SPZ / SOG (optionally pruned, cropped, fewer SH
+    bands)."""
 
     scene: Path
     """The scene: a splat2splat checkpoint (.pt / .ckpt) or a Gaussian-splatting file (.ply, compressed .ply,
-    .splat, .spz)."""
+    .splat, .spz, .sog or a SOG's meta.json)."""
     output: Path = Path("outputs/export")
     """Folder for the exported files and export.json."""
     data: Path | None = None
@@ -56,7 +60,7 @@ class ExportCommand:
     ignored for a scene file, which is converted in its own frame."""
     formats: tuple[ExportFormat, ...] = ("ply", "splat")
     """Files to write: ply (INRIA 3DGS), splat (antimatter15), ply_compressed (SuperSplat), spz (Niantic),
-    points (point cloud)."""
+    sog (PlayCanvas SOG bundle), points (point cloud)."""
     frame: ExportFrame = "original"
     """World frame of a checkpoint's files: original (the capture's, e.g. COLMAP's: undoes nerfstudio's
     applied_transform), dataset (the dataset's poses, e.g. transforms.json) or normalized (training frame)."""
@@ -72,6 +76,9 @@ class ExportCommand:
     """Image downscale for a NeRF's renders (default: the checkpoint's training downscale)."""
     device: str = "auto"
     """Device a NeRF checkpoint renders on ('cuda', 'cpu' or 'auto')."""
+    spz_version: Literal[3, 4] = 4
+    """SPZ version --formats spz writes: 4 (zstd streams; Niantic's and splat-transform's default) or 3 (one
+    gzip stream, for viewers that predate version 4)."""
 
 
 def check_formats(formats: tuple[str, ...]) -> None:
@@ -80,6 +87,11 @@ def check_formats(formats: tuple[str, ...]) -> None:
     unknown = [f for f in formats if f not in FILE_NAMES]
     if unknown:
         raise InputError(None, f"unknown export format {unknown[0]!r}: use {', '.join(FILE_NAMES)}")
+
+
+def check_spz_version(cmd: ExportCommand) -> None:
+    if cmd.spz_version != 4 and "spz" not in cmd.formats:
+        raise InputError(None, f"--spz-version {cmd.spz_version} applies to --formats spz, which is not asked for")
 
 
 def check_not_overwriting(scene: Path, output_files: list[Path]) -> None:
@@ -128,7 +140,7 @@ def export_gaussians(cmd: ExportCommand, splats: dict[str, torch.Tensor]) -> dic
         if name == "points":
             write_point_cloud(path, splats, SceneNormalization())
         else:
-            save_splats(path, splats, SceneNormalization(), name, cmd.sh_degree)
+            save_splats(path, splats, SceneNormalization(), name, cmd.sh_degree, spz_version=cmd.spz_version)
         written[name] = str(path)
     return written
 
@@ -154,9 +166,12 @@ def export_other_backend(cmd: ExportCommand, checkpoint: dict) -> dict[str, list
 def run(cmd: ExportCommand) -> dict:
     """Export the scene; returns what export.json holds."""
     check_formats(cmd.formats)
+    check_spz_version(cmd)
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
     checkpoint = read_scene_checkpoint(cmd.scene)
     summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}
+    if "spz" in cmd.formats:
+        summary["spz_version"] = cmd.spz_version
     if checkpoint is not None and checkpoint["backend"] != "gaussian":
         summary["files"] = export_other_backend(cmd, checkpoint)
     else:

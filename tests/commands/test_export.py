@@ -242,3 +242,29 @@ def test_original_frame_export_renders_like_the_scene_seen_from_the_original_cam
     reloaded = load_scene(tmp_path / "scene.ply", dataset, device="cpu")
     for got, want in zip(reloaded.render(dataset.cameras), expected):
         assert (got - want).abs().max() < 1e-3
+
+
+def test_spz_is_version_4_unless_version_3_is_asked_for(trained, tmp_path):
+    _, backend, dataset = trained
+    source = tmp_path / "scene.ply"
+    save_ply(source, backend.splats, dataset.normalization)
+    run_export(ExportCommand(scene=source, output=tmp_path / "v4", formats=("spz",)))
+    summary = run_export(ExportCommand(scene=source, output=tmp_path / "v3", formats=("spz",), spz_version=3))
+    assert summary["spz_version"] == 3
+    assert (tmp_path / "v4" / "scene.spz").read_bytes()[:8] == b"NGSP\x04\x00\x00\x00"
+    assert (tmp_path / "v3" / "scene.spz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
+    for version in ("v3", "v4"):
+        loaded = load_scene(tmp_path / version / "scene.spz", dataset, device="cpu").splats
+        assert len(loaded["means"]) == len(backend.splats["means"])
+    with pytest.raises(InputError, match="--spz-version 3 applies to --formats spz"):
+        run_export(ExportCommand(scene=source, output=tmp_path / "no", formats=("ply",), spz_version=3))
+
+
+def test_sog_export_reloads(trained, tmp_path):
+    path, backend, dataset = trained
+    summary = run_export(ExportCommand(scene=path, output=tmp_path, formats=("sog",), sh_degree=1))
+    assert summary["files"] == {"sog": str(tmp_path / "scene.sog")}
+    reloaded = load_scene(tmp_path / "scene.sog", dataset, device="cpu").splats
+    assert len(reloaded["means"]) == len(backend.splats["means"]) and reloaded["shN"].shape[1] == 3
+    closest = torch.cdist(reloaded["means"].detach(), backend.splats["means"].detach()).min(dim=1).values
+    assert closest.max() < 1e-2  # 16-bit positions, back in the normalised frame

@@ -16,9 +16,14 @@ antimatter15       ``.splat``             positions and linear scales float32; c
                                            [0, 1] (f_dc in [-1.77, 1.77]); opacity 8 bits; rotation 4x8
                                            bits; NO view-dependent SH
 Niantic SPZ         ``.spz``               positions 24-bit fixed point (1/4096 units up to +-2048);
-(v1-3 read, v3                             log-scales 8 bits over [-10, 5.94]; rotation 2+3x10 bits;
-written)                                   f_dc 8 bits over [-3.33, 3.33]; opacity 8 bits; SH 1-3 over
-                                           [-1, 1] with 5 bits (band 1) / 4 bits (bands 2-3); gzip
+(v1-4 read, v4                             log-scales 8 bits over [-10, 5.94]; rotation 2+3x10 bits;
+written, v3 on                             f_dc 8 bits over [-3.33, 3.33]; opacity 8 bits; SH 1-3 over
+request)                                   [-1, 1] with 5 bits (band 1) / 4 bits (bands 2-3); zstd (v4) or
+                                           gzip (v1-3)
+PlayCanvas SOG      ``.sog`` (zip) or      positions 16 bits of the log-transformed box (finer near the
+(meta v1-2 read,    ``meta.json`` + WebP   origin); rotation 3x8 bits + index; log-scales and f_dc: one of
+v2 written)                                256 fitted values each; opacity 8 bits; SH 1-3: one of up to
+                                           65536 palette vectors (k-means) of 256 fitted values
 ==================  =====================  ==============================================================
 
 All values are rounded to the nearest code when written. An 8-bit opacity of 0 or 255 decodes to an
@@ -42,10 +47,11 @@ import torch
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
 
-SplatFormat = Literal["ply", "ply_compressed", "splat", "spz"]
-# Suffix -> format; ".ply" is INRIA or compressed by header.
-SCENE_FILE_SUFFIXES = (".ply", ".splat", ".spz")
-FORMAT_NAMES = {"ply": "INRIA PLY", "ply_compressed": "compressed PLY", "splat": ".splat file", "spz": "SPZ file"}
+SplatFormat = Literal["ply", "ply_compressed", "splat", "spz", "sog"]
+# Suffix -> format; ".ply" is INRIA or compressed by header; ".json" is an unbundled SOG's meta.json.
+SCENE_FILE_SUFFIXES = (".ply", ".splat", ".spz", ".sog", ".json")
+FORMAT_NAMES = {"ply": "INRIA PLY", "ply_compressed": "compressed PLY", "splat": ".splat file", "spz": "SPZ file",
+                "sog": "SOG file"}
 
 
 def splat_file_format(path: str | Path) -> SplatFormat:
@@ -58,6 +64,8 @@ def splat_file_format(path: str | Path) -> SplatFormat:
         return "splat"
     if suffix == ".spz":
         return "spz"
+    if suffix in (".sog", ".json"):
+        return "sog"
     from splat2splat.gaussians.formats.compressed_ply import is_compressed_ply
 
     return "ply_compressed" if path.is_file() and is_compressed_ply(path) else "ply"
@@ -65,7 +73,8 @@ def splat_file_format(path: str | Path) -> SplatFormat:
 
 def load_splats(path: str | Path, normalization: SceneNormalization,
                 frame_transform: torch.Tensor | None = None) -> torch.nn.ParameterDict:
-    """Read an INRIA PLY, compressed PLY, ``.splat`` or ``.spz`` into trainable Parameters (normalised frame)."""
+    """Read an INRIA PLY, compressed PLY, ``.splat``, ``.spz`` or SOG (``.sog`` / ``meta.json``) into trainable
+    Parameters (normalised frame)."""
     path = Path(path)
     fmt = splat_file_format(path)
     if not path.exists():
@@ -78,15 +87,18 @@ def load_splats(path: str | Path, normalization: SceneNormalization,
         from splat2splat.gaussians.formats.compressed_ply import load_compressed_ply as load
     elif fmt == "splat":
         from splat2splat.gaussians.formats.splat_file import load_splat_file as load
-    else:
+    elif fmt == "spz":
         from splat2splat.gaussians.formats.spz import load_spz as load
+    else:
+        from splat2splat.gaussians.formats.sog import load_sog as load
     return load(path, normalization, frame_transform)
 
 
 def save_splats(path: str | Path, splats: dict[str, torch.Tensor], normalization: SceneNormalization,
-                fmt: SplatFormat, sh_degree: int | None = None, frame_transform: torch.Tensor | None = None) -> int:
-    """Write ``splats`` in ``fmt`` atomically (``.splat`` keeps SH degree 0 whatever ``sh_degree``); returns
-    the number of Gaussians written."""
+                fmt: SplatFormat, sh_degree: int | None = None, frame_transform: torch.Tensor | None = None,
+                *, spz_version: int = 4) -> int:
+    """Write ``splats`` in ``fmt`` atomically (``.splat`` keeps SH degree 0 whatever ``sh_degree``; SPZ is
+    written as ``spz_version``, 4 or 3); returns the number of Gaussians written."""
     if fmt == "ply":
         from splat2splat.gaussians.ply import save_ply
 
@@ -102,5 +114,9 @@ def save_splats(path: str | Path, splats: dict[str, torch.Tensor], normalization
     if fmt == "spz":
         from splat2splat.gaussians.formats.spz import save_spz
 
-        return save_spz(path, splats, normalization, sh_degree, frame_transform)
+        return save_spz(path, splats, normalization, sh_degree, frame_transform, version=spz_version)
+    if fmt == "sog":
+        from splat2splat.gaussians.formats.sog import save_sog
+
+        return save_sog(path, splats, normalization, sh_degree, frame_transform)
     raise ValueError(f"unknown Gaussian-scene format {fmt!r}")

@@ -20,7 +20,8 @@ from splat2splat.gaussians.model import SH_C0
 from splat2splat.gaussians.ply import OPACITY_LOGIT_LIMIT
 
 NORMALIZATION = SceneNormalization(center=(1.5, -2.0, 0.25), scale=0.4)
-FILE_NAMES = {"ply": "scene.ply", "ply_compressed": "scene.compressed.ply", "splat": "scene.splat", "spz": "scene.spz"}
+FILE_NAMES = {"ply": "scene.ply", "ply_compressed": "scene.compressed.ply", "splat": "scene.splat", "spz": "scene.spz",
+              "sog": "scene.sog"}
 
 
 def scene_splats(n: int = 600, sh_degree: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -56,7 +57,7 @@ TOLERANCES = {
 }
 
 
-@pytest.mark.parametrize("fmt", list(FILE_NAMES))
+@pytest.mark.parametrize("fmt", list(TOLERANCES))  # SOG's codebooks and palette: tests/gaussians/formats/test_sog.py
 def test_every_format_round_trips_within_its_precision(tmp_path, fmt):
     splats = scene_splats()
     path = tmp_path / FILE_NAMES[fmt]
@@ -81,7 +82,7 @@ def test_every_format_round_trips_within_its_precision(tmp_path, fmt):
     assert relative.max().item() <= tolerance["cov"]
 
 
-@pytest.mark.parametrize("fmt", ["ply_compressed", "splat", "spz"])
+@pytest.mark.parametrize("fmt", ["ply_compressed", "splat", "spz", "sog"])
 def test_8_bit_opacities_of_0_and_255_load_clamped(tmp_path, fmt):
     splats = scene_splats(n=4, sh_degree=1)
     splats["opacities"] = torch.tensor([40.0, -40.0, 0.0, 1.0])  # sigmoid rounds to byte 255 and 0
@@ -116,7 +117,7 @@ def test_ply_is_told_apart_by_header_and_unknown_suffixes_are_refused(tmp_path):
 def test_a_frame_transform_is_undone_on_save_and_applied_on_load(tmp_path):
     applied = torch.tensor([[0.0, 1.0, 0.0, 2.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0], [0.0, 0.0, 0.0, 1.0]])
     splats = scene_splats(n=20, sh_degree=2)
-    for fmt in ("ply", "spz"):
+    for fmt in ("ply", "spz", "sog"):
         path = tmp_path / FILE_NAMES[fmt]
         save_splats(path, splats, NORMALIZATION, fmt, frame_transform=applied)
         in_file = load_splats(path, SceneNormalization())["means"].detach().double()
@@ -159,6 +160,28 @@ def spz_header_only(version: int, count: int, degree: int, body: bytes = b""):
     return lambda path: path.write_bytes(spz_bytes((0x5053474E, version, count, degree, 12, 0, 0), body))
 
 
+def ngsp_edit(layout: str, offset: int, value: int):
+    """A version-4 file with one field replaced."""
+    def write(path: Path) -> None:
+        write_format("spz")(path)
+        data = bytearray(path.read_bytes())
+        struct.pack_into(layout, data, offset, value)
+        path.write_bytes(bytes(data))
+    return write
+
+
+def ngsp_with_coordinate_system(code: int):
+    """A version-4 file with Adobe's coordinate-system record inserted before its table."""
+    def write(path: Path) -> None:
+        write_format("spz")(path)
+        data = bytearray(path.read_bytes())
+        record = struct.pack("<III", 0xADBE0003, 4, code)
+        data[14] |= 0x2  # flags: has extensions
+        struct.pack_into("<I", data, 16, 32 + len(record))
+        path.write_bytes(bytes(data[:32]) + record + bytes(data[32:]))
+    return write
+
+
 def nan_splat(path: Path) -> None:
     record = np.zeros(2, dtype=RECORD)
     record["scale"] = 0.1
@@ -186,8 +209,16 @@ DAMAGED = {
     "spz_truncated": ("scene.spz", cut("spz", 0.6), "SPZ file"),
     "spz_bad_magic": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x12345678, 2, 1, 0, 12, 0, 0)),),
                       "without the NGSP magic"),
-    "spz_version_4": ("scene.spz", lambda path: path.write_bytes(b"NGSP" + struct.pack("<I", 4) + bytes(24)),
-                      "version 4 .zstd streams. is not supported"),
+    "spz4_short_header": ("scene.spz", lambda path: path.write_bytes(b"NGSP" + struct.pack("<I", 4) + bytes(20)),
+                          "shorter than the version-4 header"),
+    "spz4_truncated": ("scene.spz", cut("spz", 0.6), "truncated or corrupt SPZ file"),
+    "spz4_count_lie": ("scene.spz", ngsp_edit("<I", 8, 4_000_000_000), "claims 4000000000 Gaussians"),
+    "spz4_stream_size_lie": ("scene.spz", ngsp_edit("<Q", 32 + 8, 2 ** 40), "sizes do not match"),
+    "spz4_toc_beyond_file": ("scene.spz", ngsp_edit("<I", 16, 2 ** 31), "streams with their table at byte"),
+    "spz4_damaged_zstd": ("scene.spz", ngsp_edit("<Q", 32 + 6 * 16, 0), "zstd stream"),
+    "spz4_other_frame": ("scene.spz", ngsp_with_coordinate_system(6), "coordinate system 6"),
+    "spz4_in_gzip": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 4, 1, 0, 12, 0, 0))),
+                     "version 4 inside a gzip stream"),
     "spz_version_9": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 9, 1, 0, 12, 0, 0))),
                       "SPZ file version 9 is not supported"),
     "spz_degree_4": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 3, 1, 4, 12, 0, 0))),
