@@ -11,9 +11,10 @@ import io as _io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -76,6 +77,36 @@ def finite_or_null(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_or_null(item) for item in value]
     return value
+
+
+T = TypeVar("T")
+
+
+class IndependentOutputs:
+    """Writes the outputs of finished work one by one: one that fails is reported in one line (and kept in
+    :attr:`failed` for the run's record), the others still land. Work that is done is never lost to an output."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+
+    def write(self, name: str, action: Callable[[], T]) -> T | None:
+        """``action()``, or None (with a warning line) when it fails."""
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - any output's failure, even a bug, must not lose the others
+            self.failed[name] = failure_line(error)
+            print(f"warning: {name} not written: {self.failed[name]}", file=sys.stderr)
+            return None
+
+
+def failure_line(error: BaseException) -> str:
+    """An exception as one short line; an OSError names its file."""
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 def check_output_folder(folder: str | Path, option: str = "--output") -> None:

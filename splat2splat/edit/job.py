@@ -40,7 +40,7 @@ from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.io import check_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder, write_json
 from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
@@ -246,7 +246,13 @@ class EditRun:
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
-            record = add_eval_to_run(self.job.output, record, self.job.eval, self.clip, device_name(self.job.device))
+            outputs = IndependentOutputs()
+            evaluated = outputs.write("CLIP evaluation", lambda: add_eval_to_run(
+                self.job.output, record, self.job.eval, self.clip, device_name(self.job.device)))
+            if evaluated is None:
+                record["failed_outputs"] = {**record.get("failed_outputs", {}), **outputs.failed}
+                write_json(self.job.output / "run.json", record)
+            record = evaluated or record
         return record
 
 

@@ -1,5 +1,6 @@
 """What a finished edit leaves in its run folder: the scene export, the edited images, a before/after sheet,
-a turntable video and ``run.json`` (prompt, every setting, seeds, versions, timings, metrics)."""
+a turntable video and ``run.json`` (prompt, every setting, seeds, versions, timings, metrics). Each is written
+independently: one that fails is a warning line and a ``failed_outputs`` entry of run.json, the others land."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from splat2splat.backends import config_for
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.edit.presets import preset
-from splat2splat.io import save_image, write_json
+from splat2splat.io import IndependentOutputs, save_image, write_json
 from splat2splat.media import contact_sheet, evenly_spread, render_turntable, write_video
 from splat2splat.runner import LoopReport
 from splat2splat.scene import SceneBackend
@@ -27,14 +28,16 @@ def write_edit_outputs(run: EditRun, report: LoopReport) -> dict:
     """Scene export, edited images, before/after sheet, turntable and run.json; returns run.json's content."""
     job, dataset, backend = run.job, run.dataset, run.backend
     start = time.perf_counter()
-    files = backend.export(job.output, dataset)
-    for index in dataset.train_indices:
-        save_image(job.output / "edited" / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
-    files.append(write_before_after(job.output / "before_after.png", backend, dataset))
+    outputs = IndependentOutputs()
+    files = list(outputs.write("scene export", lambda: backend.export(job.output, dataset)) or [])
+    outputs.write("edited images", lambda: write_edited_images(job.output / "edited", dataset))
+    files.append(outputs.write("before_after.png",
+                               lambda: write_before_after(job.output / "before_after.png", backend, dataset)))
     if job.turntable_frames > 0:
-        frames = render_turntable(backend, dataset, job.turntable_frames)
-        files.append(write_video(job.output / f"turntable.{job.video_format}", frames))
-    final = run.idu.evaluate()
+        video = job.output / f"turntable.{job.video_format}"
+        files.append(outputs.write(video.name, lambda: write_video(
+            video, render_turntable(backend, dataset, job.turntable_frames))))
+    final = outputs.write("final metrics", run.idu.evaluate)
     io_seconds = time.perf_counter() - start
     record = {
         "prompt": job.prompt, "preset": job.preset, "backend": backend.name, "command": config_to_dict(job),
@@ -46,11 +49,18 @@ def write_edit_outputs(run: EditRun, report: LoopReport) -> dict:
         "history": report.evaluations,
         "seconds": {**run.idu.timings(), "checkpoint": report.seconds["checkpoint"], "eval": report.seconds["eval"],
                     "outputs": io_seconds, "this_session": time.perf_counter() - run.started},
-        "files": [str(f) for f in files],
+        "files": [str(f) for f in files if f is not None],
     }
+    if outputs.failed:
+        record["failed_outputs"] = outputs.failed
     write_json(job.output / "run.json", record)
     print(f"edited {record['views_edited']}/{record['views']} views ({record['edits']} edits); wrote {job.output}")
     return record
+
+
+def write_edited_images(folder: Path, dataset: Dataset) -> None:
+    for index in dataset.train_indices:
+        save_image(folder / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
 
 
 def write_before_after(path: Path, backend: SceneBackend, dataset: Dataset, n_views: int = 4) -> Path:
