@@ -44,6 +44,7 @@ def parse(name: str, args: list[str]):
 
 
 def entrypoint(argv: list[str] | None = None) -> None:
+    from splat2splat.folder_lock import release_all
     from splat2splat.runner import Interrupted
     from splat2splat.validation import check_options
 
@@ -73,6 +74,8 @@ def entrypoint(argv: list[str] | None = None) -> None:
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; files written before stay intact", file=sys.stderr)
         sys.exit(1)
+    finally:
+        release_all()  # this command's claims on its output folders
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, jo
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.io import check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
@@ -97,6 +98,8 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
 
     checkpoint_path = job.output / CHECKPOINT_FILE
     if resume:
+        if job.output.is_dir():
+            claim_output_folder(job.output)  # a second process resuming it at once is refused
         state = read_checkpoint(checkpoint_path)
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
@@ -110,6 +113,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder to train on)")
     check_output_folder(job.output)
+    claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
     torch.manual_seed(job.gaussians.seed)
@@ -138,6 +142,7 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
     write_json(job.output / "metrics.json", metrics)
     print(f"held-out PSNR {final.get('psnr', float('nan')):.2f} dB, SSIM {final.get('ssim', float('nan')):.3f}; "
           f"wrote {', '.join(str(f) for f in [checkpoint_path, *files])}")
+    release_output_folder(job.output)
     return metrics
 
 

@@ -23,7 +23,8 @@ from rich.progress import track
 
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
-from splat2splat.io import IndependentOutputs, save_image, write_json
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder, save_image, write_json
 from splat2splat.losses import image_metrics
 from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video
 from splat2splat.scene import SceneBackend
@@ -105,6 +106,8 @@ def run(cmd: RenderCommand) -> dict:
     started = time.perf_counter()
     backend, dataset = load_scene_and_dataset(cmd.scene, cmd.data, cmd.downscale, cmd.device)
     indices = split_indices(dataset, cmd.split)
+    check_output_folder(cmd.output)  # before rendering: a folder that cannot hold the outputs fails now
+    claim_output_folder(cmd.output)
     renders = render_views(backend, dataset, indices)
     outputs = IndependentOutputs()  # one output that fails must not lose the others
     outputs.write("renders", lambda: [save_image(cmd.output / "renders" / cmd.split / render_file_name(
@@ -128,4 +131,5 @@ def run(cmd: RenderCommand) -> dict:
     write_json(cmd.output / "metrics.json", metrics)
     print(f"{cmd.split} views: PSNR {metrics['mean']['psnr']:.2f} dB, SSIM {metrics['mean']['ssim']:.4f}; "
           f"wrote {cmd.output}")
+    release_output_folder(cmd.output)
     return metrics

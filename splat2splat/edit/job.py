@@ -10,6 +10,7 @@ Run folder (``EditJob.output``)::
     before_after.png        original | edited training image | final render, for a few views
     turntable.mp4           a turn around the edited scene
     run.json                prompt, preset and every setting, seeds, versions, timings, metrics
+    splat2splat.lock        the claim of the process running it (a second run into the folder is refused)
 
 A caller runs :func:`start_edit`, then :meth:`EditRun.edit`, then :meth:`EditRun.finish`. Ctrl-C finishes the
 current step, saves, and stops; a resumed run continues to the same result an uninterrupted one gives.
@@ -39,6 +40,7 @@ from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.io import IndependentOutputs, check_output_folder, write_json
 from splat2splat.losses import PhotometricLoss
@@ -253,6 +255,7 @@ class EditRun:
                 record["failed_outputs"] = {**record.get("failed_outputs", {}), **outputs.failed}
                 write_json(self.job.output / "run.json", record)
             record = evaluated or record
+        release_output_folder(self.job.output)
         return record
 
 
@@ -288,6 +291,7 @@ def check_new_edit(job: EditJob) -> None:
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
     check_output_folder(job.output)
+    claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if (job.output / CHECKPOINT_FILE).exists() or (job.output / COMMAND_FILE).exists():
         raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
@@ -302,6 +306,8 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
 
     state = None
     if resume:
+        if job.output.is_dir():
+            claim_output_folder(job.output)  # a second process resuming it at once is refused
         job, state = saved_job(job)
     else:
         check_new_edit(job)

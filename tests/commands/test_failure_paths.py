@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,47 @@ def test_resume_with_images_of_another_size_is_one_line(small_scene, tmp_path):
     with pytest.raises(InputError, match="edited image 0 is") as error:
         start_edit(job, resume=True, editor=IdentityEditor())
     assert "checkpoint.pt" in str(error.value) and "\n" not in str(error.value)
+
+
+def cli_process(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    return subprocess.Popen([sys.executable, "-m", "splat2splat", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env, text=True)
+
+
+def test_two_trainings_into_one_folder_at_once_one_is_refused(small_scene, tmp_path):
+    """Two processes race for one --output: one trains, the other is refused in one line, nothing interleaves."""
+    from splat2splat.checkpoint import read_checkpoint
+
+    output = tmp_path / "run"
+    processes = {steps: cli_process(*train_args(small_scene, output)[:5], "--steps", str(steps), "--eval-every",
+                                    "0", "--gaussians.device", "cpu", "--gaussians.strategy.kind", "none")
+                 for steps in (30, 31)}
+    results = {steps: (p.wait(timeout=300), p.stderr.read().strip()) for steps, p in processes.items()}
+    assert sorted(status for status, _ in results.values()) == [0, 2], results
+    winner = next(steps for steps, (status, _) in results.items() if status == 0)
+    refusal = next(err for status, err in results.values() if status == 2)
+    assert len(refusal.splitlines()) == 1 and ("another splat2splat run" in refusal or "already exists" in refusal)
+    assert read_checkpoint(output / "checkpoint.pt")["command"]["steps"] == winner
+    assert json.loads((output / "metrics.json").read_text())["steps"] == winner
+    assert not (output / "splat2splat.lock").exists()
+
+
+def test_an_edit_into_a_folder_another_run_holds_is_refused_before_any_work(small_scene, tmp_path, capsys):
+    output = tmp_path / "run"
+    output.mkdir()
+    from tests.test_folder_lock import holder as hold_folder
+
+    process = hold_folder(output)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint(["edit", "--data", str(small_scene), "--prompt", "p", "--output", str(output),
+                        "--device", "cpu", "--preset", "in2n-tiny", "--model", str(tmp_path / "no-model")])
+        assert f"pid {process.pid}" in one_line_error(capsys, exit_info)
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint(train_args(small_scene, output))
+        assert f"pid {process.pid}" in one_line_error(capsys, exit_info)
+    finally:
+        process.kill()
+        process.wait()
+    assert sorted(p.name for p in output.iterdir()) == ["splat2splat.lock"]  # nothing written but the holder's lock
