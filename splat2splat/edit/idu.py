@@ -180,7 +180,7 @@ class IterativeDatasetUpdate:
         self.next_in_order, self.edit_order = state["next_in_order"], list(state["edit_order"])
         self.updating = bool(state.get("updating", False))
         self.generator.set_state(state["generator"])
-        self.seconds = {key: value for key, value in state["seconds"].items() if key in self.seconds}
+        self.seconds.update({key: value for key, value in state["seconds"].items() if key in self.seconds})
         pending = state.get("pending_edits", [])
         for entry in pending:  # a checkpoint is a file from outside: check before the run depends on it
             for view, image in zip(entry["views"], entry["images"], strict=True):

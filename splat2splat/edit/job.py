@@ -27,9 +27,9 @@ from typing import Callable, Literal
 import torch
 
 from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
-from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
-                                    load_rng_state, read_checkpoint, read_command, require_keys, save_checkpoint,
-                                    write_command)
+from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, check_edit_state,
+                                    job_from_dict, load_rng_state, read_checkpoint, read_command, require_keys,
+                                    save_checkpoint, write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
@@ -336,7 +336,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     if state is not None:
         try:
             idu.load_state_dict(state["idu"])
-        except (ValueError, KeyError, TypeError) as problem:
+        except (ValueError, KeyError, TypeError, RuntimeError) as problem:
             raise InputError(job.output / CHECKPOINT_FILE, f"its edit state does not fit this run: {problem}") from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
@@ -381,6 +381,7 @@ def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Edit
 def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     """The scene and edited images of an edit checkpoint, checked against the dataset."""
     path = job.output / CHECKPOINT_FILE
+    check_edit_state(path, state, dataset.train_indices)
     backend = backend_from_checkpoint(path, state, job.gaussians.device)
     check_fits_dataset(path, backend, dataset)
     try:
