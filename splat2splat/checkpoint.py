@@ -17,6 +17,7 @@ A checkpoint (``.pt`` / ``.ckpt``) is a dict of plain values and tensors, loaded
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -349,8 +350,14 @@ def load_checkpoint_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a corrupt or code-carrying archive
-        cause = " ".join(str(exc).split())[:200]
-        raise InputError(path, f"not a readable splat2splat checkpoint ({type(exc).__name__}: {cause})") from None
+        text = " ".join(str(exc).split())
+        if text.startswith("Weights only load failed"):  # torch's advice to load it unsafely is not repeated
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise InputError(path, f"refused: not a splat2splat checkpoint, it holds Python objects{what} that "
+                                   f"could run code when loaded; checkpoints are only ever read as tensors and "
+                                   f"plain values") from None
+        raise InputError(path, f"not a readable splat2splat checkpoint ({type(exc).__name__}: {text[:200]})") from None
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -415,6 +422,21 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
         raise InputError(source, f"the saved command must be a JSON object, found {describe(values)}")
     values = {key: value for key, value in values.items() if key not in PER_INVOCATION_KEYS}
     return config_from_dict(cls, values, source)
+
+
+# Settings that widen what a run may read: a resume takes them only from its own command line, never from a
+# saved command (a run folder from elsewhere must not grant itself access to files outside its dataset).
+PERMISSION_FIELDS = {"allow_paths_outside_data": "--allow-paths-outside-data"}
+
+
+def with_invocation_permissions(saved: Job, invocation: Any, source: Path) -> Job:
+    """``saved`` (a job read from ``source``) with the permissions of ``invocation`` (this command line); a
+    permission the saved job had but the command line does not give is refused in one line."""
+    for name, option in PERMISSION_FIELDS.items():
+        if getattr(saved, name) and not getattr(invocation, name):
+            raise InputError(source, f"this run was started with {option}; a resume never takes that permission "
+                                     f"from a file: pass {option} again to continue it")
+    return dataclasses.replace(saved, **{name: getattr(invocation, name) for name in PERMISSION_FIELDS})
 
 
 def read_command(folder: Path, cls: type[Job]) -> Job:

@@ -16,7 +16,7 @@ import torch
 
 from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
 from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
-                                    read_checkpoint, require_keys, save_checkpoint)
+                                    read_checkpoint, require_keys, save_checkpoint, with_invocation_permissions)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
@@ -104,7 +104,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
         check_options(saved, checkpoint_path)
-        job = dataclasses.replace(saved, output=job.output)
+        job = dataclasses.replace(with_invocation_permissions(saved, job, checkpoint_path), output=job.output)
         dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])

@@ -29,7 +29,7 @@ import torch
 from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, check_edit_state,
                                     job_from_dict, load_rng_state, read_checkpoint, read_command, require_keys,
-                                    save_checkpoint, write_command)
+                                    save_checkpoint, with_invocation_permissions, write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
@@ -272,8 +272,9 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
         state, saved = None, read_command(output, EditJob)
     else:
         raise InputError(output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
-    check_options(saved, checkpoint_path if state is not None else output / COMMAND_FILE)
-    return dataclasses.replace(saved, output=output), state
+    source = checkpoint_path if state is not None else output / COMMAND_FILE
+    check_options(saved, source)
+    return dataclasses.replace(with_invocation_permissions(saved, job, source), output=output), state
 
 
 def check_new_edit(job: EditJob) -> None:

@@ -187,3 +187,41 @@ def test_an_edit_into_a_folder_another_run_holds_is_refused_before_any_work(smal
         process.kill()
         process.wait()
     assert sorted(p.name for p in output.iterdir()) == ["splat2splat.lock"]  # nothing written but the holder's lock
+
+
+def test_a_saved_command_cannot_grant_access_outside_the_dataset(small_scene, tmp_path, capsys):
+    """A run folder from elsewhere whose command.json allows paths outside the dataset: --resume refuses it
+    unless the flag is on the command line again (it would otherwise read any file the dataset names)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_scene, data)
+    transforms = json.loads((data / "transforms.json").read_text())
+    transforms["frames"][0]["file_path"] = str(tmp_path / "secret.png")
+    (data / "transforms.json").write_text(json.dumps(transforms))
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "command.json").write_text(json.dumps({"data": str(data), "prompt": "p", "init_steps": 2,
+                                                     "allow_paths_outside_data": True}))
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", "--output", str(output), "--resume"])
+    err = one_line_error(capsys, exit_info)
+    assert "--allow-paths-outside-data again" in err and "command.json" in err
+    assert sorted(p.name for p in output.iterdir()) == ["command.json"]  # refused before anything ran
+
+
+def test_a_saved_training_command_cannot_grant_access_outside_the_dataset(small_scene, tmp_path, capsys):
+    from splat2splat.checkpoint import read_checkpoint
+    from splat2splat.io import save_torch
+
+    output = tmp_path / "run"
+    entrypoint(train_args(small_scene, output, "--checkpoint-every", "2"))
+    state = read_checkpoint(output / "checkpoint.pt")
+    state["command"]["allow_paths_outside_data"] = True
+    state["command"]["steps"] = 6
+    save_torch(output / "checkpoint.pt", state)
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["train", "--output", str(output), "--resume"])
+    assert "--allow-paths-outside-data again" in one_line_error(capsys, exit_info)
+    entrypoint(["train", "--output", str(output), "--resume", "--allow-paths-outside-data"])  # given again: runs
+    assert read_checkpoint(output / "checkpoint.pt")["backend_state"]["step"] == 6
