@@ -70,6 +70,11 @@ def entrypoint(argv: list[str] | None = None) -> None:
         print("stopped: interrupted; files written so far are complete (atomic), an unfinished run continues "
               "with --resume", file=sys.stderr)
         sys.exit(130)
+    except MemoryError:
+        print("error: out of memory (an input or option asks for more than this machine has: a smaller "
+              "--downscale, fewer Gaussians or a smaller batch helps); files written before stay intact",
+              file=sys.stderr)
+        sys.exit(1)
     except OSError as error:  # a full disk, a folder that became unwritable: the files already written stay intact
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; files written before stay intact", file=sys.stderr)

@@ -165,20 +165,27 @@ def read_json(path: str | Path) -> Any:
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, check_size: Callable[[tuple[int, int]], None] | None = None) -> np.ndarray:
     """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha), turned upright by its EXIF orientation.
 
     8-bit modes are divided by 255, 16-bit ones by 65535; grey, palette and CMYK images become RGB,
-    those with transparency RGBA.
+    those with transparency RGBA. ``check_size((height, width))`` (upright) may refuse the image from its header,
+    before its pixels are decoded (PIL opens lazily): a small file can hold a huge picture.
     """
     path = Path(path)
     if not is_file(path):
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as im:
+            if check_size is not None:
+                width, height = im.size
+                sideways = im.getexif().get(EXIF_ORIENTATION_TAG) in SIDEWAYS_ORIENTATIONS
+                check_size((width, height) if sideways else (height, width))
             im.load()
             # Cameras always see the upright image (what every viewer shows); phones store it rotated.
             array = image_to_array(ImageOps.exif_transpose(im))
+    except InputError:
+        raise
     except Exception as exc:  # PIL raises many types for unreadable or unsupported files
         raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
     if not np.isfinite(array).all():

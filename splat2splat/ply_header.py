@@ -34,6 +34,10 @@ def read_ply_header(path: Path) -> PlyHeader | None:
     with open(path, "rb") as f:
         head = f.read(MAX_HEADER_BYTES)
     end = head.find(b"end_header")
+    if head.startswith(b"ply") and end < 0 and len(head) == MAX_HEADER_BYTES:
+        # plyfile would read on, and then allocate whatever the header claims without a size check
+        raise InputError(path, f"PLY header longer than {MAX_HEADER_BYTES // 1024} KB (a Gaussian scene's or point "
+                               f"cloud's takes a few KB): refused")
     if not head.startswith(b"ply") or end < 0:
         return None
     newline = head.find(b"\n", end)

@@ -250,8 +250,7 @@ def _load_view_image(path: Path, height: int, width: int, background: torch.Tens
                      full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> tuple[torch.Tensor, bool]:
     """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width);
     also says whether the file had an alpha channel."""
-    array = load_image(path)
-    _check_file_size(path, array.shape[:2], full_size, intrinsics_scale)
+    array = load_image(path, lambda file_hw: _check_file_size(path, file_hw, full_size, intrinsics_scale))
     file_hw = array.shape[:2]
     image = torch.from_numpy(array)
     had_alpha = image.shape[-1] == 4

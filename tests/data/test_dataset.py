@@ -197,3 +197,21 @@ def test_writing_through_the_original_accessor_cannot_change_an_original():
     assert torch.equal(dataset.original(0), dataset.current[0])
     assert 0.0 < float(dataset.original(0).mean()) < 1.0
     assert not hasattr(dataset, "originals")  # no public handle on the stored originals
+
+
+def test_a_huge_picture_in_a_small_file_is_refused_from_its_header(tmp_path):
+    """A 12000x12000 PNG of a few KB for a 32x32 camera: refused before its pixels are decoded (which would take
+    1.7 GB as float32), under a memory cap far below that."""
+    from PIL import Image
+
+    from tests.fuzzing import memory_cap
+
+    cameras = tiny_cameras(2)
+    cameras = Cameras(cameras.camtoworlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy,
+                      torch.full((2,), 32), torch.full((2,), 32))
+    scene = write_nerfstudio_scene(tmp_path / "s", cameras).parent
+    bomb = scene / "images" / "frame_00001.png"
+    Image.new("1", (12000, 12000)).save(bomb)  # 1 bit per pixel while written: 18 MB
+    assert bomb.stat().st_size < 100_000
+    with memory_cap(300 << 20), pytest.raises(InputError, match="image is 12000x12000 but its camera says 32x32"):
+        load_dataset(scene)

@@ -159,6 +159,13 @@ def spz_header_only(version: int, count: int, degree: int, body: bytes = b""):
     return lambda path: path.write_bytes(spz_bytes((0x5053474E, version, count, degree, 12, 0, 0), body))
 
 
+def long_header_ply(path: Path) -> None:
+    """A header over 64 KB (a long comment) claiming 10^12 rows with a list property: plyfile would allocate them."""
+    header = ("ply\nformat binary_big_endian 1.0\ncomment " + "x" * 70_000 + f"\nelement vertex {10**12}\n"
+              "property list uchar float junk\nproperty float x\nend_header\n")
+    path.write_bytes(header.encode() + bytes(2000))
+
+
 def nan_splat(path: Path) -> None:
     record = np.zeros(2, dtype=RECORD)
     record["scale"] = 0.1
@@ -194,6 +201,15 @@ DAMAGED = {
                      "SH degree 4"),
     "spz_count_lie": ("scene.spz", spz_header_only(2, 4_000_000_000, 3), "claims 4000000000 Gaussians"),
     "spz_short_body": ("scene.spz", spz_header_only(2, 10, 0, bytes(50)), "claims 10 Gaussians"),
+    "ply_header_over_64kb": ("scene.ply", long_header_ply, "PLY header longer than 64 KB"),
+    "compressed_list_packed_position": ("scene.compressed.ply", replaced(
+        "ply_compressed", b"property uint packed_position", b"property list uchar uint packed_position"),
+        "compressed PLY"),
+    "spz_fractional_bits_64": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 1, 0, 64, 0, 0),
+                                                                                    bytes(19))), "64 fractional bits"),
+    # 2M Gaussians of zeros gzip to ~38 KB: more than SPZ's stated maximum ratio, refused before decompressing
+    "spz_zeros_claiming_2M": ("scene.spz", spz_header_only(2, 2_000_000, 0, bytes(19 * 2_000_000)),
+                              "claims 2000000 Gaussians"),
     "spz_empty": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 0, 0, 12, 0, 0))),
                   "contains no Gaussians"),
     "missing": ("scene.spz", lambda path: None, "SPZ file does not exist"),
