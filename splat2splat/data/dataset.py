@@ -28,6 +28,7 @@ from splat2splat.imaging import resize_image
 from splat2splat.io import load_image, turned_sideways_by_exif
 
 # Smallest image side a --downscale may leave: below it a view holds too little to train on (or to edit).
+MAX_SCENE_RADIUS = 1e30  # float32 scenes scaled by its inverse and back stay finite
 MIN_IMAGE_SIDE = 8
 
 
@@ -55,10 +56,14 @@ class SceneNormalization:
     @staticmethod
     def fit(camera_centers: torch.Tensor, points: torch.Tensor | None = None) -> "SceneNormalization":
         """Centre on the cameras and scale so the farthest camera is at distance 1 (nerfstudio's 'poses' scaling)."""
+        camera_centers = camera_centers.double()  # float32 squares of ~1e20 and beyond overflow to infinity
         center = camera_centers.mean(0)
         radius = (camera_centers - center).norm(dim=-1).max().item()
         if radius < 1e-8 and points is not None and len(points):
-            radius = (points - center).norm(dim=-1).max().item()
+            radius = (points.double() - center).norm(dim=-1).max().item()
+        if not math.isfinite(radius) or radius > MAX_SCENE_RADIUS:
+            raise ValueError(f"the camera positions lie up to {radius:g} units apart: more than the "
+                             f"{MAX_SCENE_RADIUS:g} a float32 scene can hold (damaged poses?)")
         return SceneNormalization(tuple(float(c) for c in center), 1.0 / max(radius, 1e-8))
 
 
@@ -209,7 +214,10 @@ def build_dataset(
             image, mask = undistort_view(image, mask, intrinsics, lens, bg)
         images.append(image)
         masks.append(mask)
-    normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
+    try:
+        normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
+    except ValueError as problem:
+        raise InputError(raw.source, str(problem)) from None
     if raw.split is not None:
         train_indices, eval_indices = list(raw.split["train"]), list(raw.split.get("eval", []))
     else:

@@ -225,3 +225,55 @@ def test_a_saved_training_command_cannot_grant_access_outside_the_dataset(small_
     assert "--allow-paths-outside-data again" in one_line_error(capsys, exit_info)
     entrypoint(["train", "--output", str(output), "--resume", "--allow-paths-outside-data"])  # given again: runs
     assert read_checkpoint(output / "checkpoint.pt")["backend_state"]["step"] == 6
+
+
+@pytest.mark.parametrize("device, message", [("meta", "computes on cpu, cuda"), ("mps", "no MPS"),
+                                             ("cuda:0", "no CUDA GPU")])
+def test_devices_that_cannot_run_are_one_line_before_anything_is_written(small_scene, tmp_path, capsys, device,
+                                                                         message, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", "--data", str(small_scene), "--prompt", "p", "--output", str(output), "--device", device])
+    assert message in one_line_error(capsys, exit_info)
+    assert not output.exists()
+
+
+def test_blender_file_path_of_the_root_is_one_line(tmp_path):
+    from splat2splat.data.readers import load_dataset
+    from splat2splat.errors import InputError
+    from tests.data.scenes import write_blender_scene
+
+    root = write_blender_scene(tmp_path / "blender", {"train": [0, 1], "val": [2]})
+    transforms = json.loads((root / "transforms_train.json").read_text())
+    transforms["frames"][0]["file_path"] = "/"
+    (root / "transforms_train.json").write_text(json.dumps(transforms))
+    with pytest.raises(InputError) as error:
+        load_dataset(root)
+    assert "transforms_train.json" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("distance, trains", [(1e29, True), (1e31, False)])
+def test_camera_translations_near_1e30(small_scene, tmp_path, capsys, distance, trains):
+    """Float32 squares of such positions overflow: the scene's scale is fitted in float64, and positions beyond
+    what a float32 scene can hold are one line naming the file."""
+    import shutil
+
+    data = tmp_path / "far"
+    shutil.copytree(small_scene, data)
+    transforms = json.loads((data / "transforms.json").read_text())
+    for k, frame in enumerate(transforms["frames"]):
+        frame["transform_matrix"][0][3] = distance * (k + 1)
+    (data / "transforms.json").write_text(json.dumps(transforms))
+    args = train_args(data, tmp_path / "run")
+    if trains:
+        entrypoint(args)
+        assert (tmp_path / "run" / "scene.ply").is_file()
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(args)
+    err = one_line_error(capsys, exit_info)
+    assert "transforms.json" in err and "units apart" in err
