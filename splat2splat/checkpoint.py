@@ -439,6 +439,47 @@ def with_invocation_permissions(saved: Job, invocation: Any, source: Path) -> Jo
     return dataclasses.replace(saved, **{name: getattr(invocation, name) for name in PERMISSION_FIELDS})
 
 
+# What a resumed run takes from its command line (the rest is the saved run's): more steps, where and how often
+# it saves, the outputs still to come, and where this machine keeps the models. Options use dotted field names.
+RESUME_OPTIONS = ("idu.steps", "steps", "turntable_frames", "video_format", "checkpoint_every", "checkpoint_minutes",
+                  "eval_every", "device", "model", "lpips_weights")
+
+
+NOT_RESUME_OPTIONS = ("output", *PERMISSION_FIELDS)  # the run folder itself; permissions (see above)
+
+
+def given_options(invocation: Any, default: Any) -> dict[str, Any]:
+    """The options of ``invocation`` that differ from ``default`` (what the command line set), dotted names,
+    without the run folder and the permissions (handled on their own)."""
+    def flat(values: dict, prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in values.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
+
+    now, before = flat(config_to_dict(invocation)), flat(config_to_dict(default))
+    return {key: value for key, value in now.items() if before.get(key) != value and key not in NOT_RESUME_OPTIONS}
+
+
+def with_resume_options(saved: Job, given: dict[str, Any], source: Path) -> Job:
+    """``saved`` with the options of :data:`RESUME_OPTIONS` in ``given`` (this command line); any other given
+    option is refused in one line, since the saved run keeps it."""
+    refused = sorted(key for key in given if key not in RESUME_OPTIONS)
+    if refused:
+        names = ", ".join("--" + key.replace("_", "-") for key in refused)
+        raise InputError(source, f"--resume continues the saved run, which keeps {names}; a resume may change only "
+                                 f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OPTIONS)} (start a new "
+                                 f"--output for other settings)")
+    values = config_to_dict(saved)
+    for key, value in given.items():
+        node = values
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config_from_dict(type(saved), values, source)
+
+
 def read_command(folder: Path, cls: type[Job]) -> Job:
     """The job recorded in ``folder/command.json``."""
     path = Path(folder) / COMMAND_FILE

@@ -16,7 +16,8 @@ import torch
 
 from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
 from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
-                                    read_checkpoint, require_keys, save_checkpoint, with_invocation_permissions)
+                                    read_checkpoint, require_keys, save_checkpoint, with_invocation_permissions,
+                                    with_resume_options)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
@@ -92,7 +93,7 @@ def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, check
     return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes)
 
 
-def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, SceneBackend]:
+def start_training(job: TrainJob, resume: bool, given: dict | None = None) -> tuple[TrainJob, Dataset, SceneBackend]:
     """A new training run, or with ``resume`` the one in ``job.output`` (its saved job wins over ``job``)."""
     from splat2splat.data.readers import load_dataset
 
@@ -103,6 +104,8 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
         state = read_checkpoint(checkpoint_path)
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
+        if given:  # this command line's options: more steps honoured, settings of the run refused
+            saved = with_resume_options(saved, given, checkpoint_path)
         check_options(saved, checkpoint_path)
         job = dataclasses.replace(with_invocation_permissions(saved, job, checkpoint_path), output=job.output)
         dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
@@ -121,11 +124,11 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     return job, dataset, make_backend(job.backend, dataset, config_for(job.backend, job))
 
 
-def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
+def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict | None = None) -> dict:
     """Train (or resume) and write the run folder; returns the final metrics (also in metrics.json)."""
     from splat2splat.io import write_json
 
-    job, dataset, backend = start_training(job, resume)
+    job, dataset, backend = start_training(job, resume, given)
     checkpoint_path = job.output / CHECKPOINT_FILE
 
     def save() -> None:

@@ -30,6 +30,7 @@ from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_t
 from splat2splat.scene import SceneBackend
 from splat2splat.scene_loading import load_scene_and_dataset
 
+RUN_FILES = ("checkpoint.pt", "command.json", "run.json")
 COMPARISON_VIEWS = 8
 COMPARISON_MAX_HEIGHT = 360  # keeps comparison.png viewable for large captures
 
@@ -108,6 +109,9 @@ def run(cmd: RenderCommand) -> dict:
     indices = split_indices(dataset, cmd.split)
     check_output_folder(cmd.output)  # before rendering: a folder that cannot hold the outputs fails now
     claim_output_folder(cmd.output)
+    if any((cmd.output / name).exists() for name in RUN_FILES):  # its metrics.json would be replaced
+        raise InputError(cmd.output, "--output holds a training or edit run (checkpoint.pt / command.json): "
+                                     "render into another folder, e.g. --output " f"{cmd.output / 'render'}")
     renders = render_views(backend, dataset, indices)
     outputs = IndependentOutputs()  # one output that fails must not lose the others
     outputs.write("renders", lambda: [save_image(cmd.output / "renders" / cmd.split / render_file_name(

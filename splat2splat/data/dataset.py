@@ -13,6 +13,7 @@ hyper-parameters scene independent; :class:`SceneNormalization` maps results bac
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -174,6 +175,28 @@ class Dataset:
         self.edit_counts = list(state["edit_counts"])
 
 
+def distinct_names(paths: list[Path]) -> list[str]:
+    """A name per image whose stems differ (outputs are written as ``<stem>.png``): the file name; where files
+    share a stem, their path below the common folder joined by ``_`` (``left/a.png`` -> ``left_a.png``), and the
+    suffix too where that is not enough (``a.png``, ``a.jpg`` -> ``a_png.png``, ``a_jpg.jpg``)."""
+    paths = [Path(p) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
+    relative = [p.relative_to(root) if p.is_relative_to(root) else p for p in paths]
+    candidates = [
+        lambda p, r: p.name,
+        lambda p, r: "_".join(r.with_suffix("").parts) + p.suffix,
+        lambda p, r: "_".join(r.with_suffix("").parts) + f"_{p.suffix.lstrip('.')}{p.suffix}",
+    ]
+    names = [p.name for p in paths]
+    for candidate in candidates:
+        stems = [Path(name).stem for name in names]
+        shared = {stem for stem in stems if stems.count(stem) > 1}
+        if not shared:
+            break
+        names = [candidate(p, r) if stem in shared else name for p, r, name, stem in zip(paths, relative, names, stems)]
+    return names
+
+
 def split_every(n_views: int, eval_every: int) -> tuple[list[int], list[int]]:
     """Every ``eval_every``-th view is held out for evaluation (the 3DGS / Mip-NeRF 360 convention)."""
     if eval_every <= 0 or n_views < 2:
@@ -225,7 +248,7 @@ def build_dataset(
     points = None if raw.points is None else normalization.to_normalized(raw.points.float())
     return Dataset(
         cameras=normalization.cameras_to_normalized(cameras),
-        image_names=[p.name for p in raw.image_paths],
+        image_names=distinct_names(raw.image_paths),
         originals=tuple(images),
         train_indices=train_indices,
         eval_indices=eval_indices,

@@ -29,7 +29,8 @@ import torch
 from splat2splat.backends import BackendName, config_for, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, check_edit_state,
                                     job_from_dict, load_rng_state, read_checkpoint, read_command, require_keys,
-                                    save_checkpoint, with_invocation_permissions, write_command)
+                                    save_checkpoint, with_invocation_permissions, with_resume_options,
+                                    write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
@@ -42,7 +43,7 @@ from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.io import IndependentOutputs, check_output_folder, write_json
+from splat2splat.io import IndependentOutputs, check_output_folder, is_file, write_json
 from splat2splat.losses import PhotometricLoss
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
@@ -259,8 +260,9 @@ class EditRun:
         return record
 
 
-def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
-    """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing)."""
+def saved_job(job: EditJob, given: dict | None = None) -> tuple[EditJob, dict | None]:
+    """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing);
+    ``given``: the options of this command line (see :func:`~splat2splat.checkpoint.with_resume_options`)."""
     output, checkpoint_path = job.output, job.output / CHECKPOINT_FILE
     if (output / "run.json").exists():
         raise InputError(output / "run.json", "this edit has already finished; nothing to resume")
@@ -273,6 +275,8 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
     else:
         raise InputError(output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
     source = checkpoint_path if state is not None else output / COMMAND_FILE
+    if given:
+        saved = with_resume_options(saved, given, source)
     check_options(saved, source)
     return dataclasses.replace(with_invocation_permissions(saved, job, source), output=output), state
 
@@ -291,6 +295,8 @@ def check_new_edit(job: EditJob) -> None:
     check_editor_options(on_device(job).idu.editor)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
+    if job.lpips_weights is not None and not is_file(job.lpips_weights):
+        raise InputError(job.lpips_weights, "--lpips-weights file does not exist")
     check_output_folder(job.output)
     claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if (job.output / CHECKPOINT_FILE).exists() or (job.output / COMMAND_FILE).exists():
@@ -298,10 +304,11 @@ def check_new_edit(job: EditJob) -> None:
 
 
 def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
-               lpips: torch.nn.Module | None = None) -> EditRun:
+               lpips: torch.nn.Module | None = None, given: dict | None = None) -> EditRun:
     """A new edit, or with ``resume`` the interrupted one in ``job.output`` (its saved job wins).
 
-    ``editor``/``lpips``: injected instead of loading InstructPix2Pix / LPIPS weights (tests, benchmarks).
+    ``editor``/``lpips``: injected instead of loading InstructPix2Pix / LPIPS weights (tests, benchmarks);
+    ``given``: with ``resume``, the options this command line set (honoured or refused, never dropped silently).
     """
     from splat2splat.data.readers import load_dataset
 
@@ -309,7 +316,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | None = None,
     if resume:
         if job.output.is_dir():
             claim_output_folder(job.output)  # a second process resuming it at once is refused
-        job, state = saved_job(job)
+        job, state = saved_job(job, given)
     else:
         check_new_edit(job)
     job = on_device(job)

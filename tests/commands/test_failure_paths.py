@@ -277,3 +277,57 @@ def test_camera_translations_near_1e30(small_scene, tmp_path, capsys, distance, 
         entrypoint(args)
     err = one_line_error(capsys, exit_info)
     assert "transforms.json" in err and "units apart" in err
+
+
+# ------------------------------------------------------------------------- silent overwrites, wrong records
+
+
+def test_render_into_a_run_folder_is_refused_and_its_metrics_stay(small_scene, tmp_path, capsys):
+    output = tmp_path / "run"
+    entrypoint(train_args(small_scene, output))
+    before = (output / "metrics.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["render", "--scene", str(output / "checkpoint.pt"), "--output", str(output), "--device", "cpu",
+                    "--turntable-frames", "0"])
+    assert "holds a training or edit run" in one_line_error(capsys, exit_info)
+    assert (output / "metrics.json").read_bytes() == before
+
+
+def test_demo_into_an_existing_dataset_is_refused(small_scene, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(small_scene, data)
+    before = {p.name: p.read_bytes() for p in (data / "images").iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["demo", "--output", str(data), "--scene.n-views", "4", "--scene.image-size", "16"])
+    assert "not empty" in one_line_error(capsys, exit_info)
+    assert {p.name: p.read_bytes() for p in (data / "images").iterdir()} == before
+
+
+def test_the_last_preset_given_is_the_one_recorded_and_run():
+    from splat2splat.commands.edit import parse
+    from splat2splat.edit.presets import preset
+
+    cmd = parse(["--preset", "in2n-tiny", "--data", "d", "--prompt", "p", "--preset", "in2n"])
+    assert cmd.preset == "in2n" and cmd.idu == preset("in2n")
+
+
+def test_a_missing_lpips_weights_file_is_one_line(small_scene, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["edit", "--data", str(small_scene), "--prompt", "p", "--output", str(tmp_path / "run"),
+                    "--device", "cpu", "--lpips-weights", str(tmp_path / "alex.pth")])
+    assert "--lpips-weights file does not exist" in one_line_error(capsys, exit_info)
+
+
+def test_resume_honours_more_steps_and_refuses_other_settings_in_one_line(small_scene, tmp_path, capsys):
+    from splat2splat.checkpoint import read_checkpoint
+
+    output = tmp_path / "run"
+    entrypoint(train_args(small_scene, output))
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["train", "--output", str(output), "--resume", "--data", str(tmp_path), "--steps", "6"])
+    err = one_line_error(capsys, exit_info)
+    assert "keeps --data" in err and "--steps" not in err.split("keeps")[1].split(";")[0]
+    entrypoint(["train", "--output", str(output), "--resume", "--steps", "6"])
+    assert read_checkpoint(output / "checkpoint.pt")["backend_state"]["step"] == 6

@@ -215,3 +215,14 @@ def test_a_huge_picture_in_a_small_file_is_refused_from_its_header(tmp_path):
     assert bomb.stat().st_size < 100_000
     with memory_cap(300 << 20), pytest.raises(InputError, match="image is 12000x12000 but its camera says 32x32"):
         load_dataset(scene)
+
+
+def test_views_sharing_a_file_name_get_distinct_output_names():
+    from pathlib import Path
+
+    from splat2splat.data.dataset import distinct_names
+
+    assert distinct_names([Path("/d/left/a.png"), Path("/d/right/a.png"), Path("/d/right/b.png")]) == \
+        ["left_a.png", "right_a.png", "b.png"]
+    assert distinct_names([Path("/d/x/a.png"), Path("/d/x/a.jpg")]) == ["a_png.png", "a_jpg.jpg"]
+    assert distinct_names([Path("/d/a.png"), Path("/d/b.jpg")]) == ["a.png", "b.jpg"]  # unchanged when distinct

@@ -224,3 +224,13 @@ def test_damaged_files_end_in_one_line_naming_file_and_format(tmp_path, case):
     with pytest.raises(InputError, match=message) as error:
         load_splats(path, SceneNormalization())
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_a_splat_export_of_huge_scales_reads_back(tmp_path):
+    """exp of a log-scale above ~88.7 overflows float32: the export keeps the largest finite scale instead."""
+    splats = {key: value.detach().clone() for key, value in scene_splats(n=3, sh_degree=0).items()}
+    splats["scales"][0] = 200.0
+    path = tmp_path / "scene.splat"
+    save_splats(path, splats, SceneNormalization(), "splat")
+    loaded = load_splats(path, SceneNormalization())
+    assert torch.isfinite(loaded["scales"]).all() and len(loaded["means"]) == 3
