@@ -66,10 +66,10 @@ def entrypoint(argv: list[str] | None = None) -> None:
     except Interrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
         sys.exit(interrupted.exit_status)
-    except KeyboardInterrupt:  # during start-up (loading models, data), or a second Ctrl-C while running
+    except KeyboardInterrupt as stop:  # during start-up (loading models, data), or a second signal while running
         print("stopped: interrupted; files written so far are complete (atomic), an unfinished run continues "
               "with --resume", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(getattr(stop, "exit_status", 130))
     except MemoryError:
         print("error: out of memory (an input or option asks for more than this machine has: a smaller "
               "--downscale, fewer Gaussians or a smaller batch helps); files written before stay intact",

@@ -37,6 +37,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
+    except OSError as error:  # a full disk while writing: the message names the file, not its temp copy
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if error.filename is None or error.filename == tmp:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

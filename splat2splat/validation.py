@@ -73,8 +73,9 @@ FIELD_RULES: dict[str, Rule] = {
     "prune_opacity": between(0, 1),
     "max_scale": positive,
     "scene_scale": positive,
-    "init_scale": positive,
+    "init_scale": between(1e-6, 1000),  # a multiple of the neighbour distance; 1e30 overflows float32 covariances
     "init_random_extent": positive,
+    "lr": between(0, 100),
     "init_random_count": between(1, 50_000_000),  # 50M random Gaussians: ~12 GB of parameters, ~50 with Adam
     "seed": between(-(2**63), 2**64 - 1),  # what torch's generators take
     "cap_max": at_least(1),
@@ -91,7 +92,7 @@ FIELD_RULES: dict[str, Rule] = {
 SUFFIX_RULES: dict[str, Rule] = {
     "_every": at_least(0),
     "_steps": at_least(0),
-    "_lr": at_least(0),
+    "_lr": between(0, 100),  # far above any working rate; beyond, Adam's own arithmetic overflows
     "_interval": at_least(1),
 }
 

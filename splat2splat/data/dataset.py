@@ -140,6 +140,10 @@ class Dataset:
         expected = self._originals[index].shape
         if tuple(image.shape) != tuple(expected):
             raise ValueError(f"edited image has shape {tuple(image.shape)}, view {index} needs {tuple(expected)}")
+        if not bool(torch.isfinite(image).all()):  # would be clamped into a black image and trained on silently
+            raise InputError(None, f"the edit of view {self.image_names[index]} has NaN or infinite pixels: the "
+                                   f"editor diverged (a guidance scale far too large, e.g. "
+                                   f"--idu.editor.guidance-scale, or a broken model); nothing of it was kept")
         self.current[index] = image.detach().to(torch.float32).cpu().clamp(0.0, 1.0).clone()
         self.edit_counts[index] += 1
 

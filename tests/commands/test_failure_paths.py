@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from splat2splat.cli import entrypoint
 from splat2splat.data.demo import DemoConfig, write_demo_scene
@@ -331,3 +332,42 @@ def test_resume_honours_more_steps_and_refuses_other_settings_in_one_line(small_
     assert "keeps --data" in err and "--steps" not in err.split("keeps")[1].split(";")[0]
     entrypoint(["train", "--output", str(output), "--resume", "--steps", "6"])
     assert read_checkpoint(output / "checkpoint.pt")["backend_state"]["step"] == 6
+
+
+# ------------------------------------------------------------------------------------ errors after the work
+
+
+class NaNEditor:
+    """What InstructPix2Pix returns with a guidance scale of 1e38: NaN pixels."""
+
+    def edit(self, render, original, prompt, noise_range, generator):
+        return torch.full_like(render, float("nan"))
+
+
+def test_a_nan_edit_is_an_error_not_a_black_image(small_scene, tmp_path):
+    from splat2splat.edit.job import EditJob, run_edit_job
+    from splat2splat.errors import InputError
+
+    job = EditJob(data=small_scene, prompt="p", output=tmp_path / "edit", device="cpu", preset="in2n-tiny",
+                  init_steps=2, turntable_frames=0, checkpoint_every=1, eval_every=0)
+    job.idu.loss.lpips, job.idu.steps, job.idu.edit_rate = 0.0, 3, 1
+    with pytest.raises(InputError, match="NaN or infinite pixels.*guidance-scale") as error:
+        run_edit_job(job, editor=NaNEditor())
+    assert "\n" not in str(error.value) and not (job.output / "run.json").exists()
+    assert not (job.output / "checkpoint.pt").exists()  # no edit checkpoint holds the NaN image
+
+
+def test_export_to_an_output_that_is_a_file_is_refused_before_writing(small_scene, tmp_path, capsys):
+    entrypoint(train_args(small_scene, tmp_path / "run"))
+    target = tmp_path / "taken"
+    target.write_text("precious")
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["export", "--scene", str(tmp_path / "run" / "checkpoint.pt"), "--output", str(target)])
+    assert "existing file" in one_line_error(capsys, exit_info)
+    assert target.read_text() == "precious"
+
+
+def test_an_overflowing_initial_scale_is_refused_up_front(small_scene, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(train_args(small_scene, tmp_path / "run", "--gaussians.init-scale", "1e30"))
+    assert "--gaussians.init-scale" in one_line_error(capsys, exit_info)
