@@ -52,7 +52,8 @@ def read_ply_header(path: Path) -> PlyHeader | None:
             format_name = words[1]
         elif len(words) == 3 and words[0] == "element" and words[2].isdigit():
             current = words[1]
-            elements[current] = (int(words[2]), ())
+            # (a count of thousands of digits is no number Python converts, and more than any file holds)
+            elements[current] = (int(words[2]) if len(words[2]) <= 30 else 10**30, ())
         elif len(words) >= 3 and words[0] == "property" and current is not None:
             count, names = elements[current]
             elements[current] = (count, (*names, words[-1]))

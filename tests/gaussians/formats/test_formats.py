@@ -234,3 +234,45 @@ def test_a_splat_export_of_huge_scales_reads_back(tmp_path):
     save_splats(path, splats, SceneNormalization(), "splat")
     loaded = load_splats(path, SceneNormalization())
     assert torch.isfinite(loaded["scales"]).all() and len(loaded["means"]) == 3
+
+
+@pytest.mark.parametrize("fmt, suffix", [("ply_compressed", "scene.compressed.ply"), ("spz", "scene.spz"),
+                                         ("splat", "scene.splat")])
+def test_fuzz_scene_files(tmp_path, fmt, suffix):
+    """Seeded mutations of each compressed scene format: bytes (claims, counts, truncation), for compressed PLY
+    also header lines and a header padded past 64 KB, for SPZ the header inside the gzip stream (counts claiming
+    up to 4G Gaussians, fractional bits up to 255). Each case ends in an InputError or a finite scene, under
+    a memory cap and a time limit."""
+    import random
+
+    from tests.fuzzing import cases, fuzz, mutate_bytes, mutate_text
+
+    path = tmp_path / suffix
+    write_format(fmt, n=300, sh_degree=1)(path)
+    original = path.read_bytes()
+
+    def mutated_spz(rng: random.Random) -> bytes:
+        data = bytearray(gzip.decompress(original))
+        field = rng.choice([(8, "<I", [0, 1, 300, 2**20, 2**31, 2**32 - 1]), (12, "<B", [0, 3, 4, 255]),
+                            (13, "<B", [0, 12, 24, 25, 63, 64, 255])])
+        struct.pack_into(field[1], data, field[0], rng.choice(field[2]))
+        return gzip.compress(bytes(data))
+
+    def run_case(rng: random.Random):
+        roll = rng.random()
+        if fmt == "spz" and roll < 0.5:
+            path.write_bytes(mutated_spz(rng))
+        elif fmt == "ply_compressed" and roll < 0.4:
+            end = original.index(b"end_header\n") + len(b"end_header\n")
+            header = mutate_text(original[:end].decode(), rng)
+            if rng.random() < 0.2:
+                header = header.replace("\nelement", "\ncomment " + "x" * 70_000 + "\nelement", 1)
+            path.write_bytes(header.encode("utf-8", errors="surrogatepass") + original[end:])
+        else:
+            path.write_bytes(mutate_bytes(original, rng))
+        return load_splats(path, SceneNormalization())
+
+    def check(splats):
+        assert len(splats["means"]) > 0 and all(torch.isfinite(value).all() for value in splats.values())
+
+    fuzz(f"load_splats ({fmt})", cases(200), 230 + len(fmt), run_case, check).assert_clean()
