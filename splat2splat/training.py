@@ -22,7 +22,7 @@ from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
-from splat2splat.io import check_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
@@ -137,11 +137,14 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict 
     started = time.perf_counter()
     report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
                          f"train {backend.name}", on_step, job.checkpoint_minutes)
-    final = TrainLoop(dataset, backend, reconstruction_loss(backend.name)).evaluate()
-    files = backend.export(job.output, dataset)
+    outputs = IndependentOutputs()  # the trained checkpoint is saved; no output step may lose it
+    loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
+    final = outputs.write("final evaluation", loop.evaluate) or {}
+    files = outputs.write("scene export", lambda: backend.export(job.output, dataset)) or []
     metrics = {"steps": backend.step, "eval": final, "history": report.evaluations,
                "seconds": {**report.seconds, "total": time.perf_counter() - started},
-               "eval_views": len(dataset.eval_indices), **backend_size(backend)}
+               "eval_views": len(dataset.eval_indices), **backend_size(backend),
+               **({"failed_outputs": outputs.failed} if outputs.failed else {})}
     write_json(job.output / "metrics.json", metrics)
     print(f"held-out PSNR {final.get('psnr', float('nan')):.2f} dB, SSIM {final.get('ssim', float('nan')):.3f}; "
           f"wrote {', '.join(str(f) for f in [checkpoint_path, *files])}")

@@ -28,6 +28,7 @@ from splat2splat.edit.regions import RegionConfig, composite, feathered, preview
 from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
                                       sweep_grid)
 from splat2splat.errors import InputError
+from splat2splat.folder_lock import claim_output_folder
 from splat2splat.io import check_output_folder, save_image, write_json
 from splat2splat.media import contact_sheet
 
@@ -130,6 +131,7 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
 
     check_preview(cmd)
     check_output_folder(cmd.output)  # before any edit: a folder that cannot hold the sheets fails now
+    claim_output_folder(cmd.output)
     started = time.perf_counter()
     dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)

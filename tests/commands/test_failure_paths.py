@@ -371,3 +371,19 @@ def test_an_overflowing_initial_scale_is_refused_up_front(small_scene, tmp_path,
     with pytest.raises(SystemExit) as exit_info:
         entrypoint(train_args(small_scene, tmp_path / "run", "--gaussians.init-scale", "1e30"))
     assert "--gaussians.init-scale" in one_line_error(capsys, exit_info)
+
+
+def test_a_failing_training_export_is_one_line_and_the_checkpoint_and_metrics_land(small_scene, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from splat2splat.gaussians.backend import GaussianBackend
+
+    def broken(self, output_dir, dataset):
+        raise OSError(28, "No space left on device", str(output_dir / "scene.ply"))
+
+    monkeypatch.setattr(GaussianBackend, "export", broken)
+    output = tmp_path / "run"
+    entrypoint(train_args(small_scene, output))
+    assert "warning: scene export not written" in capsys.readouterr().err
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert "scene.ply: No space left on device" in metrics["failed_outputs"]["scene export"]
+    assert (output / "checkpoint.pt").is_file()
