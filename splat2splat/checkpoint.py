@@ -82,6 +82,7 @@ class SchemaError(ValueError):
     """A field of a checkpoint that is not what the schema declares."""
 
     def __init__(self, where: str, problem: str):
+        where = where if len(where) <= 200 else f"{where[:200]}..."  # key names come from the file
         super().__init__(f"'{where}' {problem}")
 
 
@@ -443,8 +444,6 @@ def with_invocation_permissions(saved: Job, invocation: Any, source: Path) -> Jo
 # it saves, the outputs still to come, and where this machine keeps the models. Options use dotted field names.
 RESUME_OPTIONS = ("idu.steps", "steps", "turntable_frames", "video_format", "checkpoint_every", "checkpoint_minutes",
                   "eval_every", "device", "model", "lpips_weights")
-
-
 NOT_RESUME_OPTIONS = ("output", *PERMISSION_FIELDS)  # the run folder itself; permissions (see above)
 
 

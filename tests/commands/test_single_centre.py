@@ -101,3 +101,23 @@ def test_render_output_that_fails_is_one_line_and_metrics_land(single_centre_sce
     assert "comparison.png not written: MemoryError" in capsys.readouterr().err
     metrics = read_json(tmp_path / "render" / "metrics.json")
     assert metrics["failed_outputs"] == {"comparison.png": "MemoryError"} and len(metrics["views"]) == 8
+
+
+def test_resume_honours_turntable_frames_and_refuses_a_new_prompt(single_centre_scene, tmp_path):
+    from splat2splat.errors import InputError
+
+    output = tmp_path / "run"
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        run_edit(parse_edit_args(edit_args(single_centre_scene, output)), editor=TintEditor(), on_step=stop)
+    with pytest.raises(InputError, match="keeps --prompt") as error:
+        run_edit(parse_edit_args(["--output", str(output), "--resume", "--prompt", "other"]), editor=TintEditor())
+    assert "\n" not in str(error.value)
+    record = run_edit(parse_edit_args(["--output", str(output), "--resume", "--turntable-frames", "0",
+                                       "--idu.steps", "6"]), editor=TintEditor())
+    assert record["steps"] == 6 and not (output / "turntable.gif").exists()
+    assert record["command"]["turntable_frames"] == 0 and record["command"]["idu"]["steps"] == 6
