@@ -110,8 +110,8 @@ def run(cmd: RenderCommand) -> dict:
     check_output_folder(cmd.output)  # before rendering: a folder that cannot hold the outputs fails now
     claim_output_folder(cmd.output)
     if any((cmd.output / name).exists() for name in RUN_FILES):  # its metrics.json would be replaced
-        raise InputError(cmd.output, "--output holds a training or edit run (checkpoint.pt / command.json): "
-                                     "render into another folder, e.g. --output " f"{cmd.output / 'render'}")
+        raise InputError(cmd.output, f"--output holds a training or edit run (its metrics.json would be replaced): "
+                                     f"render into another folder, e.g. --output {cmd.output / 'render'}")
     renders = render_views(backend, dataset, indices)
     outputs = IndependentOutputs()  # one output that fails must not lose the others
     outputs.write("renders", lambda: [save_image(cmd.output / "renders" / cmd.split / render_file_name(
