@@ -226,3 +226,17 @@ def test_views_sharing_a_file_name_get_distinct_output_names():
         ["left_a.png", "right_a.png", "b.png"]
     assert distinct_names([Path("/d/x/a.png"), Path("/d/x/a.jpg")]) == ["a_png.png", "a_jpg.jpg"]
     assert distinct_names([Path("/d/a.png"), Path("/d/b.jpg")]) == ["a.png", "b.jpg"]  # unchanged when distinct
+
+
+def test_a_dataset_with_one_file_name_in_two_folders_names_every_view_apart(tmp_path):
+    import json
+
+    transforms = write_nerfstudio_scene(tmp_path / "s", tiny_cameras(3))
+    scene = transforms.parent
+    (scene / "images" / "b").mkdir()
+    (scene / "images" / "frame_00001.png").rename(scene / "images" / "b" / "frame_00000.png")
+    meta = json.loads(transforms.read_text())
+    meta["frames"][1]["file_path"] = "images/b/frame_00000.png"
+    transforms.write_text(json.dumps(meta))
+    dataset = load_dataset(scene, eval_every=0)
+    assert dataset.image_names == ["frame_00000.png", "b_frame_00000.png", "frame_00002.png"]
