@@ -130,8 +130,6 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     from splat2splat.data.readers import load_dataset
 
     check_preview(cmd)
-    check_output_folder(cmd.output)  # before any edit: a folder that cannot hold the sheets fails now
-    claim_output_folder(cmd.output)
     started = time.perf_counter()
     dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)
@@ -140,6 +138,8 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     scales = sweep_scales(cmd)
     make_editor = make_editor or IP2PEditorFactory()
     editor = make_editor(cmd.editor)
+    check_output_folder(cmd.output)  # before any edit: a folder that cannot hold the sheets fails now
+    claim_output_folder(cmd.output)
     n_edits = len(views) + (len(scales[0]) * len(scales[1]) if scales else 0)
     with Progress() as progress:
         task = progress.add_task("edit", total=n_edits)
