@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splat2splat.checkpoint import job_fields
+from splat2splat.checkpoint import given_options, job_fields
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
@@ -37,12 +37,14 @@ def parse(args: list[str]) -> EditCommand:
 
 
 def preset_argument(args: list[str]) -> str | None:
+    """The value of the last --preset (as tyro reads it: a later option wins)."""
+    found = None
     for k, arg in enumerate(args):
         if arg == "--preset" and k + 1 < len(args):
-            return args[k + 1]
-        if arg.startswith("--preset="):
-            return arg.split("=", 1)[1]
-    return None
+            found = args[k + 1]
+        elif arg.startswith("--preset="):
+            found = arg.split("=", 1)[1]
+    return found
 
 
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
@@ -56,7 +58,9 @@ def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
         from splat2splat.edit.distributed import edit_on_ranks
 
         return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
-    edit_run = start_edit(job_fields(cmd, EditJob), cmd.resume, editor, lpips)
+    job = job_fields(cmd, EditJob)
+    given = given_options(job, job_fields(EditCommand(), EditJob)) if cmd.resume else None
+    edit_run = start_edit(job, cmd.resume, editor, lpips, given)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one
         from splat2splat.viewer import LiveViewer

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splat2splat.checkpoint import job_fields
+from splat2splat.checkpoint import given_options, job_fields
 from splat2splat.training import TrainJob, run_training
 
 
@@ -17,4 +17,6 @@ class TrainCommand(TrainJob):
 
 
 def run(cmd: TrainCommand, on_step=None) -> dict:
-    return run_training(job_fields(cmd, TrainJob), resume=cmd.resume, on_step=on_step)
+    job = job_fields(cmd, TrainJob)
+    given = given_options(job, TrainJob()) if cmd.resume else None
+    return run_training(job, resume=cmd.resume, on_step=on_step, given=given)
