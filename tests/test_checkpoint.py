@@ -290,7 +290,9 @@ def test_the_undamaged_edit_checkpoint_resumes(edit_folder, tmp_path):
 
     shutil.copytree(edit_folder, tmp_path / "run")
     run = resume(tmp_path / "run")
-    assert run.idu.step == 1 and run.idu.queue is not None and run.idu.queue.in_flight() == 1
+    from splat2splat.edit.executors import EditQueue
+
+    assert run.idu.step == 1 and isinstance(run.idu.executor, EditQueue) and len(run.idu.executor.pending) == 1
 
 
 def test_fuzzed_edit_checkpoints_resume_and_step_or_are_one_line(edit_folder, tmp_path):
@@ -326,8 +328,6 @@ def test_fuzzed_edit_checkpoints_resume_and_step_or_are_one_line(edit_folder, tm
         save_torch(folder / "checkpoint.pt", state)
         run = resume(folder)
         run.idu.run_step()
-        if run.idu.queue is not None:
-            run.idu.queue.close()
 
     report = fuzz("edit checkpoints", int(os.environ.get("SPLAT2SPLAT_FUZZ_CASES", "120")), 23, run_case)
     report.assert_clean()
