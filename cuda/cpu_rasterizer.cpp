@@ -40,6 +40,9 @@ struct TileGrid {
 // Per Gaussian of one tile's list: what the alpha needs, gathered once per tile (cache friendly).
 template <typename scalar_t> struct Splat {
     scalar_t mx, my, a, b, c, opacity;
+    // Beyond this sigma, alpha = o exp(-sigma) < 1/255 for certain: ln(255 o) plus a margin far above the few ulps
+    // by which exp and the product can err. Skips the exponential where most candidates are.
+    scalar_t sigma_cut;
 };
 
 template <typename scalar_t> struct Alpha {
@@ -56,6 +59,10 @@ template <typename scalar_t> inline Alpha<scalar_t> evaluate(const Splat<scalar_
     const scalar_t t2 = s.c * (r.dy * r.dy);
     const scalar_t t3 = (s.b * r.dx) * r.dy;
     r.sigma = scalar_t(0.5) * (t1 + t2) + t3;
+    if (!(r.sigma >= scalar_t(0) && r.sigma <= s.sigma_cut)) {
+        r.blended = false;
+        return r;
+    }
     r.falloff = std::exp(-r.sigma);
     const scalar_t raw = s.opacity * r.falloff;
     r.alpha = std::min(raw, scalar_t(kMaxAlpha));
@@ -115,7 +122,9 @@ void gather_splats(
     out.resize(length);
     for (int64_t j = 0; j < length; ++j) {
         const int64_t g = list[j];
-        out[j] = {means2d[2 * g], means2d[2 * g + 1], conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g]};
+        const double cut = std::log(255.0 * static_cast<double>(opacities[g])) + 1e-4;
+        out[j] = {means2d[2 * g], means2d[2 * g + 1], conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g],
+                  static_cast<scalar_t>(cut)};
     }
 }
 

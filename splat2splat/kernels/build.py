@@ -47,19 +47,28 @@ def _device_arch() -> tuple[int, int]:
 def _build_directory(name: str, target: str) -> Path:
     """A folder per extension, target (GPU architecture ``smXY`` or ``cpu``) and torch build: objects of one never
     load into another."""
-    import torch.utils.cpp_extension
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or _import_cpp_extension().get_default_build_root()
     flavour = re.sub(r"[^0-9A-Za-z.]+", "_", f"torch{torch.__version__}_cu{torch.version.cuda}")
     directory = Path(root) / f"{name}_{target}_{flavour}"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 
-def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
-    # Imported here: importing cpp_extension probes for a CUDA toolkit, which CPU runs never need.
-    import torch.utils.cpp_extension
+def _import_cpp_extension() -> ModuleType:
+    """torch.utils.cpp_extension, imported late: its import probes for a CUDA toolkit and, on a machine without a
+    GPU, logs "No CUDA runtime is found" (noise for a CPU build), which is silenced here."""
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension
+    finally:
+        torch_logger.setLevel(level)
+    return torch.utils.cpp_extension
 
+
+def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
+    cpp_extension = _import_cpp_extension()
     source_dir = cuda_source_dir()
     # No fast-math and no FMA contraction: the kernels must reproduce the reference's values operation by operation.
     cflags = ["-O3", "-ffp-contract=off"]
@@ -72,7 +81,7 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
     else:
         target = "cpu"
         extra = {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp"], "with_cuda": False}
-    return torch.utils.cpp_extension.load(
+    return cpp_extension.load(
         name=name,
         sources=[str(source_dir / source) for source in sources],
         extra_include_paths=[str(source_dir)],
