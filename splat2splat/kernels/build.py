@@ -14,6 +14,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -79,6 +80,9 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
         extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
     else:
+        compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)")
         target = "cpu"
         extra = {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp"], "with_cuda": False}
     return cpp_extension.load(
