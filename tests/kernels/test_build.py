@@ -1,4 +1,5 @@
-"""gsplat's CUDA extension: when it cannot be used, one warning and the PyTorch rasterizer instead."""
+"""gsplat's CUDA extension: when it cannot be used, one warning and the PyTorch rasterizer instead (the C++ CPU
+rasterizer's fallback: tests/kernels/test_cpu_rasterizer.py)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_working_gsplat_is_chosen_on_cuda_only(monkeypatch, fresh_gsplat_check):
     assert choose_rasterizer("auto", torch.device("cuda")) == "gsplat"
     assert choose_rasterizer("gsplat", torch.device("cuda:0")) == "gsplat"
     assert choose_rasterizer("torch", torch.device("cuda")) == "torch"
-    assert choose_rasterizer("auto", torch.device("cpu")) == "torch"
+    assert choose_rasterizer("torch", torch.device("cpu")) == "torch"
 
 
 def test_gsplat_on_the_cpu_is_an_input_error():
