@@ -12,6 +12,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from splat2splat.gaussians.rasterize import choose_rasterizer
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -59,7 +61,8 @@ def test_bench_speed_main_writes_all_results_at_toy_sizes(scripts_on_path, tmp_p
     assert editor["latency_ratio_ours_over_stock"] == pytest.approx(editor["ours"]["median_s"] / editor["stock"]["median_s"])
 
     (row,) = results["train_step"]["rows"]
-    assert (row["gaussians"], row["image_size"], row["rasterizer"]) == (200, 32, "torch")
+    assert (row["gaussians"], row["image_size"]) == (200, 32)
+    assert row["rasterizer"] == choose_rasterizer("auto", torch.device("cpu"))  # cpp where a compiler is found
     assert len(row["seconds"]) == 2 and row["median_s"] > 0 and row["median_cpu_s"] > 0
     assert results["train_step"]["memory_method"] == results["editor"]["memory_method"]
 
