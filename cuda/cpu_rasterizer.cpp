@@ -10,8 +10,8 @@
 //            alpha < 1/255;
 //   stop:    before the pair after which the transmittance (a float64 product) would be <= 1e-4.
 // Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
-// (exact alphas and transmittances, no division), then back to front with the running sum of later weights, and
-// adds each tile's per-Gaussian sums (float64) into the gradients.
+// (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
+// tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
 
 #include <torch/extension.h>
 
@@ -43,6 +43,9 @@ template <typename scalar_t> struct Splat {
     // Beyond this sigma, alpha = o exp(-sigma) < 1/255 for certain: ln(255 o) plus a margin far above the few ulps
     // by which exp and the product can err. Skips the exponential where most candidates are.
     scalar_t sigma_cut;
+    // Pixel centres outside this box (the projection's radius, which bounds alpha >= 1/255, widened by a pixel
+    // against rounding) are skipped without evaluating sigma.
+    scalar_t x_lo, x_hi, y_lo, y_hi;
 };
 
 template <typename scalar_t> struct Alpha {
@@ -117,15 +120,30 @@ void tile_lists(
 template <typename scalar_t>
 void gather_splats(
     const int32_t *list, int64_t length, const scalar_t *means2d, const scalar_t *conics, const scalar_t *opacities,
-    std::vector<Splat<scalar_t>> &out
+    const int32_t *radii, std::vector<Splat<scalar_t>> &out
 ) {
     out.resize(length);
     for (int64_t j = 0; j < length; ++j) {
         const int64_t g = list[j];
         const double cut = std::log(255.0 * static_cast<double>(opacities[g])) + 1e-4;
+        const double mx = means2d[2 * g], my = means2d[2 * g + 1];
+        const double rx = radii[2 * g] * (1.0 + 1e-3) + 1.0, ry = radii[2 * g + 1] * (1.0 + 1e-3) + 1.0;
         out[j] = {means2d[2 * g], means2d[2 * g + 1], conics[3 * g], conics[3 * g + 1], conics[3 * g + 2], opacities[g],
-                  static_cast<scalar_t>(cut)};
+                  static_cast<scalar_t>(cut), static_cast<scalar_t>(mx - rx), static_cast<scalar_t>(mx + rx),
+                  static_cast<scalar_t>(my - ry), static_cast<scalar_t>(my + ry)};
     }
+}
+
+// The entries of a tile's list whose box holds the pixel row at height py, in list order.
+template <typename scalar_t>
+void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, std::vector<int32_t> &out) {
+    out.clear();
+    for (int32_t j = 0; j < static_cast<int32_t>(splats.size()); ++j)
+        if (splats[j].y_lo <= py && py <= splats[j].y_hi) out.push_back(j);
+}
+
+template <typename scalar_t> inline bool outside(const Splat<scalar_t> &s, scalar_t px) {
+    return px < s.x_lo || px > s.x_hi;
 }
 
 TileGrid make_grid(int64_t width, int64_t height, int64_t tile_size) {
@@ -170,29 +188,33 @@ void forward_impl(
                          n, grid, offsets, ids);
     const scalar_t *m = means2d.data_ptr<scalar_t>(), *con = conics.data_ptr<scalar_t>();
     const scalar_t *opa = opacities.data_ptr<scalar_t>(), *col = colors.data_ptr<scalar_t>();
+    const int32_t *rad = radii.data_ptr<int32_t>();
     scalar_t *img = image.data_ptr<scalar_t>(), *acc = alpha_out.data_ptr<scalar_t>();
     int32_t *walk = walked.data_ptr<int32_t>();
 #pragma omp parallel num_threads(at::get_num_threads())
     {
         std::vector<Splat<scalar_t>> splats;
         std::vector<scalar_t> tile_colors;
+        std::vector<int32_t> row;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < grid.count(); ++tile) {
             const int32_t *list = ids.data() + offsets[tile];
             const int64_t length = offsets[tile + 1] - offsets[tile];
             if (length == 0) continue;
-            gather_splats(list, length, m, con, opa, splats);
+            gather_splats(list, length, m, con, opa, rad, splats);
             tile_colors.resize(length * channels);
             for (int64_t j = 0; j < length; ++j)
                 for (int64_t k = 0; k < channels; ++k) tile_colors[j * channels + k] = col[list[j] * channels + k];
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
+                const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
+                row_candidates(splats, py, row);
                 for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
                     const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
                     double transmittance = 1.0, pixel[kMaxChannels] = {0.0}, accumulated = 0.0;
                     int64_t end = 0;
-                    for (int64_t j = 0; j < length; ++j) {
+                    for (const int32_t j : row) {
+                        if (outside(splats[j], px)) continue;
                         const Alpha<scalar_t> r = evaluate(splats[j], px, py);
                         if (!r.blended) continue;
                         const double keep = 1.0 - static_cast<double>(r.alpha);
@@ -219,7 +241,7 @@ void forward_impl(
 template <typename scalar_t>
 void backward_impl(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
+    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
     const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
 ) {
     const int64_t channels = colors.size(1), stride = 6 + channels;
@@ -229,11 +251,16 @@ void backward_impl(
     const scalar_t *gimg = grad_image.data_ptr<scalar_t>(), *galpha = grad_alpha.data_ptr<scalar_t>();
     const int64_t *off = offsets.data_ptr<int64_t>();
     const int32_t *list_all = ids.data_ptr<int32_t>(), *walk = walked.data_ptr<int32_t>();
-    double *out = sums.data_ptr<double>();
+    const int32_t *rad = radii.data_ptr<int32_t>();
+    // Each tile's per-Gaussian sums go to its own rows (one per tile-list entry), then are added up per Gaussian in
+    // a fixed order: the gradients do not depend on the thread count or schedule.
+    const int64_t n_entries = off[grid.count()];
+    std::vector<scalar_t> entry_sums(n_entries * stride);
 #pragma omp parallel num_threads(at::get_num_threads())
     {
         std::vector<Splat<scalar_t>> splats;
         std::vector<double> tile_sums;
+        std::vector<int32_t> row;
         struct Pair {
             int64_t j;
             Alpha<scalar_t> r;
@@ -245,19 +272,22 @@ void backward_impl(
             const int32_t *list = list_all + off[tile];
             const int64_t length = off[tile + 1] - off[tile];
             if (length == 0) continue;
-            gather_splats(list, length, m, con, opa, splats);
+            gather_splats(list, length, m, con, opa, rad, splats);
             tile_sums.assign(length * stride, 0.0);
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
+                const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
+                row_candidates(splats, py, row);
                 for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
                     const int64_t p = y * width + x, end = walk[p];
                     if (end == 0) continue;
                     const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
                     // The forward's pairs again, with their alphas and transmittances.
                     pairs.clear();
                     double transmittance = 1.0;
-                    for (int64_t j = 0; j < end; ++j) {
+                    for (const int32_t j : row) {
+                        if (j >= end) break;
+                        if (outside(splats[j], px)) continue;
                         const Alpha<scalar_t> r = evaluate(splats[j], px, py);
                         if (!r.blended) continue;
                         pairs.push_back({j, r, static_cast<scalar_t>(transmittance)});
@@ -291,17 +321,22 @@ void backward_impl(
                     }
                 }
             }
-            for (int64_t j = 0; j < length; ++j) {
-                const double *slot = tile_sums.data() + j * stride;
-                double *target = out + static_cast<int64_t>(list[j]) * stride;
-                for (int64_t k = 0; k < stride; ++k) {
-                    if (slot[k] == 0.0) continue;
-#pragma omp atomic
-                    target[k] += slot[k];
-                }
-            }
+            scalar_t *entries = entry_sums.data() + off[tile] * stride;
+            for (int64_t k = 0; k < length * stride; ++k) entries[k] = static_cast<scalar_t>(tile_sums[k]);
         }
     }
+    double *out = sums.data_ptr<double>();
+    for (int64_t e = 0; e < n_entries; ++e) {
+        double *target = out + static_cast<int64_t>(list_all[e]) * stride;
+        const scalar_t *entry = entry_sums.data() + e * stride;
+        for (int64_t k = 0; k < stride; ++k) target[k] += static_cast<double>(entry[k]);
+    }
+}
+
+void check_radii(const at::Tensor &radii, const at::Tensor &means2d) {
+    TORCH_CHECK(radii.scalar_type() == at::kInt && radii.is_contiguous() && radii.dim() == 2 && radii.size(1) == 2 &&
+                    radii.size(0) == means2d.size(0),
+                "radii must be a contiguous [N, 2] int32 tensor");
 }
 
 }  // namespace
@@ -314,9 +349,7 @@ std::vector<at::Tensor> rasterize_forward(
 ) {
     check_inputs(means2d, conics, opacities, colors);
     check(depths, means2d, "depths", 1, -1);
-    TORCH_CHECK(radii.scalar_type() == at::kInt && radii.is_contiguous() && radii.dim() == 2 && radii.size(1) == 2 &&
-                    radii.size(0) == means2d.size(0),
-                "radii must be a contiguous [N, 2] int32 tensor");
+    check_radii(radii, means2d);
     const TileGrid grid = make_grid(width, height, tile_size);
     const int64_t n = means2d.size(0), channels = colors.size(1);
     at::Tensor image = at::zeros({height, width, channels}, colors.options());
@@ -334,7 +367,7 @@ std::vector<at::Tensor> rasterize_forward(
 // colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W].
 std::vector<at::Tensor> rasterize_backward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
+    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
     const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size
 ) {
     check_inputs(means2d, conics, opacities, colors);
@@ -346,11 +379,12 @@ std::vector<at::Tensor> rasterize_backward(
                 "grad_alpha must be a contiguous [H, W] tensor of the colours' dtype");
     const TileGrid grid = make_grid(width, height, tile_size);
     TORCH_CHECK(offsets.numel() == grid.count() + 1 && walked.numel() == width * height, "saved tile lists do not fit");
+    check_radii(radii, means2d);
     const int64_t n = means2d.size(0), channels = colors.size(1), stride = 6 + channels;
     // Per Gaussian: means2d (2), conic (3), opacity (1), colour (K), summed in float64.
     at::Tensor sums = at::zeros({n, stride}, means2d.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
-        backward_impl<scalar_t>(means2d, conics, opacities, colors, offsets, ids, walked, grad_image, grad_alpha, grid,
+        backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, grad_image, grad_alpha, grid,
                                 sums);
     });
     at::Tensor grads = sums.to(means2d.scalar_type());

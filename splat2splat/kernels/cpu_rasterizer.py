@@ -36,22 +36,22 @@ class _Composite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opacities, colors, depths, radii, width, height, tile_size):
         extension = cpu_rasterizer_extension()
         inputs = [t.detach().contiguous() for t in (means2d, conics, opacities, colors)]
+        radii = radii.detach().int().contiguous()
         image, alpha, offsets, ids, walked = extension.forward(
-            *inputs, radii.detach().int().contiguous(), depths.detach().to(means2d.dtype).contiguous(), width, height,
-            tile_size)
-        ctx.save_for_backward(*inputs, offsets, ids, walked)
+            *inputs, radii, depths.detach().to(means2d.dtype).contiguous(), width, height, tile_size)
+        ctx.save_for_backward(*inputs, radii, offsets, ids, walked)
         ctx.size = (width, height, tile_size)
         return image, alpha
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
-        *inputs, offsets, ids, walked = ctx.saved_tensors
+        *inputs, radii, offsets, ids, walked = ctx.saved_tensors
         width, height, tile_size = ctx.size
         colors = inputs[3]
         grad_image = (torch.zeros(height, width, colors.shape[-1], dtype=colors.dtype) if grad_image is None
                       else grad_image.to(colors.dtype).contiguous())
         grad_alpha = (torch.zeros(height, width, dtype=colors.dtype) if grad_alpha is None
                       else grad_alpha.to(colors.dtype).contiguous())
-        grads = cpu_rasterizer_extension().backward(*inputs, offsets, ids, walked, grad_image, grad_alpha, width,
+        grads = cpu_rasterizer_extension().backward(*inputs, radii, offsets, ids, walked, grad_image, grad_alpha, width,
                                                     height, tile_size)
         return (*grads, None, None, None, None, None)
