@@ -94,9 +94,9 @@ def choose_rasterizer(requested: str, device: torch.device) -> str:
         return "cpp"
     if requested == "auto":
         return "torch"
-    needs = "a CUDA device" if requested == "gsplat" else "the CPU"
+    needs, kind = ("a CUDA device", "CUDA") if requested == "gsplat" else ("the CPU", "C++")
     why = (f"it needs {needs} and the scene is on {device}" if (device.type == "cuda") != (requested == "gsplat")
-           else "its extension could not be built here (see the warning above)")
+           else f"its {kind} extension could not be built here (see the warning above)")
     raise InputError(None, f"rasterizer {requested!r} cannot run: {why}; use --gaussians.rasterizer auto or torch")
 
 
