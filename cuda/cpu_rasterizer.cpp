@@ -9,6 +9,8 @@
 //   alpha:   sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)), skipped when sigma < 0 or
 //            alpha < 1/255;
 //   stop:    before the pair after which the transmittance (a float64 product) would be <= 1e-4.
+// Work is skipped only where it provably changes nothing: pixels outside a Gaussian's radius box (plus a pixel),
+// and the exponential where sigma exceeds ln(255 o) by more than rounding could explain.
 // Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
 // (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
 // tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
@@ -97,8 +99,9 @@ void tile_lists(
         const int64_t i = order[k];
         // As _tile_boxes: the centre in the means' dtype, the radius as float32 (radii.float() / tile_size).
         const scalar_t cx = means2d[2 * i] / ts, cy = means2d[2 * i + 1] / ts;
-        const scalar_t rx = static_cast<scalar_t>(static_cast<float>(radii[2 * i]) / static_cast<float>(grid.tile_size));
-        const scalar_t ry = static_cast<scalar_t>(static_cast<float>(radii[2 * i + 1]) / static_cast<float>(grid.tile_size));
+        const float tile = static_cast<float>(grid.tile_size);
+        const scalar_t rx = static_cast<scalar_t>(static_cast<float>(radii[2 * i]) / tile);
+        const scalar_t ry = static_cast<scalar_t>(static_cast<float>(radii[2 * i + 1]) / tile);
         box[4 * k + 0] = clamp_tile(std::floor(cx - rx), grid.tiles_x);
         box[4 * k + 1] = clamp_tile(std::ceil(cx + rx), grid.tiles_x);
         box[4 * k + 2] = clamp_tile(std::floor(cy - ry), grid.tiles_y);
@@ -241,8 +244,8 @@ void forward_impl(
 template <typename scalar_t>
 void backward_impl(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
-    const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
+    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked,
+    const at::Tensor &grad_image, const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
 ) {
     const int64_t channels = colors.size(1), stride = 6 + channels;
     const int64_t width = grid.width, height = grid.height, tile_size = grid.tile_size;
@@ -367,8 +370,8 @@ std::vector<at::Tensor> rasterize_forward(
 // colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W].
 std::vector<at::Tensor> rasterize_backward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked, const at::Tensor &grad_image,
-    const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size
+    const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked,
+    const at::Tensor &grad_image, const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size
 ) {
     check_inputs(means2d, conics, opacities, colors);
     TORCH_CHECK(grad_image.is_contiguous() && grad_image.sizes() == at::IntArrayRef({height, width, colors.size(1)}) &&
@@ -384,8 +387,8 @@ std::vector<at::Tensor> rasterize_backward(
     // Per Gaussian: means2d (2), conic (3), opacity (1), colour (K), summed in float64.
     at::Tensor sums = at::zeros({n, stride}, means2d.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
-        backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, grad_image, grad_alpha, grid,
-                                sums);
+        backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, grad_image,
+                                grad_alpha, grid, sums);
     });
     at::Tensor grads = sums.to(means2d.scalar_type());
     return {grads.slice(1, 0, 2).contiguous(), grads.slice(1, 2, 5).contiguous(), grads.select(1, 5).contiguous(),
