@@ -13,6 +13,7 @@ Gaussians (and the pair count, which its pair search gives).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
 import sys
@@ -45,6 +46,15 @@ def random_scene(n: int, size: int, seed: int = 0, scale: float | None = None):
     c2w[2, 3] = -2.5
     K = torch.tensor([[1.2 * size, 0, size / 2], [0, 1.2 * size, size / 2], [0, 0, 1.0]])
     return (means, quats, scales, opacities, sh), torch.linalg.inv(c2w)[None], K[None]
+
+
+def release_free_memory() -> None:
+    """Give the memory freed by earlier steps back to the system (glibc malloc_trim), so that the resident-set peak
+    of the next steps is what they need, not 0 because the heap already holds it."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def count_pairs(params, viewmats, Ks, size) -> int:
@@ -117,6 +127,7 @@ def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
         step = Step(backend, params, viewmats, Ks, size)
         results[backend] = step.result()
         step.timed()  # warm-up
+        release_free_memory()
         with measure_peak_memory(torch.device("cpu")) as peak:
             times = [step.timed() for _ in range(args.repeats)]
         forward, backward, whole = (statistics.median(t[k] for t in times) for k in range(3))
