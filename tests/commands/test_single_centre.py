@@ -39,6 +39,15 @@ def edit_args(data: Path, output: Path, *extra: str) -> list[str]:
             "--checkpoint-every", "2", "--eval-every", "0", *extra]
 
 
+def edit_interrupted_at_step_2(data, output) -> None:
+    def stop(step: int) -> None:
+        if step == 2:
+            raise Interrupted(step)
+
+    with pytest.raises(Interrupted):
+        run_edit(parse_edit_args(edit_args(data, output)), editor=TintEditor(), on_step=stop)
+
+
 def test_edit_of_a_single_centre_capture_writes_every_output(single_centre_scene, tmp_path, capsys):
     output = tmp_path / "run"
     record = run_edit(parse_edit_args(edit_args(single_centre_scene, output)), editor=TintEditor())
@@ -49,13 +58,7 @@ def test_edit_of_a_single_centre_capture_writes_every_output(single_centre_scene
 
 def test_interrupted_single_centre_edit_resumes_to_the_end(single_centre_scene, tmp_path):
     output = tmp_path / "run"
-
-    def stop(step: int) -> None:
-        if step == 2:
-            raise Interrupted(step)
-
-    with pytest.raises(Interrupted):
-        run_edit(parse_edit_args(edit_args(single_centre_scene, output)), editor=TintEditor(), on_step=stop)
+    edit_interrupted_at_step_2(single_centre_scene, output)
     record = run_edit(parse_edit_args(["--output", str(output), "--resume"]), editor=TintEditor())
     assert record["steps"] == 4 and (output / "turntable.gif").is_file()
 
@@ -107,13 +110,7 @@ def test_resume_honours_turntable_frames_and_refuses_a_new_prompt(single_centre_
     from splat2splat.errors import InputError
 
     output = tmp_path / "run"
-
-    def stop(step: int) -> None:
-        if step == 2:
-            raise Interrupted(step)
-
-    with pytest.raises(Interrupted):
-        run_edit(parse_edit_args(edit_args(single_centre_scene, output)), editor=TintEditor(), on_step=stop)
+    edit_interrupted_at_step_2(single_centre_scene, output)
     with pytest.raises(InputError, match="keeps --prompt") as error:
         run_edit(parse_edit_args(["--output", str(output), "--resume", "--prompt", "other"]), editor=TintEditor())
     assert "\n" not in str(error.value)
