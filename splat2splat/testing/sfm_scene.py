@@ -1,0 +1,112 @@
+"""Photos and videos with known poses for testing ``splat2splat process`` (structure from motion) offline.
+
+The demo tabletop's own textures (checkerboard, stripes) are too regular for SIFT at test sizes: at 256 px
+COLMAP registers about half of its 40 views, with a wrong focal length. Here the same geometry and shading
+are multiplied by a fixed 3D value-noise texture (a function of the surface point, so every view sees the
+same texture), which gives SIFT distinct features everywhere. Also: the similarity (Umeyama) alignment of
+recovered camera centres to the truth, and a PyAV video writer for frames.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splat2splat.data.cameras import Cameras
+from splat2splat.data.demo import demo_cameras, supersampled_rays, trace
+from splat2splat.io import save_image, to_uint8
+
+_NOISE_SCALES = (0.03, 0.012)  # world units per lattice cell: blobs of a few pixels at 256 px
+
+
+def _lattice_value(cells: torch.Tensor, seed: int) -> torch.Tensor:
+    """A pseudo-random value in [0, 1) for every integer lattice point [..., 3] (a fixed integer hash)."""
+    c = cells.long()
+    h = (c[..., 0] * 73856093) ^ (c[..., 1] * 19349663) ^ (c[..., 2] * 83492791) ^ (seed * 2654435761)
+    h = (h ^ (h >> 13)) * 1274126177
+    h = h ^ (h >> 16)
+    return (h & 0xFFFF).float() / 65536.0
+
+
+def value_noise(points: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Smooth 3D value noise in [0, 1] at ``points`` [N, 3], summed over a few scales."""
+    total = torch.zeros(points.shape[:-1])
+    for k, scale in enumerate(_NOISE_SCALES):
+        p = points / scale
+        base = torch.floor(p)
+        t = p - base
+        t = t * t * (3 - 2 * t)  # smoothstep between lattice points
+        octave = torch.zeros_like(total)
+        for corner in range(8):
+            offset = torch.tensor([(corner >> axis) & 1 for axis in range(3)], dtype=points.dtype)
+            weight = torch.where(offset.bool(), t, 1 - t).prod(-1)
+            octave += weight * _lattice_value(base + offset, seed + k)
+        total += octave
+    return total / len(_NOISE_SCALES)
+
+
+def render_textured_view(cameras: Cameras, index: int, supersample: int = 2) -> torch.Tensor:
+    """The demo tabletop seen by camera ``index`` [H, W, 3], its surfaces covered with value noise."""
+    origins, dirs = supersampled_rays(cameras, index, supersample)
+    color, hit, points = trace(origins, dirs)
+    texture = 0.35 + 0.65 * value_noise(points)
+    color = torch.where(hit[..., None], color * texture[..., None], color)
+    h, w = cameras.image_size(index)
+    return color.reshape(h, supersample, w, supersample, 3).mean((1, 3))
+
+
+def textured_scene_views(n_views: int, image_size: int) -> tuple[Cameras, list[torch.Tensor]]:
+    """The demo's cameras (two orbits) and the textured renders seen from them."""
+    cameras = demo_cameras(n_views, image_size)
+    return cameras, [render_textured_view(cameras, i) for i in range(n_views)]
+
+
+def write_photos(folder: Path, images: list[torch.Tensor], suffix: str = ".png") -> list[Path]:
+    """Images only (no poses), as a user's photo folder."""
+    paths = [Path(folder) / f"photo_{i:03d}{suffix}" for i in range(len(images))]
+    for path, image in zip(paths, images):
+        save_image(path, image)
+    return paths
+
+
+def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotation: int = 0) -> Path:
+    """A near-lossless H.264 video of ``images`` written with PyAV (``rotation``: display-matrix degrees)."""
+    import av
+
+    path = Path(path)
+    height, width = images[0].shape[:2]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        stream.options = {"crf": "4", "preset": "veryfast"}
+        if rotation:
+            stream.metadata["rotate"] = str(rotation)
+        for image in images:
+            frame = av.VideoFrame.from_ndarray(to_uint8(image), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def umeyama(source: np.ndarray, target: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Scale s, rotation R, translation t minimising |s R source + t - target|^2 over points [N, 3]."""
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    xs, xt = source - mu_s, target - mu_t
+    covariance = xt.T @ xs / len(source)
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.eye(3)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[2, 2] = -1
+    rotation = u @ sign @ vt
+    scale = float(np.trace(np.diag(singular) @ sign) / xs.var(0).sum())
+    return scale, rotation, mu_t - scale * rotation @ mu_s
+
+
+def rotation_error_degrees(a: np.ndarray, b: np.ndarray) -> float:
+    """The angle of the rotation between rotation matrices ``a`` and ``b``."""
+    cosine = (np.trace(a.T @ b) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
