@@ -22,7 +22,10 @@ from splat2splat.io import EXIF_ORIENTATION_TAG
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _COPYABLE = (".jpg", ".jpeg", ".png")
 MIN_VIEWS = 3
-SHARPNESS_WIDTH = 480  # frames are compared for sharpness at this width (a full-size Laplacian is slow)
+SHARPNESS_WIDTH = 480
+# FFmpeg opens any text file as "tty" (ANSI art rendered as frames): not a video anyone meant
+_NOT_VIDEO_FORMATS = ("tty",)
+_TEXT_CODECS = ("ansi", "bintext", "xbin", "idf")  # frames are compared for sharpness at this width (a full-size Laplacian is slow)
 
 # progress(advance, total): called as frames are staged; total is None until known
 Progress = Callable[[int, "int | None"], None]
@@ -162,6 +165,9 @@ def _open_video(video: Path):
     if not container.streams.video:
         container.close()
         raise InputError(video, "has no video stream")
+    if container.format.name in _NOT_VIDEO_FORMATS or container.streams.video[0].codec_context.name in _TEXT_CODECS:
+        container.close()
+        raise InputError(video, "cannot be read as a video or image folder (FFmpeg sees text, not a video)")
     return container
 
 

@@ -152,7 +152,8 @@ def _build(config: ProcessConfig, settings: SfmSettings, staging: Path, progress
     with _stage(progress, timer, "mapping", f"{settings.mapper} mapping", n) as (update, _):
         model = reconstruct.map_images(database, frames_dir, model_root, n, settings, update)
     registered = 0 if model is None else model.num_reg_images()
-    reconstruct.check_registration(registered, n, method, source, MIN_REGISTERED_FRACTION)
+    points = 0 if model is None else model.num_points3D()
+    reconstruct.check_registration(registered, points, n, method, source, MIN_REGISTERED_FRACTION)
     _keep_only(model_root, model)
 
     with _stage(progress, timer, "undistortion", "undistortion") as (update, _):

@@ -181,14 +181,19 @@ def undistort(model_dir: Path, images: Path, output: Path, report: Report) -> No
         output, model_dir, images, output_type="COLMAP", cancellation_token=cancellation_token), None, report)
 
 
-def check_registration(registered: int, total: int, method: str, source: Path, min_fraction: float = 0.5) -> None:
-    """Refuse a model that holds less than ``min_fraction`` of the views (one line with what to try)."""
+MIN_POINTS = 20
+
+
+def check_registration(registered: int, points: int, total: int, method: str, source: Path,
+                       min_fraction: float = 0.5) -> None:
+    """Refuse a model that holds less than ``min_fraction`` of the views or hardly any points (one line with
+    what to try)."""
     hint = "more overlap between neighbouring views (and sharper frames)"
     if method != "exhaustive":
         hint = f"try --matching exhaustive or {hint}"
     else:
         hint = f"try {hint}"
-    if registered == 0:
+    if registered == 0 or points < MIN_POINTS:
         raise InputError(source, f"no two views could be matched into a model (do the images overlap?); {hint}")
     if registered < min_fraction * total:
         raise InputError(source, f"registered {registered} of {total} views; {hint}")

@@ -47,7 +47,7 @@ def value_noise(points: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return total / len(_NOISE_SCALES)
 
 
-def render_textured_view(cameras: Cameras, index: int, supersample: int = 2) -> torch.Tensor:
+def render_textured_view(cameras: Cameras, index: int, supersample: int = 1) -> torch.Tensor:
     """The demo tabletop seen by camera ``index`` [H, W, 3], its surfaces covered with value noise."""
     origins, dirs = supersampled_rays(cameras, index, supersample)
     color, hit, points = trace(origins, dirs)
@@ -57,10 +57,10 @@ def render_textured_view(cameras: Cameras, index: int, supersample: int = 2) -> 
     return color.reshape(h, supersample, w, supersample, 3).mean((1, 3))
 
 
-def textured_scene_views(n_views: int, image_size: int) -> tuple[Cameras, list[torch.Tensor]]:
+def textured_scene_views(n_views: int, image_size: int, supersample: int = 1) -> tuple[Cameras, list[torch.Tensor]]:
     """The demo's cameras (two orbits) and the textured renders seen from them."""
     cameras = demo_cameras(n_views, image_size)
-    return cameras, [render_textured_view(cameras, i) for i in range(n_views)]
+    return cameras, [render_textured_view(cameras, i, supersample) for i in range(n_views)]
 
 
 def write_photos(folder: Path, images: list[torch.Tensor], suffix: str = ".png") -> list[Path]:
@@ -72,7 +72,7 @@ def write_photos(folder: Path, images: list[torch.Tensor], suffix: str = ".png")
 
 
 def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotation: int = 0) -> Path:
-    """A near-lossless H.264 video of ``images`` written with PyAV (``rotation``: display-matrix degrees)."""
+    """A near-lossless H.264 video of ``images`` written with PyAV (``rotation``: display-matrix degrees, counter-clockwise)."""
     import av
 
     path = Path(path)
@@ -82,7 +82,7 @@ def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotati
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
         stream.options = {"crf": "4", "preset": "veryfast"}
         if rotation:
-            stream.metadata["rotate"] = str(rotation)
+            stream.set_display_rotation(rotation)  # counter-clockwise, as PyAV reads it back
         for image in images:
             frame = av.VideoFrame.from_ndarray(to_uint8(image), format="rgb24")
             for packet in stream.encode(frame):
@@ -110,3 +110,16 @@ def rotation_error_degrees(a: np.ndarray, b: np.ndarray) -> float:
     """The angle of the rotation between rotation matrices ``a`` and ``b``."""
     cosine = (np.trace(a.T @ b) - 1) / 2
     return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+
+
+def pose_errors(truth: Cameras, recovered: Cameras) -> tuple[float, float]:
+    """Largest rotation error (degrees) and camera-centre error (fraction of the rig's diameter) of
+    ``recovered`` after the similarity that best maps its centres onto ``truth``'s (same views, same order)."""
+    true_c2w = truth.camtoworlds.double().numpy()
+    found_c2w = recovered.camtoworlds.double().numpy()
+    scale, rotation, shift = umeyama(found_c2w[:, :3, 3], true_c2w[:, :3, 3])
+    moved = scale * found_c2w[:, :3, 3] @ rotation.T + shift
+    centres = true_c2w[:, :3, 3]
+    diameter = max(np.linalg.norm(centres[:, None] - centres[None], axis=-1).max(), 1e-12)
+    rotation_errors = [rotation_error_degrees(t[:3, :3], rotation @ f[:3, :3]) for t, f in zip(true_c2w, found_c2w)]
+    return max(rotation_errors), float(np.linalg.norm(moved - centres, axis=1).max() / diameter)
