@@ -15,6 +15,7 @@ from splat2splat.cli import entrypoint
 from splat2splat.data.cameras import opencv_to_opengl
 from splat2splat.data.readers.nerfstudio import read_nerfstudio
 from splat2splat.io import read_json, write_json, write_point_ply
+from splat2splat.sfm.nerfstudio_output import write_downscales
 from splat2splat.sfm.process import ProcessConfig, process
 from splat2splat.testing.sfm_scene import pose_errors, textured_scene_views, umeyama, write_photos, write_video_av
 
@@ -95,7 +96,8 @@ def test_the_same_views_as_a_video(views, tmp_path):
 
 
 def write_true_pose_dataset(folder: Path, views, dataset: Path) -> Path:
-    """The same renders with their true poses, and the SfM points moved into the true frame."""
+    """The same renders with their true poses (and images_N made the same way), and the SfM points moved into
+    the true frame: the two trainings differ only by the poses (and the undistortion's resampling)."""
     cameras, images = views
     write_photos(folder / "images", images)
     raw = read_nerfstudio(dataset)
@@ -105,6 +107,7 @@ def write_true_pose_dataset(folder: Path, views, dataset: Path) -> Path:
                                      cameras.camtoworlds[registered, :3, 3].double().numpy())
     points = scale * raw.points.double().numpy() @ rotation.T + shift
     write_point_ply(folder / "points.ply", torch.from_numpy(points).float(), raw.point_colors)
+    write_downscales(folder, [f"photo_{i:03d}.png" for i in registered])  # shrunk as the processed ones are
     write_json(folder / "transforms.json", {
         "camera_model": "PINHOLE", "fl_x": float(cameras.fx[0]), "fl_y": float(cameras.fy[0]),
         "cx": float(cameras.cx[0]), "cy": float(cameras.cy[0]), "w": SIZE, "h": SIZE, "ply_file_path": "points.ply",
@@ -134,8 +137,10 @@ def test_training_on_the_processed_dataset_matches_true_poses_and_exports_in_the
 
     vertex = PlyData.read(str(tmp_path / "export" / "scene.ply"))["vertex"]
     centres = np.stack([vertex["x"], vertex["y"], vertex["z"]], -1)
-    colmap_points = np.array([p.xyz for p in pycolmap.Reconstruction(dataset / "colmap/sparse/0").points3D.values()])
-    extent = np.ptp(colmap_points, axis=0).max()
+    model = pycolmap.Reconstruction(dataset / "colmap/sparse/0")
+    colmap_points = np.array([p.xyz for p in model.points3D.values()])
+    rig = np.array([image.projection_center() for image in model.images.values()])
+    extent = np.linalg.norm(rig[:, None] - rig[None], axis=-1).max()  # the camera rig's diameter
 
     def median_distance(points: np.ndarray) -> float:
         sample = points[np.random.default_rng(0).choice(len(points), min(len(points), 2000), replace=False)]
