@@ -149,3 +149,21 @@ def test_training_on_the_processed_dataset_matches_true_poses_and_exports_in_the
     assert median_distance(centres) < 0.01 * extent
     # the same centres left in the transforms.json frame would not line up: the test can tell the frames apart
     assert median_distance(centres[:, [0, 2, 1]] * np.array([1, 1, -1])) > 0.05 * extent
+
+
+@pytest.mark.parametrize("mapper, single_camera", [("global", True), ("incremental", False)])
+def test_global_mapper_and_one_camera_per_image_on_a_few_views(photos, views, tmp_path, mapper, single_camera):
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for i in range(12):  # 12 neighbouring views of both rings (a third of the orbit)
+        (subset / f"photo_{i:03d}.png").write_bytes((photos / f"photo_{i:03d}.png").read_bytes())
+    output = tmp_path / "dataset"
+    result = process(ProcessConfig(subset, output, mapper=mapper, single_camera=single_camera,
+                                   camera_model="SIMPLE_RADIAL", **FAST))
+    rotation_error, position_error, registered = recovered_against_truth(output, result, views[0])
+    assert len(registered) >= 10, result["dropped"]
+    # fewer views (and, per image, fewer constraints on each focal length): looser bars than the full set's
+    assert rotation_error < 2.0 and position_error < 0.02, (rotation_error, position_error)
+    meta = read_json(output / "transforms.json")
+    assert result["mapper"] == mapper and len(result["cameras"]) == (1 if single_camera else len(registered))
+    assert ("fl_x" in meta) == single_camera and all(("fl_x" in f) != single_camera for f in meta["frames"])
