@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from splat2splat.errors import InputError
-from splat2splat.io import EXIF_ORIENTATION_TAG
+from splat2splat.io import EXIF_ORIENTATION_TAG, image_to_array, to_uint8
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 _COPYABLE = (".jpg", ".jpeg", ".png")
@@ -82,8 +82,8 @@ def _stage_photo(path: Path, target: Path, k: int, sizes: list[tuple[int, int]])
                 name = staged_name(k, path.suffix.lower())
                 shutil.copyfile(path, target / name)
                 return name
-            upright = ImageOps.exif_transpose(im)
-            upright = upright.convert("RGB")
+            # through image_to_array: 16-bit and float images scaled to 8 bits, not clipped by convert("RGB")
+            upright = Image.fromarray(to_uint8(image_to_array(ImageOps.exif_transpose(im))[..., :3]))
     except OSError as error:
         if isinstance(error, (FileNotFoundError, PermissionError)):
             raise InputError(path, f"cannot read image ({error.strerror or error})") from None

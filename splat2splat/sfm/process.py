@@ -83,8 +83,8 @@ def check_config(config: ProcessConfig) -> None:
     if source.is_dir() and output in source.parents:
         raise InputError(config.output, f"contains the input {config.input}; choose another --output")
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
-        raise InputError(config.output, "already exists and is not empty; choose a new --output (nothing is "
-                                        "overwritten)")
+        raise InputError(config.output, "already exists and is not an empty folder; choose a new --output "
+                                        "(nothing is overwritten)")
 
 
 def progress_display(console: Console | None = None) -> Progress:

@@ -84,7 +84,7 @@ def test_outputs_that_would_write_into_the_input_or_over_files_are_refused(tmp_p
     assert "contains the input" in run_fails(capsys, "--input", str(photos), "--output", str(tmp_path))
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "keep.txt").write_text("mine")
-    assert "not empty" in run_fails(capsys, "--input", str(photos), "--output", str(tmp_path / "used"))
+    assert "not an empty folder" in run_fails(capsys, "--input", str(photos), "--output", str(tmp_path / "used"))
     assert (tmp_path / "used" / "keep.txt").read_text() == "mine"
     assert "does not exist" in run_fails(capsys, "--input", str(tmp_path / "missing"), "--output", str(tmp_path / "o"))
     assert "--num-frames 2: must be at least 3" in run_fails(capsys, "--input", str(photos), "--output",

@@ -73,3 +73,15 @@ def test_laplacian_variance_prefers_detail():
     flat = np.full((32, 32), 128.0)
     assert inputs.laplacian_variance(flat) == 0.0
     assert inputs.laplacian_variance(pattern(32, 32)[..., 0]) > 100
+
+
+def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for k in range(3):
+        grey = (np.random.default_rng(k).random((16, 16)) * 65535).astype(np.uint16)
+        Image.fromarray(grey).save(source / f"{k}.png")
+    frames = inputs.stage_photos(source, tmp_path / "staged")
+    staged = np.asarray(Image.open(tmp_path / "staged" / frames.names[0]))
+    expected = np.asarray(Image.open(source / "0.png")).astype(float) / 65535 * 255
+    assert staged.shape == (16, 16, 3) and np.abs(staged[..., 0] - expected).max() <= 1.0
