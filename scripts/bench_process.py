@@ -4,7 +4,7 @@ The frames are renders of a noise-textured scene (:func:`splat2splat.testing.sfm
 from the demo's two camera orbits, written once per (count, size) into ``--cache`` and processed as a photo
 folder with the given matching (sequential is what a video gets). Prints one markdown row per run, with the
 registered views, points and reprojection error, and writes them all to ``--output`` (JSON) with the machine's
-load. Example (the rows in docs/BENCHMARKS.md)::
+load (and the machine, versions and command: ``bench_common.run_record``). Example (the rows in docs/BENCHMARKS.md)::
 
     python scripts/bench_process.py --runs 40x512 150x512 40x1080 --matching sequential
 """
@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import tyro
+from bench_common import run_record
 
 from splat2splat.io import save_image, write_json
 
@@ -52,19 +54,20 @@ def frames_folder(cache: Path, count: int, size: int) -> Path:
 def main(options: BenchProcess) -> None:
     from splat2splat.sfm.process import ProcessConfig, process
 
+    record = run_record(torch.device("cpu"))
     rows = []
     for run in options.runs:
         count, size = (int(v) for v in run.split("x"))
         photos = frames_folder(options.cache, count, size)
         output = Path(tempfile.mkdtemp(prefix="bench-process-")) / "dataset"
         load_before = os.getloadavg()[0]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), sum(os.times()[:2])
         result = process(ProcessConfig(photos, output, matching=options.matching, max_features=options.max_features))
-        total = time.perf_counter() - start
+        total, cpu = time.perf_counter() - start, sum(os.times()[:2]) - cpu_start
         shutil.rmtree(output.parent)
         row = {"frames": count, "size": size, "matching": result["matching"], "registered": result["registered"],
                "points": result["points"], "reprojection_error_px": result["reprojection_error_px"],
-               "seconds": result["seconds"], "total_seconds": round(total, 1),
+               "seconds": result["seconds"], "total_seconds": round(total, 1), "cpu_seconds": round(cpu, 1),
                "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
         rows.append(row)
         s = row["seconds"]
@@ -72,8 +75,7 @@ def main(options: BenchProcess) -> None:
               f"{row['reprojection_error_px']:.2f} | {s['frames']:.1f} | {s['features']:.1f} | {s['matching']:.1f} | "
               f"{s['mapping']:.1f} | {s['undistortion']:.1f} | {s['dataset'] + s['report']:.1f} | {total:.0f} | "
               f"{row['load_average_1min'][0]:.1f}-{row['load_average_1min'][1]:.1f} |", flush=True)
-        write_json(options.output, {"runs": rows, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                    "cpus": os.cpu_count()})
+        write_json(options.output, {**record, "runs": rows})
 
 
 if __name__ == "__main__":

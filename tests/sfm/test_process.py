@@ -63,6 +63,8 @@ def test_photos_without_poses_give_the_true_cameras(processed, views):
     dataset, result = processed
     rotation_error, position_error, registered = recovered_against_truth(dataset, result, views[0])
     assert len(registered) >= 0.95 * N_VIEWS, result["dropped"]
+    print(f"photos: {len(registered)}/{N_VIEWS} registered, rotation error {rotation_error:.3f} deg, "
+          f"position error {100 * position_error:.3f} % of the rig")
     assert rotation_error < 1.0 and position_error < 0.01, (rotation_error, position_error)
     # the dataset is complete, as ns-process-data writes it, and the report says what happened
     meta = read_json(dataset / "transforms.json")
@@ -91,6 +93,8 @@ def test_the_same_views_as_a_video(views, tmp_path):
     # one frame per stretch of one frame: frame k of the video is view k
     frames = [{**f, "source": f"view_{int(f['source'].split()[2])}"} for f in result["frames"]]
     rotation_error, position_error, registered = recovered_against_truth(output, {**result, "frames": frames}, views[0])
+    print(f"video: {len(registered)}/{N_VIEWS} registered, rotation error {rotation_error:.3f} deg, "
+          f"position error {100 * position_error:.3f} % of the rig")
     assert len(registered) >= 0.95 * N_VIEWS, result["dropped"]
     assert rotation_error < 1.0 and position_error < 0.01, (rotation_error, position_error)
 
@@ -128,6 +132,7 @@ def test_training_on_the_processed_dataset_matches_true_poses_and_exports_in_the
     truth = write_true_pose_dataset(tmp_path / "truth", views, dataset)
     psnr_processed = train_psnr(dataset, tmp_path / "run-processed")
     psnr_truth = train_psnr(truth, tmp_path / "run-truth")
+    print(f"held-out PSNR: processed poses {psnr_processed:.2f} dB, true poses {psnr_truth:.2f} dB")
     assert psnr_processed > psnr_truth - 1.0, (psnr_processed, psnr_truth)
 
     entrypoint(["export", "--scene", str(tmp_path / "run-processed" / "checkpoint.pt"), "--output",
