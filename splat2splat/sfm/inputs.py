@@ -9,7 +9,7 @@ decoded once with PyAV; its frames are cut into ``num_frames`` equal stretches a
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -40,7 +40,6 @@ class StagedFrames:
     sources: list[str]  # the photo's file name, or "frame N at T s" of the video
     sizes: list[tuple[int, int]]  # (width, height), upright
     from_video: bool
-    notes: list[str] = field(default_factory=list)
 
 
 def staged_name(k: int, suffix: str) -> str:

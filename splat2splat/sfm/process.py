@@ -132,9 +132,8 @@ def _stage(progress: Progress, timer: reconstruct.StageTimer, name: str, descrip
 def _build(config: ProcessConfig, settings: SfmSettings, staging: Path, progress: Progress) -> dict:
     timer = reconstruct.StageTimer()
     colmap = staging / "colmap"
-    frames_dir, database, model_root = colmap / "images", colmap / "database.db", colmap / "sparse"
+    frames_dir, model_root = colmap / "images", colmap / "sparse"
     source = config.input
-    log = reconstruct.ColmapLog(colmap, settings.verbose)
 
     with _stage(progress, timer, "frames", "video frames" if source.is_file() else "photos") as (_, advance):
         if source.is_dir():
@@ -142,60 +141,80 @@ def _build(config: ProcessConfig, settings: SfmSettings, staging: Path, progress
         else:
             frames = inputs.stage_video(source, frames_dir, config.num_frames, advance)
         inputs.check_sizes(frames, source, settings.single_camera)
-    n = len(frames.names)
-    method = reconstruct.matching_for(settings, n, frames.from_video)
-
-    with _stage(progress, timer, "features", "SIFT features", n) as (update, _):
-        reconstruct.extract_features(database, frames_dir, frames.names, settings, log, update)
-    with _stage(progress, timer, "matching", f"{method} matching", n) as (update, _):
-        reconstruct.match_features(database, method, n, settings, log, update)
-    with _stage(progress, timer, "mapping", f"{settings.mapper} mapping", n) as (update, _):
-        model = reconstruct.map_images(database, frames_dir, model_root, n, settings, update)
-    registered = 0 if model is None else model.num_reg_images()
-    points = 0 if model is None else model.num_points3D()
-    reconstruct.check_registration(registered, points, n, method, source, MIN_REGISTERED_FRACTION)
+    method = reconstruct.matching_for(settings, len(frames.names), frames.from_video)
+    model = _sparse_model(frames, method, settings, colmap, progress, timer)
+    reconstruct.check_registration(0 if model is None else model.num_reg_images(),
+                                   0 if model is None else model.num_points3D(), len(frames.names), method, source,
+                                   MIN_REGISTERED_FRACTION)
     _keep_only(model_root, model)
 
     with _stage(progress, timer, "undistortion", "undistortion") as (update, _):
-        undistorted = colmap / "undistorted"
-        reconstruct.undistort(model_root / "0", frames_dir, undistorted, update)
-        (undistorted / "images").rename(staging / "images")
-        import pycolmap
-
-        pinhole = pycolmap.Reconstruction(undistorted / "sparse")
-        shutil.rmtree(undistorted)
+        pinhole = _undistorted(model_root / "0", frames_dir, staging, update)
     with _stage(progress, timer, "dataset", "dataset, images_2/4/8", len(pinhole.images)) as (_, advance):
         names = nerfstudio_output.write_transforms(staging, pinhole)
         nerfstudio_output.write_downscales(staging, names, lambda: advance(1, len(names)))
-
-    registered_names = {image.name for image in model.images.values()}
-    with _stage(progress, timer, "report", "report") as _:
+    registered = {image.name for image in model.images.values()}
+    with _stage(progress, timer, "report", "report"):
         report.frames_sheet(staging / "frames.png", [frames_dir / name for name in frames.names],
-                            [name in registered_names for name in frames.names])
+                            [name in registered for name in frames.names])
         ordered = sorted(model.images.values(), key=lambda image: image.name)
         report.camera_path_plot(staging / "camera_path.png",
-                                np.stack([nerfstudio_output.camtoworld_opencv(i) for i in ordered]),
+                                np.stack([nerfstudio_output.camtoworld_opencv(image) for image in ordered]),
                                 nerfstudio_output.model_points(model)[0])
-    result = {
+    result = _summary(config, settings, frames, model, method, timer)
+    write_json(staging / "process.json", result)
+    return result
+
+
+def _sparse_model(frames: inputs.StagedFrames, method: str, settings: SfmSettings, colmap: Path, progress: Progress,
+                  timer: reconstruct.StageTimer):
+    """Features, matches and the mapper's largest model (None when nothing could be mapped)."""
+    log = reconstruct.ColmapLog(colmap, settings.verbose)
+    database, n = colmap / "database.db", len(frames.names)
+    with _stage(progress, timer, "features", "SIFT features", n) as (update, _):
+        reconstruct.extract_features(database, frames.folder, frames.names, settings, log, update)
+    with _stage(progress, timer, "matching", f"{method} matching", n) as (update, _):
+        reconstruct.match_features(database, method, n, settings, log, update)
+    with _stage(progress, timer, "mapping", f"{settings.mapper} mapping", n) as (update, _):
+        return reconstruct.map_images(database, frames.folder, colmap / "sparse", n, settings, update)
+
+
+def _undistorted(model_dir: Path, frames_dir: Path, staging: Path, update):
+    """Undistorted images moved to ``staging/images``; returns their pinhole model."""
+    import pycolmap
+
+    undistorted = staging / "colmap" / "undistorted"
+    reconstruct.undistort(model_dir, frames_dir, undistorted, update)
+    (undistorted / "images").rename(staging / "images")
+    pinhole = pycolmap.Reconstruction(undistorted / "sparse")
+    shutil.rmtree(undistorted)
+    return pinhole
+
+
+def _summary(config: ProcessConfig, settings: SfmSettings, frames: inputs.StagedFrames, model, method: str,
+             timer: reconstruct.StageTimer) -> dict:
+    """process.json: what registered and what not, the model's quality, the settings and the time per stage."""
+    registered = {image.name for image in model.images.values()}
+    return {
         "input": str(config.input),
-        "views": n,
-        "registered": registered,
-        "dropped": [f"{name} ({src})" for name, src in zip(frames.names, frames.sources) if name not in registered_names],
-        "frames": [{"name": name, "source": src, "registered": name in registered_names}
-                   for name, src in zip(frames.names, frames.sources)],
+        "views": len(frames.names),
+        "registered": len(registered),
+        "dropped": [f"{name} ({source})" for name, source in zip(frames.names, frames.sources)
+                    if name not in registered],
+        "frames": [{"name": name, "source": source, "registered": name in registered}
+                   for name, source in zip(frames.names, frames.sources)],
         "points": int(model.num_points3D()),
         "reprojection_error_px": float(model.compute_mean_reprojection_error()),
         "matching": method,
         "mapper": settings.mapper,
         "camera_model": settings.camera_model,
         "single_camera": settings.single_camera,
-        "cameras": {int(cid): {"model": str(cam.model.name), "width": int(cam.width), "height": int(cam.height),
-                               "params": [float(v) for v in cam.params]} for cid, cam in model.cameras.items()},
+        "cameras": {int(camera_id): {"model": str(camera.model.name), "width": int(camera.width),
+                                     "height": int(camera.height), "params": [float(v) for v in camera.params]}
+                    for camera_id, camera in model.cameras.items()},
         "options": {key: str(value) if isinstance(value, Path) else value for key, value in asdict(config).items()},
         "seconds": dict(timer.seconds),
     }
-    write_json(staging / "process.json", result)
-    return result
 
 
 def _keep_only(model_root: Path, model) -> None:
