@@ -71,8 +71,10 @@ def write_photos(folder: Path, images: list[torch.Tensor], suffix: str = ".png")
     return paths
 
 
-def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotation: int = 0) -> Path:
-    """A near-lossless H.264 video of ``images`` written with PyAV (``rotation``: display-matrix degrees, counter-clockwise)."""
+def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotation: int = 0, crf: int = 0) -> Path:
+    """An H.264 (4:4:4) video of ``images`` written with PyAV; ``crf`` 0 is lossless up to the RGB -> YUV
+    rounding, higher values compress (at 256 px, crf 4 moved the worst recovered camera of the test's 36 views
+    from 0.56 to 0.95 degrees). ``rotation``: display-matrix degrees, counter-clockwise."""
     import av
 
     path = Path(path)
@@ -80,7 +82,7 @@ def write_video_av(path: Path, images: list[torch.Tensor], fps: int = 10, rotati
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
-        stream.options = {"crf": "4", "preset": "veryfast"}
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
         if rotation:
             stream.set_display_rotation(rotation)  # counter-clockwise, as PyAV reads it back
         for image in images:
