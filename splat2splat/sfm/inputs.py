@@ -73,25 +73,25 @@ def stage_photos(folder: Path, target: Path, progress: Progress | None = None) -
 
 
 def _stage_photo(path: Path, target: Path, k: int, sizes: list[tuple[int, int]]) -> str:
+    """Copy ``path`` (an upright 8-bit JPEG/PNG) or write it upright as PNG; returns the staged name."""
     try:
         with Image.open(path) as im:
+            im.load()  # decoded once here, so a damaged file is named now and not skipped by COLMAP later
             orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
-            if orientation in (None, 1) and path.suffix.lower() in _COPYABLE and im.mode in ("RGB", "L"):
-                sizes.append(im.size)
-                name = staged_name(k, path.suffix.lower())
-                shutil.copyfile(path, target / name)
-                return name
+            copy = orientation in (None, 1) and path.suffix.lower() in _COPYABLE and im.mode in ("RGB", "L")
             # through image_to_array: 16-bit and float images scaled to 8 bits, not clipped by convert("RGB")
-            upright = Image.fromarray(to_uint8(image_to_array(ImageOps.exif_transpose(im))[..., :3]))
-    except OSError as error:
-        if isinstance(error, (FileNotFoundError, PermissionError)):
-            raise InputError(path, f"cannot read image ({error.strerror or error})") from None
-        raise InputError(path, f"cannot read image ({type(error).__name__}: {error})") from None
+            upright = None if copy else Image.fromarray(to_uint8(image_to_array(ImageOps.exif_transpose(im))[..., :3]))
+            size = im.size
     except Exception as error:  # PIL raises many types for damaged files
-        raise InputError(path, f"cannot read image ({type(error).__name__}: {error})") from None
-    sizes.append(upright.size)
-    name = staged_name(k, ".png")
-    upright.save(target / name)
+        detail = error.strerror if isinstance(error, OSError) and error.strerror else f"{type(error).__name__}: {error}"
+        raise InputError(path, f"cannot read image ({detail})") from None
+    if upright is None:
+        name = staged_name(k, path.suffix.lower())
+        shutil.copyfile(path, target / name)
+    else:
+        name, size = staged_name(k, ".png"), upright.size
+        upright.save(target / name)
+    sizes.append(size)
     return name
 
 

@@ -85,3 +85,14 @@ def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path):
     staged = np.asarray(Image.open(tmp_path / "staged" / frames.names[0]))
     expected = np.asarray(Image.open(source / "0.png")).astype(float) / 65535 * 255
     assert staged.shape == (16, 16, 3) and np.abs(staged[..., 0] - expected).max() <= 1.0
+
+
+def test_a_damaged_photo_is_named_in_one_line(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for k in range(3):
+        Image.fromarray(pattern(32, 32, k)).save(source / f"{k}.jpg", quality=90)
+    whole = (source / "1.jpg").read_bytes()
+    (source / "1.jpg").write_bytes(whole[: len(whole) // 3])
+    with pytest.raises(InputError, match=r"1\.jpg: cannot read image"):
+        inputs.stage_photos(source, tmp_path / "staged")
