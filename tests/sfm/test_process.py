@@ -4,7 +4,6 @@ training on the result is compared with one on the true poses, and the export la
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
