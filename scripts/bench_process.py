@@ -62,9 +62,12 @@ def main(options: BenchProcess) -> None:
         output = Path(tempfile.mkdtemp(prefix="bench-process-")) / "dataset"
         load_before = os.getloadavg()[0]
         start, cpu_start = time.perf_counter(), sum(os.times()[:2])
-        result = process(ProcessConfig(photos, output, matching=options.matching, max_features=options.max_features))
+        try:
+            result = process(ProcessConfig(photos, output, matching=options.matching,
+                                           max_features=options.max_features))
+        finally:
+            shutil.rmtree(output.parent)
         total, cpu = time.perf_counter() - start, sum(os.times()[:2]) - cpu_start
-        shutil.rmtree(output.parent)
         row = {"frames": count, "size": size, "matching": result["matching"], "registered": result["registered"],
                "points": result["points"], "reprojection_error_px": result["reprojection_error_px"],
                "seconds": result["seconds"], "total_seconds": round(total, 1), "cpu_seconds": round(cpu, 1),
