@@ -15,6 +15,7 @@ from splat2splat.errors import InputError
 # name -> (command dataclass in splat2splat.commands.<name>, one-line summary); modules load only when used.
 COMMANDS = {
     "demo": ("DemoCommand", "write the bundled demo scene"),
+    "process": ("ProcessCommand", "photos or a video -> posed dataset (COLMAP)"),
     "train": ("TrainCommand", "fit a Gaussian (or NeRF) scene to posed images"),
     "edit": ("EditCommand", "edit a scene with a text instruction (IDU)"),
     "preview": ("PreviewCommand", "see what an instruction does, in seconds"),
