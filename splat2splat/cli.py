@@ -23,6 +23,7 @@ COMMANDS = {
     "export": ("ExportCommand", "write PLY / .splat / compressed PLY / SPZ / SOG for viewers"),
     "eval": ("EvalCommand", "CLIP metrics and a report for edit runs"),
 }
+RESUMABLE = ("train", "edit")  # the commands with --resume
 
 
 def usage() -> str:
@@ -77,8 +78,8 @@ def entrypoint(argv: list[str] | None = None) -> None:
         print(f"stopped: {interrupted}", file=sys.stderr)
         sys.exit(interrupted.exit_status)
     except KeyboardInterrupt as stop:  # during start-up (loading models, data), or a second signal while running
-        print("stopped: interrupted; files written so far are complete (atomic), an unfinished run continues "
-              "with --resume", file=sys.stderr)
+        then = "an unfinished run continues with --resume" if name in RESUMABLE else "run the command again"
+        print(f"stopped: interrupted; files written so far are complete (atomic); {then}", file=sys.stderr)
         sys.exit(getattr(stop, "exit_status", 130))
     except MemoryError:
         print("error: out of memory (an input or option asks for more than this machine has: a smaller "
