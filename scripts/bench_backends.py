@@ -99,7 +99,7 @@ def run_backend(kind: str, dataset, editor, cfg: BenchBackends, device: torch.de
         "backend": kind, "init_steps": init_steps, "init_seconds": init_seconds,
         "heldout_psnr": reconstruction["psnr"], "heldout_ssim": reconstruction["ssim"],
         "cycle_seconds": idu_seconds / cfg.cycles,
-        "cycle_split": {k: v / cfg.cycles for k, v in idu.seconds.items()},
+        "cycle_split": {k: v / cfg.cycles for k, v in idu.timings().items()},
     }
 
 

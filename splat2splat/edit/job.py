@@ -290,8 +290,12 @@ class EditRun:
     def edit(self, on_step: Callable[[int], None] | None = None) -> LoopReport:
         """Run the IDU to ``job.idu.steps`` (checkpoints, evaluation, Ctrl-C: see :func:`run_loop`)."""
         job = self.job
-        return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
-                        f"edit: {job.prompt[:40]}", on_step, job.checkpoint_minutes)
+        try:
+            return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
+                            f"edit: {job.prompt[:40]}", on_step, job.checkpoint_minutes)
+        except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): a resume, from any process, may claim it
+            release_output_folder(job.output)
+            raise
 
     def finish(self, report: LoopReport) -> dict:
         """Write the deliverables and run.json; returns run.json's content."""
