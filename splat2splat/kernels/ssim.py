@@ -3,7 +3,8 @@
 Pure-PyTorch reference (11x11 Gaussian window, sigma 1.5, zero padding, as in 3DGS; computed as two separable
 1D convolutions). On CUDA the fused kernel of ``cuda/fused_ssim.cu`` replaces it automatically when it builds
 (see :mod:`.build`): one pass for the SSIM map and one for the gradient of L1 + SSIM together. Both give the
-same values and gradients; the reference is used on CPU, for other dtypes, for other window sizes and when ``target`` needs a gradient.
+same values and gradients; the reference is used on CPU, for other dtypes, for other window sizes and when
+``target`` needs a gradient.
 """
 
 from __future__ import annotations
