@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -50,29 +51,59 @@ template <typename scalar_t> struct Splat {
     scalar_t x_lo, x_hi, y_lo, y_hi;
 };
 
-template <typename scalar_t> struct Alpha {
-    scalar_t alpha, sigma, dx, dy, falloff;
-    bool blended;
+// Pixels of a tile row are processed kLanes at a time, each Gaussian against all of them at once: the loops over lanes
+// have no branches (masks instead), so the compiler vectorises them.
+constexpr int kLanes = 16;
+
+// exp for float lanes: range reduction by ln 2 and Cephes' degree-6 polynomial (within ~2 ulp of expf, like the
+// SIMD exp PyTorch uses; without branches, so it vectorises). Only arguments in [-88, 0] matter here.
+inline float lane_exp(float x) {
+    x = std::min(std::max(x, -87.0f), 0.0f);
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = (p * (r * r) + r) + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+inline double lane_exp(double x) { return std::exp(x); }
+
+// One Gaussian against the lanes of a pixel row (pixel centres px0 + i, height py): alpha and its parts, and whether
+// it blends (sigma in [0, cut], pixel inside the box, alpha >= 1/255), for the lanes that ask (mask).
+template <typename scalar_t> struct LaneAlphas {
+    scalar_t alpha[kLanes], falloff[kLanes], dx[kLanes], dy[kLanes];
+    bool blended[kLanes];
 };
 
 // The reference's _alpha_parts, operation by operation (no contraction into FMAs: see the build flags).
-template <typename scalar_t> inline Alpha<scalar_t> evaluate(const Splat<scalar_t> &s, scalar_t px, scalar_t py) {
-    Alpha<scalar_t> r;
-    r.dx = s.mx - px;
-    r.dy = s.my - py;
-    const scalar_t t1 = s.a * (r.dx * r.dx);
-    const scalar_t t2 = s.c * (r.dy * r.dy);
-    const scalar_t t3 = (s.b * r.dx) * r.dy;
-    r.sigma = scalar_t(0.5) * (t1 + t2) + t3;
-    if (!(r.sigma >= scalar_t(0) && r.sigma <= s.sigma_cut)) {
-        r.blended = false;
-        return r;
+template <typename scalar_t>
+inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, const bool *asks,
+                           LaneAlphas<scalar_t> &out) {
+    for (int i = 0; i < kLanes; ++i) {
+        const scalar_t px = px0 + static_cast<scalar_t>(i);
+        const scalar_t dx = s.mx - px, dy = s.my - py;
+        const scalar_t t1 = s.a * (dx * dx);
+        const scalar_t t2 = s.c * (dy * dy);
+        const scalar_t t3 = (s.b * dx) * dy;
+        const scalar_t sigma = scalar_t(0.5) * (t1 + t2) + t3;
+        const bool candidate = asks[i] && px >= s.x_lo && px <= s.x_hi && sigma >= scalar_t(0) && sigma <= s.sigma_cut;
+        const scalar_t falloff = lane_exp(candidate ? -sigma : scalar_t(0));
+        const scalar_t alpha = std::min(s.opacity * falloff, scalar_t(kMaxAlpha));
+        out.blended[i] = candidate && alpha >= scalar_t(kAlphaThreshold);
+        out.alpha[i] = alpha;
+        out.falloff[i] = falloff;
+        out.dx[i] = dx;
+        out.dy[i] = dy;
     }
-    r.falloff = std::exp(-r.sigma);
-    const scalar_t raw = s.opacity * r.falloff;
-    r.alpha = std::min(raw, scalar_t(kMaxAlpha));
-    r.blended = r.sigma >= scalar_t(0) && r.alpha >= scalar_t(kAlphaThreshold);
-    return r;
 }
 
 // Tile lists: for every tile, the visible Gaussians whose tile box covers it, front to back (CSR layout).
@@ -145,8 +176,9 @@ void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, std
         if (splats[j].y_lo <= py && py <= splats[j].y_hi) out.push_back(j);
 }
 
-template <typename scalar_t> inline bool outside(const Splat<scalar_t> &s, scalar_t px) {
-    return px < s.x_lo || px > s.x_hi;
+// Whether a Gaussian's pixel box misses the lanes' pixel centres px0 .. px0 + kLanes - 1 entirely.
+template <typename scalar_t> inline bool misses(const Splat<scalar_t> &s, scalar_t px0) {
+    return s.x_hi < px0 || s.x_lo > px0 + static_cast<scalar_t>(kLanes - 1);
 }
 
 TileGrid make_grid(int64_t width, int64_t height, int64_t tile_size) {
@@ -199,6 +231,7 @@ void forward_impl(
         std::vector<Splat<scalar_t>> splats;
         std::vector<scalar_t> tile_colors;
         std::vector<int32_t> row;
+        LaneAlphas<scalar_t> lanes_alpha;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < grid.count(); ++tile) {
             const int32_t *list = ids.data() + offsets[tile];
@@ -212,27 +245,51 @@ void forward_impl(
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
                 row_candidates(splats, py, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
-                    const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    double transmittance = 1.0, pixel[kMaxChannels] = {0.0}, accumulated = 0.0;
-                    int64_t end = 0;
-                    for (const int32_t j : row) {
-                        if (outside(splats[j], px)) continue;
-                        const Alpha<scalar_t> r = evaluate(splats[j], px, py);
-                        if (!r.blended) continue;
-                        const double keep = 1.0 - static_cast<double>(r.alpha);
-                        if (transmittance * keep <= kTransmittanceMin) break;
-                        const scalar_t weight = r.alpha * static_cast<scalar_t>(transmittance);
-                        for (int64_t k = 0; k < channels; ++k)
-                            pixel[k] += static_cast<double>(weight * tile_colors[j * channels + k]);
-                        accumulated += static_cast<double>(weight);
-                        transmittance *= keep;
-                        end = j + 1;
+                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
+                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
+                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
+                    double transmittance[kLanes], pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
+                    int32_t end[kLanes] = {};
+                    bool running[kLanes];  // not yet stopped by the transmittance (and inside the image)
+                    for (int i = 0; i < kLanes; ++i) {
+                        transmittance[i] = 1.0;
+                        running[i] = i < lanes;
                     }
-                    const int64_t p = y * width + x;
-                    for (int64_t k = 0; k < channels; ++k) img[p * channels + k] = static_cast<scalar_t>(pixel[k]);
-                    acc[p] = static_cast<scalar_t>(accumulated);
-                    walk[p] = static_cast<int32_t>(end);
+                    int still_running = lanes;
+                    for (const int32_t j : row) {
+                        const Splat<scalar_t> &s = splats[j];
+                        if (misses(s, px0)) continue;
+                        evaluate_lanes(s, px0, py, running, lanes_alpha);
+                        const scalar_t *color = tile_colors.data() + j * channels;
+                        bool stopped_any = false;
+                        scalar_t weights[kLanes];
+                        for (int i = 0; i < kLanes; ++i) {
+                            const double keep = 1.0 - static_cast<double>(lanes_alpha.alpha[i]);
+                            const bool stops = lanes_alpha.blended[i] && transmittance[i] * keep <= kTransmittanceMin;
+                            const bool blends = lanes_alpha.blended[i] && !stops;
+                            stopped_any |= stops;
+                            running[i] = running[i] && !stops;
+                            weights[i] =
+                                blends ? lanes_alpha.alpha[i] * static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
+                            accumulated[i] += static_cast<double>(weights[i]);
+                            transmittance[i] = blends ? transmittance[i] * keep : transmittance[i];
+                            end[i] = blends ? j + 1 : end[i];
+                        }
+                        for (int64_t k = 0; k < channels; ++k)
+                            for (int i = 0; i < kLanes; ++i) pixel[k][i] += static_cast<double>(weights[i] * color[k]);
+                        if (stopped_any) {
+                            still_running = 0;
+                            for (int i = 0; i < kLanes; ++i) still_running += running[i];
+                            if (still_running == 0) break;
+                        }
+                    }
+                    for (int i = 0; i < lanes; ++i) {
+                        const int64_t p = y * width + x + i;
+                        for (int64_t k = 0; k < channels; ++k)
+                            img[p * channels + k] = static_cast<scalar_t>(pixel[k][i]);
+                        acc[p] = static_cast<scalar_t>(accumulated[i]);
+                        walk[p] = end[i];
+                    }
                 }
             }
         }
@@ -264,12 +321,11 @@ void backward_impl(
         std::vector<Splat<scalar_t>> splats;
         std::vector<double> tile_sums;
         std::vector<int32_t> row;
-        struct Pair {
-            int64_t j;
-            Alpha<scalar_t> r;
-            scalar_t transmittance;
-        };
-        std::vector<Pair> pairs;
+        LaneAlphas<scalar_t> lanes_alpha;
+        // The forward's blended pairs of the current lanes, front to back: per Gaussian with at least one, its entry j
+        // and per lane alpha, falloff, offsets and the transmittance before it (all zero in lanes it does not blend).
+        std::vector<int32_t> record_j;
+        std::vector<scalar_t> records;  // [pair][5][kLanes]
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < grid.count(); ++tile) {
             const int32_t *list = list_all + off[tile];
@@ -281,46 +337,88 @@ void backward_impl(
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
                 row_candidates(splats, py, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
-                    const int64_t p = y * width + x, end = walk[p];
-                    if (end == 0) continue;
-                    const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    // The forward's pairs again, with their alphas and transmittances.
-                    pairs.clear();
-                    double transmittance = 1.0;
-                    for (const int32_t j : row) {
-                        if (j >= end) break;
-                        if (outside(splats[j], px)) continue;
-                        const Alpha<scalar_t> r = evaluate(splats[j], px, py);
-                        if (!r.blended) continue;
-                        pairs.push_back({j, r, static_cast<scalar_t>(transmittance)});
-                        transmittance *= 1.0 - static_cast<double>(r.alpha);
+                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
+                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
+                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
+                    const int64_t p0 = y * width + x;
+                    int32_t end[kLanes] = {}, last_end = 0;
+                    for (int i = 0; i < lanes; ++i) {
+                        end[i] = walk[p0 + i];
+                        last_end = std::max(last_end, end[i]);
                     }
-                    const scalar_t *grad_color = gimg + p * channels;
-                    const scalar_t grad_weight = galpha[p];
-                    double later = 0.0;  // sum over later pairs of weight * dL/dweight
-                    for (auto pair = pairs.rbegin(); pair != pairs.rend(); ++pair) {
-                        const Splat<scalar_t> &s = splats[pair->j];
-                        const Alpha<scalar_t> &r = pair->r;
-                        const int64_t g = list[pair->j];
-                        const scalar_t weight = r.alpha * pair->transmittance;
-                        scalar_t value = grad_weight;  // dL/dweight
-                        for (int64_t k = 0; k < channels; ++k) value += col[g * channels + k] * grad_color[k];
-                        const scalar_t d_alpha = pair->transmittance * value -
-                            static_cast<scalar_t>(later / (1.0 - static_cast<double>(r.alpha)));
-                        later += static_cast<double>(weight * value);
-                        double *slot = tile_sums.data() + pair->j * stride;
-                        for (int64_t k = 0; k < channels; ++k)
-                            slot[6 + k] += static_cast<double>(weight * grad_color[k]);
-                        // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
-                        if (!(s.opacity * r.falloff <= scalar_t(kMaxAlpha))) continue;
-                        const scalar_t d_sigma = -(d_alpha * s.opacity) * r.falloff;
-                        slot[0] += static_cast<double>(d_sigma * (s.a * r.dx + s.b * r.dy));
-                        slot[1] += static_cast<double>(d_sigma * (s.c * r.dy + s.b * r.dx));
-                        slot[2] += static_cast<double>(d_sigma * scalar_t(0.5) * (r.dx * r.dx));
-                        slot[3] += static_cast<double>(d_sigma * r.dx * r.dy);
-                        slot[4] += static_cast<double>(d_sigma * scalar_t(0.5) * (r.dy * r.dy));
-                        slot[5] += static_cast<double>(d_alpha * r.falloff);
+                    if (last_end == 0) continue;
+                    // The forward's pairs again, with their alphas and transmittances.
+                    record_j.clear();
+                    records.clear();
+                    double transmittance[kLanes];
+                    bool asks[kLanes];
+                    for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
+                    for (const int32_t j : row) {
+                        if (j >= last_end) break;
+                        const Splat<scalar_t> &s = splats[j];
+                        if (misses(s, px0)) continue;
+                        for (int i = 0; i < kLanes; ++i) asks[i] = j < end[i];
+                        evaluate_lanes(s, px0, py, asks, lanes_alpha);
+                        bool any = false;
+                        for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.blended[i];
+                        if (!any) continue;
+                        record_j.push_back(j);
+                        const size_t at = records.size();
+                        records.resize(at + 5 * kLanes);
+                        scalar_t *r = records.data() + at;
+                        for (int i = 0; i < kLanes; ++i) {
+                            const bool b = lanes_alpha.blended[i];
+                            r[i] = b ? lanes_alpha.alpha[i] : scalar_t(0);
+                            r[kLanes + i] = b ? lanes_alpha.falloff[i] : scalar_t(0);
+                            r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
+                            r[3 * kLanes + i] = b ? lanes_alpha.dy[i] : scalar_t(0);
+                            r[4 * kLanes + i] = b ? static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
+                            transmittance[i] = b ? transmittance[i] * (1.0 - static_cast<double>(r[i])) : transmittance[i];
+                        }
+                    }
+                    scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
+                    for (int i = 0; i < lanes; ++i) {
+                        for (int64_t k = 0; k < channels; ++k) grad_color[k][i] = gimg[(p0 + i) * channels + k];
+                        grad_weight[i] = galpha[p0 + i];
+                    }
+                    double later[kLanes] = {};  // sum over later pairs of weight * dL/dweight
+                    for (int64_t q = static_cast<int64_t>(record_j.size()) - 1; q >= 0; --q) {
+                        const int32_t j = record_j[q];
+                        const Splat<scalar_t> &s = splats[j];
+                        const scalar_t *r = records.data() + q * 5 * kLanes;
+                        const scalar_t *alpha = r, *falloff = r + kLanes, *dx = r + 2 * kLanes, *dy = r + 3 * kLanes;
+                        const scalar_t *before = r + 4 * kLanes;
+                        const scalar_t *color = col + static_cast<int64_t>(list[j]) * channels;
+                        scalar_t weight[kLanes], d_alpha[kLanes], d_sigma[kLanes];
+                        // Unblended lanes hold zeros: they add exact zeros below.
+                        for (int i = 0; i < kLanes; ++i) {
+                            weight[i] = alpha[i] * before[i];
+                            scalar_t value = grad_weight[i];  // dL/dweight
+                            for (int64_t k = 0; k < channels; ++k) value += color[k] * grad_color[k][i];
+                            d_alpha[i] = before[i] * value - static_cast<scalar_t>(later[i] /
+                                (1.0 - static_cast<double>(alpha[i])));
+                            later[i] += static_cast<double>(weight[i] * value);
+                            // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
+                            const bool clamped = !(s.opacity * falloff[i] <= scalar_t(kMaxAlpha));
+                            d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
+                            d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
+                        }
+                        double *slot = tile_sums.data() + j * stride;
+                        double parts[6] = {};
+                        for (int i = 0; i < kLanes; ++i) {
+                            parts[0] += static_cast<double>(d_sigma[i] * (s.a * dx[i] + s.b * dy[i]));
+                            parts[1] += static_cast<double>(d_sigma[i] * (s.c * dy[i] + s.b * dx[i]));
+                            parts[2] += static_cast<double>(d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]));
+                            parts[3] += static_cast<double>(d_sigma[i] * dx[i] * dy[i]);
+                            parts[4] += static_cast<double>(d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]));
+                            parts[5] += static_cast<double>(d_alpha[i] * falloff[i]);
+                        }
+                        for (int k = 0; k < 6; ++k) slot[k] += parts[k];
+                        for (int64_t k = 0; k < channels; ++k) {
+                            double sum = 0.0;
+                            for (int i = 0; i < kLanes; ++i) sum += static_cast<double>(weight[i] * grad_color[k][i]);
+                            slot[6 + k] += sum;
+                        }
                     }
                 }
             }
