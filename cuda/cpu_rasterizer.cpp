@@ -23,7 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
+#include <bit>
 #include <numeric>
 #include <vector>
 
@@ -70,23 +70,19 @@ inline float lane_exp(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     const float y = (p * (r * r) + r) + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
+    return y * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
 }
 inline double lane_exp(double x) { return std::exp(x); }
 
-// One Gaussian against the lanes of a pixel row (pixel centres px0 + i, height py): alpha and its parts, and whether
-// it blends (sigma in [0, cut], pixel inside the box, alpha >= 1/255), for the lanes that ask (mask).
+// One Gaussian against the lanes of a pixel row (pixel centres px0 + i, height py), for the lanes that ask (mask):
+// alpha where it blends (sigma in [0, cut], pixel inside the box, alpha >= 1/255), else 0, and its parts.
 template <typename scalar_t> struct LaneAlphas {
     scalar_t alpha[kLanes], falloff[kLanes], dx[kLanes], dy[kLanes];
-    bool blended[kLanes];
 };
 
 // The reference's _alpha_parts, operation by operation (no contraction into FMAs: see the build flags).
 template <typename scalar_t>
-inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, const bool *asks,
+inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, const int32_t *asks,
                            LaneAlphas<scalar_t> &out) {
     for (int i = 0; i < kLanes; ++i) {
         const scalar_t px = px0 + static_cast<scalar_t>(i);
@@ -95,11 +91,17 @@ inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, 
         const scalar_t t2 = s.c * (dy * dy);
         const scalar_t t3 = (s.b * dx) * dy;
         const scalar_t sigma = scalar_t(0.5) * (t1 + t2) + t3;
-        const bool candidate = asks[i] && px >= s.x_lo && px <= s.x_hi && sigma >= scalar_t(0) && sigma <= s.sigma_cut;
-        const scalar_t falloff = lane_exp(candidate ? -sigma : scalar_t(0));
+        // Selects rather than branches, so that the loop vectorises: a lane that is not a candidate gets an exponent
+        // whose alpha is far below 1/255 (exp(-87) ~ 1.6e-38).
+        scalar_t exponent = -sigma;
+        exponent = (sigma >= scalar_t(0)) ? exponent : scalar_t(-87);
+        exponent = (sigma <= s.sigma_cut) ? exponent : scalar_t(-87);
+        exponent = (px >= s.x_lo) ? exponent : scalar_t(-87);
+        exponent = (px <= s.x_hi) ? exponent : scalar_t(-87);
+        exponent = asks[i] ? exponent : scalar_t(-87);
+        const scalar_t falloff = lane_exp(exponent);
         const scalar_t alpha = std::min(s.opacity * falloff, scalar_t(kMaxAlpha));
-        out.blended[i] = candidate && alpha >= scalar_t(kAlphaThreshold);
-        out.alpha[i] = alpha;
+        out.alpha[i] = (alpha >= scalar_t(kAlphaThreshold)) ? alpha : scalar_t(0);  // 0: not blended
         out.falloff[i] = falloff;
         out.dx[i] = dx;
         out.dy[i] = dy;
@@ -168,12 +170,35 @@ void gather_splats(
     }
 }
 
-// The entries of a tile's list whose box holds the pixel row at height py, in list order.
+// The entries of a tile's list that can blend a pixel of the row at height py between the pixel centres x_first and
+// x_last, in list order: their box holds the row, and their ellipse sigma <= cut crosses it inside [x_first, x_last].
+// On a row, sigma(dx) = a/2 dx^2 + b dy dx + c/2 dy^2 is a parabola in dx; the test solves it in float64 with a
+// margin far beyond the rounding of the lanes' float sigma, so that it only drops entries that blend nowhere there.
 template <typename scalar_t>
-void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, std::vector<int32_t> &out) {
+void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, double x_first, double x_last,
+                    std::vector<int32_t> &out) {
     out.clear();
-    for (int32_t j = 0; j < static_cast<int32_t>(splats.size()); ++j)
-        if (splats[j].y_lo <= py && py <= splats[j].y_hi) out.push_back(j);
+    for (int32_t j = 0; j < static_cast<int32_t>(splats.size()); ++j) {
+        const Splat<scalar_t> &s = splats[j];
+        if (!(s.y_lo <= py && py <= s.y_hi)) continue;
+        const double a = s.a, b = s.b, c = s.c, dy = static_cast<double>(s.my) - static_cast<double>(py);
+        const double cut = static_cast<double>(s.sigma_cut);
+        const double half_b = b * dy;
+        if (a > 0.0 && std::isfinite(a) && std::isfinite(half_b) && std::isfinite(cut)) {
+            // Rounding of the float sigma is relative to its terms (a dx^2 ~ (b dy)^2 / a near the vertex).
+            const double slack = 1e-3 * (1.0 + std::abs(cut)) + 1e-5 * (std::abs(c) * dy * dy + half_b * half_b / a);
+            // a/2 dx^2 + (b dy) dx + (c/2 dy^2 - cut - slack) <= 0
+            const double rest = 0.5 * c * dy * dy - cut - slack;
+            const double discriminant = half_b * half_b - 2.0 * a * rest;
+            if (discriminant < 0.0) continue;  // sigma > cut on the whole row
+            const double root = std::sqrt(discriminant);
+            const double dx_lo = (-half_b - root) / a, dx_hi = (-half_b + root) / a;
+            // px = mx - dx
+            const double mx = s.mx, px_lo = mx - dx_hi - 1e-3, px_hi = mx - dx_lo + 1e-3;
+            if (px_hi < x_first || px_lo > x_last) continue;
+        }
+        out.push_back(j);
+    }
 }
 
 // Whether a Gaussian's pixel box misses the lanes' pixel centres px0 .. px0 + kLanes - 1 entirely.
@@ -244,13 +269,13 @@ void forward_impl(
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, row);
+                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
                 for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
                     const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
                     const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
                     double transmittance[kLanes], pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
                     int32_t end[kLanes] = {};
-                    bool running[kLanes];  // not yet stopped by the transmittance (and inside the image)
+                    int32_t running[kLanes];  // not yet stopped by the transmittance (and inside the image)
                     for (int i = 0; i < kLanes; ++i) {
                         transmittance[i] = 1.0;
                         running[i] = i < lanes;
@@ -261,20 +286,23 @@ void forward_impl(
                         if (misses(s, px0)) continue;
                         evaluate_lanes(s, px0, py, running, lanes_alpha);
                         const scalar_t *color = tile_colors.data() + j * channels;
-                        bool stopped_any = false;
                         scalar_t weights[kLanes];
+                        int32_t stopped[kLanes];
                         for (int i = 0; i < kLanes; ++i) {
                             const double keep = 1.0 - static_cast<double>(lanes_alpha.alpha[i]);
-                            const bool stops = lanes_alpha.blended[i] && transmittance[i] * keep <= kTransmittanceMin;
-                            const bool blends = lanes_alpha.blended[i] && !stops;
-                            stopped_any |= stops;
-                            running[i] = running[i] && !stops;
+                            const bool blended = lanes_alpha.alpha[i] > scalar_t(0);
+                            const bool stops = blended & (transmittance[i] * keep <= kTransmittanceMin);
+                            const bool blends = blended & !stops;
+                            stopped[i] = stops;
+                            running[i] = stops ? 0 : running[i];
                             weights[i] =
                                 blends ? lanes_alpha.alpha[i] * static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
                             accumulated[i] += static_cast<double>(weights[i]);
                             transmittance[i] = blends ? transmittance[i] * keep : transmittance[i];
                             end[i] = blends ? j + 1 : end[i];
                         }
+                        int32_t stopped_any = 0;
+                        for (int i = 0; i < kLanes; ++i) stopped_any |= stopped[i];
                         for (int64_t k = 0; k < channels; ++k)
                             for (int i = 0; i < kLanes; ++i) pixel[k][i] += static_cast<double>(weights[i] * color[k]);
                         if (stopped_any) {
@@ -336,7 +364,7 @@ void backward_impl(
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, row);
+                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
                 for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
                     const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
                     const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
@@ -351,7 +379,7 @@ void backward_impl(
                     record_j.clear();
                     records.clear();
                     double transmittance[kLanes];
-                    bool asks[kLanes];
+                    int32_t asks[kLanes];
                     for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
                     for (const int32_t j : row) {
                         if (j >= last_end) break;
@@ -359,15 +387,15 @@ void backward_impl(
                         if (misses(s, px0)) continue;
                         for (int i = 0; i < kLanes; ++i) asks[i] = j < end[i];
                         evaluate_lanes(s, px0, py, asks, lanes_alpha);
-                        bool any = false;
-                        for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.blended[i];
+                        int32_t any = 0;
+                        for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.alpha[i] > scalar_t(0);
                         if (!any) continue;
                         record_j.push_back(j);
                         const size_t at = records.size();
                         records.resize(at + 5 * kLanes);
                         scalar_t *r = records.data() + at;
                         for (int i = 0; i < kLanes; ++i) {
-                            const bool b = lanes_alpha.blended[i];
+                            const bool b = lanes_alpha.alpha[i] > scalar_t(0);
                             r[i] = b ? lanes_alpha.alpha[i] : scalar_t(0);
                             r[kLanes + i] = b ? lanes_alpha.falloff[i] : scalar_t(0);
                             r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
