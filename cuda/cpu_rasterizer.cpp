@@ -417,15 +417,16 @@ void backward_impl(
                         const scalar_t *alpha = r, *falloff = r + kLanes, *dx = r + 2 * kLanes, *dy = r + 3 * kLanes;
                         const scalar_t *before = r + 4 * kLanes;
                         const scalar_t *color = col + static_cast<int64_t>(list[j]) * channels;
-                        scalar_t weight[kLanes], d_alpha[kLanes], d_sigma[kLanes];
+                        scalar_t weight[kLanes], value[kLanes], d_alpha[kLanes], d_sigma[kLanes];
+                        for (int i = 0; i < kLanes; ++i) value[i] = grad_weight[i];  // dL/dweight
+                        for (int64_t k = 0; k < channels; ++k)
+                            for (int i = 0; i < kLanes; ++i) value[i] += color[k] * grad_color[k][i];
                         // Unblended lanes hold zeros: they add exact zeros below.
                         for (int i = 0; i < kLanes; ++i) {
                             weight[i] = alpha[i] * before[i];
-                            scalar_t value = grad_weight[i];  // dL/dweight
-                            for (int64_t k = 0; k < channels; ++k) value += color[k] * grad_color[k][i];
-                            d_alpha[i] = before[i] * value - static_cast<scalar_t>(later[i] /
+                            d_alpha[i] = before[i] * value[i] - static_cast<scalar_t>(later[i] /
                                 (1.0 - static_cast<double>(alpha[i])));
-                            later[i] += static_cast<double>(weight[i] * value);
+                            later[i] += static_cast<double>(weight[i] * value[i]);
                             // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
                             const bool clamped = !(s.opacity * falloff[i] <= scalar_t(kMaxAlpha));
                             d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
