@@ -9,8 +9,11 @@
 //   alpha:   sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)), skipped when sigma < 0 or
 //            alpha < 1/255;
 //   stop:    before the pair after which the transmittance (a float64 product) would be <= 1e-4.
-// Work is skipped only where it provably changes nothing: pixels outside a Gaussian's radius box (plus a pixel),
-// and the exponential where sigma exceeds ln(255 o) by more than rounding could explain.
+// Work is skipped only where it provably changes nothing: rows of a tile that a Gaussian's sigma <= ln(255 o) ellipse
+// misses (plus a margin far above rounding), pixels outside its radius box (plus a pixel); beyond that cut, alpha
+// is below 1/255 for certain.
+// Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
+// for float32 an exp of ~1 ulp like PyTorch's SIMD one, for float64 std::exp).
 // Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
 // (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
 // tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
@@ -201,6 +204,35 @@ void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, dou
     }
 }
 
+// Front-to-back step of the lanes' pixels over one Gaussian (alpha 0: not blended): the weight it gets, and a pixel
+// stops (before it) where it would bring the transmittance to <= 1e-4. Separate arrays (restrict) so that it vectorises.
+template <typename scalar_t>
+inline void blend_lanes(const scalar_t *__restrict alpha, double *__restrict transmittance,
+                        double *__restrict accumulated, int32_t *__restrict running, int32_t *__restrict end,
+                        scalar_t *__restrict weights, int32_t *__restrict stopped, int32_t j) {
+    for (int i = 0; i < kLanes; ++i) {
+        const double before = transmittance[i];
+        const double after = before * (1.0 - static_cast<double>(alpha[i]));
+        const bool blended = alpha[i] > scalar_t(0);
+        const bool stops = blended & (after <= kTransmittanceMin);
+        const bool blends = blended & (after > kTransmittanceMin);
+        stopped[i] = stops;
+        running[i] = stops ? 0 : running[i];
+        const scalar_t weight = alpha[i] * static_cast<scalar_t>(before);
+        weights[i] = blends ? weight : scalar_t(0);
+        accumulated[i] += static_cast<double>(weights[i]);
+        transmittance[i] = blends ? after : before;
+        end[i] = blends ? j + 1 : end[i];
+    }
+}
+
+// Sum of the lanes in a fixed pairwise order (vectorises; deterministic); overwrites them.
+template <typename scalar_t> inline double lane_sum(scalar_t *lanes) {
+    for (int width = kLanes / 2; width >= 1; width /= 2)
+        for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+    return static_cast<double>(lanes[0]);
+}
+
 // Whether a Gaussian's pixel box misses the lanes' pixel centres px0 .. px0 + kLanes - 1 entirely.
 template <typename scalar_t> inline bool misses(const Splat<scalar_t> &s, scalar_t px0) {
     return s.x_hi < px0 || s.x_lo > px0 + static_cast<scalar_t>(kLanes - 1);
@@ -288,19 +320,7 @@ void forward_impl(
                         const scalar_t *color = tile_colors.data() + j * channels;
                         scalar_t weights[kLanes];
                         int32_t stopped[kLanes];
-                        for (int i = 0; i < kLanes; ++i) {
-                            const double keep = 1.0 - static_cast<double>(lanes_alpha.alpha[i]);
-                            const bool blended = lanes_alpha.alpha[i] > scalar_t(0);
-                            const bool stops = blended & (transmittance[i] * keep <= kTransmittanceMin);
-                            const bool blends = blended & !stops;
-                            stopped[i] = stops;
-                            running[i] = stops ? 0 : running[i];
-                            weights[i] =
-                                blends ? lanes_alpha.alpha[i] * static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
-                            accumulated[i] += static_cast<double>(weights[i]);
-                            transmittance[i] = blends ? transmittance[i] * keep : transmittance[i];
-                            end[i] = blends ? j + 1 : end[i];
-                        }
+                        blend_lanes(lanes_alpha.alpha, transmittance, accumulated, running, end, weights, stopped, j);
                         int32_t stopped_any = 0;
                         for (int i = 0; i < kLanes; ++i) stopped_any |= stopped[i];
                         for (int64_t k = 0; k < channels; ++k)
@@ -433,20 +453,19 @@ void backward_impl(
                             d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
                         }
                         double *slot = tile_sums.data() + j * stride;
-                        double parts[6] = {};
+                        scalar_t parts[6][kLanes], color_part[kLanes];
                         for (int i = 0; i < kLanes; ++i) {
-                            parts[0] += static_cast<double>(d_sigma[i] * (s.a * dx[i] + s.b * dy[i]));
-                            parts[1] += static_cast<double>(d_sigma[i] * (s.c * dy[i] + s.b * dx[i]));
-                            parts[2] += static_cast<double>(d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]));
-                            parts[3] += static_cast<double>(d_sigma[i] * dx[i] * dy[i]);
-                            parts[4] += static_cast<double>(d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]));
-                            parts[5] += static_cast<double>(d_alpha[i] * falloff[i]);
+                            parts[0][i] = d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
+                            parts[1][i] = d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
+                            parts[2][i] = d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
+                            parts[3][i] = d_sigma[i] * dx[i] * dy[i];
+                            parts[4][i] = d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
+                            parts[5][i] = d_alpha[i] * falloff[i];
                         }
-                        for (int k = 0; k < 6; ++k) slot[k] += parts[k];
+                        for (int k = 0; k < 6; ++k) slot[k] += lane_sum(parts[k]);
                         for (int64_t k = 0; k < channels; ++k) {
-                            double sum = 0.0;
-                            for (int i = 0; i < kLanes; ++i) sum += static_cast<double>(weight[i] * grad_color[k][i]);
-                            slot[6 + k] += sum;
+                            for (int i = 0; i < kLanes; ++i) color_part[i] = weight[i] * grad_color[k][i];
+                            slot[6 + k] += lane_sum(color_part);
                         }
                     }
                 }

@@ -1,6 +1,7 @@
 """The CPU rasterizers side by side: the C++ one ("cpp", the default on a CPU) and its pure-PyTorch reference ("torch").
 
     .venv/bin/python scripts/bench_rasterizer.py --sizes 96 256 384 512 --counts 4000 50000 300000 --threads 1 0
+    .venv/bin/python scripts/bench_rasterizer.py --sizes --threads 1 --demo-size 384  # the demo's train_step only
 
 For every image size, Gaussian count and thread count, both run on the same random scene (one camera 2.5 units
 away, focal 1.2 x size, SH degree 3, Gaussians of size 0.015 x (4000 / N)^(1/3) units, so that a pixel sees more
@@ -8,7 +9,8 @@ Gaussians as there are more, as in real captures): forward, backward, and a whol
 D-SSIM loss, backward, Adam), the median of ``--repeats`` runs after a warm-up, with the peak memory of a step and
 the largest difference of image and gradients between the two, and the number of pixel-Gaussian pairs blended.
 The reference can take minutes per step at large sizes: ``--torch-max-gaussians`` skips it above that many
-Gaussians (and the pair count, which its pair search gives).
+Gaussians (and the pair count, which its pair search gives). ``--demo-size`` also times what ``splat2splat train``
+runs, ``GaussianBackend.train_step``, on the demo scene with each rasterizer (median wall and process CPU seconds).
 """
 
 from __future__ import annotations
@@ -211,7 +213,8 @@ def main(args: BenchRasterizer) -> dict:
             for n in args.counts:
                 rows.append(bench_one(size, n, threads or all_cores, args))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(table(rows))
+    if rows:
+        print(table(rows))
     demo_rows = []
     if args.demo_size:
         with tempfile.TemporaryDirectory() as folder:
