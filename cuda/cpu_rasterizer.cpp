@@ -13,7 +13,7 @@
 // misses (plus a margin far above rounding), pixels outside its radius box (plus a pixel); beyond that cut, alpha
 // is below 1/255 for certain.
 // Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
-// for float32 an exp of ~1 ulp like PyTorch's SIMD one, for float64 std::exp).
+// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp).
 // Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
 // (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
 // tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
@@ -58,7 +58,7 @@ template <typename scalar_t> struct Splat {
 // have no branches (masks instead), so the compiler vectorises them.
 constexpr int kLanes = 16;
 
-// exp for float lanes: range reduction by ln 2 and Cephes' degree-6 polynomial (within ~2 ulp of expf, like the
+// exp for float lanes: range reduction by ln 2 and Cephes' polynomial (within ~2 ulp of expf, like the
 // SIMD exp PyTorch uses; without branches, so it vectorises). Only arguments in [-88, 0] matter here.
 inline float lane_exp(float x) {
     x = std::min(std::max(x, -87.0f), 0.0f);
@@ -205,7 +205,7 @@ void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, dou
 }
 
 // Front-to-back step of the lanes' pixels over one Gaussian (alpha 0: not blended): the weight it gets, and a pixel
-// stops (before it) where it would bring the transmittance to <= 1e-4. Separate arrays (restrict) so that it vectorises.
+// stops (before it) where it would bring the transmittance to <= 1e-4. Separate arrays (restrict): it vectorises.
 template <typename scalar_t>
 inline void blend_lanes(const scalar_t *__restrict alpha, double *__restrict transmittance,
                         double *__restrict accumulated, int32_t *__restrict running, int32_t *__restrict end,
@@ -421,7 +421,8 @@ void backward_impl(
                             r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
                             r[3 * kLanes + i] = b ? lanes_alpha.dy[i] : scalar_t(0);
                             r[4 * kLanes + i] = b ? static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
-                            transmittance[i] = b ? transmittance[i] * (1.0 - static_cast<double>(r[i])) : transmittance[i];
+                            const double after = transmittance[i] * (1.0 - static_cast<double>(r[i]));
+                            transmittance[i] = b ? after : transmittance[i];
                         }
                     }
                     scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
