@@ -9,8 +9,11 @@
 //   alpha:   sigma = 0.5 (a dx^2 + c dy^2) + b dx dy, alpha = min(0.999, o exp(-sigma)), skipped when sigma < 0 or
 //            alpha < 1/255;
 //   stop:    before the pair after which the transmittance (a float64 product) would be <= 1e-4.
-// Work is skipped only where it provably changes nothing: pixels outside a Gaussian's radius box (plus a pixel),
-// and the exponential where sigma exceeds ln(255 o) by more than rounding could explain.
+// Work is skipped only where it provably changes nothing: rows of a tile that a Gaussian's sigma <= ln(255 o) ellipse
+// misses (plus a margin far above rounding), pixels outside its radius box (plus a pixel); beyond that cut, alpha
+// is below 1/255 for certain.
+// Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
+// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp).
 // Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
 // (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
 // tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
@@ -23,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <bit>
 #include <numeric>
 #include <vector>
 
@@ -50,29 +54,61 @@ template <typename scalar_t> struct Splat {
     scalar_t x_lo, x_hi, y_lo, y_hi;
 };
 
-template <typename scalar_t> struct Alpha {
-    scalar_t alpha, sigma, dx, dy, falloff;
-    bool blended;
+// Pixels of a tile row are processed kLanes at a time, each Gaussian against all of them at once: the loops over lanes
+// have no branches (masks instead), so the compiler vectorises them.
+constexpr int kLanes = 16;
+
+// exp for float lanes: range reduction by ln 2 and Cephes' polynomial (within ~2 ulp of expf, like the
+// SIMD exp PyTorch uses; without branches, so it vectorises). Only arguments in [-88, 0] matter here.
+inline float lane_exp(float x) {
+    x = std::min(std::max(x, -87.0f), 0.0f);
+    const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+    const float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = (p * (r * r) + r) + 1.0f;
+    return y * std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+}
+inline double lane_exp(double x) { return std::exp(x); }
+
+// One Gaussian against the lanes of a pixel row (pixel centres px0 + i, height py), for the lanes that ask (mask):
+// alpha where it blends (sigma in [0, cut], pixel inside the box, alpha >= 1/255), else 0, and its parts.
+template <typename scalar_t> struct LaneAlphas {
+    scalar_t alpha[kLanes], falloff[kLanes], dx[kLanes], dy[kLanes];
 };
 
 // The reference's _alpha_parts, operation by operation (no contraction into FMAs: see the build flags).
-template <typename scalar_t> inline Alpha<scalar_t> evaluate(const Splat<scalar_t> &s, scalar_t px, scalar_t py) {
-    Alpha<scalar_t> r;
-    r.dx = s.mx - px;
-    r.dy = s.my - py;
-    const scalar_t t1 = s.a * (r.dx * r.dx);
-    const scalar_t t2 = s.c * (r.dy * r.dy);
-    const scalar_t t3 = (s.b * r.dx) * r.dy;
-    r.sigma = scalar_t(0.5) * (t1 + t2) + t3;
-    if (!(r.sigma >= scalar_t(0) && r.sigma <= s.sigma_cut)) {
-        r.blended = false;
-        return r;
+template <typename scalar_t>
+inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, const int32_t *asks,
+                           LaneAlphas<scalar_t> &out) {
+    for (int i = 0; i < kLanes; ++i) {
+        const scalar_t px = px0 + static_cast<scalar_t>(i);
+        const scalar_t dx = s.mx - px, dy = s.my - py;
+        const scalar_t t1 = s.a * (dx * dx);
+        const scalar_t t2 = s.c * (dy * dy);
+        const scalar_t t3 = (s.b * dx) * dy;
+        const scalar_t sigma = scalar_t(0.5) * (t1 + t2) + t3;
+        // Selects rather than branches, so that the loop vectorises: a lane that is not a candidate gets an exponent
+        // whose alpha is far below 1/255 (exp(-87) ~ 1.6e-38).
+        scalar_t exponent = -sigma;
+        exponent = (sigma >= scalar_t(0)) ? exponent : scalar_t(-87);
+        exponent = (sigma <= s.sigma_cut) ? exponent : scalar_t(-87);
+        exponent = (px >= s.x_lo) ? exponent : scalar_t(-87);
+        exponent = (px <= s.x_hi) ? exponent : scalar_t(-87);
+        exponent = asks[i] ? exponent : scalar_t(-87);
+        const scalar_t falloff = lane_exp(exponent);
+        const scalar_t alpha = std::min(s.opacity * falloff, scalar_t(kMaxAlpha));
+        out.alpha[i] = (alpha >= scalar_t(kAlphaThreshold)) ? alpha : scalar_t(0);  // 0: not blended
+        out.falloff[i] = falloff;
+        out.dx[i] = dx;
+        out.dy[i] = dy;
     }
-    r.falloff = std::exp(-r.sigma);
-    const scalar_t raw = s.opacity * r.falloff;
-    r.alpha = std::min(raw, scalar_t(kMaxAlpha));
-    r.blended = r.sigma >= scalar_t(0) && r.alpha >= scalar_t(kAlphaThreshold);
-    return r;
 }
 
 // Tile lists: for every tile, the visible Gaussians whose tile box covers it, front to back (CSR layout).
@@ -137,16 +173,69 @@ void gather_splats(
     }
 }
 
-// The entries of a tile's list whose box holds the pixel row at height py, in list order.
+// The entries of a tile's list that can blend a pixel of the row at height py between the pixel centres x_first and
+// x_last, in list order: their box holds the row, and their ellipse sigma <= cut crosses it inside [x_first, x_last].
+// On a row, sigma(dx) = a/2 dx^2 + b dy dx + c/2 dy^2 is a parabola in dx; the test solves it in float64 with a
+// margin far beyond the rounding of the lanes' float sigma, so that it only drops entries that blend nowhere there.
 template <typename scalar_t>
-void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, std::vector<int32_t> &out) {
+void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, double x_first, double x_last,
+                    std::vector<int32_t> &out) {
     out.clear();
-    for (int32_t j = 0; j < static_cast<int32_t>(splats.size()); ++j)
-        if (splats[j].y_lo <= py && py <= splats[j].y_hi) out.push_back(j);
+    for (int32_t j = 0; j < static_cast<int32_t>(splats.size()); ++j) {
+        const Splat<scalar_t> &s = splats[j];
+        if (!(s.y_lo <= py && py <= s.y_hi)) continue;
+        const double a = s.a, b = s.b, c = s.c, dy = static_cast<double>(s.my) - static_cast<double>(py);
+        const double cut = static_cast<double>(s.sigma_cut);
+        const double half_b = b * dy;
+        if (a > 0.0 && std::isfinite(a) && std::isfinite(half_b) && std::isfinite(cut)) {
+            // Rounding of the float sigma is relative to its terms (a dx^2 ~ (b dy)^2 / a near the vertex).
+            const double slack = 1e-3 * (1.0 + std::abs(cut)) + 1e-5 * (std::abs(c) * dy * dy + half_b * half_b / a);
+            // a/2 dx^2 + (b dy) dx + (c/2 dy^2 - cut - slack) <= 0
+            const double rest = 0.5 * c * dy * dy - cut - slack;
+            const double discriminant = half_b * half_b - 2.0 * a * rest;
+            if (discriminant < 0.0) continue;  // sigma > cut on the whole row
+            const double root = std::sqrt(discriminant);
+            const double dx_lo = (-half_b - root) / a, dx_hi = (-half_b + root) / a;
+            // px = mx - dx
+            const double mx = s.mx, px_lo = mx - dx_hi - 1e-3, px_hi = mx - dx_lo + 1e-3;
+            if (px_hi < x_first || px_lo > x_last) continue;
+        }
+        out.push_back(j);
+    }
 }
 
-template <typename scalar_t> inline bool outside(const Splat<scalar_t> &s, scalar_t px) {
-    return px < s.x_lo || px > s.x_hi;
+// Front-to-back step of the lanes' pixels over one Gaussian (alpha 0: not blended): the weight it gets, and a pixel
+// stops (before it) where it would bring the transmittance to <= 1e-4. Separate arrays (restrict): it vectorises.
+template <typename scalar_t>
+inline void blend_lanes(const scalar_t *__restrict alpha, double *__restrict transmittance,
+                        double *__restrict accumulated, int32_t *__restrict running, int32_t *__restrict end,
+                        scalar_t *__restrict weights, int32_t *__restrict stopped, int32_t j) {
+    for (int i = 0; i < kLanes; ++i) {
+        const double before = transmittance[i];
+        const double after = before * (1.0 - static_cast<double>(alpha[i]));
+        const bool blended = alpha[i] > scalar_t(0);
+        const bool stops = blended & (after <= kTransmittanceMin);
+        const bool blends = blended & (after > kTransmittanceMin);
+        stopped[i] = stops;
+        running[i] = stops ? 0 : running[i];
+        const scalar_t weight = alpha[i] * static_cast<scalar_t>(before);
+        weights[i] = blends ? weight : scalar_t(0);
+        accumulated[i] += static_cast<double>(weights[i]);
+        transmittance[i] = blends ? after : before;
+        end[i] = blends ? j + 1 : end[i];
+    }
+}
+
+// Sum of the lanes in a fixed pairwise order (vectorises; deterministic); overwrites them.
+template <typename scalar_t> inline double lane_sum(scalar_t *lanes) {
+    for (int width = kLanes / 2; width >= 1; width /= 2)
+        for (int i = 0; i < width; ++i) lanes[i] += lanes[i + width];
+    return static_cast<double>(lanes[0]);
+}
+
+// Whether a Gaussian's pixel box misses the lanes' pixel centres px0 .. px0 + kLanes - 1 entirely.
+template <typename scalar_t> inline bool misses(const Splat<scalar_t> &s, scalar_t px0) {
+    return s.x_hi < px0 || s.x_lo > px0 + static_cast<scalar_t>(kLanes - 1);
 }
 
 TileGrid make_grid(int64_t width, int64_t height, int64_t tile_size) {
@@ -199,6 +288,7 @@ void forward_impl(
         std::vector<Splat<scalar_t>> splats;
         std::vector<scalar_t> tile_colors;
         std::vector<int32_t> row;
+        LaneAlphas<scalar_t> lanes_alpha;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < grid.count(); ++tile) {
             const int32_t *list = ids.data() + offsets[tile];
@@ -211,28 +301,43 @@ void forward_impl(
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
-                    const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    double transmittance = 1.0, pixel[kMaxChannels] = {0.0}, accumulated = 0.0;
-                    int64_t end = 0;
-                    for (const int32_t j : row) {
-                        if (outside(splats[j], px)) continue;
-                        const Alpha<scalar_t> r = evaluate(splats[j], px, py);
-                        if (!r.blended) continue;
-                        const double keep = 1.0 - static_cast<double>(r.alpha);
-                        if (transmittance * keep <= kTransmittanceMin) break;
-                        const scalar_t weight = r.alpha * static_cast<scalar_t>(transmittance);
-                        for (int64_t k = 0; k < channels; ++k)
-                            pixel[k] += static_cast<double>(weight * tile_colors[j * channels + k]);
-                        accumulated += static_cast<double>(weight);
-                        transmittance *= keep;
-                        end = j + 1;
+                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
+                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
+                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
+                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
+                    double transmittance[kLanes], pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
+                    int32_t end[kLanes] = {};
+                    int32_t running[kLanes];  // not yet stopped by the transmittance (and inside the image)
+                    for (int i = 0; i < kLanes; ++i) {
+                        transmittance[i] = 1.0;
+                        running[i] = i < lanes;
                     }
-                    const int64_t p = y * width + x;
-                    for (int64_t k = 0; k < channels; ++k) img[p * channels + k] = static_cast<scalar_t>(pixel[k]);
-                    acc[p] = static_cast<scalar_t>(accumulated);
-                    walk[p] = static_cast<int32_t>(end);
+                    int still_running = lanes;
+                    for (const int32_t j : row) {
+                        const Splat<scalar_t> &s = splats[j];
+                        if (misses(s, px0)) continue;
+                        evaluate_lanes(s, px0, py, running, lanes_alpha);
+                        const scalar_t *color = tile_colors.data() + j * channels;
+                        scalar_t weights[kLanes];
+                        int32_t stopped[kLanes];
+                        blend_lanes(lanes_alpha.alpha, transmittance, accumulated, running, end, weights, stopped, j);
+                        int32_t stopped_any = 0;
+                        for (int i = 0; i < kLanes; ++i) stopped_any |= stopped[i];
+                        for (int64_t k = 0; k < channels; ++k)
+                            for (int i = 0; i < kLanes; ++i) pixel[k][i] += static_cast<double>(weights[i] * color[k]);
+                        if (stopped_any) {
+                            still_running = 0;
+                            for (int i = 0; i < kLanes; ++i) still_running += running[i];
+                            if (still_running == 0) break;
+                        }
+                    }
+                    for (int i = 0; i < lanes; ++i) {
+                        const int64_t p = y * width + x + i;
+                        for (int64_t k = 0; k < channels; ++k)
+                            img[p * channels + k] = static_cast<scalar_t>(pixel[k][i]);
+                        acc[p] = static_cast<scalar_t>(accumulated[i]);
+                        walk[p] = end[i];
+                    }
                 }
             }
         }
@@ -264,12 +369,11 @@ void backward_impl(
         std::vector<Splat<scalar_t>> splats;
         std::vector<double> tile_sums;
         std::vector<int32_t> row;
-        struct Pair {
-            int64_t j;
-            Alpha<scalar_t> r;
-            scalar_t transmittance;
-        };
-        std::vector<Pair> pairs;
+        LaneAlphas<scalar_t> lanes_alpha;
+        // The forward's blended pairs of the current lanes, front to back: per Gaussian with at least one, its entry j
+        // and per lane alpha, falloff, offsets and the transmittance before it (all zero in lanes it does not blend).
+        std::vector<int32_t> record_j;
+        std::vector<scalar_t> records;  // [pair][5][kLanes]
 #pragma omp for schedule(dynamic, 1)
         for (int64_t tile = 0; tile < grid.count(); ++tile) {
             const int32_t *list = list_all + off[tile];
@@ -280,47 +384,90 @@ void backward_impl(
             const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
             for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
                 const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); ++x) {
-                    const int64_t p = y * width + x, end = walk[p];
-                    if (end == 0) continue;
-                    const scalar_t px = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    // The forward's pairs again, with their alphas and transmittances.
-                    pairs.clear();
-                    double transmittance = 1.0;
-                    for (const int32_t j : row) {
-                        if (j >= end) break;
-                        if (outside(splats[j], px)) continue;
-                        const Alpha<scalar_t> r = evaluate(splats[j], px, py);
-                        if (!r.blended) continue;
-                        pairs.push_back({j, r, static_cast<scalar_t>(transmittance)});
-                        transmittance *= 1.0 - static_cast<double>(r.alpha);
+                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
+                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
+                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
+                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
+                    const int64_t p0 = y * width + x;
+                    int32_t end[kLanes] = {}, last_end = 0;
+                    for (int i = 0; i < lanes; ++i) {
+                        end[i] = walk[p0 + i];
+                        last_end = std::max(last_end, end[i]);
                     }
-                    const scalar_t *grad_color = gimg + p * channels;
-                    const scalar_t grad_weight = galpha[p];
-                    double later = 0.0;  // sum over later pairs of weight * dL/dweight
-                    for (auto pair = pairs.rbegin(); pair != pairs.rend(); ++pair) {
-                        const Splat<scalar_t> &s = splats[pair->j];
-                        const Alpha<scalar_t> &r = pair->r;
-                        const int64_t g = list[pair->j];
-                        const scalar_t weight = r.alpha * pair->transmittance;
-                        scalar_t value = grad_weight;  // dL/dweight
-                        for (int64_t k = 0; k < channels; ++k) value += col[g * channels + k] * grad_color[k];
-                        const scalar_t d_alpha = pair->transmittance * value -
-                            static_cast<scalar_t>(later / (1.0 - static_cast<double>(r.alpha)));
-                        later += static_cast<double>(weight * value);
-                        double *slot = tile_sums.data() + pair->j * stride;
+                    if (last_end == 0) continue;
+                    // The forward's pairs again, with their alphas and transmittances.
+                    record_j.clear();
+                    records.clear();
+                    double transmittance[kLanes];
+                    int32_t asks[kLanes];
+                    for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
+                    for (const int32_t j : row) {
+                        if (j >= last_end) break;
+                        const Splat<scalar_t> &s = splats[j];
+                        if (misses(s, px0)) continue;
+                        for (int i = 0; i < kLanes; ++i) asks[i] = j < end[i];
+                        evaluate_lanes(s, px0, py, asks, lanes_alpha);
+                        int32_t any = 0;
+                        for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.alpha[i] > scalar_t(0);
+                        if (!any) continue;
+                        record_j.push_back(j);
+                        const size_t at = records.size();
+                        records.resize(at + 5 * kLanes);
+                        scalar_t *r = records.data() + at;
+                        for (int i = 0; i < kLanes; ++i) {
+                            const bool b = lanes_alpha.alpha[i] > scalar_t(0);
+                            r[i] = b ? lanes_alpha.alpha[i] : scalar_t(0);
+                            r[kLanes + i] = b ? lanes_alpha.falloff[i] : scalar_t(0);
+                            r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
+                            r[3 * kLanes + i] = b ? lanes_alpha.dy[i] : scalar_t(0);
+                            r[4 * kLanes + i] = b ? static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
+                            const double after = transmittance[i] * (1.0 - static_cast<double>(r[i]));
+                            transmittance[i] = b ? after : transmittance[i];
+                        }
+                    }
+                    scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
+                    for (int i = 0; i < lanes; ++i) {
+                        for (int64_t k = 0; k < channels; ++k) grad_color[k][i] = gimg[(p0 + i) * channels + k];
+                        grad_weight[i] = galpha[p0 + i];
+                    }
+                    double later[kLanes] = {};  // sum over later pairs of weight * dL/dweight
+                    for (int64_t q = static_cast<int64_t>(record_j.size()) - 1; q >= 0; --q) {
+                        const int32_t j = record_j[q];
+                        const Splat<scalar_t> &s = splats[j];
+                        const scalar_t *r = records.data() + q * 5 * kLanes;
+                        const scalar_t *alpha = r, *falloff = r + kLanes, *dx = r + 2 * kLanes, *dy = r + 3 * kLanes;
+                        const scalar_t *before = r + 4 * kLanes;
+                        const scalar_t *color = col + static_cast<int64_t>(list[j]) * channels;
+                        scalar_t weight[kLanes], value[kLanes], d_alpha[kLanes], d_sigma[kLanes];
+                        for (int i = 0; i < kLanes; ++i) value[i] = grad_weight[i];  // dL/dweight
                         for (int64_t k = 0; k < channels; ++k)
-                            slot[6 + k] += static_cast<double>(weight * grad_color[k]);
-                        // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
-                        if (!(s.opacity * r.falloff <= scalar_t(kMaxAlpha))) continue;
-                        const scalar_t d_sigma = -(d_alpha * s.opacity) * r.falloff;
-                        slot[0] += static_cast<double>(d_sigma * (s.a * r.dx + s.b * r.dy));
-                        slot[1] += static_cast<double>(d_sigma * (s.c * r.dy + s.b * r.dx));
-                        slot[2] += static_cast<double>(d_sigma * scalar_t(0.5) * (r.dx * r.dx));
-                        slot[3] += static_cast<double>(d_sigma * r.dx * r.dy);
-                        slot[4] += static_cast<double>(d_sigma * scalar_t(0.5) * (r.dy * r.dy));
-                        slot[5] += static_cast<double>(d_alpha * r.falloff);
+                            for (int i = 0; i < kLanes; ++i) value[i] += color[k] * grad_color[k][i];
+                        // Unblended lanes hold zeros: they add exact zeros below.
+                        for (int i = 0; i < kLanes; ++i) {
+                            weight[i] = alpha[i] * before[i];
+                            d_alpha[i] = before[i] * value[i] - static_cast<scalar_t>(later[i] /
+                                (1.0 - static_cast<double>(alpha[i])));
+                            later[i] += static_cast<double>(weight[i] * value[i]);
+                            // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
+                            const bool clamped = !(s.opacity * falloff[i] <= scalar_t(kMaxAlpha));
+                            d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
+                            d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
+                        }
+                        double *slot = tile_sums.data() + j * stride;
+                        scalar_t parts[6][kLanes], color_part[kLanes];
+                        for (int i = 0; i < kLanes; ++i) {
+                            parts[0][i] = d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
+                            parts[1][i] = d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
+                            parts[2][i] = d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
+                            parts[3][i] = d_sigma[i] * dx[i] * dy[i];
+                            parts[4][i] = d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
+                            parts[5][i] = d_alpha[i] * falloff[i];
+                        }
+                        for (int k = 0; k < 6; ++k) slot[k] += lane_sum(parts[k]);
+                        for (int64_t k = 0; k < channels; ++k) {
+                            for (int i = 0; i < kLanes; ++i) color_part[i] = weight[i] * grad_color[k][i];
+                            slot[6 + k] += lane_sum(color_part);
+                        }
                     }
                 }
             }

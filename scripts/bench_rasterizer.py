@@ -1,6 +1,7 @@
 """The CPU rasterizers side by side: the C++ one ("cpp", the default on a CPU) and its pure-PyTorch reference ("torch").
 
     .venv/bin/python scripts/bench_rasterizer.py --sizes 96 256 384 512 --counts 4000 50000 300000 --threads 1 0
+    .venv/bin/python scripts/bench_rasterizer.py --sizes --threads 1 --demo-size 384  # the demo's train_step only
 
 For every image size, Gaussian count and thread count, both run on the same random scene (one camera 2.5 units
 away, focal 1.2 x size, SH degree 3, Gaussians of size 0.015 x (4000 / N)^(1/3) units, so that a pixel sees more
@@ -8,7 +9,8 @@ Gaussians as there are more, as in real captures): forward, backward, and a whol
 D-SSIM loss, backward, Adam), the median of ``--repeats`` runs after a warm-up, with the peak memory of a step and
 the largest difference of image and gradients between the two, and the number of pixel-Gaussian pairs blended.
 The reference can take minutes per step at large sizes: ``--torch-max-gaussians`` skips it above that many
-Gaussians (and the pair count, which its pair search gives).
+Gaussians (and the pair count, which its pair search gives). ``--demo-size`` also times what ``splat2splat train``
+runs, ``GaussianBackend.train_step``, on the demo scene with each rasterizer (median wall and process CPU seconds).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import ctypes
 import os
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,10 @@ import tyro
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import markdown_table, measure_peak_memory, memory_method, mib, run_record, write_json  # noqa: E402
 
+from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
+from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.gaussians import rasterize as R  # noqa: E402
+from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
 
 PATHS = ("torch", "cpp")
@@ -112,6 +118,11 @@ class BenchRasterizer:
     """Timed steps per rasterizer (after one warm-up step); the median is reported."""
     torch_max_gaussians: int = 50_000
     """Skip the PyTorch reference above this many Gaussians (it can take minutes per step)."""
+    demo_size: int = 0
+    """Also time ``GaussianBackend.train_step`` (what ``splat2splat train`` runs) on the demo scene (40 views, 4,000
+    points) at this image size, per rasterizer and thread count (0: skip)."""
+    demo_steps: int = 5
+    """Timed demo training steps per rasterizer (after 2 warm-up steps); the reference gets at most 3."""
     output: Path | None = None
     """Also write the results as JSON here."""
 
@@ -138,6 +149,35 @@ def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
         row["max_rel_diff_grads"] = max(float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
                                         for a, b in zip(grads_a, grads_b))
     return row
+
+
+def bench_demo(size: int, threads: int, args: BenchRasterizer, folder: Path) -> dict:
+    """Seconds per ``train_step`` on the demo scene (median wall and process CPU time) for both rasterizers."""
+    torch.set_num_threads(threads)
+    dataset = load_dataset(folder)
+    row = {"size": size, "threads": threads}
+    for backend_name in ("cpp", "torch"):
+        backend = GaussianBackend.from_dataset(dataset, GaussianConfig(device="cpu", rasterizer=backend_name))
+        loss = PhotometricLoss(LossWeights())
+        for _ in range(2):
+            backend.train_step(dataset, loss)
+        walls, cpus = [], []
+        for _ in range(args.demo_steps if backend_name == "cpp" else min(3, args.demo_steps)):
+            wall, cpu = time.perf_counter(), time.process_time()
+            backend.train_step(dataset, loss)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        row[backend_name] = {"step_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
+    return row
+
+
+def demo_table(rows: list[dict]) -> str:
+    headers = ["px", "threads", "torch s/step (wall / CPU)", "cpp s/step (wall / CPU)", "cpp steps/s", "speed-up"]
+    return markdown_table(headers, [[
+        row["size"], row["threads"], f"{row['torch']['step_s']:.3f} / {row['torch']['cpu_s']:.3f}",
+        f"{row['cpp']['step_s']:.3f} / {row['cpp']['cpu_s']:.3f}", f"{1 / row['cpp']['step_s']:.1f}",
+        f"{row['torch']['step_s'] / row['cpp']['step_s']:.1f}x",
+    ] for row in rows])
 
 
 def table(rows: list[dict]) -> str:
@@ -173,8 +213,18 @@ def main(args: BenchRasterizer) -> dict:
             for n in args.counts:
                 rows.append(bench_one(size, n, threads or all_cores, args))
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
-    print(table(rows))
-    results = {"record": record, "memory_method": memory_method(torch.device("cpu")), "rows": rows}
+    if rows:
+        print(table(rows))
+    demo_rows = []
+    if args.demo_size:
+        with tempfile.TemporaryDirectory() as folder:
+            scene = write_demo_scene(Path(folder) / "demo", DemoConfig(n_views=40, image_size=args.demo_size))
+            for threads in args.threads:
+                demo_rows.append(bench_demo(args.demo_size, threads or all_cores, args, scene))
+                print(demo_table(demo_rows[-1:]).splitlines()[-1], flush=True)
+        print(demo_table(demo_rows))
+    results = {"record": record, "memory_method": memory_method(torch.device("cpu")), "rows": rows,
+               "demo_rows": demo_rows}
     if args.output:
         write_json(args.output, results)
     return results

@@ -186,9 +186,12 @@ def test_bench_rasterizer_times_both_cpu_rasterizers_side_by_side(scripts_on_pat
         pytest.skip("the C++ rasterizer does not build here")
     import bench_rasterizer
 
-    args = bench_rasterizer.BenchRasterizer(sizes=(32,), counts=(300,), threads=(1,), repeats=1,
-                                            output=tmp_path / "raster.json")
+    args = bench_rasterizer.BenchRasterizer(sizes=(32,), counts=(300,), threads=(1,), repeats=1, demo_size=24,
+                                            demo_steps=1, output=tmp_path / "raster.json")
     results = bench_rasterizer.main(args)
+    (demo,) = results["demo_rows"]  # the demo scene's train_step with each rasterizer
+    assert (demo["size"], demo["threads"]) == (24, 1)
+    assert all(demo[backend][key] > 0 for backend in ("torch", "cpp") for key in ("step_s", "cpu_s"))
     (row,) = results["rows"]
     assert (row["size"], row["gaussians"], row["threads"]) == (32, 300, 1) and row["pairs"] > 0
     for backend in ("torch", "cpp"):

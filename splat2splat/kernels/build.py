@@ -83,8 +83,13 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
         if shutil.which(compiler) is None:
             raise RuntimeError(f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)")
-        target = "cpu"
-        extra = {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp"], "with_cuda": False}
+        # -fno-trapping-math changes no value (nothing here traps on a floating-point exception); it lets the compiler
+        # turn the kernels' selects into vector blends. AVX2 (8 floats per instruction instead of 4; the same IEEE
+        # operations, no FMA) only where this CPU has it, in a build folder of its own ("cpu_avx2").
+        avx2 = _cpu_has_avx2()
+        target = "cpu_avx2" if avx2 else "cpu"
+        extra = {"extra_cflags": [*cflags, "-fno-trapping-math", *(["-mavx2"] if avx2 else []), "-fopenmp"],
+                 "extra_ldflags": ["-fopenmp"], "with_cuda": False}
     return cpp_extension.load(
         name=name,
         sources=[str(source_dir / source) for source in sources],
@@ -93,6 +98,15 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         verbose=False,
         **extra,
     )
+
+
+def _cpu_has_avx2() -> bool:
+    """Whether this x86-64 CPU runs AVX2 (Linux: /proc/cpuinfo); False where that cannot be told."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " avx2 " in f"{line} " for line in cpuinfo.splitlines())
 
 
 @functools.lru_cache(maxsize=None)

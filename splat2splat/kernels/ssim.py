@@ -1,9 +1,10 @@
 """SSIM and the 3DGS photometric loss ``(1 - λ) L1 + λ (1 - SSIM)``.
 
-Pure-PyTorch reference (11x11 Gaussian window, sigma 1.5, zero padding, as in 3DGS). On CUDA the fused
-kernel of ``cuda/fused_ssim.cu`` replaces it automatically when it builds (see :mod:`.build`): one pass
-for the SSIM map and one for the gradient of L1 + SSIM together. Both give the same values and gradients;
-the reference is used on CPU, for other dtypes, for other window sizes and when ``target`` needs a gradient.
+Pure-PyTorch reference (11x11 Gaussian window, sigma 1.5, zero padding, as in 3DGS; computed as two separable
+1D convolutions). On CUDA the fused kernel of ``cuda/fused_ssim.cu`` replaces it automatically when it builds
+(see :mod:`.build`): one pass for the SSIM map and one for the gradient of L1 + SSIM together. Both give the
+same values and gradients; the reference is used on CPU, for other dtypes, for other window sizes and when
+``target`` needs a gradient.
 """
 
 from __future__ import annotations
@@ -32,15 +33,23 @@ def _gaussian_window(size: int = WINDOW_SIZE, sigma: float = 1.5, device=None, d
 
 # ------------------------------------------------------------------------------------------- reference
 def reference_ssim_map(pred: torch.Tensor, target: torch.Tensor, window_size: int = WINDOW_SIZE) -> torch.Tensor:
-    """Pure-PyTorch per-pixel SSIM of [B, C, H, W] images in [0, 1] (zero padding, as the 3DGS reference)."""
+    """Pure-PyTorch per-pixel SSIM of [B, C, H, W] images in [0, 1] (zero padding, as the 3DGS reference).
+
+    The 2D Gaussian window is the outer product of a 1D one, so the five windowed means are one stacked
+    depthwise convolution down the columns then one along the rows: 2 x 11 taps per value instead of 11 x 11,
+    the same sums up to float rounding (zero padding is zero in either order)."""
     channels = pred.shape[1]
     g = _gaussian_window(window_size, device=pred.device, dtype=pred.dtype)
-    kernel = (g[:, None] * g[None, :]).expand(channels, 1, window_size, window_size).contiguous()
-    blur = lambda x: F.conv2d(x, kernel, padding=window_size // 2, groups=channels)  # noqa: E731
-    mu_x, mu_y = blur(pred), blur(target)
-    sigma_x = blur(pred * pred) - mu_x**2
-    sigma_y = blur(target * target) - mu_y**2
-    sigma_xy = blur(pred * target) - mu_x * mu_y
+    stacked = torch.cat([pred, target, pred * pred, target * target, pred * target], 1)
+    planes, pad = stacked.shape[1], window_size // 2
+    columns = g.view(1, 1, window_size, 1).expand(planes, 1, window_size, 1)
+    rows = g.view(1, 1, 1, window_size).expand(planes, 1, 1, window_size)
+    blurred = F.conv2d(F.conv2d(stacked, columns, padding=(pad, 0), groups=planes), rows, padding=(0, pad),
+                       groups=planes)
+    mu_x, mu_y, xx, yy, xy = blurred.split(channels, 1)
+    sigma_x = xx - mu_x**2
+    sigma_y = yy - mu_y**2
+    sigma_xy = xy - mu_x * mu_y
     return ((2 * mu_x * mu_y + C1) * (2 * sigma_xy + C2)) / ((mu_x**2 + mu_y**2 + C1) * (sigma_x + sigma_y + C2))
 
 

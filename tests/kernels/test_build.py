@@ -4,6 +4,7 @@ rasterizer's fallback: tests/kernels/test_cpu_rasterizer.py)."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,3 +95,36 @@ def test_cpu_build_folder_is_keyed_by_torch_build_and_cpu(monkeypatch, tmp_path)
     folder = build._build_directory("splat2splat_x", "cpu")
     assert folder.parent == tmp_path and folder.name.startswith("splat2splat_x_cpu_torch") and folder.is_dir()
     assert build._build_directory("splat2splat_x", "sm90") != folder
+
+
+@pytest.mark.parametrize("avx2", [True, False])
+def test_cpu_build_uses_avx2_only_where_the_cpu_has_it_in_a_folder_of_its_own(monkeypatch, tmp_path, avx2):
+    calls = {}
+
+    class FakeCppExtension:
+        @staticmethod
+        def load(**kwargs):
+            calls.update(kwargs)
+            return "module"
+
+        @staticmethod
+        def get_default_build_root():
+            return str(tmp_path)
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(build, "_import_cpp_extension", lambda: FakeCppExtension)
+    monkeypatch.setattr(build, "_cpu_has_avx2", lambda: avx2)
+    monkeypatch.setattr(build.shutil, "which", lambda name: "/usr/bin/c++")
+    assert build._compile("splat2splat_x", ["x.cpp"], cuda=False) == "module"
+    assert ("-mavx2" in calls["extra_cflags"]) == avx2
+    assert "-ffp-contract=off" in calls["extra_cflags"]  # the kernels' parity needs it either way
+    expected = "splat2splat_x_cpu_avx2_" if avx2 else "splat2splat_x_cpu_torch"
+    assert Path(calls["build_directory"]).name.startswith(expected)
+
+
+def test_cpu_avx2_detection_reads_the_cpu_flags(monkeypatch):
+    texts = {"/proc/cpuinfo": "processor : 0\nflags\t\t: fpu sse2 avx avx2 fma\n"}
+    monkeypatch.setattr(build.Path, "read_text", lambda self: texts[str(self)])
+    assert build._cpu_has_avx2()
+    texts["/proc/cpuinfo"] = "processor : 0\nflags\t\t: fpu sse2 avx avx512f\n"
+    assert not build._cpu_has_avx2()

@@ -113,6 +113,21 @@ def test_every_pixel_stops_where_the_reference_stops():
 
 
 @needs_compiler
+def test_needles_at_every_angle_match_the_pytorch_rasterizer():
+    """Long thin Gaussians: the rows of a tile that their ellipse misses inside the tile are skipped (a float64
+    parabola test), which must never drop a pair the reference blends."""
+    params, viewmats, Ks = hard_scene(400, torch.float32, seed=5)
+    scales = params[2]
+    scales[:, 0] *= 30.0  # needles, a few pixels wide and tens long, at random angles
+    scales[:, 1] *= 0.3
+    image, alpha, _, grads = render_with("cpp", params, viewmats, Ks, 53, 37, 3)
+    ref_image, ref_alpha, _, ref_grads = render_with("torch", params, viewmats, Ks, 53, 37, 3)
+    torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
+    assert_gradients_close(grads, ref_grads)
+
+
+@needs_compiler
 def test_no_visible_gaussian_gives_the_background_and_zero_gradients():
     params, viewmats, Ks = hard_scene(30, torch.float32)
     params[0][:, 2] = -10.0  # all behind the cameras
