@@ -14,15 +14,14 @@ from pathlib import Path
 
 import torch
 
-from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
-from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
-                                    read_checkpoint, require_keys, save_checkpoint)
-from splat2splat.configs import config_to_dict
+from splat2splat.backends import SceneConfig, backend_name, make_backend, reconstruction_loss
+from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, job_to_dict,
+                                    load_rng_state, read_checkpoint, require_keys, save_checkpoint)
 from splat2splat.data.dataset import Dataset
+from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.io import check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.nerf.backend import NerfConfig
 from splat2splat.runner import LoopReport, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 from splat2splat.validation import check_options
@@ -38,8 +37,9 @@ class TrainJob:
     required unless --resume."""
     output: Path = Path("outputs/train")
     """Run folder: checkpoint.pt, scene exports and metrics.json."""
-    backend: BackendName = "gaussian"
-    """Scene representation: 'gaussian' (3DGS via gsplat) or 'nerf' (the in2n/nerfacto-style field)."""
+    device: str = "auto"
+    """Device to train on: cuda, cuda:N, cpu or auto (cuda when available); --gaussians.device or --nerf.device
+    overrides it."""
     steps: int = 30_000
     """Total optimisation steps (a resumed run continues up to this number); 30000 as gsplat's simple_trainer
     and splatfacto."""
@@ -54,8 +54,14 @@ class TrainJob:
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
     checkpoint_minutes: float = 10.0
     """Also checkpoint after this many minutes of wall time since the last checkpoint (0: off)."""
-    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
-    nerf: NerfConfig = field(default_factory=NerfConfig)
+    scene: SceneConfig = field(default_factory=GaussianConfig)
+    """The scene backend and its settings: a GaussianConfig (gsplat) or a NerfConfig (the in2n/nerfacto-style
+    field)."""
+
+    @property
+    def backend(self) -> str:
+        """The registered backend of ``scene`` ('gaussian' or 'nerf')."""
+        return backend_name(self.scene)
 
 
 class TrainLoop:
@@ -112,9 +118,10 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     check_output_folder(job.output)
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
-    torch.manual_seed(job.gaussians.seed)
+    torch.manual_seed(job.scene.seed)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
-    return job, dataset, make_backend(job.backend, dataset, config_for(job.backend, job))
+    scene = dataclasses.replace(job.scene, device=str(resolve_device(job.scene.device or job.device)))
+    return job, dataset, make_backend(job.backend, dataset, scene)
 
 
 def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
@@ -125,7 +132,7 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
     checkpoint_path = job.output / CHECKPOINT_FILE
 
     def save() -> None:
-        save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=config_to_dict(job))
+        save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=job_to_dict(job))
 
     started = time.perf_counter()
     report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,

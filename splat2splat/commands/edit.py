@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import tyro
 
 from splat2splat.checkpoint import job_fields
+from splat2splat.commands.options import BACKEND_HELP, backend_choice, cli, option_value
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
 from splat2splat.errors import InputError
+from splat2splat.gaussians.config import GaussianConfig
+from splat2splat.nerf.backend import NerfConfig
 
 
 @dataclass
@@ -25,24 +31,37 @@ class EditCommand(EditJob):
     """Steps between live-viewer updates."""
 
 
-def parse(args: list[str]) -> EditCommand:
-    """tyro parse with the defaults of --preset (read first, so every --idu.* field overrides the preset)."""
-    import tyro
+@dataclass
+class GaussianEditCommand(EditCommand):
+    """Edit a Gaussian scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
 
-    name = preset_argument(args)
+    scene: Annotated[GaussianConfig, tyro.conf.arg(name="gaussians")] = field(default_factory=GaussianConfig)
+    """The Gaussian scene (3DGS rasterized by gsplat): its initial training, or the import of --init."""
+
+
+@dataclass
+class NerfEditCommand(EditCommand):
+    """Edit a NeRF with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
+
+    scene: Annotated[NerfConfig, tyro.conf.arg(name="nerf")] = field(default_factory=NerfConfig)
+    """The NeRF (in2n's nerfacto-style field): its initial training."""
+
+
+COMMAND_CLASSES = {"gaussian": GaussianEditCommand, "nerf": NerfEditCommand}  # one per registered backend
+
+
+def parse(args: list[str]) -> EditCommand:
+    """tyro parse of the options of the backend --backend names, with the defaults of --preset (both read
+    first: --backend chooses which options exist, and every --idu.* option given overrides the preset)."""
+    backend, rest = backend_choice(args)
+    name = option_value(rest, "--preset")
     if name is not None and name not in PRESETS:
         raise InputError(None, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    default = EditCommand(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
-    return tyro.cli(EditCommand, args=args, default=default, prog="splat2splat edit")
-
-
-def preset_argument(args: list[str]) -> str | None:
-    for k, arg in enumerate(args):
-        if arg == "--preset" and k + 1 < len(args):
-            return args[k + 1]
-        if arg.startswith("--preset="):
-            return arg.split("=", 1)[1]
-    return None
+    command_class = COMMAND_CLASSES[backend]
+    default = command_class(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
+    prog = "splat2splat edit" + (f" --backend {backend}" if backend != "gaussian" else "")
+    return cli(command_class, args=rest, default=default, prog=prog,
+                    description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
 
 
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:

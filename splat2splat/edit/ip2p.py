@@ -79,8 +79,9 @@ class IP2PConfig:
     """Image guidance scale: how strongly the edit stays close to the original image."""
     diffusion_steps: int = 20
     """Number of DDIM denoising steps per edit, spread over [0, T] for the sampled noise level T."""
-    device: str = "auto"
-    """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
+    device: str | None = None
+    """Device of the diffusion models, overriding --device for them: cuda, cuda:N, cpu or auto (default:
+    --device)."""
     channels_last: bool = False
     """Hold the UNet and VAE weights in channels-last memory format (a speed option: convolutions on GPU
     tensor cores often run faster so; results equal up to rounding). Measure before use: docs/BENCHMARKS.md."""

@@ -77,8 +77,8 @@ class GaussianConfig:
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
     """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA when its kernels build, else
     PyTorch after one warning). A scene loaded onto another device uses auto unless this is given."""
-    device: str = "auto"
-    """'cuda', 'cpu' or 'auto' (cuda when available)."""
+    device: str | None = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto (default: --device)."""
     seed: int = 0
     """Seed of initialisation and of the view order."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

@@ -42,8 +42,8 @@ class NerfConfig:
 
     seed: int = 0
     """Seed of the field initialisation and of every random choice during training."""
-    device: str = "auto"
-    """Torch device to train on; "auto" picks CUDA when available, else the CPU."""
+    device: str | None = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto (default: --device)."""
     rays_per_batch: int = 4096
     """Rays per training step (rounded down to whole patches)."""
     patch_size: int = 1

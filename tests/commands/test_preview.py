@@ -146,9 +146,9 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
 def test_3d_preview_runs_a_short_edit_and_keeps_earlier_previews(demo_scene, tmp_path):
     from splat2splat.commands.preview import Preview3D
 
-    fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3, device="cpu")
+    fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3)
     cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE * 2, three_d=True,
-                  fast=fast)
+                         fast=fast, device="cpu")
     first = run_preview(cmd, RecordingFactory())
     assert first["three_d"]["edits"] == 3 and first["three_d"]["output"] == str(tmp_path / "3d")
     assert {"scene.ply", "turntable.mp4", "before_after.png"} <= {p.name for p in (tmp_path / "3d").iterdir()}
