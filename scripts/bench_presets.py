@@ -85,7 +85,7 @@ def main(cfg: BenchPresets) -> dict:
         tmp = Path(tmp)
         scene = write_demo_scene(tmp / "demo", DemoConfig(n_views=cfg.views, image_size=cfg.image_size))
         run_train(TrainCommand(data=scene, output=tmp / "initial", steps=cfg.init_steps, eval_every=0,
-                        gaussians=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
+                        scene=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
         model = cfg.model
         if model is None:
             from splat2splat.testing.tiny_ip2p import build_tiny_ip2p

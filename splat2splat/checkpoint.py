@@ -154,7 +154,7 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
         values["scene"] = values.get(kind.option_prefix, {})
         for kind_of_old in BACKENDS.values():
             values.pop(kind_of_old.option_prefix, None)
-    scene = config_from_dict(kind.config_class, values.pop("scene"), source)
+    scene = config_from_dict(kind.config_class, values.pop("scene"), source, f"{cls.__name__}.{kind.option_prefix}")
     return dataclasses.replace(config_from_dict(cls, values, source), scene=scene)
 
 

@@ -36,7 +36,7 @@ def command_module(name: str):
 
 
 def parse(name: str, args: list[str]):
-    from splat2splat.commands.options import cli
+    from splat2splat.cli_parsing import cli
 
     module = command_module(name)
     if hasattr(module, "parse"):

@@ -11,8 +11,10 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import tyro
 
 from splat2splat.backends import SceneConfig, backend_name, make_backend, reconstruction_loss
 from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, job_to_dict,
@@ -32,13 +34,12 @@ from splat2splat.validation import check_options
 class TrainJob:
     """Train a scene on posed images, evaluate held-out PSNR/SSIM, checkpoint, and export."""
 
-    data: Path | None = None
-    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json);
-    required unless --resume."""
+    data: Annotated[Path | None, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = None
+    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json)."""
     output: Path = Path("outputs/train")
     """Run folder: checkpoint.pt, scene exports and metrics.json."""
     device: str = "auto"
-    """Device to train on: cuda, cuda:N, cpu or auto (cuda when available); --gaussians.device or --nerf.device
+    """Device to train on: cuda, cuda:N, cpu or auto (cuda when available); the scene's own device option
     overrides it."""
     steps: int = 30_000
     """Total optimisation steps (a resumed run continues up to this number); 30000 as gsplat's simple_trainer

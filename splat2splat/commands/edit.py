@@ -8,7 +8,7 @@ from typing import Annotated
 import tyro
 
 from splat2splat.checkpoint import job_fields
-from splat2splat.commands.options import BACKEND_HELP, backend_choice, cli, option_value
+from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli, option_value
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
 from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset

@@ -8,7 +8,7 @@ from typing import Annotated
 import tyro
 
 from splat2splat.checkpoint import job_fields
-from splat2splat.commands.options import BACKEND_HELP, backend_choice, cli
+from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli
 from splat2splat.gaussians.config import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
 from splat2splat.training import TrainJob, run_training

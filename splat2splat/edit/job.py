@@ -21,9 +21,10 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
+import tyro
 
 from splat2splat.backends import SceneConfig, backend_kind, backend_name, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
@@ -56,10 +57,10 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 class EditJob:
     """Edit a 3D scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
 
-    data: Path | None = None
-    """Dataset folder (nerfstudio, COLMAP or Blender); required unless --resume."""
-    prompt: str = ""
-    """The editing instruction, e.g. "make it look like autumn"; required unless --resume."""
+    data: Annotated[Path | None, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = None
+    """Dataset folder (nerfstudio, COLMAP or Blender)."""
+    prompt: Annotated[str, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = ""
+    """The editing instruction, e.g. "make it look like autumn"."""
     preset: PresetName = DEFAULT_PRESET
     """Settings preset, each as its reference's code runs it (README: presets table): in2n (in2n's 'full
     precision' editor + LPIPS, 15000 steps), in2n-small (fp16 + offload + LPIPS, 30000), in2n-tiny (fp16 +
@@ -76,8 +77,8 @@ class EditJob:
     model: str | None = None
     """InstructPix2Pix hub id or local pipeline folder (shortcut for --idu.editor.model)."""
     device: str = "auto"
-    """Device of the scene and the editor: cuda, cuda:N, cpu or auto (cuda when available). --gaussians.device,
-    --nerf.device and --idu.editor.device override it for one part."""
+    """Device of the scene and the editor: cuda, cuda:N, cpu or auto (cuda when available). The scene's and the
+    editor's own device options override it for one part."""
     downscale: int = 1
     """Image downscale factor."""
     allow_paths_outside_data: bool = False

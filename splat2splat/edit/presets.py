@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
 from splat2splat.gaussians.config import DensityControl
@@ -32,11 +34,11 @@ LpipsOn = Literal["patches", "image"]
 class IDUConfig:
     """An editing preset: the IDU schedule, the editor's settings and the training loss while editing."""
 
-    description: str = "custom settings"
-    """What this preset is for (shown by --help and stored in run.json)."""
+    description: Annotated[str, tyro.conf.Suppress] = "custom settings"
+    """What this preset is for (stored in run.json; a record, not an option)."""
     schedule: Schedule = "in2n"
-    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the edit order;
-    'igs2gs': every `edit_rate` steps re-edit every training view in the edit order, one per step, training on
+    """'in2n': edit --idu.edit-count views every --idu.edit-rate steps, cycling through the edit order;
+    'igs2gs': every --idu.edit-rate steps re-edit every training view in the edit order, one per step, training on
     each fresh edit."""
     edit_order: EditOrder = "random-permutation"
     """The order views are edited in: 'random-permutation' of the training views, drawn once from --idu.seed
@@ -58,7 +60,7 @@ class IDUConfig:
     --idu.lpips-patch-size in the rendered view and the same squares of its training image, new ones every step,
     drawn from the scene's checkpointed generator, by the training step only, so edit batches, lags, editor
     ranks, regions and --resume see the same patches) or 'image' (the whole view). L1 and D-SSIM always take
-    the whole view. The NeRF trains on ray patches of that side (as many as --nerf.rays-per-batch holds), so
+    the whole view. The NeRF trains on ray patches of that side (as many as a ray batch holds), so
     it takes 'patches' only."""
     lpips_patch_size: int = 32
     """Side of the LPIPS patches in pixels (in2n: 32)."""
@@ -68,17 +70,18 @@ class IDUConfig:
     """InstructPix2Pix settings (model, precision, guidance scales, diffusion steps)."""
     density_control: DensityControl = "continue"
     """What the Gaussian scene's density control does during the edit: 'continue' its strategy on the scene's
-    own step counter (past refine_stop, as after a full 30k training, nothing happens), 'cull' only removes
-    transparent and oversized Gaussians every refine_every steps (igs2gs), 'off' freezes the set."""
+    own step counter (once past the strategy's refine stop, as after a full 30k training, nothing happens),
+    'cull' only removes transparent and oversized Gaussians at the strategy's refine interval (igs2gs), 'off'
+    freezes the set. The NeRF has no density control: it ignores this."""
     random_background: bool = False
     """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
     default); ignored where the images had alpha composited over a fixed background."""
     edit_batch: int = 1
-    """Views per editor batch (in2n schedule): k edits k * edit_count views every k * edit_rate steps as one
+    """Views per editor batch (in2n schedule): k edits k * --idu.edit-count views every k * --idu.edit-rate steps as one
     UNet batch (the same edits per training step; each edit equals the serial one). 1 = one at a time."""
     edit_lag: int = 0
     """Steps an edit may run behind training: the edit of step s runs in an editor thread and replaces its
-    image after step s + edit_lag (the trainer waits for a late one, so results do not depend on timing).
+    image after step s + --idu.edit-lag (the trainer waits for a late one, so results do not depend on timing).
     0 = edit, then train (the references' serial loop); in2n schedule only."""
     seed: int = 0
     """Seed of every edit's noise and of the random edit order."""

@@ -54,9 +54,9 @@ class GaussianConfig:
     init_scale: float = 1.0
     """Initial size as a multiple of the mean distance to the 3 nearest points."""
     means_lr: float = 1.6e-4
-    """Position learning rate (times the scene scale), decayed exponentially to means_lr_final_ratio."""
+    """Position learning rate (times the scene scale), decayed exponentially to --gaussians.means-lr-final-ratio of it."""
     means_lr_final_ratio: float = 0.01
-    """Final position learning rate as a fraction of the first, reached at lr_decay_steps."""
+    """Final position learning rate as a fraction of the first, reached at --gaussians.lr-decay-steps."""
     lr_decay_steps: int = 30_000
     """Steps over which the position learning rate decays."""
     scales_lr: float = 5e-3

@@ -274,7 +274,7 @@ def trained_run(small_scene, tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("trained") / "run"
     run_train(TrainCommand(data=small_scene, output=output, steps=20, eval_every=0,
-                    gaussians=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
+                    scene=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
     return output
 
 
