@@ -147,7 +147,7 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
     values = {key: value for key, value in values.items() if key not in PER_INVOCATION_KEYS}
     name = values.pop("backend", "gaussian")
     if not isinstance(name, str) or name not in BACKENDS:
-        raise InputError(source, f"the saved command's 'backend' must be one of {', '.join(BACKENDS)}, "
+        raise InputError(source, f"the saved command's backend must be one of {', '.join(BACKENDS)}, "
                                  f"found {describe(name)}")
     kind = backend_kind(name)
     if "scene" not in values:  # written before a job held one backend's settings: both were saved

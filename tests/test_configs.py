@@ -50,7 +50,7 @@ def test_a_command_json_of_the_two_config_layout_still_resumes(cls, tmp_path):
     ({"steps": 2**63}, "TrainCommand.steps must be a whole number (64-bit), got 9223372036854775808"),
     ({"steps": True}, "TrainCommand.steps must be a whole number"),
     ({"allow_paths_outside_data": 1}, "TrainCommand.allow_paths_outside_data must be true or false, got 1"),
-    ({"backend": "mesh"}, "the saved command's 'backend' must be one of gaussian, nerf, found 'mesh'"),
+    ({"backend": "mesh"}, "the saved command's backend must be one of gaussian, nerf, found 'mesh'"),
     ({"output": None}, "TrainCommand.output must be a path string, got None"),
     ({"data": 7}, "TrainCommand.data must be a path string, got 7"),
     ({"scene": []}, "TrainCommand.gaussians must be an object of settings, got []"),
