@@ -11,7 +11,8 @@ from splat2splat.checkpoint import job_fields
 from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli, option_value
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
-from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
+from splat2splat.devices import resolve_device
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset_on
 from splat2splat.errors import InputError
 from splat2splat.gaussians.config import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
@@ -52,13 +53,15 @@ COMMAND_CLASSES = {"gaussian": GaussianEditCommand, "nerf": NerfEditCommand}  # 
 
 def parse(args: list[str]) -> EditCommand:
     """tyro parse of the options of the backend --backend names, with the defaults of --preset (both read
-    first: --backend chooses which options exist, and every --idu.* option given overrides the preset)."""
+    first: --backend chooses which options exist, and every --idu.* option given overrides the preset). With the
+    editor on the CPU a half-precision preset's editor defaults to float32 (see :func:`preset_on`)."""
     backend, rest = backend_choice(args)
     name = option_value(rest, "--preset")
     if name is not None and name not in PRESETS:
         raise InputError(None, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     command_class = COMMAND_CLASSES[backend]
-    default = command_class(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
+    editor_device = resolve_device(option_value(rest, "--idu.editor.device") or option_value(rest, "--device"))
+    default = command_class(preset=name or DEFAULT_PRESET, idu=preset_on(name or DEFAULT_PRESET, editor_device.type))
     prog = "splat2splat edit" + (f" --backend {backend}" if backend != "gaussian" else "")
     return cli(command_class, args=rest, default=default, prog=prog,
                     description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")

@@ -195,7 +195,7 @@ class InstructPix2PixEditor:
         self.offload = self.config.offload and self.device.type == "cuda"  # on the CPU there is nothing to offload
         check_editor_options(self.config)
         if self.dtype == torch.float16 and self.device.type == "cpu" and self.config.dtype != AUTOCAST:
-            logger.warning("float16 on the CPU runs, but far slower than float32; prefer --dtype float32 there")
+            logger.warning("float16 on the CPU runs, but far slower than float32; prefer --idu.editor.dtype float32 there")
         self.models = models
         self._prompt_embeddings: dict[str, torch.Tensor] = {}
         # Without offload every model lives on the device for good; with it, each waits in CPU memory.

@@ -36,7 +36,7 @@ from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor, EditorPool
 from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.executors import check_throughput_options
-from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, departures, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
@@ -313,6 +313,7 @@ class EditRun:
             "prompt": job.prompt, "preset": job.preset, "backend": self.backend.name, "command": job_to_dict(job),
             # the IDU settings this run used (the preset's, with the options given over it), beside its name
             "preset_settings": {"preset": job.preset, **config_to_dict(job.idu)},
+            "departures_from_preset": departures(job.preset, job.idu),
             "seeds": {"idu": job.idu.seed, "scene": job.scene.seed},
             "edit_order": list(idu.edit_order),  # the views in the order they are edited (cycling)
             "versions": software_versions(), "steps": idu.step, "scene_steps": self.backend.step,

@@ -17,6 +17,7 @@ from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
 from splat2splat.checkpoint import load_checkpoint_file
 from splat2splat.io import load_image, read_json
 from splat2splat.runner import Interrupted
+from tests.cli_args import for_backend
 
 # Small and fast: 16 views at 32 px, 30 initial steps, an edit every step for 16 steps.
 NERF_TINY = ["--nerf.rays-per-batch", "256", "--nerf.samples-per-ray", "16", "--nerf.no-unbounded",
@@ -30,11 +31,11 @@ def small_scene(tmp_path_factory) -> Path:
 
 
 def edit_args(data: Path, output: Path, model: Path, *extra: str, steps: int = 16) -> list[str]:
-    return ["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make it autumn", "--output", str(output),
-            "--model", str(model), "--device", "cpu", "--init-steps", "30", "--idu.steps", str(steps),
-            "--idu.edit-rate", "1", "--idu.editor.dtype", "float32", "--idu.editor.diffusion-steps", "3",
-            "--gaussians.strategy.kind", "none", "--checkpoint-every", "5", "--eval-every", "8",
-            "--turntable-frames", "4", "--video-format", "gif", *extra]
+    return for_backend(["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make it autumn", "--output",
+                        str(output), "--model", str(model), "--device", "cpu", "--init-steps", "30", "--idu.steps",
+                        str(steps), "--idu.edit-rate", "1", "--idu.editor.dtype", "float32",
+                        "--idu.editor.diffusion-steps", "3", "--gaussians.strategy.kind", "none", "--checkpoint-every",
+                        "5", "--eval-every", "8", "--turntable-frames", "4", "--video-format", "gif", *extra])
 
 
 def file_digests(folder: Path) -> dict[str, str]:

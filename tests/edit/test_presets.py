@@ -3,6 +3,7 @@ whose preset settings are checked value by value against the table below (file a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,23 @@ def test_run_json_of_a_tiny_edit_holds_the_reference_values(name, scene, tiny_ip
         assert record["edit_order"] != views
         permutation = torch.randperm(len(views), generator=torch.Generator().manual_seed(0))
         assert record["edit_order"] == [views[i] for i in permutation.tolist()]
+
+
+def test_on_the_cpu_a_half_precision_preset_runs_in_float32_unless_asked():
+    from splat2splat.commands.edit import parse as parse_edit
+    from splat2splat.edit.presets import CPU_FLOAT32, departures, preset_on
+
+    assert preset_on("in2n-small", "cpu").editor.dtype == "float32"
+    assert preset_on("in2n-small", "cuda").editor.dtype == "float16"
+    assert preset_on("in2n", "cpu").editor.dtype == "autocast"  # not a half-precision preset
+    base = ["--data", "d", "--prompt", "p", "--device", "cpu", "--preset", "igs2gs"]
+    chosen = parse_edit(base)
+    assert chosen.idu.editor.dtype == "float32"
+    asked = parse_edit([*base, "--idu.editor.dtype", "float16"])
+    assert asked.idu.editor.dtype == "float16"
+    # run.json's record: the departure, why the program made it, and nothing where the preset was followed.
+    used = dataclasses.replace(chosen.idu, editor=dataclasses.replace(chosen.idu.editor, device="cpu"))
+    assert departures("igs2gs", used) == {"--idu.editor.dtype": {"preset": "float16", "used": "float32",
+                                                                  "why": CPU_FLOAT32}}
+    kept = dataclasses.replace(asked.idu, steps=10, editor=dataclasses.replace(asked.idu.editor, device="cpu"))
+    assert departures("igs2gs", kept) == {"--idu.steps": {"preset": 7500, "used": 10}}
