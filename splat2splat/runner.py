@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
 
 
 class SteppedLoop(Protocol):
@@ -90,10 +92,17 @@ def plain_progress_line(description: str, step: int, total: int, info: str, rate
     return f"{description}: step {step}/{total} ({100 * step / max(total, 1):.0f}%) {info} {rate:.2f} it/s, eta {eta_text}"
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+# The description (an edit's prompt) is cut to this width and the bar takes what is left, so on an 80-column
+# terminal step, loss, rate and time left stay on the line.
+DESCRIPTION_WIDTH = 24
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    description = TextColumn("{task.description}",
+                             table_column=Column(max_width=DESCRIPTION_WIDTH, no_wrap=True, overflow="ellipsis"))
+    return Progress(description, BarColumn(bar_width=None), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("{task.fields[info]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), console=console)
 
 
 def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], None], checkpoint_every: int,
