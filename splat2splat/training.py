@@ -24,7 +24,7 @@ from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.io import check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.runner import LoopReport, run_loop
+from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 from splat2splat.validation import check_options
 
@@ -55,6 +55,9 @@ class TrainJob:
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
     checkpoint_minutes: float = 10.0
     """Also checkpoint after this many minutes of wall time since the last checkpoint (0: off)."""
+    logger: Logger = "none"
+    """Where per-step metrics go besides run.log and metrics.jsonl in the run folder: 'tensorboard' also writes
+    TensorBoard event files to its tensorboard/ folder (needs the tensorboard extra)."""
     scene: SceneConfig = field(default_factory=GaussianConfig)
     """The scene backend and its settings: a GaussianConfig (gsplat) or a NerfConfig (the in2n/nerfacto-style
     field)."""
@@ -92,10 +95,10 @@ class TrainLoop:
 
 def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, checkpoint_every: int = 0,
                 eval_every: int = 0, description: str = "train", on_step=None,
-                checkpoint_minutes: float = 0.0) -> LoopReport:
+                checkpoint_minutes: float = 0.0, log: RunLog | None = None) -> LoopReport:
     """Train ``backend`` with its reconstruction loss up to ``steps`` total steps."""
     loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
-    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes)
+    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes, log)
 
 
 def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, SceneBackend]:
@@ -114,6 +117,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
         load_rng_state(state["rng"])
         return job, dataset, backend
     check_options(job)
+    check_logger(job.logger)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder to train on)")
     check_output_folder(job.output)
@@ -136,8 +140,12 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
         save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=job_to_dict(job))
 
     started = time.perf_counter()
-    report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
-                         f"train {backend.name}", on_step, job.checkpoint_minutes)
+    log = RunLog(job.output, job.logger, "train")
+    try:
+        report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
+                             f"train {backend.name}", on_step, job.checkpoint_minutes, log)
+    finally:
+        log.close()
     final = TrainLoop(dataset, backend, reconstruction_loss(backend.name)).evaluate()
     files = backend.export(job.output, dataset)
     metrics = {"steps": backend.step, "eval": final, "history": report.evaluations,

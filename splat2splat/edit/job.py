@@ -44,7 +44,7 @@ from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.io import check_output_folder
 from splat2splat.losses import PhotometricLoss
-from splat2splat.runner import LoopReport, run_loop
+from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import SceneBackend
 from splat2splat.training import train_scene
 from splat2splat.validation import check_options
@@ -96,6 +96,9 @@ class EditJob:
     """Frames of the turntable video (0: none)."""
     video_format: Literal["mp4", "gif"] = "mp4"
     """Turntable video format."""
+    logger: Logger = "none"
+    """Where per-step metrics go besides run.log and metrics.jsonl in the run folder: 'tensorboard' also writes
+    TensorBoard event files to its tensorboard/ folder (needs the tensorboard extra)."""
     idu: IDUConfig = field(default_factory=lambda: preset(DEFAULT_PRESET))
     """Iterative Dataset Update settings (defaults from --preset)."""
     scene: SceneConfig = field(default_factory=GaussianConfig)
@@ -172,8 +175,12 @@ def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
         save_checkpoint(path, backend, job.data, job.downscale)
 
     if backend.step < job.init_steps or not path.exists():
-        train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
-                    description="initial scene", checkpoint_minutes=job.checkpoint_minutes)
+        log = RunLog(job.output, job.logger, "initial scene")
+        try:
+            train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
+                        description="initial scene", checkpoint_minutes=job.checkpoint_minutes, log=log)
+        finally:
+            log.close()
     return backend
 
 
@@ -290,8 +297,14 @@ class EditRun:
     def edit(self, on_step: Callable[[int], None] | None = None) -> LoopReport:
         """Run the IDU to ``job.idu.steps`` (checkpoints, evaluation, Ctrl-C: see :func:`run_loop`)."""
         job = self.job
-        return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
-                        f"edit: {job.prompt[:40]}", on_step, job.checkpoint_minutes)
+        log = RunLog(job.output, job.logger, "edit")
+        log.line(f"edit {job.output}: {job.prompt!r}, preset {job.preset}, backend {job.backend}, "
+                 f"step {self.idu.step} of {job.idu.steps}")
+        try:
+            return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
+                            f"edit: {job.prompt}", on_step, job.checkpoint_minutes, log)
+        finally:
+            log.close()
 
     def finish(self, report: LoopReport) -> dict:
         """Write the deliverables and run.json; returns run.json's content."""
@@ -300,6 +313,8 @@ class EditRun:
         job = self.job
         record = write_edit_outputs(job.output, self.backend, self.dataset, self.record(report), job.turntable_frames,
                                     job.video_format, self.started)
+        RunLog(job.output).line(f"edit finished: {record['views_edited']}/{record['views']} views edited "
+                                f"({record['edits']} edits); wrote {', '.join(record['files'])}")
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
@@ -353,6 +368,7 @@ def check_new_edit(job: EditJob) -> None:
     from splat2splat.edit.regions import check_region_config
 
     check_options(job)
+    check_logger(job.logger)
     check_region_config(job.region)
     if job.region.given():
         check_local_density(job)

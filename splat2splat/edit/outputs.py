@@ -23,8 +23,9 @@ def write_edit_outputs(output: Path, backend: SceneBackend, dataset: Dataset, re
     session of the run began (``time.perf_counter()``)."""
     start = time.perf_counter()
     files = backend.export(output, dataset)
-    for index in dataset.train_indices:
-        save_image(output / "edited" / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
+    for index in dataset.train_indices:  # the views edited at least once; the others are the originals, unchanged
+        if dataset.edit_counts[index] > 0:
+            save_image(output / "edited" / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
     files.append(write_before_after(output / "before_after.png", backend, dataset))
     if turntable_frames > 0:
         frames = render_turntable(backend, dataset, turntable_frames)

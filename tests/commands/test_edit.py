@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -73,6 +74,37 @@ def test_edit_end_to_end_with_the_tiny_model(small_scene, tiny_ip2p_folder, tmp_
     else:
         assert (output / "points.ply").is_file() or any(output.glob("*.ply"))
     assert file_digests(small_scene) == inputs_before
+
+
+def test_a_short_edit_keeps_only_edited_views_and_a_plain_log_of_the_run(small_scene, tiny_ip2p_folder, tmp_path):
+    """edited/ holds the views the edit changed (3 of 14 here); run.log and metrics.jsonl record the run."""
+    output = tmp_path / "run"
+    entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder, steps=3)])
+    record = read_json(output / "run.json")
+    assert record["views_edited"] == 3 and len(list((output / "edited").glob("*.png"))) == 3
+    assert record["preset_settings"]["preset"] == "in2n-tiny" and record["preset_settings"]["steps"] == 3
+    assert record["departures_from_preset"]["--idu.steps"] == {"preset": 30000, "used": 3}
+    log = (output / "run.log").read_text()
+    assert "initial scene: step 30/30" in log and "edit: make it autumn: step 3/3" in log and "edit finished" in log
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    steps = [(line["phase"], line["step"]) for line in lines if line["kind"] == "step"]
+    assert steps == [("initial scene", k) for k in range(1, 31)] + [("edit", k) for k in (1, 2, 3)]
+    assert all(isinstance(line["loss"], float) for line in lines if line["kind"] == "step")
+
+
+def test_logger_tensorboard_without_its_extra_is_refused_before_any_work(small_scene, tiny_ip2p_folder, tmp_path,
+                                                                          capsys):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder, "--logger", "tensorboard")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'splat2splat[tensorboard]'" in err
+    assert not output.exists()
 
 
 def test_interrupted_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path):
