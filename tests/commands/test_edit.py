@@ -155,9 +155,12 @@ def test_interrupted_initial_training_resumes(small_scene, tiny_ip2p_folder, tmp
 
 
 def test_every_preset_parses_and_fields_override(tmp_path):
-    for name, preset in PRESETS.items():
+    from splat2splat.devices import resolve_device
+    from splat2splat.edit.presets import preset_on
+
+    for name in PRESETS:
         cmd = parse_edit_args(["--preset", name, "--data", "x", "--prompt", "p"])
-        assert cmd.preset == name and cmd.idu == preset
+        assert cmd.preset == name and cmd.idu == preset_on(name, resolve_device("auto").type)
     cmd = parse_edit_args(["--preset", "in2n", "--data", "x", "--prompt", "p", "--idu.loss.lpips", "0.5",
                            "--idu.editor.guidance-scale", "9"])
     assert cmd.idu.loss.lpips == 0.5 and cmd.idu.editor.guidance_scale == 9

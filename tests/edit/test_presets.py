@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
-from splat2splat.edit.presets import PRESETS
+from splat2splat.edit.presets import CPU_FLOAT32, PRESETS
 from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
 from splat2splat.io import read_json
 
@@ -117,10 +117,21 @@ def test_run_json_of_a_tiny_edit_holds_the_reference_values(name, scene, tiny_ip
     record = read_json(output / "run.json")
     assert record["preset"] == name
     preset_settings, used = record["preset_settings"], record["command"]["idu"]
+    assert preset_settings["preset"] == name
+    departed = record["departures_from_preset"]  # preset_settings are the settings used; the preset's beside them
+
+    def as_preset(key: str):
+        flag = f"--idu.{key.replace('_', '-')}"
+        return departed[flag]["preset"] if flag in departed else field(preset_settings, key)
+
     for key, (value, source) in REFERENCE[name].items():
-        assert field(preset_settings, key) == pytest.approx(value), f"{name}.{key} differs from {source}"
-        if key not in OVERRIDES:
+        assert as_preset(key) == pytest.approx(value), f"{name}.{key} differs from {source}"
+        if key not in OVERRIDES and f"--idu.{key.replace('_', '-')}" not in departed:
             assert field(used, key) == field(preset_settings, key), f"{name}.{key} was not used as set"
+    if PRESETS[name].editor.dtype == "float16":  # on this CPU: float32, recorded with the reason
+        assert departed["--idu.editor.dtype"] == {"preset": "float16", "used": "float32", "why": CPU_FLOAT32}
+    assert set(departed) == {f"--idu.{key.replace('_', '-')}" for key in OVERRIDES} | {"--idu.editor.model"} | \
+        ({"--idu.editor.dtype"} if PRESETS[name].editor.dtype == "float16" else set())  # --model: the tiny model
     for key, value in OVERRIDES.items():
         assert str(field(used, key)) == value
     assert record["steps"] == 3
