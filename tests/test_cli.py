@@ -253,3 +253,16 @@ def test_python_dash_m_runs_the_command(tmp_path):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-1000:]
     assert "--idu.edit-lag" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["edit", "train"])
+def test_every_registered_backend_has_its_command_and_its_options(name):
+    """--backend NAME parses NAME's own command class, whose scene settings are NAME's config."""
+    from splat2splat.backends import BACKENDS
+
+    module = importlib.import_module(f"splat2splat.commands.{name}")
+    assert set(module.COMMAND_CLASSES) == set(BACKENDS)
+    for backend, kind in BACKENDS.items():
+        command = module.parse(["--backend", backend, "--data", "d"])
+        assert type(command) is module.COMMAND_CLASSES[backend] and type(command.scene) is kind.config_class
+        assert command.backend == backend
