@@ -145,6 +145,8 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
     if not isinstance(values, dict):
         raise InputError(source, f"the saved command must be a JSON object, found {describe(values)}")
     values = {key: value for key, value in values.items() if key not in PER_INVOCATION_KEYS}
+    if "scene" not in {f.name for f in dataclasses.fields(cls)}:  # a part of a job (the evaluation reads some)
+        return config_from_dict(cls, values, source)
     name = values.pop("backend", "gaussian")
     if not isinstance(name, str) or name not in BACKENDS:
         raise InputError(source, f"the saved command's backend must be one of {', '.join(BACKENDS)}, "
