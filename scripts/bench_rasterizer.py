@@ -1,112 +1,41 @@
-"""Forward + backward time of the pure-PyTorch rasterizer, against the previous per-tile implementation.
+"""The CPU rasterizers side by side: the C++ one ("cpp", the default on a CPU) and its pure-PyTorch reference ("torch").
 
-    .venv/bin/python scripts/bench_rasterizer.py --sizes 64 128 --counts 4000 20000 50000
+    .venv/bin/python scripts/bench_rasterizer.py --sizes 96 256 384 512 --counts 4000 50000 300000 --threads 1 0
 
-The previous implementation (every Gaussian listed for a 16 px tile evaluated at all 256 pixels of the tile,
-padded to the longest tile list, autograd through the compositing) is kept below for comparison; both run on
-the same random scene, and their outputs and gradients are compared.
+For every image size, Gaussian count and thread count, both run on the same random scene (one camera 2.5 units
+away, focal 1.2 x size, SH degree 3, Gaussians of size 0.015 x (4000 / N)^(1/3) units, so that a pixel sees more
+Gaussians as there are more, as in real captures): forward, backward, and a whole training step (render, L1 +
+D-SSIM loss, backward, Adam), the median of ``--repeats`` runs after a warm-up, with the peak memory of a step and
+the largest difference of image and gradients between the two, and the number of pixel-Gaussian pairs blended.
+The reference can take minutes per step at large sizes: ``--torch-max-gaussians`` skips it above that many
+Gaussians (and the pair count, which its pair search gives).
 """
 
 from __future__ import annotations
 
-import math
+import ctypes
+import os
+import statistics
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import tyro
 
-from splat2splat.gaussians import rasterize as R
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import markdown_table, measure_peak_memory, memory_method, mib, run_record, write_json  # noqa: E402
+
+from splat2splat.gaussians import rasterize as R  # noqa: E402
+from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
+
+PATHS = ("torch", "cpp")
 
 
-# ----------------------------------------------------------------------------- previous implementation
-@torch.no_grad()
-def _old_tile_intersections(means2d, radii, depths, width, height, tile_size):
-    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
-    visible = (radii > 0).all(-1)
-    ids = torch.nonzero(visible).squeeze(-1)
-    center = means2d[ids] / tile_size
-    r = radii[ids].float() / tile_size
-    tmin_x = torch.floor(center[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
-    tmin_y = torch.floor(center[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
-    tmax_x = torch.ceil(center[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
-    tmax_y = torch.ceil(center[:, 1] + r[:, 1]).clamp(0, tiles_y).long()
-    span_x, span_y = tmax_x - tmin_x, tmax_y - tmin_y
-    counts = span_x * span_y
-    gaussian = torch.repeat_interleave(ids, counts)
-    owner = torch.repeat_interleave(torch.arange(len(ids)), counts)
-    first = torch.cumsum(counts, 0) - counts
-    local = torch.arange(len(gaussian)) - first[owner]
-    tile_x = tmin_x[owner] + local % span_x[owner].clamp(min=1)
-    tile_y = tmin_y[owner] + local // span_x[owner].clamp(min=1)
-    tile = tile_y * tiles_x + tile_x
-    order = torch.sort(depths[gaussian], stable=True).indices
-    tile, gaussian = tile[order], gaussian[order]
-    order = torch.sort(tile, stable=True).indices
-    return tile[order], gaussian[order], tiles_x, tiles_y
-
-
-@torch.no_grad()
-def _old_contributing_pairs(means2d, conics, opacities, tile, gaussian, tiles_x, tiles_y, width, height, tile_size,
-                            budget: int = 1 << 24):
-    n_tiles = tiles_x * tiles_y
-    per_tile = torch.bincount(tile, minlength=n_tiles)
-    start = torch.cumsum(per_tile, 0) - per_tile
-    max_count = int(per_tile.max()) if len(tile) else 0
-    if max_count == 0:
-        empty = torch.zeros(0, dtype=torch.long)
-        return empty, empty
-    py, px = torch.meshgrid(torch.arange(tile_size), torch.arange(tile_size), indexing="ij")
-    offsets = torch.stack([px.flatten(), py.flatten()], -1)
-    pixels_all, gaussians_all = [], []
-    tiles_per_chunk = max(1, budget // (max_count * tile_size * tile_size))
-    slot = torch.arange(max_count)
-    for t0 in range(0, n_tiles, tiles_per_chunk):
-        tiles = torch.arange(t0, min(n_tiles, t0 + tiles_per_chunk))
-        index = start[tiles, None] + slot
-        in_list = slot < per_tile[tiles, None]
-        g = torch.where(in_list, gaussian[index.clamp(max=len(gaussian) - 1)], torch.zeros_like(index))
-        pix = torch.stack([tiles % tiles_x, tiles // tiles_x], -1)[:, None, :] * tile_size + offsets
-        alpha = R._alpha(means2d[g][:, :, None, :], conics[g][:, :, None, :], opacities[g][:, :, None],
-                         pix[:, None, :, :].float() + 0.5)
-        blended = in_list[:, :, None] & (alpha >= R.ALPHA_THRESHOLD)
-        alpha = torch.where(blended, alpha, torch.zeros_like(alpha))
-        transmittance_after = torch.cumprod(1.0 - alpha, dim=1)
-        blended &= transmittance_after > R.TRANSMITTANCE_MIN
-        on_image = (pix[..., 0] < width) & (pix[..., 1] < height)
-        blended &= on_image[:, None, :]
-        t_idx, p_idx, k_idx = torch.nonzero(blended.permute(0, 2, 1), as_tuple=True)
-        pixel_xy = pix[t_idx, p_idx]
-        pixels_all.append(pixel_xy[:, 1] * width + pixel_xy[:, 0])
-        gaussians_all.append(g[t_idx, k_idx])
-    return torch.cat(pixels_all), torch.cat(gaussians_all)
-
-
-def _old_composite(means2d, conics, opacities, colors, depths, radii, width, height, tile_size):
-    tile, gaussian, tiles_x, tiles_y = _old_tile_intersections(means2d.detach(), radii, depths.detach(), width,
-                                                               height, tile_size)
-    pixel, gaussian = _old_contributing_pairs(means2d.detach(), conics.detach(), opacities.detach(), tile, gaussian,
-                                              tiles_x, tiles_y, width, height, tile_size)
-    n_pixels = width * height
-    pixel_xy = torch.stack([pixel % width, pixel // width], -1).to(means2d.dtype) + 0.5
-    alpha = R._alpha(means2d[gaussian], conics[gaussian], opacities[gaussian], pixel_xy)
-    log_keep = torch.log1p(-alpha).double()
-    inclusive = torch.cumsum(log_keep, 0)
-    segment_start = torch.ones_like(pixel, dtype=torch.bool)
-    segment_start[1:] = pixel[1:] != pixel[:-1]
-    start_index = torch.cummax(torch.where(segment_start, torch.arange(len(pixel)), torch.zeros_like(pixel)), 0).values
-    before_segment = (inclusive - log_keep)[start_index]
-    transmittance = torch.exp(inclusive - log_keep - before_segment).to(alpha.dtype)
-    weight = alpha * transmittance
-    image = torch.zeros(n_pixels, colors.shape[-1], dtype=colors.dtype, device=colors.device)
-    image = image.index_add(0, pixel, weight[:, None] * colors[gaussian])
-    accumulated = torch.zeros(n_pixels, dtype=alpha.dtype, device=alpha.device).index_add(0, pixel, weight)
-    return image.reshape(height, width, -1), accumulated.reshape(height, width, 1)
-
-
-# ----------------------------------------------------------------------------------------------- bench
-def random_scene(n: int, size: int, seed: int = 0, scale: float = 0.015):
+def random_scene(n: int, size: int, seed: int = 0, scale: float | None = None):
     """n Gaussians spread over the view of a camera 2.5 units away (focal 1.2 * size)."""
+    scale = 0.015 * (4000 / n) ** (1 / 3) if scale is None else scale
     g = torch.Generator().manual_seed(seed)
     means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([1.8, 1.8, 1.0])
     quats = torch.randn(n, 4, generator=g)
@@ -119,62 +48,136 @@ def random_scene(n: int, size: int, seed: int = 0, scale: float = 0.015):
     return (means, quats, scales, opacities, sh), torch.linalg.inv(c2w)[None], K[None]
 
 
-def step(params, viewmats, Ks, size, composite):
-    original = R._composite
-    R._composite = composite
+def release_free_memory() -> None:
+    """Give the memory freed by earlier steps back to the system (glibc malloc_trim), so that the resident-set peak
+    of the next steps is what they need, not 0 because the heap already holds it."""
     try:
-        params = [p.detach().clone().requires_grad_(True) for p in params]
-        t = time.perf_counter()
-        image, alpha, _ = R.rasterize(*params, viewmats, Ks, size, size, 3, torch.ones(3), backend="torch")
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def count_pairs(params, viewmats, Ks, size) -> int:
+    with torch.no_grad():
+        radii, means2d, depths, conics = R.project(params[0], params[1], params[2], params[3][None], viewmats, Ks,
+                                                   size, size, 0.01, 1e10, 0.3)
+        return len(R._contributing_pairs(means2d[0], conics[0], params[3], radii[0], depths[0], size, size, 16)[0])
+
+
+class Step:
+    """Forward, backward and a whole Adam training step of one rasterizer on one scene."""
+
+    def __init__(self, backend: str, params, viewmats, Ks, size: int):
+        self.backend, self.viewmats, self.Ks, self.size = backend, viewmats, Ks, size
+        self.params = [p.detach().clone().requires_grad_(True) for p in params]
+        self.optimizer = torch.optim.Adam(self.params, lr=1e-4)
+        self.target = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(1))
+        self.loss = PhotometricLoss(LossWeights())
+
+    def forward(self):
+        return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
+                           backend=self.backend)
+
+    def timed(self) -> tuple[float, float, float]:
+        """Seconds of forward, backward (loss included) and the whole step (with the optimiser)."""
+        start = time.perf_counter()
+        image, _, _ = self.forward()
+        rendered = time.perf_counter()
+        self.loss(image, self.target)[0].backward()
+        backward = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return rendered - start, backward - rendered, time.perf_counter() - start
+
+    def result(self):
+        """Image and gradients of a fixed loss at the current parameters (for the comparison)."""
+        image, _, _ = self.forward()
         (image * torch.tensor([0.3, 0.5, 0.7])).sum().backward()
-        return time.perf_counter() - t, image.detach(), [p.grad for p in params]
-    finally:
-        R._composite = original
+        grads = [p.grad.clone() for p in self.params]
+        self.optimizer.zero_grad(set_to_none=True)
+        return image.detach(), grads
 
 
 @dataclass
 class BenchRasterizer:
-    """Forward + backward seconds of the CPU rasterizer against the previous implementation, in one run."""
+    """The C++ and PyTorch CPU rasterizers side by side: forward, backward, training step, peak memory."""
 
-    sizes: tuple[int, ...] = (64, 128)
+    sizes: tuple[int, ...] = (96, 256, 384, 512)
     """Square image sizes in pixels."""
-    counts: tuple[int, ...] = (4000, 20000, 50000)
-    """Numbers of random Gaussians in view."""
+    counts: tuple[int, ...] = (4000, 50000, 300000)
+    """Numbers of random Gaussians."""
+    threads: tuple[int, ...] = (1, 0)
+    """torch (and OpenMP) CPU threads; 0: all cores."""
     repeats: int = 3
-    """Timed runs of the current implementation (the best is kept)."""
-    old_repeats: int = 1
-    """Timed runs of the previous implementation (0: skip it)."""
-    threads: int = 2
-    """torch CPU threads."""
+    """Timed steps per rasterizer (after one warm-up step); the median is reported."""
+    torch_max_gaussians: int = 50_000
+    """Skip the PyTorch reference above this many Gaussians (it can take minutes per step)."""
+    output: Path | None = None
+    """Also write the results as JSON here."""
 
 
-def main(args: BenchRasterizer) -> None:
-    torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads; forward + backward, one camera, SH degree 3")
-    print(f"{'size':>5} {'gaussians':>9} {'pairs':>9} {'old s':>8} {'new s':>8} {'speed-up':>8}  max |diff| image, grads")
-    for size in args.sizes:
-        for n in args.counts:
-            params, viewmats, Ks = random_scene(n, size)
-            step(params, viewmats, Ks, size, R._composite)  # warm-up
-            new_time, image, grads = min((step(params, viewmats, Ks, size, R._composite)
-                                          for _ in range(args.repeats)), key=lambda r: r[0])
-            with torch.no_grad():
-                radii, means2d, depths, conics = R.project(params[0], params[1], params[2], params[3][None],
-                                                           viewmats, Ks, size, size, 0.01, 1e10, 0.3)
-                n_pairs = len(R._contributing_pairs(means2d[0], conics[0], params[3], radii[0], depths[0], size,
-                                                    size, 16)[0])
-            line = f"{size:>5} {n:>9} {n_pairs:>9} "
-            if args.old_repeats:
-                old_time, old_image, old_grads = min((step(params, viewmats, Ks, size, _old_composite)
-                                                      for _ in range(args.old_repeats)), key=lambda r: r[0])
-                diff_image = (image - old_image).abs().max().item()
-                diff_grads = max(((a - b).abs().max() / b.abs().max().clamp(min=1e-12)).item()
-                                 for a, b in zip(grads, old_grads))
-                line += f"{old_time:>8.3f} {new_time:>8.3f} {old_time / new_time:>7.1f}x  "
-                line += f"{diff_image:.1e}, {diff_grads:.1e} (rel)"
-            else:
-                line += f"{'-':>8} {new_time:>8.3f}"
-            print(line, flush=True)
+def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
+    torch.set_num_threads(threads)
+    params, viewmats, Ks = random_scene(n, size)
+    with_reference = n <= args.torch_max_gaussians
+    pairs = count_pairs(params, viewmats, Ks, size) if with_reference else None
+    row = {"size": size, "gaussians": n, "threads": threads, "pairs": pairs}
+    results = {}
+    for backend in PATHS if with_reference else ("cpp",):
+        step = Step(backend, params, viewmats, Ks, size)
+        results[backend] = step.result()
+        step.timed()  # warm-up
+        release_free_memory()
+        with measure_peak_memory(torch.device("cpu")) as peak:
+            times = [step.timed() for _ in range(args.repeats)]
+        forward, backward, whole = (statistics.median(t[k] for t in times) for k in range(3))
+        row[backend] = {"forward_s": forward, "backward_s": backward, "step_s": whole, "peak_bytes": peak.bytes}
+    if len(results) == 2:
+        (image_a, grads_a), (image_b, grads_b) = results["torch"], results["cpp"]
+        row["max_abs_diff_image"] = float((image_a - image_b).abs().max())
+        row["max_rel_diff_grads"] = max(float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
+                                        for a, b in zip(grads_a, grads_b))
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    def seconds(row, backend, key):
+        return f"{row[backend][key]:.3f}" if backend in row else "-"
+
+    headers = ["px", "Gaussians", "threads", "pairs", "torch fwd s", "torch bwd s", "torch step s", "cpp fwd s",
+               "cpp bwd s", "cpp step s", "step speed-up", "peak MiB torch / cpp", "max diff image / grads (rel)"]
+    lines = []
+    for row in rows:
+        both = "torch" in row
+        lines.append([
+            row["size"], f"{row['gaussians']:,}", row["threads"], "-" if row["pairs"] is None else f"{row['pairs']:,}",
+            seconds(row, "torch", "forward_s"), seconds(row, "torch", "backward_s"), seconds(row, "torch", "step_s"),
+            seconds(row, "cpp", "forward_s"), seconds(row, "cpp", "backward_s"), seconds(row, "cpp", "step_s"),
+            f"{row['torch']['step_s'] / row['cpp']['step_s']:.1f}x" if both else "-",
+            (f"{mib(row['torch']['peak_bytes'])} / " if both else "- / ") + f"{mib(row['cpp']['peak_bytes'])}",
+            f"{row['max_abs_diff_image']:.1e} / {row['max_rel_diff_grads']:.1e}" if both else "-",
+        ])
+    return markdown_table(headers, lines)
+
+
+def main(args: BenchRasterizer) -> dict:
+    if R.choose_rasterizer("cpp", torch.device("cpu")) != "cpp":
+        raise SystemExit("the C++ rasterizer did not build")
+    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    record = run_record(torch.device("cpu"))
+    print(f"{record['machine']['cpu']}, {all_cores} cores, load {record['machine']['load_average_1m_at_start']}; "
+          f"torch {torch.__version__}; {record['date']}", flush=True)
+    rows = []
+    for threads in args.threads:
+        for size in args.sizes:
+            for n in args.counts:
+                rows.append(bench_one(size, n, threads or all_cores, args))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print(table(rows))
+    results = {"record": record, "memory_method": memory_method(torch.device("cpu")), "rows": rows}
+    if args.output:
+        write_json(args.output, results)
+    return results
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from splat2splat.errors import InputError
 # name -> (command dataclass in splat2splat.commands.<name>, one-line summary); modules load only when used.
 COMMANDS = {
     "demo": ("DemoCommand", "write the bundled demo scene"),
+    "process": ("ProcessCommand", "photos or a video -> posed dataset (COLMAP)"),
     "train": ("TrainCommand", "fit a Gaussian (or NeRF) scene to posed images"),
     "edit": ("EditCommand", "edit a scene with a text instruction (IDU)"),
     "preview": ("PreviewCommand", "see what an instruction does, in seconds"),
@@ -22,6 +23,7 @@ COMMANDS = {
     "export": ("ExportCommand", "write PLY / .splat / compressed PLY / SPZ / SOG for viewers"),
     "eval": ("EvalCommand", "CLIP metrics and a report for edit runs"),
 }
+RESUMABLE = ("train", "edit")  # the commands with --resume
 
 
 def usage() -> str:
@@ -45,6 +47,7 @@ def parse(name: str, args: list[str]):
 
 
 def entrypoint(argv: list[str] | None = None) -> None:
+    from splat2splat.folder_lock import release_all
     from splat2splat.runner import Interrupted
     from splat2splat.validation import check_options
 
@@ -74,14 +77,21 @@ def entrypoint(argv: list[str] | None = None) -> None:
     except Interrupted as interrupted:
         print(f"stopped: {interrupted}", file=sys.stderr)
         sys.exit(interrupted.exit_status)
-    except KeyboardInterrupt:  # during start-up (loading models, data), or a second Ctrl-C while running
-        print("stopped: interrupted; files written so far are complete (atomic), an unfinished run continues "
-              "with --resume", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as stop:  # during start-up (loading models, data), or a second signal while running
+        then = "an unfinished run continues with --resume" if name in RESUMABLE else "run the command again"
+        print(f"stopped: interrupted; files written so far are complete (atomic); {then}", file=sys.stderr)
+        sys.exit(getattr(stop, "exit_status", 130))
+    except MemoryError:
+        print("error: out of memory (an input or option asks for more than this machine has: a smaller "
+              "--downscale, fewer Gaussians or a smaller batch helps); files written before stay intact",
+              file=sys.stderr)
+        sys.exit(1)
     except OSError as error:  # a full disk, a folder that became unwritable: the files already written stay intact
         where = f"{error.filename}: " if error.filename else ""
         print(f"error: {where}{error.strerror or error}; files written before stay intact", file=sys.stderr)
         sys.exit(1)
+    finally:
+        release_all()  # this command's claims on its output folders
 
 
 if __name__ == "__main__":

@@ -19,9 +19,15 @@ def resolve_device(device: str | None) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"--device {device} asked for, but no CUDA GPU is available (use --device cpu)")
     try:
-        return torch.device(device)
+        resolved = torch.device(device)
     except RuntimeError:
         raise InputError(None, f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(None, f"--device {device} asked for, but this torch build or machine has no MPS "
+                               f"(use --device cpu)")
+    if resolved.type not in ("cpu", "cuda", "mps"):
+        raise InputError(None, f"--device {device}: splat2splat computes on cpu, cuda or cuda:N (mps where available)")
+    return resolved
 
 
 def to_device(obj, device: str | torch.device):

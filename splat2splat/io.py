@@ -11,9 +11,10 @@ import io as _io
 import json
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +37,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
         os.replace(tmp, path)
+    except OSError as error:  # a full disk while writing: the message names the file, not its temp copy
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if error.filename is None or error.filename == tmp:
+            raise OSError(error.errno, error.strerror or str(error), str(path)) from None
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -76,6 +83,36 @@ def finite_or_null(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [finite_or_null(item) for item in value]
     return value
+
+
+T = TypeVar("T")
+
+
+class IndependentOutputs:
+    """Writes the outputs of finished work one by one: one that fails is reported in one line (and kept in
+    :attr:`failed` for the run's record), the others still land. Work that is done is never lost to an output."""
+
+    def __init__(self) -> None:
+        self.failed: dict[str, str] = {}
+
+    def write(self, name: str, action: Callable[[], T]) -> T | None:
+        """``action()``, or None (with a warning line) when it fails."""
+        try:
+            return action()
+        except Exception as error:  # noqa: BLE001 - any output's failure, even a bug, must not lose the others
+            self.failed[name] = failure_line(error)
+            print(f"warning: {name} not written: {self.failed[name]}", file=sys.stderr)
+            return None
+
+
+def failure_line(error: BaseException) -> str:
+    """An exception as one short line; an OSError names its file."""
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 def check_output_folder(folder: str | Path, option: str = "--output") -> None:
@@ -134,20 +171,27 @@ def read_json(path: str | Path) -> Any:
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, check_size: Callable[[tuple[int, int]], None] | None = None) -> np.ndarray:
     """Load an image as float32 HxWxC in [0, 1] (C = 3, or 4 with alpha), turned upright by its EXIF orientation.
 
     8-bit modes are divided by 255, 16-bit ones by 65535; grey, palette and CMYK images become RGB,
-    those with transparency RGBA.
+    those with transparency RGBA. ``check_size((height, width))`` (upright) may refuse the image from its header,
+    before its pixels are decoded (PIL opens lazily): a small file can hold a huge picture.
     """
     path = Path(path)
     if not is_file(path):
         raise InputError(path, "image file is missing")
     try:
         with Image.open(path) as im:
+            if check_size is not None:
+                width, height = im.size
+                sideways = im.getexif().get(EXIF_ORIENTATION_TAG) in SIDEWAYS_ORIENTATIONS
+                check_size((width, height) if sideways else (height, width))
             im.load()
             # Cameras always see the upright image (what every viewer shows); phones store it rotated.
             array = image_to_array(ImageOps.exif_transpose(im))
+    except InputError:
+        raise
     except Exception as exc:  # PIL raises many types for unreadable or unsupported files
         raise InputError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
     if not np.isfinite(array).all():

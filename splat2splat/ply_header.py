@@ -34,6 +34,10 @@ def read_ply_header(path: Path) -> PlyHeader | None:
     with open(path, "rb") as f:
         head = f.read(MAX_HEADER_BYTES)
     end = head.find(b"end_header")
+    if head.startswith(b"ply") and end < 0 and len(head) == MAX_HEADER_BYTES:
+        # plyfile would read on, and then allocate whatever the header claims without a size check
+        raise InputError(path, f"PLY header longer than {MAX_HEADER_BYTES // 1024} KB (a Gaussian scene's or point "
+                               f"cloud's takes a few KB): refused")
     if not head.startswith(b"ply") or end < 0:
         return None
     newline = head.find(b"\n", end)
@@ -48,7 +52,8 @@ def read_ply_header(path: Path) -> PlyHeader | None:
             format_name = words[1]
         elif len(words) == 3 and words[0] == "element" and words[2].isdigit():
             current = words[1]
-            elements[current] = (int(words[2]), ())
+            # (a count of thousands of digits is no number Python converts, and more than any file holds)
+            elements[current] = (int(words[2]) if len(words[2]) <= 30 else 10**30, ())
         elif len(words) >= 3 and words[0] == "property" and current is not None:
             count, names = elements[current]
             elements[current] = (count, (*names, words[-1]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import signal
 import sys
 import time
@@ -22,6 +23,8 @@ from typing import Callable, Iterator, Literal, Protocol
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
+
+from splat2splat.errors import InputError
 
 from splat2splat.errors import InputError
 
@@ -62,6 +65,14 @@ class LoopReport:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class SignalledStop(KeyboardInterrupt):
+    """A second SIGINT or SIGTERM: stop at once (the last checkpoint stays valid); exits 128 + its number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_status = 128 + signum
+
+
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[Callable[[], int | None]]:
     """Within the block the first SIGINT or SIGTERM only records its number (returned by the yielded function,
@@ -70,7 +81,7 @@ def deferred_interrupt() -> Iterator[Callable[[], int | None]]:
 
     def handler(signum, frame):
         if received:
-            raise KeyboardInterrupt
+            raise SignalledStop(signum)
         received.append(signum)
 
     try:
@@ -83,6 +94,17 @@ def deferred_interrupt() -> Iterator[Callable[[], int | None]]:
     finally:
         for signum, old_handler in previous.items():
             signal.signal(signum, old_handler)
+
+
+def check_finite_loss(stats: dict[str, float], step: int, description: str) -> None:
+    """Stop at the first non-finite loss (not at the end, with nothing left to write); the last checkpoint,
+    saved before, stays as it was."""
+    loss = stats.get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise InputError(None, f"{description}: the loss became {loss} at step {step}; a learning rate or "
+                               f"scale that overflows is the likely cause (--gaussians.*-lr, --gaussians.init-scale, "
+                               f"--nerf.lr, or an edit far off the images: --idu.editor.guidance-scale); the last "
+                               f"checkpoint is from before, nothing of the diverged steps was saved")
 
 
 # When stdout is not a terminal (a redirected or nohup'ed run) rich draws nothing until the end; a plain line
@@ -189,6 +211,7 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
         first_step, started = loop.step, time.perf_counter()
         while loop.step < total_steps:
             report.last_stats = timed("steps", loop.run_step)
+            check_finite_loss(report.last_stats, loop.step, description)
             if eval_every and loop.step % eval_every == 0:
                 metrics = timed("eval", loop.evaluate)
                 report.evaluations.append({"step": loop.step, **metrics})

@@ -18,11 +18,13 @@ import tyro
 
 from splat2splat.backends import SceneConfig, backend_name, make_backend, reconstruction_loss
 from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, job_to_dict,
-                                    load_rng_state, read_checkpoint, require_keys, save_checkpoint)
+                                    load_rng_state, read_checkpoint, require_keys, save_checkpoint,
+                                    with_invocation_permissions, with_resume_options)
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
-from splat2splat.io import check_output_folder
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
@@ -101,17 +103,21 @@ def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, check
     return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes, log)
 
 
-def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, SceneBackend]:
+def start_training(job: TrainJob, resume: bool, given: dict | None = None) -> tuple[TrainJob, Dataset, SceneBackend]:
     """A new training run, or with ``resume`` the one in ``job.output`` (its saved job wins over ``job``)."""
     from splat2splat.data.readers import load_dataset
 
     checkpoint_path = job.output / CHECKPOINT_FILE
     if resume:
+        if job.output.is_dir():
+            claim_output_folder(job.output)  # a second process resuming it at once is refused
         state = read_checkpoint(checkpoint_path)
         require_keys(checkpoint_path, state, ("command",), "`splat2splat train`")
         saved = job_from_dict(TrainJob, state["command"], checkpoint_path)
+        if given:  # this command line's options: more steps honoured, settings of the run refused
+            saved = with_resume_options(saved, given, checkpoint_path)
         check_options(saved, checkpoint_path)
-        job = dataclasses.replace(saved, output=job.output)
+        job = dataclasses.replace(with_invocation_permissions(saved, job, checkpoint_path), output=job.output)
         dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
         backend = backend_from_checkpoint(checkpoint_path, state)
         load_rng_state(state["rng"])
@@ -121,6 +127,7 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder to train on)")
     check_output_folder(job.output)
+    claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
     torch.manual_seed(job.scene.seed)
@@ -129,11 +136,11 @@ def start_training(job: TrainJob, resume: bool) -> tuple[TrainJob, Dataset, Scen
     return job, dataset, make_backend(job.backend, dataset, scene)
 
 
-def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
+def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict | None = None) -> dict:
     """Train (or resume) and write the run folder; returns the final metrics (also in metrics.json)."""
     from splat2splat.io import write_json
 
-    job, dataset, backend = start_training(job, resume)
+    job, dataset, backend = start_training(job, resume, given)
     checkpoint_path = job.output / CHECKPOINT_FILE
 
     def save() -> None:
@@ -146,14 +153,18 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None) -> dict:
                              f"train {backend.name}", on_step, job.checkpoint_minutes, log)
     finally:
         log.close()
-    final = TrainLoop(dataset, backend, reconstruction_loss(backend.name)).evaluate()
-    files = backend.export(job.output, dataset)
+    outputs = IndependentOutputs()  # the trained checkpoint is saved; no output step may lose it
+    loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
+    final = outputs.write("final evaluation", loop.evaluate) or {}
+    files = outputs.write("scene export", lambda: backend.export(job.output, dataset)) or []
     metrics = {"steps": backend.step, "eval": final, "history": report.evaluations,
                "seconds": {**report.seconds, "total": time.perf_counter() - started},
-               "eval_views": len(dataset.eval_indices), **backend_size(backend)}
+               "eval_views": len(dataset.eval_indices), **backend_size(backend),
+               **({"failed_outputs": outputs.failed} if outputs.failed else {})}
     write_json(job.output / "metrics.json", metrics)
     print(f"held-out PSNR {final.get('psnr', float('nan')):.2f} dB, SSIM {final.get('ssim', float('nan')):.3f}; "
           f"wrote {', '.join(str(f) for f in [checkpoint_path, *files])}")
+    release_output_folder(job.output)
     return metrics
 
 

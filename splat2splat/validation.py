@@ -23,7 +23,10 @@ def at_least(minimum: float) -> Rule:
 
 
 def between(lower: float, upper: float) -> Rule:
-    return lambda value: None if lower <= value <= upper else f"must be between {lower:g} and {upper:g}"
+    def text(bound: float) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    return lambda value: None if lower <= value <= upper else f"must be between {text(lower)} and {text(upper)}"
 
 
 def positive(value: float) -> str | None:
@@ -70,17 +73,19 @@ FIELD_RULES: dict[str, Rule] = {
     "prune_opacity": between(0, 1),
     "max_scale": positive,
     "scene_scale": positive,
-    "init_scale": positive,
+    "init_scale": between(1e-6, 1000),  # a multiple of the neighbour distance; 1e30 overflows float32 covariances
     "init_random_extent": positive,
-    "init_random_count": at_least(1),
+    "lr": between(0, 100),
+    "init_random_count": between(1, 50_000_000),  # 50M random Gaussians: ~12 GB of parameters, ~50 with Adam
+    "seed": between(-(2**63), 2**64 - 1),  # what torch's generators take
     "cap_max": at_least(1),
     "rays_per_batch": at_least(1),
     "patch_size": at_least(1),
     "lpips_patch_size": at_least(1),
     "lpips_patches": at_least(1),
     "samples_per_ray": at_least(1),
-    "image_size": at_least(8),
-    "n_views": at_least(2),
+    "image_size": between(8, 4096),  # the demo renders it on the CPU
+    "n_views": between(2, 10_000),
     "crop_box": crop_box,
     "checkpoint_minutes": at_least(0),
     "viewer_port": between(0, 65535),
@@ -89,7 +94,7 @@ FIELD_RULES: dict[str, Rule] = {
 SUFFIX_RULES: dict[str, Rule] = {
     "_every": at_least(0),
     "_steps": at_least(0),
-    "_lr": at_least(0),
+    "_lr": between(0, 100),  # far above any working rate; beyond, Adam's own arithmetic overflows
     "_interval": at_least(1),
 }
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from rich.console import Console
 
+from splat2splat.gaussians.rasterize import choose_rasterizer
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -20,7 +22,7 @@ def scripts_on_path(monkeypatch):
     """The scripts import their shared helpers as a sibling module, like ``python scripts/bench_speed.py`` does."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     yield
-    for name in ("bench_speed", "bench_common", "bench_editor_options"):
+    for name in ("bench_speed", "bench_common", "bench_editor_options", "bench_rasterizer"):
         sys.modules.pop(name, None)
 
 
@@ -59,7 +61,8 @@ def test_bench_speed_main_writes_all_results_at_toy_sizes(scripts_on_path, tmp_p
     assert editor["latency_ratio_ours_over_stock"] == pytest.approx(editor["ours"]["median_s"] / editor["stock"]["median_s"])
 
     (row,) = results["train_step"]["rows"]
-    assert (row["gaussians"], row["image_size"], row["rasterizer"]) == (200, 32, "torch")
+    assert (row["gaussians"], row["image_size"]) == (200, 32)
+    assert row["rasterizer"] == choose_rasterizer("auto", torch.device("cpu"))  # cpp where a compiler is found
     assert len(row["seconds"]) == 2 and row["median_s"] > 0 and row["median_cpu_s"] > 0
     assert results["train_step"]["memory_method"] == results["editor"]["memory_method"]
 
@@ -176,3 +179,19 @@ def test_every_option_is_explained_in_help(scripts_on_path, capsys):
     for field in fields(bench_speed.BenchSpeedConfig):
         assert f"--{field.name.replace('_', '-')}" in help_text
     assert "UNet evaluations per edit" in help_text
+
+
+def test_bench_rasterizer_times_both_cpu_rasterizers_side_by_side(scripts_on_path, tmp_path):
+    if choose_rasterizer("auto", torch.device("cpu")) != "cpp":
+        pytest.skip("the C++ rasterizer does not build here")
+    import bench_rasterizer
+
+    args = bench_rasterizer.BenchRasterizer(sizes=(32,), counts=(300,), threads=(1,), repeats=1,
+                                            output=tmp_path / "raster.json")
+    results = bench_rasterizer.main(args)
+    (row,) = results["rows"]
+    assert (row["size"], row["gaussians"], row["threads"]) == (32, 300, 1) and row["pairs"] > 0
+    for backend in ("torch", "cpp"):
+        assert all(row[backend][key] > 0 for key in ("forward_s", "backward_s", "step_s"))
+    assert row["max_abs_diff_image"] < 1e-5 and row["max_rel_diff_grads"] < 1e-4
+    assert json.loads((tmp_path / "raster.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))

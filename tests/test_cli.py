@@ -266,3 +266,23 @@ def test_every_registered_backend_has_its_command_and_its_options(name):
         command = module.parse(["--backend", backend, "--data", "d"])
         assert type(command) is module.COMMAND_CLASSES[backend] and type(command.scene) is kind.config_class
         assert command.backend == backend
+
+
+@pytest.mark.parametrize("name, then", [("train", "continues with --resume"), ("process", "run the command again")])
+def test_ctrl_c_says_how_to_go_on_for_that_command(name, then, monkeypatch, capsys):
+    import splat2splat.cli as cli
+
+    class Stopped:
+        @staticmethod
+        def run(command):
+            raise KeyboardInterrupt
+
+    import splat2splat.validation as validation
+
+    monkeypatch.setattr(cli, "parse", lambda name, args: None)
+    monkeypatch.setattr(validation, "check_options", lambda command: None)
+    monkeypatch.setattr(cli, "command_module", lambda name: Stopped)
+    with pytest.raises(SystemExit) as stop:
+        entrypoint([name])
+    line = capsys.readouterr().err.strip()
+    assert stop.value.code == 130 and then in line and "\n" not in line, line

@@ -138,3 +138,17 @@ def test_ply_size_check_accepts_files_that_hold_what_they_claim(tmp_path):
         path.write_bytes(data[: len(data) - (len(data) - data.index(b"end_header") - 11) // 2])
         with pytest.raises(InputError, match="claims 5 vertex, 2 face"):
             check_ply_sizes(path)
+
+
+def test_a_full_disk_while_writing_names_the_file_not_its_temp_copy(tmp_path):
+    import errno
+
+    from splat2splat.io import atomic_write
+
+    target = tmp_path / "scene.ply"
+    with pytest.raises(OSError) as error:
+        with atomic_write(target) as f:
+            f.write(b"part")
+            raise OSError(errno.ENOSPC, "No space left on device")  # what a write to a full disk raises
+    assert error.value.errno == errno.ENOSPC and error.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []

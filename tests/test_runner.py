@@ -129,3 +129,38 @@ def test_a_long_prompt_leaves_step_rate_and_time_left_on_an_80_column_bar():
     assert "\n" not in line and "1234/30000" in line and "loss 0.1234" in line and "2.94 it/s" in line
     assert "-:--:--" in line  # the time left (unknown here: no step was timed)
     assert "edit: make it" in line and "…" in line
+
+
+def test_a_second_sigterm_exits_143_in_one_line(capsys, monkeypatch, tmp_path):
+    """The second signal stops at once with the exit status of that signal (128 + 15), not Ctrl-C's 130."""
+    import splat2splat.commands.demo as demo
+    from splat2splat.cli import entrypoint
+
+    def terminated_twice(*args, **kwargs):
+        def terminate(step):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        run_loop(CountingLoop(), 10, lambda: None, 0, 0, "t", on_step=terminate)
+
+    monkeypatch.setattr(demo, "write_demo_scene", terminated_twice)
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["demo", "--output", str(tmp_path / "demo")])
+    assert exit_info.value.code == 143
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stopped:") and len(err.splitlines()) == 1
+
+
+class DivergingLoop(CountingLoop):
+    def run_step(self):
+        self.step += 1
+        return {"loss": 1.0 if self.step < 3 else float("nan")}
+
+
+def test_the_first_non_finite_loss_stops_the_loop_with_its_step(tmp_path):
+    from splat2splat.errors import InputError
+
+    loop, saved_at = DivergingLoop(), []
+    with pytest.raises(InputError, match="the loss became nan at step 3.*learning rate") as error:
+        run_loop(loop, 100, lambda: saved_at.append(loop.step), checkpoint_every=2, eval_every=0, description="t")
+    assert loop.step == 3 and saved_at == [2] and "\n" not in str(error.value)  # the NaN step is never saved

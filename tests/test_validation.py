@@ -86,3 +86,40 @@ def test_nan_never_reaches_json(tmp_path):
     text = (tmp_path / "run.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert read_json(tmp_path / "run.json") == {"psnr": None, "history": [{"loss": None}, 1.5]}
+
+
+@pytest.mark.parametrize("command, args, option", [
+    ("edit", ["--gaussians.init-random-count", "1000000000000"], "--gaussians.init-random-count 1000000000000"),
+    ("edit", ["--gaussians.seed", str(2**64)], f"--gaussians.seed {2**64}: must be between"),
+    ("edit", ["--idu.seed", str(2**70)], f"--idu.seed {2**70}"),
+    ("preview", ["--seed", str(2**64)], f"--seed {2**64}"),
+    ("demo", ["--scene.image-size", "100000"], "--scene.image-size 100000: must be between 8 and 4096"),
+    ("demo", ["--scene.n-views", "100000000"], "--scene.n-views 100000000"),
+])
+def test_options_with_upper_bounds_are_refused_before_any_allocation(tmp_path, capsys, command, args, option):
+    from splat2splat.cli import entrypoint
+
+    output = tmp_path / "out"
+    needs = {"edit": ["--data", str(tmp_path), "--prompt", "p"], "preview": ["--data", str(tmp_path), "--prompt", "p"],
+             "demo": []}[command]
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint([command, *needs, "--output", str(output), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {option}") and len(err.splitlines()) == 1, err
+    assert not output.exists()
+
+
+def test_memory_error_anywhere_is_one_line(tmp_path, capsys, monkeypatch):
+    import splat2splat.commands.demo as demo
+    from splat2splat.cli import entrypoint
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(demo, "write_demo_scene", exhausted)
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["demo", "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: out of memory") and len(err.splitlines()) == 1

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
+from splat2splat.errors import InputError
+from splat2splat.io import check_output_folder
 
 
 @dataclass
@@ -18,5 +20,8 @@ class DemoCommand:
 
 
 def run(cmd: DemoCommand) -> None:
+    check_output_folder(cmd.output)
+    if any(cmd.output.iterdir()):  # an existing dataset's images and poses would be replaced
+        raise InputError(cmd.output, "--output is not empty: the demo scene is written only into a new or empty folder")
     path = write_demo_scene(cmd.output, cmd.scene)
     print(f"demo scene written to {path}")

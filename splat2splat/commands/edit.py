@@ -7,7 +7,7 @@ from typing import Annotated
 
 import tyro
 
-from splat2splat.checkpoint import job_fields
+from splat2splat.checkpoint import given_options, job_fields
 from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli, option_value
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
@@ -64,7 +64,13 @@ def parse(args: list[str]) -> EditCommand:
     default = command_class(preset=name or DEFAULT_PRESET, idu=preset_on(name or DEFAULT_PRESET, editor_device.type))
     prog = "splat2splat edit" + (f" --backend {backend}" if backend != "gaussian" else "")
     return cli(command_class, args=rest, default=default, prog=prog,
-                    description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
+               description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
+
+
+def default_command(cmd: EditCommand) -> EditCommand:
+    """What :func:`parse` starts from for ``cmd``'s backend, preset and device: what differs was given."""
+    editor_device = resolve_device(cmd.idu.editor.device or cmd.device)
+    return type(cmd)(preset=cmd.preset, idu=preset_on(cmd.preset, editor_device.type))
 
 
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
@@ -78,7 +84,9 @@ def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
         from splat2splat.edit.distributed import edit_on_ranks
 
         return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
-    edit_run = start_edit(job_fields(cmd, EditJob), cmd.resume, editor, lpips)
+    job = job_fields(cmd, EditJob)
+    given = given_options(job, job_fields(default_command(cmd), EditJob)) if cmd.resume else None
+    edit_run = start_edit(job, cmd.resume, editor, lpips, given)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one
         from splat2splat.viewer import LiveViewer

@@ -34,7 +34,8 @@ from splat2splat.gaussians.formats import load_splats, save_splats
 from splat2splat.gaussians.frames import to_file_frame
 from splat2splat.gaussians.model import SPLAT_KEYS, sh_to_rgb
 from splat2splat.gaussians.ply import prune_splats
-from splat2splat.io import write_json, write_point_ply
+from splat2splat.folder_lock import claim_output_folder
+from splat2splat.io import check_output_folder, write_json, write_point_ply
 from splat2splat.checkpoint import backend_from_checkpoint
 from splat2splat.scene_loading import dataset_frames, dataset_path_for, downscale_for, read_scene_checkpoint
 
@@ -169,6 +170,8 @@ def run(cmd: ExportCommand) -> dict:
     check_spz_version(cmd)
     check_not_overwriting(cmd.scene, [cmd.output / FILE_NAMES[f] for f in cmd.formats])
     checkpoint = read_scene_checkpoint(cmd.scene)
+    check_output_folder(cmd.output)  # before converting: a folder that cannot hold the files fails now
+    claim_output_folder(cmd.output)
     summary: dict = {"scene": str(cmd.scene), "formats": list(cmd.formats)}
     if "spz" in cmd.formats:
         summary["spz_version"] = cmd.spz_version

@@ -28,7 +28,8 @@ from splat2splat.edit.regions import RegionConfig, composite, feathered, preview
 from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
                                       sweep_grid)
 from splat2splat.errors import InputError
-from splat2splat.io import save_image, write_json
+from splat2splat.folder_lock import claim_output_folder
+from splat2splat.io import check_output_folder, save_image, write_json
 from splat2splat.media import contact_sheet
 
 
@@ -148,6 +149,8 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     scales = sweep_scales(cmd)
     make_editor = make_editor or IP2PEditorFactory()
     editor = make_editor(cmd.editor)
+    check_output_folder(cmd.output)  # before any edit: a folder that cannot hold the sheets fails now
+    claim_output_folder(cmd.output)
     n_edits = len(views) + (len(scales[0]) * len(scales[1]) if scales else 0)
     with Progress() as progress:
         task = progress.add_task("edit", total=n_edits)

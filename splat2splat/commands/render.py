@@ -25,12 +25,14 @@ from rich.progress import track
 from splat2splat.data.camera_path import read_camera_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
-from splat2splat.io import save_image, write_json
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder, save_image, write_json
 from splat2splat.losses import image_metrics
 from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video
 from splat2splat.scene import SceneBackend
 from splat2splat.scene_loading import load_scene_and_dataset
 
+RUN_FILES = ("checkpoint.pt", "command.json", "run.json")
 COMPARISON_VIEWS = 8
 COMPARISON_MAX_HEIGHT = 360  # keeps comparison.png viewable for large captures
 
@@ -125,17 +127,25 @@ def run(cmd: RenderCommand) -> dict:
     started = time.perf_counter()
     backend, dataset = load_scene_and_dataset(cmd.scene, cmd.data, cmd.downscale, cmd.device)
     indices = split_indices(dataset, cmd.split)
+    check_output_folder(cmd.output)  # before rendering: a folder that cannot hold the outputs fails now
+    claim_output_folder(cmd.output)
+    if any((cmd.output / name).exists() for name in RUN_FILES):  # its metrics.json would be replaced
+        raise InputError(cmd.output, f"--output holds a training or edit run (its metrics.json would be replaced): "
+                                     f"render into another folder, e.g. --output {cmd.output / 'render'}")
     renders = render_views(backend, dataset, indices)
-    for render, i in zip(renders, indices):
-        save_image(cmd.output / "renders" / cmd.split / render_file_name(dataset.image_names[i]), render)
-    save_image(cmd.output / "comparison.png", comparison_sheet(renders, dataset, indices))
+    outputs = IndependentOutputs()  # one output that fails must not lose the others
+    outputs.write("renders", lambda: [save_image(cmd.output / "renders" / cmd.split / render_file_name(
+        dataset.image_names[i]), render) for render, i in zip(renders, indices)])
+    outputs.write("comparison.png", lambda: save_image(cmd.output / "comparison.png",
+                                                       comparison_sheet(renders, dataset, indices)))
     path_video = None
     if cmd.camera_path is not None:
-        path_video = write_camera_path_video(cmd, backend, dataset)
+        path_video = outputs.write("camera_path", lambda: write_camera_path_video(cmd, backend, dataset))
     video = None
     if cmd.turntable_frames:
-        video = write_video(cmd.output / f"turntable.{cmd.video_format}",
-                            render_turntable(backend, dataset, cmd.turntable_frames), cmd.fps)
+        path = cmd.output / f"turntable.{cmd.video_format}"
+        video = outputs.write(path.name, lambda: write_video(
+            path, render_turntable(backend, dataset, cmd.turntable_frames), cmd.fps))
     metrics = {
         "scene": str(cmd.scene),
         "backend": backend.name,
@@ -144,8 +154,10 @@ def run(cmd: RenderCommand) -> dict:
         "turntable": None if video is None else str(video),
         "camera_path": None if path_video is None else str(path_video),
         "seconds": round(time.perf_counter() - started, 3),
+        **({"failed_outputs": outputs.failed} if outputs.failed else {}),
     }
     write_json(cmd.output / "metrics.json", metrics)
     print(f"{cmd.split} views: PSNR {metrics['mean']['psnr']:.2f} dB, SSIM {metrics['mean']['ssim']:.4f}; "
           f"wrote {cmd.output}")
+    release_output_folder(cmd.output)
     return metrics

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import tyro
 
-from splat2splat.checkpoint import job_fields
+from splat2splat.checkpoint import given_options, job_fields
 from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli
 from splat2splat.gaussians.config import GaussianConfig
 from splat2splat.nerf.backend import NerfConfig
@@ -51,4 +51,6 @@ def parse(args: list[str]) -> TrainCommand:
 
 
 def run(cmd: TrainCommand, on_step=None) -> dict:
-    return run_training(job_fields(cmd, TrainJob), resume=cmd.resume, on_step=on_step)
+    job = job_fields(cmd, TrainJob)
+    given = given_options(job, job_fields(type(cmd)(), TrainJob)) if cmd.resume else None
+    return run_training(job, resume=cmd.resume, on_step=on_step, given=given)

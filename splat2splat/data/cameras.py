@@ -141,25 +141,59 @@ def orbit_path(cameras: Cameras, n_frames: int, elevation_offset: float = 0.0) -
     """A turntable path: ``n_frames`` cameras on a circle around the scene centre that the input cameras look at.
 
     The circle lies at the mean camera height and radius around the vertical axis fitted to the inputs,
-    with the intrinsics of the first input camera.
+    with the intrinsics of the first input camera. Cameras that share one centre (a single view, a tripod
+    panorama) have no circle to follow: the path then turns around the vertical axis at that centre.
     """
-    centers = cameras.centers().cpu()
-    up = -cameras.camtoworlds[:, :3, 1].cpu().mean(0)  # OpenCV y is down
-    up = up / up.norm().clamp(min=1e-8)
-    target = _focus_point(cameras.camtoworlds.cpu())
+    centers = cameras.centers().cpu().float()
+    up = vertical_axis(cameras)
+    target = _focus_point(cameras.camtoworlds.cpu().float())
     offsets = centers - target
     height = (offsets @ up).mean() + elevation_offset
     horizontal = offsets - (offsets @ up)[:, None] * up
-    radius = horizontal.norm(dim=-1).mean()
-    # Any vector orthogonal to `up` starts the circle.
-    start = torch.nn.functional.normalize(horizontal[0], dim=-1)
+    distances = horizontal.norm(dim=-1)
+    radius = distances.mean()
+    scale = float(centers.abs().max()) + float(target.abs().max()) + 1.0
+    if not bool(torch.isfinite(radius)) or radius <= 1e-6 * scale:
+        return _panning_path(cameras, n_frames, up)
+    # The circle starts at the first camera, or the farthest off the axis when the first is on it.
+    first = 0 if distances[0] > 1e-6 * scale else int(distances.argmax())
+    start = horizontal[first] / distances[first]
     side = torch.linalg.cross(up, start)
     poses = []
     for k in range(n_frames):
-        angle = 2 * torch.pi * k / n_frames
-        eye = target + up * height + radius * (start * torch.cos(torch.tensor(angle)) + side * torch.sin(torch.tensor(angle)))
+        angle = torch.tensor(2 * torch.pi * k / n_frames)
+        eye = target + up * height + radius * (start * torch.cos(angle) + side * torch.sin(angle))
         poses.append(look_at(eye, target, up))
-    first = cameras[0]
+    return _path_cameras(cameras, poses)
+
+
+def vertical_axis(cameras: Cameras) -> torch.Tensor:
+    """The unit "up" of a capture: the mean of its cameras' up axes (world +z when they cancel out)."""
+    up = -cameras.camtoworlds[:, :3, 1].cpu().float().mean(0)  # OpenCV y is down
+    norm = up.norm()
+    return up / norm if bool(torch.isfinite(norm)) and norm > 1e-6 else torch.tensor([0.0, 0.0, 1.0])
+
+
+def _panning_path(cameras: Cameras, n_frames: int, up: torch.Tensor) -> Cameras:
+    """``n_frames`` cameras at the inputs' common centre, looking around the vertical axis ``up``."""
+    eye = cameras.centers().cpu().float().mean(0)
+    forward = cameras.camtoworlds[0, :3, 2].cpu().float()
+    start = forward - (forward @ up) * up
+    if start.norm() <= 1e-6:  # the first camera looks straight up or down: start from any horizontal direction
+        start = torch.linalg.cross(up, torch.tensor([1.0, 0.0, 0.0]) if abs(float(up[0])) < 0.9
+                                   else torch.tensor([0.0, 1.0, 0.0]))
+    start = start / start.norm()
+    side = torch.linalg.cross(up, start)
+    poses = []
+    for k in range(n_frames):
+        angle = torch.tensor(2 * torch.pi * k / n_frames)
+        poses.append(look_at(eye, eye + start * torch.cos(angle) + side * torch.sin(angle), up))
+    return _path_cameras(cameras, poses)
+
+
+def _path_cameras(cameras: Cameras, poses: list[torch.Tensor]) -> Cameras:
+    """Cameras at ``poses`` with the intrinsics of the first input camera."""
+    first, n_frames = cameras[0], len(poses)
     repeat = lambda t: t.cpu().expand(n_frames)  # noqa: E731
     return Cameras(torch.stack(poses), repeat(first.fx), repeat(first.fy), repeat(first.cx), repeat(first.cy),
                    repeat(first.width), repeat(first.height))

@@ -13,6 +13,7 @@ hyper-parameters scene independent; :class:`SceneNormalization` maps results bac
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -28,6 +29,7 @@ from splat2splat.imaging import resize_image
 from splat2splat.io import load_image, turned_sideways_by_exif
 
 # Smallest image side a --downscale may leave: below it a view holds too little to train on (or to edit).
+MAX_SCENE_RADIUS = 1e30  # float32 scenes scaled by its inverse and back stay finite
 MIN_IMAGE_SIDE = 8
 
 
@@ -55,10 +57,14 @@ class SceneNormalization:
     @staticmethod
     def fit(camera_centers: torch.Tensor, points: torch.Tensor | None = None) -> "SceneNormalization":
         """Centre on the cameras and scale so the farthest camera is at distance 1 (nerfstudio's 'poses' scaling)."""
+        camera_centers = camera_centers.double()  # float32 squares of ~1e20 and beyond overflow to infinity
         center = camera_centers.mean(0)
         radius = (camera_centers - center).norm(dim=-1).max().item()
         if radius < 1e-8 and points is not None and len(points):
-            radius = (points - center).norm(dim=-1).max().item()
+            radius = (points.double() - center).norm(dim=-1).max().item()
+        if not math.isfinite(radius) or radius > MAX_SCENE_RADIUS:
+            raise ValueError(f"the camera positions lie up to {radius:g} units apart: more than the "
+                             f"{MAX_SCENE_RADIUS:g} a float32 scene can hold (damaged poses?)")
         return SceneNormalization(tuple(float(c) for c in center), 1.0 / max(radius, 1e-8))
 
 
@@ -134,6 +140,10 @@ class Dataset:
         expected = self._originals[index].shape
         if tuple(image.shape) != tuple(expected):
             raise ValueError(f"edited image has shape {tuple(image.shape)}, view {index} needs {tuple(expected)}")
+        if not bool(torch.isfinite(image).all()):  # would be clamped into a black image and trained on silently
+            raise InputError(None, f"the edit of view {self.image_names[index]} has NaN or infinite pixels: the "
+                                   f"editor diverged (a guidance scale far too large, e.g. "
+                                   f"--idu.editor.guidance-scale, or a broken model); nothing of it was kept")
         self.current[index] = image.detach().to(torch.float32).cpu().clamp(0.0, 1.0).clone()
         self.edit_counts[index] += 1
 
@@ -167,6 +177,28 @@ class Dataset:
                                  f"{tuple(self._originals[index].shape)} (another downscale or dataset)")
         self.current = [img.clone() for img in current]
         self.edit_counts = list(state["edit_counts"])
+
+
+def distinct_names(paths: list[Path]) -> list[str]:
+    """A name per image whose stems differ (outputs are written as ``<stem>.png``): the file name; where files
+    share a stem, their path below the common folder joined by ``_`` (``left/a.png`` -> ``left_a.png``), and the
+    suffix too where that is not enough (``a.png``, ``a.jpg`` -> ``a_png.png``, ``a_jpg.jpg``)."""
+    paths = [Path(p) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else Path()
+    relative = [p.relative_to(root) if p.is_relative_to(root) else p for p in paths]
+    candidates = [
+        lambda p, r: p.name,
+        lambda p, r: "_".join(r.with_suffix("").parts) + p.suffix,
+        lambda p, r: "_".join(r.with_suffix("").parts) + f"_{p.suffix.lstrip('.')}{p.suffix}",
+    ]
+    names = [p.name for p in paths]
+    for candidate in candidates:
+        stems = [Path(name).stem for name in names]
+        shared = {stem for stem in stems if stems.count(stem) > 1}
+        if not shared:
+            break
+        names = [candidate(p, r) if stem in shared else name for p, r, name, stem in zip(paths, relative, names, stems)]
+    return names
 
 
 def split_every(n_views: int, eval_every: int) -> tuple[list[int], list[int]]:
@@ -209,7 +241,10 @@ def build_dataset(
             image, mask = undistort_view(image, mask, intrinsics, lens, bg)
         images.append(image)
         masks.append(mask)
-    normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
+    try:
+        normalization = SceneNormalization.fit(raw.cameras.centers(), raw.points) if normalize else SceneNormalization()
+    except ValueError as problem:
+        raise InputError(raw.source, str(problem)) from None
     if raw.split is not None:
         train_indices, eval_indices = list(raw.split["train"]), list(raw.split.get("eval", []))
     else:
@@ -217,7 +252,7 @@ def build_dataset(
     points = None if raw.points is None else normalization.to_normalized(raw.points.float())
     return Dataset(
         cameras=normalization.cameras_to_normalized(cameras),
-        image_names=[p.name for p in raw.image_paths],
+        image_names=distinct_names(raw.image_paths),
         originals=tuple(images),
         train_indices=train_indices,
         eval_indices=eval_indices,
@@ -250,8 +285,7 @@ def _load_view_image(path: Path, height: int, width: int, background: torch.Tens
                      full_size: tuple[int, int], downscale: int, intrinsics_scale: float) -> tuple[torch.Tensor, bool]:
     """Read one image, composite alpha over ``background`` and bring it to the camera's (height, width);
     also says whether the file had an alpha channel."""
-    array = load_image(path)
-    _check_file_size(path, array.shape[:2], full_size, intrinsics_scale)
+    array = load_image(path, lambda file_hw: _check_file_size(path, file_hw, full_size, intrinsics_scale))
     file_hw = array.shape[:2]
     image = torch.from_numpy(array)
     had_alpha = image.shape[-1] == 4

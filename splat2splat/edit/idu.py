@@ -33,6 +33,7 @@ is part of the checkpointed state, so a resumed run reproduces an uninterrupted 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -107,15 +108,19 @@ class IterativeDatasetUpdate:
         if self.config.schedule == "igs2gs" and views:
             self.updating = self.next_in_order != 0  # the update ends with the order's last view
 
+            editing = [0.0]  # seconds of the edit made inside the step, which are not training
+
             def edit(view: int, render: torch.Tensor) -> None:  # inside the step: it trains on the fresh edit
+                start = time.perf_counter()
                 self.submit([view], [render])
                 self.write_back_due()
+                editing[0] += time.perf_counter() - start
 
-            stats = self.timed_training(view=views[0], edit=edit)
+            stats = self.timed_training(lambda: editing[0], view=views[0], edit=edit)
         else:
             if views:
                 self.submit(views, self.renders(views))
-            stats = self.timed_training()  # in2n: this step's loss sees the pre-edit images
+            stats = self.timed_training(lambda: 0.0)  # in2n: this step's loss sees the pre-edit images
             last_step = self.step + 1 >= self.config.steps  # the end applies what is still in flight
             start = time.perf_counter()
             self.write_back_due(everything=last_step)
@@ -124,11 +129,12 @@ class IterativeDatasetUpdate:
         self.step += 1
         return {**stats, "edits": float(self.edits_done)}
 
-    def timed_training(self, **kwargs) -> dict[str, float]:
-        """One training step of the scene; its time, less any edit made inside it, counts as training."""
-        start, editing_before = time.perf_counter(), self.executor.busy_seconds
+    def timed_training(self, edit_seconds: Callable[[], float], **kwargs) -> dict[str, float]:
+        """One training step of the scene; its time, less ``edit_seconds()`` spent editing inside it (igs2gs),
+        counts as training. (An editor thread's busy time runs beside training and is not subtracted.)"""
+        start = time.perf_counter()
         stats = self.backend.train_step(self.dataset, self.loss_fn, **kwargs)
-        self.seconds["train"] += time.perf_counter() - start - (self.executor.busy_seconds - editing_before)
+        self.seconds["train"] += time.perf_counter() - start - edit_seconds()
         return stats
 
     # ------------------------------------------------------------------------------------- evaluation

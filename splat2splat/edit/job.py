@@ -10,6 +10,7 @@ Run folder (``EditJob.output``)::
     before_after.png        original | edited training image | final render, for a few views
     turntable.mp4           a turn around the edited scene
     run.json                prompt, preset and every setting, seeds, versions, timings, metrics
+    splat2splat.lock        the claim of the process running it (a second run into the folder is refused)
 
 A caller runs :func:`start_edit`, then :meth:`EditRun.edit`, then :meth:`EditRun.finish`. Ctrl-C finishes the
 current step, saves, and stops; a resumed run continues to the same result an uninterrupted one gives.
@@ -27,9 +28,10 @@ import torch
 import tyro
 
 from splat2splat.backends import SceneConfig, backend_kind, backend_name, make_backend, rebuilt_with
-from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, job_from_dict,
-                                    job_to_dict, load_rng_state, read_checkpoint, read_command, require_keys,
-                                    save_checkpoint, write_command)
+from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, check_edit_state,
+                                    job_from_dict, job_to_dict, load_rng_state, read_checkpoint, read_command,
+                                    require_keys, save_checkpoint, with_invocation_permissions, with_resume_options,
+                                    write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
@@ -41,8 +43,9 @@ from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.evaluation.runs import EvalTarget
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.io import check_output_folder
+from splat2splat.io import IndependentOutputs, check_output_folder, is_file, write_json
 from splat2splat.losses import PhotometricLoss
 from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import SceneBackend
@@ -318,7 +321,14 @@ class EditRun:
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
-            record = add_eval_to_run(record, self.eval_target(record), job.eval, self.clip, device_name(job.device))
+            outputs = IndependentOutputs()
+            evaluated = outputs.write("CLIP evaluation", lambda: add_eval_to_run(
+                record, self.eval_target(record), job.eval, self.clip, device_name(job.device)))
+            if evaluated is None:
+                record["failed_outputs"] = {**record.get("failed_outputs", {}), **outputs.failed}
+                write_json(job.output / "run.json", record)
+            record = evaluated or record
+        release_output_folder(job.output)
         return record
 
     def record(self, report: LoopReport) -> dict:
@@ -346,8 +356,9 @@ class EditRun:
                           finished=True, run_metrics=dict(record["metrics"]))
 
 
-def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
-    """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing)."""
+def saved_job(job: EditJob, given: dict | None = None) -> tuple[EditJob, dict | None]:
+    """The job of the interrupted run in ``job.output`` and its edit checkpoint (None: stopped before editing);
+    ``given``: the options of this command line (see :func:`~splat2splat.checkpoint.with_resume_options`)."""
     output, checkpoint_path = job.output, job.output / CHECKPOINT_FILE
     if (output / "run.json").exists():
         raise InputError(output / "run.json", "this edit has already finished; nothing to resume")
@@ -359,8 +370,11 @@ def saved_job(job: EditJob) -> tuple[EditJob, dict | None]:
         state, saved = None, read_command(output, EditJob)
     else:
         raise InputError(output, "no interrupted edit here to resume (no checkpoint.pt or command.json)")
-    check_options(saved, checkpoint_path if state is not None else output / COMMAND_FILE)
-    return dataclasses.replace(saved, output=output), state
+    source = checkpoint_path if state is not None else output / COMMAND_FILE
+    if given:
+        saved = with_resume_options(saved, given, source)
+    check_options(saved, source)
+    return dataclasses.replace(with_invocation_permissions(saved, job, source), output=output), state
 
 
 def check_new_edit(job: EditJob) -> None:
@@ -379,22 +393,28 @@ def check_new_edit(job: EditJob) -> None:
     check_editor_options(on_device(job).idu.editor)
     if not job.prompt.strip():
         raise InputError(None, "--prompt is required (the editing instruction)")
+    if job.lpips_weights is not None and not is_file(job.lpips_weights):
+        raise InputError(job.lpips_weights, "--lpips-weights file does not exist")
     check_output_folder(job.output)
+    claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if (job.output / CHECKPOINT_FILE).exists() or (job.output / COMMAND_FILE).exists():
         raise InputError(job.output, "an edit already exists here: pass --resume to continue it, or a new --output")
 
 
 def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool | None = None,
-               lpips: torch.nn.Module | None = None) -> EditRun:
+               lpips: torch.nn.Module | None = None, given: dict | None = None) -> EditRun:
     """A new edit, or with ``resume`` the interrupted one in ``job.output`` (its saved job wins).
 
-    ``editor``/``lpips``: injected instead of loading InstructPix2Pix / LPIPS weights (tests, benchmarks).
+    ``editor``/``lpips``: injected instead of loading InstructPix2Pix / LPIPS weights (tests, benchmarks);
+    ``given``: with ``resume``, the options this command line set (honoured or refused, never dropped silently).
     """
     from splat2splat.data.readers import load_dataset
 
     state = None
     if resume:
-        job, state = saved_job(job)
+        if job.output.is_dir():
+            claim_output_folder(job.output)  # a second process resuming it at once is refused
+        job, state = saved_job(job, given)
     else:
         check_new_edit(job)
     job = on_device(job)
@@ -423,7 +443,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool |
     if state is not None:
         try:
             idu.load_state_dict(state["idu"])
-        except (ValueError, KeyError, TypeError) as problem:
+        except (ValueError, KeyError, TypeError, RuntimeError) as problem:
             raise InputError(job.output / CHECKPOINT_FILE, f"its edit state does not fit this run: {problem}") from None
         load_rng_state(state["rng"])
     return EditRun(job, dataset, backend, idu, clip)
@@ -470,6 +490,7 @@ def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Edit
 def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     """The scene and edited images of an edit checkpoint, checked against the dataset."""
     path = job.output / CHECKPOINT_FILE
+    check_edit_state(path, state, dataset.train_indices)
     backend = backend_from_checkpoint(path, state, job.scene.device)
     check_fits_dataset(path, backend, dataset)
     try:

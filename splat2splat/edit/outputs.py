@@ -1,5 +1,6 @@
 """What a finished edit leaves in its run folder: the scene export, the edited images, a before/after sheet,
-a turntable video and ``run.json`` (prompt, every setting, seeds, versions, timings, metrics).
+a turntable video and ``run.json`` (prompt, every setting, seeds, versions, timings, metrics). Each is written
+independently: one that fails is a warning line and a ``failed_outputs`` entry of run.json, the others land.
 
 It takes plain values, the finished scene, its dataset and the run's record, so it needs nothing of the edit job.
 """
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 
 from splat2splat.data.dataset import Dataset
-from splat2splat.io import save_image, write_json
+from splat2splat.io import IndependentOutputs, save_image, write_json
 from splat2splat.media import contact_sheet, evenly_spread, render_turntable, write_video
 from splat2splat.scene import SceneBackend
 
@@ -22,20 +23,30 @@ def write_edit_outputs(output: Path, backend: SceneBackend, dataset: Dataset, re
     ``record``: run.json's content but the files written here and the time they took; ``started``: when this
     session of the run began (``time.perf_counter()``)."""
     start = time.perf_counter()
-    files = backend.export(output, dataset)
-    for index in dataset.train_indices:  # the views edited at least once; the others are the originals, unchanged
-        if dataset.edit_counts[index] > 0:
-            save_image(output / "edited" / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
-    files.append(write_before_after(output / "before_after.png", backend, dataset))
+    outputs = IndependentOutputs()
+    files = list(outputs.write("scene export", lambda: backend.export(output, dataset)) or [])
+    outputs.write("edited images", lambda: write_edited_images(output / "edited", dataset))
+    files.append(outputs.write("before_after.png",
+                               lambda: write_before_after(output / "before_after.png", backend, dataset)))
     if turntable_frames > 0:
-        frames = render_turntable(backend, dataset, turntable_frames)
-        files.append(write_video(output / f"turntable.{video_format}", frames))
+        video = output / f"turntable.{video_format}"
+        files.append(outputs.write(video.name, lambda: write_video(
+            video, render_turntable(backend, dataset, turntable_frames))))
     seconds = {**record.get("seconds", {}), "outputs": time.perf_counter() - start,
                "this_session": time.perf_counter() - started}
-    record = {**record, "seconds": seconds, "files": [str(f) for f in files]}
+    record = {**record, "seconds": seconds, "files": [str(f) for f in files if f is not None]}
+    if outputs.failed:
+        record["failed_outputs"] = outputs.failed
     write_json(output / "run.json", record)
     print(f"edited {record['views_edited']}/{record['views']} views ({record['edits']} edits); wrote {output}")
     return record
+
+
+def write_edited_images(folder: Path, dataset: Dataset) -> None:
+    """The views edited at least once; the others are the originals, unchanged."""
+    for index in dataset.train_indices:
+        if dataset.edit_counts[index] > 0:
+            save_image(folder / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
 
 
 def write_before_after(path: Path, backend: SceneBackend, dataset: Dataset, n_views: int = 4) -> Path:

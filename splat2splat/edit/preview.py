@@ -17,6 +17,7 @@ from splat2splat.data.dataset import Dataset
 from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor
 from splat2splat.edit.ip2p import InstructPix2PixEditor, IP2PConfig, IP2PModels, load_ip2p_models, resolve_dtype
+from splat2splat.errors import InputError
 from splat2splat.media import contact_sheet
 
 # Builds the editor for one set of options; injectable so tests and callers can supply their own.
@@ -60,7 +61,11 @@ def edit_original(editor: Editor, dataset: Dataset, view: int, prompt: str, nois
     """A first edit of ``view``: the original is both the render and the condition (render == original)."""
     original = dataset.original(view)
     generator = torch.Generator().manual_seed(seed)
-    return editor.edit(original, original, prompt, noise_range, generator).detach().float().cpu().clamp(0, 1)
+    edited = editor.edit(original, original, prompt, noise_range, generator).detach().float().cpu()
+    if not bool(torch.isfinite(edited).all()):  # clamping would turn NaN into a black sheet written as a result
+        raise InputError(None, f"the edit of view {dataset.image_names[view]} has NaN or infinite pixels: the editor "
+                               f"diverged (a guidance scale far too large, or a broken model)")
+    return edited.clamp(0, 1)
 
 
 def sweep_grid(make_editor: EditorFactory, editor_config: IP2PConfig, dataset: Dataset, view: int, prompt: str,

@@ -331,7 +331,11 @@ class GaussianBackend:
         return backend
 
     def check_dataset(self, dataset: Dataset) -> None:
-        """Gaussians hold nothing per view: any dataset of the same scene fits."""
+        """Gaussians hold nothing per view: any dataset of the same scene fits, but the views left to visit in
+        this pass over the dataset must be its training views."""
+        strangers = sorted(set(self._view_order) - set(dataset.train_indices))
+        if strangers:
+            raise ValueError(f"its view_order names views {strangers[:5]} that are not training views of the dataset")
 
     @staticmethod
     def check_state(state: dict) -> None:

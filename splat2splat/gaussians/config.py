@@ -74,9 +74,10 @@ class GaussianConfig:
     random_background: bool = False
     """Train against a random background colour (discourages transparent splats and floaters). Ignored on
     data whose images had an alpha channel: those were composited over the fixed background when loaded."""
-    rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
-    """'gsplat' CUDA kernels, the pure-PyTorch rasterizer, or auto (gsplat on CUDA when its kernels build, else
-    PyTorch after one warning). A scene loaded onto another device uses auto unless this is given."""
+    rasterizer: Literal["auto", "gsplat", "cpp", "torch"] = "auto"
+    """'gsplat' CUDA kernels, 'cpp' (the C++ CPU rasterizer, built on first use), 'torch' (the pure-PyTorch
+    reference, any device), or auto: gsplat on CUDA and cpp on the CPU when their kernels build, else torch after one
+    warning. A scene loaded onto another device uses auto unless this is given."""
     device: str | None = None
     """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto (default: --device)."""
     seed: int = 0

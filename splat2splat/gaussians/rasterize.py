@@ -1,6 +1,6 @@
-"""Gaussian rasterization: gsplat's CUDA kernels on GPU, an equivalent pure-PyTorch path on CPU.
+"""Gaussian rasterization: gsplat's CUDA kernels on GPU; on CPU a C++ tile compositor, or its pure-PyTorch reference.
 
-Both follow gsplat 1.5's "classic" 3DGS rasterizer step for step, so a scene trained on one device renders
+All follow gsplat 1.5's "classic" 3DGS rasterizer step for step, so a scene trained on one device renders
 the same on the other:
 
 1. projection (EWA splatting, +0.3 px blur on the 2D covariance, near/far culling, opacity-aware
@@ -17,17 +17,23 @@ can reach 1/255), front to back in chunks, and pixels whose transmittance ran ou
 an analytic backward pass (``_Blend``), so gradients are exact for the same function gsplat differentiates.
 It returns gsplat's ``info`` dict (means2d, radii, width, height, n_cameras, ...) so gsplat's densification
 strategies work unchanged.
+
+The "cpp" rasterizer shares the projection and SH colours (PyTorch autograd, linear in the Gaussians) and replaces
+only the compositing, the cost that grows with pixels, by :mod:`splat2splat.kernels.cpu_rasterizer` (same pairs,
+same gradients, one C++ pass per tile).
 """
 
 from __future__ import annotations
 
 import torch
-from gsplat.cuda._torch_impl import _persp_proj, _quat_scale_to_covar_preci, _spherical_harmonics, _world_to_cam
+from gsplat.cuda._torch_impl import _quat_to_rotmat, _spherical_harmonics
 
 from splat2splat.errors import InputError
 from splat2splat.gaussians.pixel_pairs import ALPHA_THRESHOLD, MAX_ALPHA, _contributing_pairs, _segmented_cumsum
+from splat2splat.kernels import cpu_rasterizer
 from splat2splat.kernels.build import gsplat_cuda_available
 
+RASTERIZERS = ("auto", "gsplat", "cpp", "torch")
 
 
 
@@ -52,8 +58,8 @@ def rasterize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render C images. Returns colours [C, H, W, 3], alphas [C, H, W, 1] and gsplat's info dict.
 
-    ``backend``: "gsplat" (CUDA kernels), "torch" (pure PyTorch, any device) or "auto" (see
-    :func:`choose_rasterizer`).
+    ``backend``: "gsplat" (CUDA kernels), "cpp" (C++ compositing, CPU), "torch" (pure PyTorch, any device) or
+    "auto" (see :func:`choose_rasterizer`).
     """
     backend = choose_rasterizer(backend, means.device)
     backgrounds = None if background is None else background.to(means).expand(len(viewmats), 3)
@@ -66,32 +72,38 @@ def rasterize(
             backgrounds=backgrounds, absgrad=absgrad, rasterize_mode="classic",
         )
     return rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
-                           backgrounds, near_plane, far_plane, eps2d, tile_size)
+                           backgrounds, near_plane, far_plane, eps2d, tile_size,
+                           composite=cpu_rasterizer.composite if backend == "cpp" else _composite)
 
 
 def choose_rasterizer(requested: str, device: torch.device) -> str:
-    """The rasterizer that runs for ``requested`` ("auto", "gsplat" or "torch") on ``device``.
+    """The rasterizer that runs for ``requested`` ("auto", "gsplat", "cpp" or "torch") on ``device``.
 
-    "auto" is gsplat on CUDA when its extension builds, else the PyTorch rasterizer (after one warning from
-    :func:`~splat2splat.kernels.build.gsplat_cuda_available`). An explicit "gsplat" that cannot run is an
-    InputError rather than a silent switch: the user asked for those kernels.
+    "auto" is gsplat on CUDA when its extension builds, the C++ compositor on the CPU when it builds, else the
+    PyTorch rasterizer (after one warning from :mod:`splat2splat.kernels.build`). An explicit "gsplat" or "cpp"
+    that cannot run is an InputError rather than a silent switch: the user asked for those kernels.
     """
     if requested == "torch":
         return "torch"
-    if requested not in ("auto", "gsplat"):
-        raise InputError(None, f"unknown rasterizer {requested!r}: use auto, gsplat or torch")
+    if requested not in RASTERIZERS:
+        raise InputError(None, f"unknown rasterizer {requested!r}: use {', '.join(RASTERIZERS)}")
     device = torch.device(device)
-    usable = device.type == "cuda" and gsplat_cuda_available()
-    if requested == "gsplat" and not usable:
-        why = (f"it needs a CUDA device and the scene is on {device}" if device.type != "cuda"
-               else "its CUDA extension could not be built here (see the warning above)")
-        raise InputError(None, f"rasterizer 'gsplat' cannot run: {why}; use --gaussians.rasterizer auto or torch")
-    return "gsplat" if usable else "torch"
+    if requested in ("auto", "gsplat") and device.type == "cuda" and gsplat_cuda_available():
+        return "gsplat"
+    if requested in ("auto", "cpp") and device.type == "cpu" and cpu_rasterizer.cpu_rasterizer_extension():
+        return "cpp"
+    if requested == "auto":
+        return "torch"
+    needs, kind = ("a CUDA device", "CUDA") if requested == "gsplat" else ("the CPU", "C++")
+    why = (f"it needs {needs} and the scene is on {device}" if (device.type == "cuda") != (requested == "gsplat")
+           else f"its {kind} extension could not be built here (see the warning above)")
+    raise InputError(None, f"rasterizer {requested!r} cannot run: {why}; use --gaussians.rasterizer auto or torch")
 
 
 def project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d):
     """gsplat's fully fused projection (pinhole, classic mode). Returns radii [C, N, 2] int, means2d, depths, conics."""
-    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False)
+    rotations = _quat_to_rotmat(quats) * scales[..., None, :]
+    covars = _matmul(rotations, rotations.transpose(-1, -2))
     means_c, covars_c = _world_to_cam(means, covars, viewmats)
     depths = means_c[..., 2]
     # Gaussians at or behind the near plane are culled below, but the perspective divide would still give
@@ -119,9 +131,43 @@ def project(means, quats, scales, opacities, viewmats, Ks, width, height, near_p
     return radius.int(), means2d, depths, conics
 
 
+# gsplat's _torch_impl projection with its einsums written as broadcast multiply-adds: the same formulas, but 3x3
+# products of N Gaussians cost far less this way than as N tiny matrix products (bmm) on the CPU.
+def _matmul(a, b):
+    """Batched product of small matrices [..., i, j] x [..., j, k]."""
+    return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
+
+
+def _world_to_cam(means, covars, viewmats):
+    """Means [C, N, 3] and covariances [C, N, 3, 3] in each camera's frame."""
+    rotation, translation = viewmats[:, None, :3, :3], viewmats[:, None, :3, 3]
+    means_c = (rotation * means[None, :, None, :]).sum(-1) + translation
+    return means_c, _matmul(_matmul(rotation, covars[None]), rotation.transpose(-1, -2))
+
+
+def _persp_proj(means, covars, Ks, width, height):
+    """Pinhole projection with the EWA Jacobian (its tangent clamped 30 % beyond the image, as gsplat):
+    means2d [C, N, 2] and 2D covariances [C, N, 2, 2]."""
+    tx, ty, tz = means.unbind(-1)
+    fx, fy, cx, cy = Ks[:, 0, 0, None], Ks[:, 1, 1, None], Ks[:, 0, 2, None], Ks[:, 1, 2, None]
+    tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
+    lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
+    lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
+    tx = tz * torch.clamp(tx / tz, min=-lim_x_neg, max=lim_x_pos)
+    ty = tz * torch.clamp(ty / tz, min=-lim_y_neg, max=lim_y_pos)
+    zero, tz2 = torch.zeros_like(tz), tz**2
+    jacobian = torch.stack([fx / tz, zero, -fx * tx / tz2, zero, fy / tz, -fy * ty / tz2], -1).unflatten(-1, (2, 3))
+    covars2d = _matmul(_matmul(jacobian, covars), jacobian.transpose(-1, -2))
+    means2d = (Ks[:, None, :2, :] * means[..., None, :]).sum(-1) / tz[..., None]
+    return means2d, covars2d
+
+
 def rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
-                    backgrounds=None, near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=16):
-    """Pure-PyTorch equivalent of ``gsplat.rasterization(..., packed=False, rasterize_mode="classic")``."""
+                    backgrounds=None, near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=16, composite=None):
+    """Pure-PyTorch equivalent of ``gsplat.rasterization(..., packed=False, rasterize_mode="classic")``.
+
+    ``composite``: the per-camera compositing, the PyTorch one by default (the C++ one has the same signature)."""
+    composite = composite or _composite
     radii, means2d, depths, conics = project(means, quats, scales, opacities[None], viewmats, Ks, width, height,
                                              near_plane, far_plane, eps2d)
     campos = torch.linalg.inv(viewmats)[:, :3, 3]
@@ -131,7 +177,8 @@ def rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, he
         colors.append(torch.clamp_min(_spherical_harmonics(sh_degree, dirs, sh) + 0.5, 0.0))
     images, alphas = [], []
     for c in range(len(viewmats)):
-        image, alpha = _composite(means2d[c], conics[c], opacities, colors[c], depths[c], radii[c], width, height, tile_size)
+        image, alpha = composite(means2d[c], conics[c], opacities, colors[c], depths[c], radii[c], width, height,
+                                 tile_size)
         if backgrounds is not None:
             image = image + (1.0 - alpha) * backgrounds[c]
         images.append(image)

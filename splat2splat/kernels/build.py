@@ -1,8 +1,10 @@
-"""Just-in-time build of splat2splat's own CUDA kernels (the top-level ``cuda/`` folder).
+"""Just-in-time build of splat2splat's own C++/CUDA kernels (the top-level ``cuda/`` folder).
 
 Every kernel has a pure-PyTorch reference, so a kernel is an optimisation, never a requirement:
-:func:`load_extension` returns ``None`` without a CUDA device or when the build fails (after one
-warning), and callers then use the reference.
+:func:`load_extension` (CUDA kernels) returns ``None`` without a CUDA device or when the build fails, and
+:func:`load_cpu_extension` (C++/OpenMP kernels) when no compiler works, both after one warning; callers then
+use the reference. A build is cached in the torch extensions folder (once per machine), keyed by the torch
+build and the GPU architecture or ``cpu``, and loaded once per process.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -42,43 +45,65 @@ def _device_arch() -> tuple[int, int]:
     return torch.cuda.get_device_capability(torch.cuda.current_device())
 
 
-def _build_directory(name: str, arch: tuple[int, int]) -> Path:
-    """A folder per extension, GPU architecture and torch build: objects of one never load into another."""
-    import torch.utils.cpp_extension
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or torch.utils.cpp_extension.get_default_build_root()
+def _build_directory(name: str, target: str) -> Path:
+    """A folder per extension, target (GPU architecture ``smXY`` or ``cpu``) and torch build: objects of one never
+    load into another."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or _import_cpp_extension().get_default_build_root()
     flavour = re.sub(r"[^0-9A-Za-z.]+", "_", f"torch{torch.__version__}_cu{torch.version.cuda}")
-    directory = Path(root) / f"{name}_sm{arch[0]}{arch[1]}_{flavour}"
+    directory = Path(root) / f"{name}_{target}_{flavour}"
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 
 
-def _compile(name: str, sources: Sequence[str]) -> ModuleType:
-    # Imported here: importing cpp_extension probes for a CUDA toolkit, which CPU runs never need.
-    import torch.utils.cpp_extension
+def _import_cpp_extension() -> ModuleType:
+    """torch.utils.cpp_extension, imported late: its import probes for a CUDA toolkit and, on a machine without a
+    GPU, logs "No CUDA runtime is found" (noise for a CPU build), which is silenced here."""
+    torch_logger = logging.getLogger("torch.utils.cpp_extension")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension
+    finally:
+        torch_logger.setLevel(level)
+    return torch.utils.cpp_extension
 
-    arch = _device_arch()
+
+def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
+    cpp_extension = _import_cpp_extension()
     source_dir = cuda_source_dir()
-    # An explicit -gencode makes torch skip TORCH_CUDA_ARCH_LIST: build for this device only (fast).
-    gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
-    return torch.utils.cpp_extension.load(
+    # No fast-math and no FMA contraction: the kernels must reproduce the reference's values operation by operation.
+    cflags = ["-O3", "-ffp-contract=off"]
+    if cuda:
+        arch = _device_arch()
+        target = f"sm{arch[0]}{arch[1]}"
+        # An explicit -gencode makes torch skip TORCH_CUDA_ARCH_LIST: build for this device only (fast).
+        gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
+        extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
+    else:
+        compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)")
+        target = "cpu"
+        extra = {"extra_cflags": [*cflags, "-fopenmp"], "extra_ldflags": ["-fopenmp"], "with_cuda": False}
+    return cpp_extension.load(
         name=name,
         sources=[str(source_dir / source) for source in sources],
-        extra_cflags=["-O3"],
-        # No --use_fast_math: the kernels must reproduce the reference's values.
-        extra_cuda_cflags=["-O3", gencode],
         extra_include_paths=[str(source_dir)],
-        build_directory=str(_build_directory(name, arch)),
+        build_directory=str(_build_directory(name, target)),
         verbose=False,
+        **extra,
     )
 
 
 @functools.lru_cache(maxsize=None)
-def _load_once(name: str, sources: tuple[str, ...]) -> ModuleType | None:
+def _load_once(name: str, sources: tuple[str, ...], cuda: bool = True) -> ModuleType | None:
+    kind = "CUDA" if cuda else "C++"
     try:
-        return _compile(name, sources)
+        return _compile(name, sources, cuda)
     except Exception as error:  # noqa: BLE001 - any build or import failure means "use the reference"
-        logger.warning("could not build the CUDA extension %r, using the PyTorch reference instead: %s", name, error)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        logger.warning("could not build the %s extension %r, using the PyTorch reference instead: %s", kind, name,
+                       first_line)
         return None
 
 
@@ -91,6 +116,12 @@ def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     if not torch.cuda.is_available():
         return None
     return _load_once(name, tuple(sources))
+
+
+def load_cpu_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
+    """Build (once per machine, into the torch extensions folder) and import the C++ extension ``name``, once per
+    process; ``None`` after one warning when it does not build (no compiler, say)."""
+    return _load_once(name, tuple(sources), cuda=False)
 
 
 # ------------------------------------------------------------------------------------------------ gsplat

@@ -180,3 +180,12 @@ def test_preview_refuses_a_bad_region_in_one_line(demo_scene, tmp_path):
     with pytest.raises(InputError, match="--region.masks must be a folder"):
         run_preview(PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE,
                             region=RegionConfig(masks=tmp_path / "nothing")), make_editor=RecordingFactory())
+
+
+def test_an_edit_that_diverges_to_nan_is_one_line_not_a_black_sheet(demo_scene, tmp_path):
+    from tests.commands.test_failure_paths import NaNEditor
+
+    cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path / "out", views=2, downscale=DOWNSCALE)
+    with pytest.raises(InputError, match="NaN or infinite pixels") as error:
+        run_preview(cmd, lambda config: NaNEditor())
+    assert "\n" not in str(error.value) and not (tmp_path / "out" / "preview.png").exists()

@@ -197,3 +197,46 @@ def test_writing_through_the_original_accessor_cannot_change_an_original():
     assert torch.equal(dataset.original(0), dataset.current[0])
     assert 0.0 < float(dataset.original(0).mean()) < 1.0
     assert not hasattr(dataset, "originals")  # no public handle on the stored originals
+
+
+def test_a_huge_picture_in_a_small_file_is_refused_from_its_header(tmp_path):
+    """A 12000x12000 PNG of a few KB for a 32x32 camera: refused before its pixels are decoded (which would take
+    1.7 GB as float32), under a memory cap far below that."""
+    from PIL import Image
+
+    from tests.fuzzing import memory_cap
+
+    cameras = tiny_cameras(2)
+    cameras = Cameras(cameras.camtoworlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy,
+                      torch.full((2,), 32), torch.full((2,), 32))
+    scene = write_nerfstudio_scene(tmp_path / "s", cameras).parent
+    bomb = scene / "images" / "frame_00001.png"
+    Image.new("1", (12000, 12000)).save(bomb)  # 1 bit per pixel while written: 18 MB
+    assert bomb.stat().st_size < 100_000
+    with memory_cap(300 << 20), pytest.raises(InputError, match="image is 12000x12000 but its camera says 32x32"):
+        load_dataset(scene)
+
+
+def test_views_sharing_a_file_name_get_distinct_output_names():
+    from pathlib import Path
+
+    from splat2splat.data.dataset import distinct_names
+
+    assert distinct_names([Path("/d/left/a.png"), Path("/d/right/a.png"), Path("/d/right/b.png")]) == \
+        ["left_a.png", "right_a.png", "b.png"]
+    assert distinct_names([Path("/d/x/a.png"), Path("/d/x/a.jpg")]) == ["a_png.png", "a_jpg.jpg"]
+    assert distinct_names([Path("/d/a.png"), Path("/d/b.jpg")]) == ["a.png", "b.jpg"]  # unchanged when distinct
+
+
+def test_a_dataset_with_one_file_name_in_two_folders_names_every_view_apart(tmp_path):
+    import json
+
+    transforms = write_nerfstudio_scene(tmp_path / "s", tiny_cameras(3))
+    scene = transforms.parent
+    (scene / "images" / "b").mkdir()
+    (scene / "images" / "frame_00001.png").rename(scene / "images" / "b" / "frame_00000.png")
+    meta = json.loads(transforms.read_text())
+    meta["frames"][1]["file_path"] = "images/b/frame_00000.png"
+    transforms.write_text(json.dumps(meta))
+    dataset = load_dataset(scene, eval_every=0)
+    assert dataset.image_names == ["frame_00000.png", "b_frame_00000.png", "frame_00002.png"]

@@ -27,7 +27,7 @@ def dataset(demo_scene):
 
 
 def backend_for(dataset, **strategy) -> GaussianBackend:
-    config = GaussianConfig(device="cpu", rasterizer="torch", strategy=StrategyConfig(**strategy))
+    config = GaussianConfig(device="cpu", strategy=StrategyConfig(**strategy))  # auto: the C++ rasterizer
     return GaussianBackend.from_dataset(dataset, config)
 
 

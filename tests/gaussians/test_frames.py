@@ -130,7 +130,7 @@ def test_renders_agree_across_a_rotated_scaled_frame():
     def render(scene, view):
         image, _, _ = rasterize(scene["means"], scene["quats"], torch.exp(scene["scales"]),
                                 torch.sigmoid(scene["opacities"]), torch.cat([scene["sh0"], scene["shN"]], 1),
-                                view[None], intrinsics[None], 48, 40, 3, backend="torch")
+                                view[None], intrinsics[None], 48, 40, 3)
         return image[0]
 
     before, after = render(splats, viewmat), render(moved, moved_viewmat)

@@ -1,4 +1,5 @@
-"""gsplat's CUDA extension: when it cannot be used, one warning and the PyTorch rasterizer instead."""
+"""gsplat's CUDA extension: when it cannot be used, one warning and the PyTorch rasterizer instead (the C++ CPU
+rasterizer's fallback: tests/kernels/test_cpu_rasterizer.py)."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_working_gsplat_is_chosen_on_cuda_only(monkeypatch, fresh_gsplat_check):
     assert choose_rasterizer("auto", torch.device("cuda")) == "gsplat"
     assert choose_rasterizer("gsplat", torch.device("cuda:0")) == "gsplat"
     assert choose_rasterizer("torch", torch.device("cuda")) == "torch"
-    assert choose_rasterizer("auto", torch.device("cpu")) == "torch"
+    assert choose_rasterizer("torch", torch.device("cpu")) == "torch"
 
 
 def test_gsplat_on_the_cpu_is_an_input_error():
@@ -77,3 +78,19 @@ def test_without_cuda_nothing_is_imported(monkeypatch, fresh_gsplat_check):
     monkeypatch.setattr(build.torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(build, "_import_gsplat_extension", lambda: pytest.fail("must not build without CUDA"))
     assert not build.gsplat_cuda_available()
+
+
+def test_cpp_rasterizer_that_cannot_build_auto_uses_torch_and_forced_is_an_input_error(monkeypatch):
+    from splat2splat.kernels import cpu_rasterizer
+
+    monkeypatch.setattr(cpu_rasterizer, "cpu_rasterizer_extension", lambda: None)
+    assert choose_rasterizer("auto", torch.device("cpu")) == "torch"
+    with pytest.raises(InputError, match="rasterizer 'cpp' cannot run: its C\\+\\+ extension could not be built"):
+        choose_rasterizer("cpp", torch.device("cpu"))
+
+
+def test_cpu_build_folder_is_keyed_by_torch_build_and_cpu(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    folder = build._build_directory("splat2splat_x", "cpu")
+    assert folder.parent == tmp_path and folder.name.startswith("splat2splat_x_cpu_torch") and folder.is_dir()
+    assert build._build_directory("splat2splat_x", "sm90") != folder

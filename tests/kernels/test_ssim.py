@@ -113,7 +113,7 @@ def test_sources_are_found():
 def test_build_failure_warns_once_and_falls_back(monkeypatch, caplog):
     calls = []
 
-    def failing_compile(name, sources):
+    def failing_compile(name, sources, cuda):
         calls.append(name)
         raise RuntimeError("nvcc exploded")
 

@@ -81,4 +81,4 @@ def _read_split(json_path: Path, allow_outside_paths: bool, required: bool = Fal
 def _image_path(root: Path, file_path: str) -> Path:
     """The file as written, else with ``.png`` appended (the NeRF-synthetic files omit the extension)."""
     path = root / file_path
-    return path if is_file(path) else path.with_name(path.name + ".png")
+    return path if is_file(path) or not path.name else path.with_name(path.name + ".png")

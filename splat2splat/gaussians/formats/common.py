@@ -24,7 +24,9 @@ def splats_from_arrays(path: Path, kind: str, arrays: dict[str, np.ndarray], nor
     bad = np.zeros(n, dtype=bool)
     first: tuple[int, str] | None = None
     for name in ARRAY_NAMES:
-        rows = ~np.isfinite(np.asarray(arrays[name], dtype=np.float64).reshape(n, -1)).all(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):  # finite as decoded, but beyond float32: infinite
+            values = np.asarray(arrays[name], dtype=np.float64).astype(np.float32)
+        rows = ~np.isfinite(values.reshape(n, -1)).all(axis=1)
         if rows.any() and (first is None or int(np.argmax(rows)) < first[0]):
             first = (int(np.argmax(rows)), name)
         bad |= rows

@@ -94,8 +94,8 @@ def _read(path: Path) -> plyfile.PlyData:
 
 
 def _check_layout(path: Path, ply: plyfile.PlyData, n: int, has_sh: bool) -> None:
-    chunk_types = {p.name: np.dtype(p.val_dtype) for p in ply["chunk"].properties}
-    vertex_types = {p.name: np.dtype(p.val_dtype) for p in ply["vertex"].properties}
+    chunk_types = {p.name: _scalar_type(p) for p in ply["chunk"].properties}
+    vertex_types = {p.name: _scalar_type(p) for p in ply["vertex"].properties}
     needs_float = [*BOUND_NAMES, *(COLOR_BOUND_NAMES if "min_r" in chunk_types else ())]
     wrong = [name for name in needs_float if chunk_types.get(name) != np.float32]
     if wrong:
@@ -111,11 +111,16 @@ def _check_layout(path: Path, ply: plyfile.PlyData, n: int, has_sh: bool) -> Non
     if has_sh:
         sh_props = ply["sh"].properties
         if len(sh_props) not in SH_REST_COUNTS[1:] or any(
-                p.name != f"f_rest_{i}" or np.dtype(p.val_dtype) != np.uint8 for i, p in enumerate(sh_props)):
+                p.name != f"f_rest_{i}" or _scalar_type(p) != np.uint8 for i, p in enumerate(sh_props)):
             raise InputError(path, f"{KIND}: sh element must hold uchar f_rest_0.. (9, 24 or 45 of them), found "
                                    f"{len(sh_props)} properties")
         if len(ply["sh"].data) != n:
             raise InputError(path, f"{KIND}: sh element has {len(ply['sh'].data)} rows for {n} Gaussians")
+
+
+def _scalar_type(prop: plyfile.PlyProperty) -> np.dtype | None:
+    """A property's value type; None for a list property (one value per row is what the layout needs)."""
+    return None if isinstance(prop, plyfile.PlyListProperty) else np.dtype(prop.val_dtype)
 
 
 def _unpack_111011(packed: np.ndarray) -> np.ndarray:

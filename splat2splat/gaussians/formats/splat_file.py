@@ -59,7 +59,9 @@ def save_splat_file(path: str | Path, splats: dict[str, torch.Tensor], normaliza
     order = np.argsort(-(np.exp(arrays["scales"].sum(axis=1)) * alpha), kind="stable")
     records = np.empty(len(order), dtype=RECORD)
     records["position"] = arrays["means"][order]
-    records["scale"] = np.exp(arrays["scales"][order])
+    # exp of a log-scale above ~88.7 is infinite in float32, which no reader (ours included) accepts
+    with np.errstate(over="ignore"):
+        records["scale"] = np.minimum(np.exp(arrays["scales"][order]), np.finfo(np.float32).max)
     colors = np.clip(0.5 + SH_C0 * arrays["sh0"][order, 0, :], 0.0, 1.0)
     records["rgba"] = to_byte(255.0 * np.concatenate([colors, alpha[order, None]], axis=1))
     records["rotation"] = to_byte(128.0 + 128.0 * normalized_quaternions(arrays["quats"][order]))

@@ -64,11 +64,14 @@ SH_COEFFICIENTS = {0: 0, 1: 3, 2: 8, 3: 15}  # per channel, beyond the DC term
 COLOR_SCALE = 0.15
 SCALE_OFFSET, SCALE_STEPS = 10.0, 16.0
 FRACTIONAL_BITS = 12  # Niantic's default: 1/4096 units, +-2048 units of range
+MAX_FRACTIONAL_BITS = 24  # positions are 24-bit fixed point
 SH1_BITS, SH_REST_BITS = 5, 4
-# Gzip cannot expand data more than ~1032x; a claimed size beyond that is a lie, refused before allocating.
-MAX_DEFLATE_RATIO = 1032
+# Gzip can expand data ~1032x, but SPZ's quantised Gaussians compress ~1.2-3x: a file that claims more than
+# MAX_SPZ_RATIO times its size (or more than MAX_SPZ_GAUSSIANS) is refused before anything is allocated.
+MAX_SPZ_RATIO = 64
+MAX_SPZ_GAUSSIANS = 50_000_000
 # Version 4: Niantic's bound, numPoints x 9 position bytes <= 1024 x the file's size (zstd can expand more,
-# but no real scene does).
+# but no real scene does), and the same absolute count.
 MAX_ZSTD_RATIO, POSITION_BYTES = 1024, 9
 # RUB <-> RDF: a 180-degree turn about x (its own inverse).
 RUB_TO_RDF = Similarity(((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0)), 1.0, (0.0, 0.0, 0.0))
@@ -83,6 +86,9 @@ def load_spz(path: str | Path, normalization: SceneNormalization,
     path = Path(path)
     data = _decompress(path)
     _, version, n, degree, fractional_bits, _, _ = HEADER.unpack_from(data)
+    if fractional_bits > MAX_FRACTIONAL_BITS:
+        raise InputError(path, f"{KIND} claims {fractional_bits} fractional bits of its 24-bit positions; at most "
+                               f"{MAX_FRACTIONAL_BITS} are meaningful")
     blocks = _split_blocks(path, data, version, n, degree)
     if version == 1:
         means = np.frombuffer(blocks["positions"], dtype="<f2").reshape(n, 3).astype(np.float64)
@@ -120,7 +126,8 @@ def _decompress(path: Path) -> bytes:
         if version == 4:
             raise InputError(path, f"corrupt {KIND}: version 4 inside a gzip stream (version 4 is plain NGSP)")
         expected = HEADER.size + n * _bytes_per_gaussian(version, degree)
-        check_claimed_size(path, KIND, n, _bytes_per_gaussian(version, degree), MAX_DEFLATE_RATIO * len(raw))
+        check_claimed_size(path, KIND, n, _bytes_per_gaussian(version, degree), MAX_SPZ_RATIO * len(raw))
+        _check_count(path, n)
         body = decompressor.decompress(decompressor.unconsumed_tail, expected - HEADER.size + 1)
     except zlib.error as exc:
         raise InputError(path, f"truncated or corrupt {KIND}: gzip stream is damaged ({exc})") from None
@@ -129,6 +136,11 @@ def _decompress(path: Path) -> bytes:
         raise InputError(path, f"truncated or corrupt {KIND}: the header claims {n} Gaussians ({expected} bytes) "
                                f"but the gzip stream holds {'more' if len(data) > expected else len(data)} bytes")
     return data
+
+
+def _check_count(path: Path, n: int) -> None:
+    if n > MAX_SPZ_GAUSSIANS:
+        raise InputError(path, f"{KIND} claims {n} Gaussians, more than the {MAX_SPZ_GAUSSIANS} read")
 
 
 def _check_header(path: Path, magic: int, version: int, degree: int) -> None:
@@ -152,6 +164,7 @@ def _read_ngsp(path: Path, raw: bytes) -> bytes:
     if n == 0:
         raise InputError(path, f"{KIND} contains no Gaussians")
     check_claimed_size(path, KIND, n, POSITION_BYTES, MAX_ZSTD_RATIO * len(raw))
+    _check_count(path, n)
     sizes = [size for size in _block_sizes(version, n, degree).values() if size]
     toc_end = toc_offset + num_streams * NGSP_TOC_ENTRY.size
     if num_streams != len(sizes) or toc_offset < NGSP_HEADER.size or toc_end > len(raw):

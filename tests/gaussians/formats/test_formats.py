@@ -131,9 +131,9 @@ def test_a_frame_transform_is_undone_on_save_and_applied_on_load(tmp_path):
 # ------------------------------------------------------------------------------------------ damaged files
 
 
-def write_format(fmt: str, n: int = 300, sh_degree: int = 1):
+def write_format(fmt: str, n: int = 300, sh_degree: int = 1, spz_version: int = 4):
     def write(path: Path) -> None:
-        save_splats(path, scene_splats(n=n, sh_degree=sh_degree), SceneNormalization(), fmt)
+        save_splats(path, scene_splats(n=n, sh_degree=sh_degree), SceneNormalization(), fmt, spz_version=spz_version)
     return write
 
 
@@ -182,6 +182,13 @@ def ngsp_with_coordinate_system(code: int):
     return write
 
 
+def long_header_ply(path: Path) -> None:
+    """A header over 64 KB (a long comment) claiming 10^12 rows with a list property: plyfile would allocate them."""
+    header = ("ply\nformat binary_big_endian 1.0\ncomment " + "x" * 70_000 + f"\nelement vertex {10**12}\n"
+              "property list uchar float junk\nproperty float x\nend_header\n")
+    path.write_bytes(header.encode() + bytes(2000))
+
+
 def nan_splat(path: Path) -> None:
     record = np.zeros(2, dtype=RECORD)
     record["scale"] = 0.1
@@ -225,6 +232,15 @@ DAMAGED = {
                      "SH degree 4"),
     "spz_count_lie": ("scene.spz", spz_header_only(2, 4_000_000_000, 3), "claims 4000000000 Gaussians"),
     "spz_short_body": ("scene.spz", spz_header_only(2, 10, 0, bytes(50)), "claims 10 Gaussians"),
+    "ply_header_over_64kb": ("scene.ply", long_header_ply, "PLY header longer than 64 KB"),
+    "compressed_list_packed_position": ("scene.compressed.ply", replaced(
+        "ply_compressed", b"property uint packed_position", b"property list uchar uint packed_position"),
+        "compressed PLY"),
+    "spz_fractional_bits_64": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 1, 0, 64, 0, 0),
+                                                                                    bytes(19))), "64 fractional bits"),
+    # 2M Gaussians of zeros gzip to ~38 KB: more than SPZ's stated maximum ratio, refused before decompressing
+    "spz_zeros_claiming_2M": ("scene.spz", spz_header_only(2, 2_000_000, 0, bytes(19 * 2_000_000)),
+                              "claims 2000000 Gaussians"),
     "spz_empty": ("scene.spz", lambda path: path.write_bytes(spz_bytes((0x5053474E, 2, 0, 0, 12, 0, 0))),
                   "contains no Gaussians"),
     "missing": ("scene.spz", lambda path: None, "SPZ file does not exist"),
@@ -239,3 +255,55 @@ def test_damaged_files_end_in_one_line_naming_file_and_format(tmp_path, case):
     with pytest.raises(InputError, match=message) as error:
         load_splats(path, SceneNormalization())
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+
+
+def test_a_splat_export_of_huge_scales_reads_back(tmp_path):
+    """exp of a log-scale above ~88.7 overflows float32: the export keeps the largest finite scale instead."""
+    splats = {key: value.detach().clone() for key, value in scene_splats(n=3, sh_degree=0).items()}
+    splats["scales"][0] = 200.0
+    path = tmp_path / "scene.splat"
+    save_splats(path, splats, SceneNormalization(), "splat")
+    loaded = load_splats(path, SceneNormalization())
+    assert torch.isfinite(loaded["scales"]).all() and len(loaded["means"]) == 3
+
+
+@pytest.mark.parametrize("fmt, suffix", [("ply_compressed", "scene.compressed.ply"), ("spz", "scene.spz"),
+                                         ("splat", "scene.splat")])
+def test_fuzz_scene_files(tmp_path, fmt, suffix):
+    """Seeded mutations of each compressed scene format: bytes (claims, counts, truncation), for compressed PLY
+    also header lines and a header padded past 64 KB, for SPZ (version 3: version 4 has its own fuzz target)
+    the header inside the gzip stream (counts claiming up to 4G Gaussians, fractional bits up to 255). Each case ends in an InputError or a finite scene, under
+    a memory cap and a time limit."""
+    import random
+
+    from tests.fuzzing import cases, fuzz, mutate_bytes, mutate_text
+
+    path = tmp_path / suffix
+    write_format(fmt, n=300, sh_degree=1, spz_version=3)(path)
+    original = path.read_bytes()
+
+    def mutated_spz(rng: random.Random) -> bytes:
+        data = bytearray(gzip.decompress(original))
+        field = rng.choice([(8, "<I", [0, 1, 300, 2**20, 2**31, 2**32 - 1]), (12, "<B", [0, 3, 4, 255]),
+                            (13, "<B", [0, 12, 24, 25, 63, 64, 255])])
+        struct.pack_into(field[1], data, field[0], rng.choice(field[2]))
+        return gzip.compress(bytes(data))
+
+    def run_case(rng: random.Random):
+        roll = rng.random()
+        if fmt == "spz" and roll < 0.5:
+            path.write_bytes(mutated_spz(rng))
+        elif fmt == "ply_compressed" and roll < 0.4:
+            end = original.index(b"end_header\n") + len(b"end_header\n")
+            header = mutate_text(original[:end].decode(), rng)
+            if rng.random() < 0.2:
+                header = header.replace("\nelement", "\ncomment " + "x" * 70_000 + "\nelement", 1)
+            path.write_bytes(header.encode("utf-8", errors="surrogatepass") + original[end:])
+        else:
+            path.write_bytes(mutate_bytes(original, rng))
+        return load_splats(path, SceneNormalization())
+
+    def check(splats):
+        assert len(splats["means"]) > 0 and all(torch.isfinite(value).all() for value in splats.values())
+
+    fuzz(f"load_splats ({fmt})", cases(200), 230 + len(fmt), run_case, check).assert_clean()
