@@ -62,7 +62,7 @@ def test_a_command_json_of_the_two_config_layout_still_resumes(cls, tmp_path):
      "TrainCommand.nerf: rays_per_batch (4096) must hold at least one 0x0 patch"),
     ({"backend": "nerf", "scene": {"sh_degree": 1, "strategy": {}}}, "TrainCommand.nerf has no field(s) strategy"),
     ({"bogus": 1}, "TrainCommand has no field(s) bogus"),
-    ([1, 2], "the saved command must be a JSON object, found [1, 2]"),
+    ([1, 2], "the saved command must be a JSON object, found a list of 2 items"),
 ])
 def test_bad_values_are_one_input_error_naming_the_file_and_field(values, problem, tmp_path):
     with pytest.raises(InputError) as info:

@@ -61,11 +61,11 @@ class RenderCommand:
     device: str = "auto"
     """Device to render on: 'cuda', 'cpu' or 'auto' (cuda when available)."""
     camera_path: Path | None = None
-    """A nerfstudio camera path (its viewer's export: camera_path with camera_to_world and fov per camera,
-    render_width, render_height, fps) to render as camera_path.mp4 (or .gif), in the dataset's frame."""
+    """A nerfstudio camera path (the JSON its viewer exports: each camera's pose and field of view, the render
+    size, fps) to render as a video beside the turntable, in the dataset's frame."""
     dataparser_transforms: Path | None = None
-    """nerfstudio's dataparser_transforms.json of the run whose viewer drew --camera-path: maps the viewer's
-    normalised frame back to the dataset's (without it the path is taken as in the dataset's frame)."""
+    """The dataparser-transforms JSON that nerfstudio wrote for the run whose viewer drew --camera-path: maps the
+    viewer's normalised frame back to the dataset's (without it the path is taken as in the dataset's frame)."""
 
 
 def split_indices(dataset: Dataset, split: str) -> list[int]:
