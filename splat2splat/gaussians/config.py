@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
+
 
 @dataclass
 class StrategyConfig:
@@ -78,8 +81,8 @@ class GaussianConfig:
     """'gsplat' CUDA kernels, 'cpp' (the C++ CPU rasterizer, built on first use), 'torch' (the pure-PyTorch
     reference, any device), or auto: gsplat on CUDA and cpp on the CPU when their kernels build, else torch after one
     warning. A scene loaded onto another device uses auto unless this is given."""
-    device: str | None = None
-    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto (default: --device)."""
+    device: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: --device)")] = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto."""
     seed: int = 0
     """Seed of initialisation and of the view order."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+import tyro
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
@@ -42,8 +43,8 @@ class NerfConfig:
 
     seed: int = 0
     """Seed of the field initialisation and of every random choice during training."""
-    device: str | None = None
-    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto (default: --device)."""
+    device: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: --device)")] = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto."""
     rays_per_batch: int = 4096
     """Rays per training step (rounded down to whole patches)."""
     patch_size: int = 1
