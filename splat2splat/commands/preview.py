@@ -101,7 +101,8 @@ def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, .
 
 
 def with_shortcuts(cmd: PreviewCommand) -> PreviewCommand:
-    """``cmd`` with --model and --device applied to the editor (its own options, when given, win)."""
+    """``cmd`` with --model and --device applied to the editor, as edit does: --model wins over --editor.model,
+    --editor.device over --device."""
     return replace(cmd, editor=replace(cmd.editor, model=cmd.model or cmd.editor.model,
                                        device=cmd.editor.device or cmd.device))
 

@@ -189,3 +189,15 @@ def test_an_edit_that_diverges_to_nan_is_one_line_not_a_black_sheet(demo_scene, 
     with pytest.raises(InputError, match="NaN or infinite pixels") as error:
         run_preview(cmd, lambda config: NaNEditor())
     assert "\n" not in str(error.value) and not (tmp_path / "out" / "preview.png").exists()
+
+
+def test_model_and_device_are_the_flags_edit_uses():
+    """preview --model and --device, as in edit: --model wins over --editor.model, --editor.device over --device."""
+    from splat2splat.cli import parse
+    from splat2splat.commands.preview import with_shortcuts
+
+    cmd = with_shortcuts(parse("preview", ["--data", "d", "--prompt", "p", "--model", "m", "--device", "cpu"]))
+    assert (cmd.editor.model, cmd.editor.device) == ("m", "cpu")
+    cmd = with_shortcuts(parse("preview", ["--data", "d", "--prompt", "p", "--model", "m", "--editor.model", "e",
+                                           "--device", "cpu", "--editor.device", "auto"]))
+    assert (cmd.editor.model, cmd.editor.device) == ("m", "auto")
