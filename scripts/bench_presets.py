@@ -85,7 +85,7 @@ def main(cfg: BenchPresets) -> dict:
         tmp = Path(tmp)
         scene = write_demo_scene(tmp / "demo", DemoConfig(n_views=cfg.views, image_size=cfg.image_size))
         run_train(TrainCommand(data=scene, output=tmp / "initial", steps=cfg.init_steps, eval_every=0,
-                        gaussians=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
+                        scene=GaussianConfig(device=str(device), strategy=StrategyConfig(refine_start=100))))
         model = cfg.model
         if model is None:
             from splat2splat.testing.tiny_ip2p import build_tiny_ip2p
@@ -104,12 +104,13 @@ def main(cfg: BenchPresets) -> dict:
                          "render_s": seconds["render"], "editor_s": seconds["edit"], "train_s": seconds["train"],
                          "io_s": seconds["checkpoint"] + seconds["eval"] + seconds["outputs"],
                          "peak_mib": mib(peak.bytes), "memory_method": peak.method})
-        preview = PreviewCommand(data=scene, prompt="make it look like autumn", output=tmp / "preview", seed=0)
+        preview = PreviewCommand(data=scene, prompt="make it look like autumn", output=tmp / "preview", seed=0,
+                                 device=str(device))
         preview.editor = dataclasses.replace(preview.editor, model=str(model), device=str(device),
                                              dtype="float32" if device.type == "cpu" else "auto")
         for three_d in (False, True):
             cmd = dataclasses.replace(preview, three_d=three_d,
-                                      fast=Preview3D(init_steps=cfg.init_steps, steps=cfg.steps, device=str(device)))
+                                      fast=Preview3D(init_steps=cfg.init_steps, steps=cfg.steps))
             with measure_peak_memory(device) as peak:
                 summary = run_preview(cmd)
             wall = summary["seconds"] + (summary["three_d"]["seconds"] if three_d else 0.0)

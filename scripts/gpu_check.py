@@ -180,7 +180,7 @@ def train_demo(sizes: Sizes, work: Path, device: str, name: str, **gaussian_opti
     config = GaussianConfig(device=device, strategy=strategy)
     started = time.perf_counter()
     metrics = run_train(TrainCommand(data=demo_scene(sizes, work), output=output, steps=sizes.train_steps, eval_every=0,
-                              checkpoint_every=0, gaussians=config))
+                              checkpoint_every=0, scene=config))
     return {"device": device, "steps": metrics["steps"], "psnr": metrics["eval"]["psnr"],
             "ssim": metrics["eval"]["ssim"], "num_gaussians": metrics["num_gaussians"],
             "seconds": time.perf_counter() - started}
@@ -256,7 +256,7 @@ def stage_resume_on_cpu(sizes: Sizes, work: Path) -> dict:
     strategy = StrategyConfig(refine_start=sizes.refine_start // 4, refine_every=sizes.refine_every // 2)
     # device auto: the checkpoint records the choice, not the GPU, as a user's run would.
     command = TrainCommand(data=demo_scene(sizes, work), output=output, steps=total, eval_every=0, checkpoint_every=0,
-                    gaussians=GaussianConfig(device="auto", strategy=strategy))
+                    scene=GaussianConfig(device="auto", strategy=strategy))
 
     def interrupt(step: int) -> None:
         if step == stop_at:

@@ -1,8 +1,9 @@
 """The registry of scene backends: every place that needs "a backend called X" asks here.
 
 Each entry names the backend class (which implements :class:`~splat2splat.scene.SceneBackend` and builds
-itself with ``from_dataset(dataset, config)`` / ``from_state_dict(state, device)``), its config class, the
-field that holds that config in a train or edit job, and the reconstruction loss of its reference method.
+itself with ``from_dataset(dataset, config)`` / ``from_state_dict(state, device)``), its config class (a job
+holds exactly one backend config; its class says which backend the job uses) and the reconstruction loss of
+its reference method.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from splat2splat.nerf.backend import NerfBackend, NerfConfig, mse_loss
 from splat2splat.scene import ImageLoss, SceneBackend
 
 BackendName = Literal["gaussian", "nerf"]
+SceneConfig = GaussianConfig | NerfConfig  # the config of one registered backend
 
 
 @dataclass(frozen=True)
 class BackendKind:
     backend_class: type
     config_class: type
-    config_field: str  # the job field holding this backend's config (``--gaussians.*``, ``--nerf.*``)
+    option_prefix: str  # how its options are spelled on the command line (``--gaussians.*``, ``--nerf.*``)
     reconstruction_loss: Callable[[], ImageLoss]  # the scene-fitting loss of the reference method
     holds_gaussians: bool  # its scenes' ``gaussians()`` is not None (a region may be given as a volume)
     # What a training step hands the loss: whole rendered views, or square ray patches whose side is the
@@ -48,9 +50,12 @@ def backend_kind(name: str) -> BackendKind:
     return BACKENDS[name]
 
 
-def config_for(name: str, job: Any) -> Any:
-    """The config of backend ``name`` inside a train or edit job."""
-    return getattr(job, backend_kind(name).config_field)
+def backend_name(config: Any) -> str:
+    """The backend whose config ``config`` is (a job's ``scene``)."""
+    for name, kind in BACKENDS.items():
+        if type(config) is kind.config_class:
+            return name
+    raise TypeError(f"{type(config).__name__} is the config of no registered backend")
 
 
 def make_backend(name: str, dataset: Dataset, config: Any) -> SceneBackend:

@@ -11,7 +11,9 @@ A checkpoint (``.pt`` / ``.ckpt``) is a dict of plain values and tensors, loaded
      "rng": {...},                         # global torch RNG states (gsplat's strategies draw from them)
      ...}                                  # what the writing loop needs to resume (command, IDU state, edits)
 
-``command.json`` beside it holds the job that started a run, so ``--resume`` rebuilds exactly that job.
+``command.json`` beside it holds the job that started a run, so ``--resume`` rebuilds exactly that job: its
+options, with the scene backend's name under "backend" and that backend's settings under "scene" (files of
+earlier versions held both backends' settings under "gaussians" and "nerf"; they still resume).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from splat2splat.backends import BACKENDS, backend_from_state
+from splat2splat.backends import BACKENDS, backend_from_state, backend_kind
 from splat2splat.configs import config_from_dict, config_to_dict
 from splat2splat.errors import InputError
 from splat2splat.io import read_json, save_torch, write_json
@@ -63,9 +65,14 @@ def save_checkpoint(path: Path, backend: SceneBackend, data: Path | None, downsc
                       "data": str(data), "downscale": downscale, "rng": rng_state(), **extra})
 
 
+def job_to_dict(job: Any) -> dict:
+    """A train or edit job as plain values: its options, its backend's name and that backend's settings."""
+    return {**config_to_dict(job), "backend": job.backend}
+
+
 def write_command(folder: Path, job: Any) -> None:
     """Record the job that starts a run in ``folder/command.json``."""
-    write_json(Path(folder) / COMMAND_FILE, config_to_dict(job))
+    write_json(Path(folder) / COMMAND_FILE, job_to_dict(job))
 
 
 # ------------------------------------------------------------------------------------------------ schema
@@ -422,7 +429,19 @@ def job_from_dict(cls: type[Job], values: Any, source: Path) -> Job:
     if not isinstance(values, dict):
         raise InputError(source, f"the saved command must be a JSON object, found {describe(values)}")
     values = {key: value for key, value in values.items() if key not in PER_INVOCATION_KEYS}
-    return config_from_dict(cls, values, source)
+    if "scene" not in {f.name for f in dataclasses.fields(cls)}:  # a part of a job (the evaluation reads some)
+        return config_from_dict(cls, values, source)
+    name = values.pop("backend", "gaussian")
+    if not isinstance(name, str) or name not in BACKENDS:
+        raise InputError(source, f"the saved command's backend must be one of {', '.join(BACKENDS)}, "
+                                 f"found {describe(name)}")
+    kind = backend_kind(name)
+    if "scene" not in values:  # written before a job held one backend's settings: both were saved
+        values["scene"] = values.get(kind.option_prefix, {})
+        for kind_of_old in BACKENDS.values():
+            values.pop(kind_of_old.option_prefix, None)
+    scene = config_from_dict(kind.config_class, values.pop("scene"), source, f"{cls.__name__}.{kind.option_prefix}")
+    return dataclasses.replace(config_from_dict(cls, values, source), scene=scene)
 
 
 # Settings that widen what a run may read: a resume takes them only from its own command line, never from a

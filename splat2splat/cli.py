@@ -38,12 +38,12 @@ def command_module(name: str):
 
 
 def parse(name: str, args: list[str]):
-    import tyro
+    from splat2splat.cli_parsing import cli
 
     module = command_module(name)
     if hasattr(module, "parse"):
         return module.parse(args)
-    return tyro.cli(getattr(module, COMMANDS[name][0]), args=args, prog=f"splat2splat {name}")
+    return cli(getattr(module, COMMANDS[name][0]), args=args, prog=f"splat2splat {name}")
 
 
 def entrypoint(argv: list[str] | None = None) -> None:

@@ -25,14 +25,14 @@ def config_to_dict(config: Any) -> dict:
     return _plain(dataclasses.asdict(config))
 
 
-def config_from_dict(cls: type[T], values: Any, source: str | Path | None = None) -> T:
+def config_from_dict(cls: type[T], values: Any, source: str | Path | None = None, where: str | None = None) -> T:
     """Rebuild dataclass ``cls`` from :func:`config_to_dict`'s output.
 
     Unknown keys, values of the wrong type (``"steps": "ten"``), unknown choices and values a class's own
     checks refuse raise :class:`InputError` on ``source`` (the file the dict was read from) naming the field.
-    Missing keys take the field's default.
+    Missing keys take the field's default. ``where`` names the dict in messages (default: the class name).
     """
-    return _dataclass(cls, values, source, cls.__name__)
+    return _dataclass(cls, values, source, where or cls.__name__)
 
 
 def _dataclass(cls: type[T], values: Any, source: str | Path | None, where: str) -> T:

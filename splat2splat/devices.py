@@ -1,4 +1,8 @@
-"""One meaning of ``--device`` everywhere: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'."""
+"""One meaning of ``--device`` everywhere: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
+
+A job's ``--device`` is the default of every part; a part's own device option (``--gaussians.device``,
+``--idu.editor.device``) is None unless given, and then overrides it for that part only.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,10 @@ import torch
 from splat2splat.errors import InputError
 
 
-def resolve_device(device: str) -> torch.device:
-    """The torch device for a ``--device`` value; asking for CUDA without a GPU is a clear error, not a fallback."""
-    if device == "auto":
+def resolve_device(device: str | None) -> torch.device:
+    """The torch device for a ``--device`` value (None: 'auto'); asking for CUDA without a GPU is a clear error,
+    not a fallback."""
+    if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"--device {device} asked for, but no CUDA GPU is available (use --device cpu)")

@@ -11,14 +11,20 @@ one stopped. A second signal stops at once (the last checkpoint stays valid).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Protocol
 
+from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Column
+
+from splat2splat.errors import InputError
 
 from splat2splat.errors import InputError
 
@@ -112,20 +118,76 @@ def plain_progress_line(description: str, step: int, total: int, info: str, rate
     return f"{description}: step {step}/{total} ({100 * step / max(total, 1):.0f}%) {info} {rate:.2f} it/s, eta {eta_text}"
 
 
-def progress_bar() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+# The description (an edit's prompt) is cut to this width and the bar takes what is left, so on an 80-column
+# terminal step, loss, rate and time left stay on the line.
+DESCRIPTION_WIDTH = 24
+
+
+Logger = Literal["none", "tensorboard"]
+LOG_FILE, METRICS_FILE = "run.log", "metrics.jsonl"
+
+
+def check_logger(logger: str) -> None:
+    """``--logger tensorboard`` needs its optional extra: refused before any work when it is missing."""
+    if logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise InputError(None, "--logger tensorboard needs the tensorboard package: pip install "
+                                   "'splat2splat[tensorboard]'") from None
+
+
+class RunLog:
+    """What a run leaves beside its results: ``run.log`` (the progress, evaluations and stops the terminal showed,
+    as plain timestamped lines), ``metrics.jsonl`` (one JSON object per step: phase, step, loss, ...) and, with
+    ``--logger tensorboard``, TensorBoard event files in ``tensorboard/``. Lines are appended, so a resumed run
+    continues the same files."""
+
+    def __init__(self, folder: Path, logger: str = "none", phase: str = "train"):
+        self.folder, self.phase = Path(folder), phase
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.writer = None
+        if logger == "tensorboard":
+            check_logger(logger)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        with open(self.folder / LOG_FILE, "a", encoding="utf-8") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def metrics(self, step: int, values: dict[str, float], kind: str = "step") -> None:
+        """One line of metrics.jsonl: ``kind`` 'step' (a training step's loss...) or 'eval' (an evaluation)."""
+        numbers = {key: float(value) for key, value in values.items() if isinstance(value, (int, float))}
+        with open(self.folder / METRICS_FILE, "a", encoding="utf-8") as log:
+            log.write(json.dumps({"phase": self.phase, "kind": kind, "step": step, **numbers}) + "\n")
+        if self.writer is not None:
+            for key, value in numbers.items():
+                self.writer.add_scalar(f"{self.phase}/{kind}/{key}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def progress_bar(console: Console | None = None) -> Progress:
+    description = TextColumn("{task.description}",
+                             table_column=Column(max_width=DESCRIPTION_WIDTH, no_wrap=True, overflow="ellipsis"))
+    return Progress(description, BarColumn(bar_width=None), TextColumn("{task.completed}/{task.total}"),
                     TextColumn("{task.fields[info]}"), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                    TimeRemainingColumn())
+                    TimeRemainingColumn(), console=console)
 
 
 def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], None], checkpoint_every: int,
              eval_every: int, description: str, on_step: Callable[[int], None] | None = None,
-             checkpoint_minutes: float = 0.0) -> LoopReport:
+             checkpoint_minutes: float = 0.0, log: RunLog | None = None) -> LoopReport:
     """Run ``loop`` until ``loop.step == total_steps``; returns evaluations and timings.
 
     ``checkpoint_every``/``eval_every``: 0 disables the periodic action (a final checkpoint is always saved).
     ``checkpoint_minutes``: also checkpoint when this much wall time passed since the last one (0: never).
     ``on_step`` is called after every finished step (tests use it to simulate Ctrl-C).
+    ``log``: where the plain progress lines, evaluations and per-step metrics are also written.
     """
     report = LoopReport()
     plain = not sys.stdout.isatty()
@@ -153,7 +215,11 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
             if eval_every and loop.step % eval_every == 0:
                 metrics = timed("eval", loop.evaluate)
                 report.evaluations.append({"step": loop.step, **metrics})
-                progress.console.print(f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                text = f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+                progress.console.print(text)
+                if log is not None:
+                    log.line(f"{description}: eval {text}")
+                    log.metrics(loop.step, metrics, "eval")
             due_by_time = checkpoint_minutes > 0 and time.monotonic() - last_saved >= 60 * checkpoint_minutes
             if (checkpoint_every and loop.step % checkpoint_every == 0) or due_by_time:
                 checkpoint()
@@ -161,14 +227,22 @@ def run_loop(loop: SteppedLoop, total_steps: int, save_checkpoint: Callable[[], 
             info = loop.progress_info(report.last_stats)
             progress.update(task, completed=loop.step, info=info, rate=f"{rate:.2f} it/s")
             now = time.perf_counter()
-            if plain and (now - last_line >= PLAIN_PROGRESS_SECONDS or loop.step == total_steps):
-                print(plain_progress_line(description, loop.step, total_steps, info, rate), flush=True)
+            if now - last_line >= PLAIN_PROGRESS_SECONDS or loop.step == total_steps:
+                line = plain_progress_line(description, loop.step, total_steps, info, rate)
+                if plain:
+                    print(line, flush=True)
+                if log is not None:
+                    log.line(line)
                 last_line = now
+            if log is not None:
+                log.metrics(loop.step, report.last_stats)
             if on_step is not None:
                 on_step(loop.step)
             signum = received_signal()
             if signum is not None:
                 checkpoint()
+                if log is not None:
+                    log.line(f"{description}: stopped at step {loop.step} (signal {signum}); --resume continues")
                 raise Interrupted(loop.step, signum)
     checkpoint()
     return report

@@ -11,21 +11,22 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import torch
+import tyro
 
-from splat2splat.backends import BackendName, config_for, make_backend, reconstruction_loss
-from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, load_rng_state,
-                                    read_checkpoint, require_keys, save_checkpoint, with_invocation_permissions,
-                                    with_resume_options)
-from splat2splat.configs import config_to_dict
+from splat2splat.backends import SceneConfig, backend_name, make_backend, reconstruction_loss
+from splat2splat.checkpoint import (CHECKPOINT_FILE, backend_from_checkpoint, job_from_dict, job_to_dict,
+                                    load_rng_state, read_checkpoint, require_keys, save_checkpoint,
+                                    with_invocation_permissions, with_resume_options)
 from splat2splat.data.dataset import Dataset
+from splat2splat.devices import resolve_device
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.io import IndependentOutputs, check_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.nerf.backend import NerfConfig
-from splat2splat.runner import LoopReport, run_loop
+from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import ImageLoss, SceneBackend, evaluate_views
 from splat2splat.validation import check_options
 
@@ -35,13 +36,13 @@ from splat2splat.validation import check_options
 class TrainJob:
     """Train a scene on posed images, evaluate held-out PSNR/SSIM, checkpoint, and export."""
 
-    data: Path | None = None
-    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json);
-    required unless --resume."""
+    data: Annotated[Path | None, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = None
+    """Dataset folder (nerfstudio transforms.json, COLMAP sparse model or Blender transforms_*.json)."""
     output: Path = Path("outputs/train")
     """Run folder: checkpoint.pt, scene exports and metrics.json."""
-    backend: BackendName = "gaussian"
-    """Scene representation: 'gaussian' (3DGS via gsplat) or 'nerf' (the in2n/nerfacto-style field)."""
+    device: str = "auto"
+    """Device to train on: cuda, cuda:N, cpu or auto (cuda when available); the scene's own device option
+    overrides it."""
     steps: int = 30_000
     """Total optimisation steps (a resumed run continues up to this number); 30000 as gsplat's simple_trainer
     and splatfacto."""
@@ -56,8 +57,17 @@ class TrainJob:
     """Steps between checkpoints (0: only at the end and on Ctrl-C)."""
     checkpoint_minutes: float = 10.0
     """Also checkpoint after this many minutes of wall time since the last checkpoint (0: off)."""
-    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
-    nerf: NerfConfig = field(default_factory=NerfConfig)
+    logger: Logger = "none"
+    """Where per-step metrics go besides run.log and metrics.jsonl in the run folder: 'tensorboard' also writes
+    TensorBoard event files to its tensorboard/ folder (needs the tensorboard extra)."""
+    scene: SceneConfig = field(default_factory=GaussianConfig)
+    """The scene backend and its settings: a GaussianConfig (gsplat) or a NerfConfig (the in2n/nerfacto-style
+    field)."""
+
+    @property
+    def backend(self) -> str:
+        """The registered backend of ``scene`` ('gaussian' or 'nerf')."""
+        return backend_name(self.scene)
 
 
 class TrainLoop:
@@ -87,10 +97,10 @@ class TrainLoop:
 
 def train_scene(dataset: Dataset, backend: SceneBackend, steps: int, save, checkpoint_every: int = 0,
                 eval_every: int = 0, description: str = "train", on_step=None,
-                checkpoint_minutes: float = 0.0) -> LoopReport:
+                checkpoint_minutes: float = 0.0, log: RunLog | None = None) -> LoopReport:
     """Train ``backend`` with its reconstruction loss up to ``steps`` total steps."""
     loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
-    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes)
+    return run_loop(loop, steps, save, checkpoint_every, eval_every, description, on_step, checkpoint_minutes, log)
 
 
 def start_training(job: TrainJob, resume: bool, given: dict | None = None) -> tuple[TrainJob, Dataset, SceneBackend]:
@@ -113,15 +123,17 @@ def start_training(job: TrainJob, resume: bool, given: dict | None = None) -> tu
         load_rng_state(state["rng"])
         return job, dataset, backend
     check_options(job)
+    check_logger(job.logger)
     if job.data is None:
         raise InputError(None, "--data is required (the dataset folder to train on)")
     check_output_folder(job.output)
     claim_output_folder(job.output)  # before the check below, so two runs started at once cannot both pass it
     if checkpoint_path.exists():
         raise InputError(checkpoint_path, "a run already exists here: pass --resume to continue it, or a new --output")
-    torch.manual_seed(job.gaussians.seed)
+    torch.manual_seed(job.scene.seed)
     dataset = load_dataset(job.data, downscale=job.downscale, allow_outside_paths=job.allow_paths_outside_data)
-    return job, dataset, make_backend(job.backend, dataset, config_for(job.backend, job))
+    scene = dataclasses.replace(job.scene, device=str(resolve_device(job.scene.device or job.device)))
+    return job, dataset, make_backend(job.backend, dataset, scene)
 
 
 def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict | None = None) -> dict:
@@ -132,11 +144,15 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict 
     checkpoint_path = job.output / CHECKPOINT_FILE
 
     def save() -> None:
-        save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=config_to_dict(job))
+        save_checkpoint(checkpoint_path, backend, job.data, job.downscale, command=job_to_dict(job))
 
     started = time.perf_counter()
-    report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
-                         f"train {backend.name}", on_step, job.checkpoint_minutes)
+    log = RunLog(job.output, job.logger, "train")
+    try:
+        report = train_scene(dataset, backend, job.steps, save, job.checkpoint_every, job.eval_every,
+                             f"train {backend.name}", on_step, job.checkpoint_minutes, log)
+    finally:
+        log.close()
     outputs = IndependentOutputs()  # the trained checkpoint is saved; no output step may lose it
     loop = TrainLoop(dataset, backend, reconstruction_loss(backend.name))
     final = outputs.write("final evaluation", loop.evaluate) or {}

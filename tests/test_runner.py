@@ -113,6 +113,24 @@ def test_plain_progress_lines_when_stdout_is_not_a_terminal(capsys, monkeypatch)
     assert sum(line.startswith("edit: step") for line in capsys.readouterr().out.splitlines()) == 3
 
 
+def test_a_long_prompt_leaves_step_rate_and_time_left_on_an_80_column_bar():
+    import io
+
+    from rich.console import Console
+
+    from splat2splat.runner import progress_bar
+
+    console = Console(width=80, file=io.StringIO(), force_terminal=True, color_system=None)
+    progress = progress_bar(console)
+    progress.add_task("edit: " + "make it look like a watercolour painting of autumn " * 3, total=30000,
+                      completed=1234, info="loss 0.1234", rate="2.94 it/s")
+    console.print(progress.get_renderable())
+    line = console.file.getvalue().rstrip("\n")
+    assert "\n" not in line and "1234/30000" in line and "loss 0.1234" in line and "2.94 it/s" in line
+    assert "-:--:--" in line  # the time left (unknown here: no step was timed)
+    assert "edit: make it" in line and "…" in line
+
+
 def test_a_second_sigterm_exits_143_in_one_line(capsys, monkeypatch, tmp_path):
     """The second signal stops at once with the exit status of that signal (128 + 15), not Ctrl-C's 130."""
     import splat2splat.commands.demo as demo

@@ -52,7 +52,17 @@ def test_every_problem_is_counted():
 
 
 def test_nerf_sh_bands_are_not_mistaken_for_a_gaussian_sh_degree():
-    assert problems(parse_edit_args([*BASE, "--nerf.sh-degree", "4"])) == []
+    assert problems(parse_edit_args([*BASE, "--backend", "nerf", "--nerf.sh-degree", "4"])) == []
+
+
+def test_a_backend_takes_only_its_own_options(capsys):
+    """--nerf.* belongs to --backend nerf, --gaussians.* to the Gaussian backend; the other is unknown."""
+    with pytest.raises(SystemExit):
+        parse_edit_args([*BASE, "--nerf.sh-degree", "4"])
+    with pytest.raises(SystemExit):
+        parse_edit_args([*BASE, "--backend", "nerf", "--gaussians.sh-degree", "2"])
+    assert parse_edit_args([*BASE, "--backend", "nerf"]).backend == "nerf"
+    assert parse_edit_args([*BASE, "--backend=nerf", "--backend", "gaussian"]).backend == "gaussian"
 
 
 @pytest.mark.parametrize("args", [["--idu.edit-rate", "0"], ["--idu.editor.guidance-scale", "nan"],

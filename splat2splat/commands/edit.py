@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Annotated
+
+import tyro
 
 from splat2splat.checkpoint import given_options, job_fields
+from splat2splat.cli_parsing import BACKEND_HELP, backend_choice, cli, option_value
 from splat2splat.edit.distributed import launched_with_several_processes
 from splat2splat.edit.job import EditJob, start_edit
-from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset
+from splat2splat.devices import resolve_device
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, preset_on
 from splat2splat.errors import InputError
+from splat2splat.gaussians.config import GaussianConfig
+from splat2splat.nerf.backend import NerfConfig
 
 
 @dataclass
@@ -25,26 +32,45 @@ class EditCommand(EditJob):
     """Steps between live-viewer updates."""
 
 
-def parse(args: list[str]) -> EditCommand:
-    """tyro parse with the defaults of --preset (read first, so every --idu.* field overrides the preset)."""
-    import tyro
+@dataclass
+class GaussianEditCommand(EditCommand):
+    """Edit a Gaussian scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
 
-    name = preset_argument(args)
+    scene: Annotated[GaussianConfig, tyro.conf.arg(name="gaussians")] = field(default_factory=GaussianConfig)
+    """The Gaussian scene (3DGS rasterized by gsplat): its initial training, or the import of --init."""
+
+
+@dataclass
+class NerfEditCommand(EditCommand):
+    """Edit a NeRF with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
+
+    scene: Annotated[NerfConfig, tyro.conf.arg(name="nerf")] = field(default_factory=NerfConfig)
+    """The NeRF (in2n's nerfacto-style field): its initial training."""
+
+
+COMMAND_CLASSES = {"gaussian": GaussianEditCommand, "nerf": NerfEditCommand}  # one per registered backend
+
+
+def parse(args: list[str]) -> EditCommand:
+    """tyro parse of the options of the backend --backend names, with the defaults of --preset (both read
+    first: --backend chooses which options exist, and every --idu.* option given overrides the preset). With the
+    editor on the CPU a half-precision preset's editor defaults to float32 (see :func:`preset_on`)."""
+    backend, rest = backend_choice(args)
+    name = option_value(rest, "--preset")
     if name is not None and name not in PRESETS:
         raise InputError(None, f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    default = EditCommand(preset=name or DEFAULT_PRESET, idu=preset(name or DEFAULT_PRESET))
-    return tyro.cli(EditCommand, args=args, default=default, prog="splat2splat edit")
+    command_class = COMMAND_CLASSES[backend]
+    editor_device = resolve_device(option_value(rest, "--idu.editor.device") or option_value(rest, "--device"))
+    default = command_class(preset=name or DEFAULT_PRESET, idu=preset_on(name or DEFAULT_PRESET, editor_device.type))
+    prog = "splat2splat edit" + (f" --backend {backend}" if backend != "gaussian" else "")
+    return cli(command_class, args=rest, default=default, prog=prog,
+               description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
 
 
-def preset_argument(args: list[str]) -> str | None:
-    """The value of the last --preset (as tyro reads it: a later option wins)."""
-    found = None
-    for k, arg in enumerate(args):
-        if arg == "--preset" and k + 1 < len(args):
-            found = args[k + 1]
-        elif arg.startswith("--preset="):
-            found = arg.split("=", 1)[1]
-    return found
+def default_command(cmd: EditCommand) -> EditCommand:
+    """What :func:`parse` starts from for ``cmd``'s backend, preset and device: what differs was given."""
+    editor_device = resolve_device(cmd.idu.editor.device or cmd.device)
+    return type(cmd)(preset=cmd.preset, idu=preset_on(cmd.preset, editor_device.type))
 
 
 def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
@@ -59,7 +85,7 @@ def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
 
         return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
     job = job_fields(cmd, EditJob)
-    given = given_options(job, job_fields(EditCommand(), EditJob)) if cmd.resume else None
+    given = given_options(job, job_fields(default_command(cmd), EditJob)) if cmd.resume else None
     edit_run = start_edit(job, cmd.resume, editor, lpips, given)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one

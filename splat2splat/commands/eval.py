@@ -28,11 +28,11 @@ class EvalCommand:
 
     runs: tyro.conf.Positional[Annotated[tuple[Path, ...], tyro.conf.arg(metavar="RUN [RUN ...]")]]
     """Edit run folders (the --output of `splat2splat edit`), or edited scene files (.pt/.ply) with --original."""
-    source_caption: str = ""
-    """Caption of the original scene, e.g. "a photo of a bear" (required)."""
-    target_caption: tuple[str, ...] = ()
-    """Caption of the edited scene, e.g. "a photo of a grizzly bear" (required): one for every run, or one per
-    run in the order of the runs."""
+    source_caption: Annotated[str, tyro.conf.arg(help_behavior_hint="(required)")] = ""
+    """Caption of the original scene, e.g. "a photo of a bear"."""
+    target_caption: Annotated[tuple[str, ...], tyro.conf.arg(help_behavior_hint="(required)")] = ()
+    """Caption of the edited scene, e.g. "a photo of a grizzly bear": one for every run, or one per run in the
+    order of the runs."""
     output: Path | None = None
     """Folder for eval.json, eval.md and the contact sheets (default: RUN/eval for one run folder, else ./eval)."""
     original: Path | None = None

@@ -47,8 +47,6 @@ class Preview3D:
     """Steps between single-view edits (in2n uses 10; more edits per step converge sooner)."""
     turntable_frames: int = 30
     """Frames of the turntable video."""
-    device: str = "auto"
-    """Device of the scene ('cuda', 'cpu', auto)."""
 
 
 @dataclass
@@ -63,7 +61,13 @@ class PreviewCommand:
     """Folder for preview.png, sweep.png and preview.json."""
     views: int = 4
     """Number of views to edit, spread over the training cameras (farthest-point sampling of their centres)."""
+    model: str | None = None
+    """InstructPix2Pix hub id or local pipeline folder (as edit --model; shortcut for --editor.model)."""
+    device: str = "auto"
+    """Device of the editor and the --3d scene: cuda, cuda:N, cpu or auto (cuda when available);
+    --editor.device overrides it for the editor."""
     editor: IP2PConfig = field(default_factory=IP2PConfig)
+    """The InstructPix2Pix editor (as edit --idu.editor.*)."""
     noise_range: tuple[float, float] = (0.98, 0.98)
     """Noise level range (fractions of the diffusion timesteps) the edit starts from. The render IS the original
     here, so a low level would return it nearly unchanged; the default starts from (almost) pure noise, as
@@ -96,6 +100,13 @@ def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, .
             cmd.image_guidance_scales or (cmd.editor.image_guidance_scale,))
 
 
+def with_shortcuts(cmd: PreviewCommand) -> PreviewCommand:
+    """``cmd`` with --model and --device applied to the editor, as edit does: --model wins over --editor.model,
+    --editor.device over --device."""
+    return replace(cmd, editor=replace(cmd.editor, model=cmd.model or cmd.editor.model,
+                                       device=cmd.editor.device or cmd.device))
+
+
 def check_preview(cmd: PreviewCommand) -> None:
     if not cmd.prompt.strip():
         raise InputError(None, "the prompt is empty: say what the edit should do")
@@ -120,7 +131,7 @@ def quick_edit_job(cmd: PreviewCommand) -> EditJob:
     if cmd.region.given():  # the short initial training ends inside the densification window, which a
         idu = replace(idu, density_control="off")  # local edit cannot continue (it acts on every Gaussian)
     return EditJob(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
-                   init_steps=fast.init_steps, device=fast.device, downscale=cmd.downscale * fast.downscale,
+                   init_steps=fast.init_steps, device=cmd.device, downscale=cmd.downscale * fast.downscale,
                    checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu,
                    region=cmd.region)
 
@@ -130,6 +141,7 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     from splat2splat.data.readers import load_dataset
 
     check_preview(cmd)
+    cmd = with_shortcuts(cmd)
     started = time.perf_counter()
     dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)

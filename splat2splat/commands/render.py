@@ -5,6 +5,7 @@ Writes into ``--output``::
     renders/<split>/<image name>.png   one render per dataset view of the split
     comparison.png                     ground truth | render for up to 8 of those views
     turntable.mp4 (or .gif)            an orbit around the scene
+    camera_path.mp4 (or .gif)          the cameras of --camera-path (a nerfstudio camera path)
     metrics.json                       PSNR and SSIM per view and their means, against the ORIGINAL images
 
 Metrics compare with the dataset's original (unedited) images: for an edited scene they measure how far
@@ -21,6 +22,7 @@ from typing import Literal
 import torch
 from rich.progress import track
 
+from splat2splat.data.camera_path import read_camera_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
@@ -58,6 +60,12 @@ class RenderCommand:
     """Frames per second of the turntable video."""
     device: str = "auto"
     """Device to render on: 'cuda', 'cpu' or 'auto' (cuda when available)."""
+    camera_path: Path | None = None
+    """A nerfstudio camera path (the JSON its viewer exports: each camera's pose and field of view, the render
+    size, fps) to render as a video beside the turntable, in the dataset's frame."""
+    dataparser_transforms: Path | None = None
+    """The dataparser-transforms JSON that nerfstudio wrote for the run whose viewer drew --camera-path: maps the
+    viewer's normalised frame back to the dataset's (without it the path is taken as in the dataset's frame)."""
 
 
 def split_indices(dataset: Dataset, split: str) -> list[int]:
@@ -100,10 +108,22 @@ def render_file_name(image_name: str) -> str:
     return f"{Path(image_name).stem}.png"
 
 
+def write_camera_path_video(cmd: RenderCommand, backend: SceneBackend, dataset: Dataset) -> Path:
+    """Render the cameras of --camera-path (read before the scene is loaded: see :func:`run`) into a video."""
+    cameras, fps = read_camera_path(cmd.camera_path, cmd.dataparser_transforms)
+    cameras = dataset.normalization.cameras_to_normalized(cameras)
+    frames = [backend.render(cameras[i])[0] for i in track(range(len(cameras)), description="camera path")]
+    return write_video(cmd.output / f"camera_path.{cmd.video_format}", frames, round(fps) if fps else cmd.fps)
+
+
 def run(cmd: RenderCommand) -> dict:
     """RenderCommand, compare and score the scene; returns what metrics.json holds."""
     if cmd.turntable_frames < 0:
         raise InputError(None, f"--turntable-frames must be 0 or more, got {cmd.turntable_frames}")
+    if cmd.camera_path is not None:  # a bad path file fails before the scene loads
+        read_camera_path(cmd.camera_path, cmd.dataparser_transforms)
+    elif cmd.dataparser_transforms is not None:
+        raise InputError(None, "--dataparser-transforms maps a --camera-path: pass one")
     started = time.perf_counter()
     backend, dataset = load_scene_and_dataset(cmd.scene, cmd.data, cmd.downscale, cmd.device)
     indices = split_indices(dataset, cmd.split)
@@ -118,6 +138,9 @@ def run(cmd: RenderCommand) -> dict:
         dataset.image_names[i]), render) for render, i in zip(renders, indices)])
     outputs.write("comparison.png", lambda: save_image(cmd.output / "comparison.png",
                                                        comparison_sheet(renders, dataset, indices)))
+    path_video = None
+    if cmd.camera_path is not None:
+        path_video = outputs.write("camera_path", lambda: write_camera_path_video(cmd, backend, dataset))
     video = None
     if cmd.turntable_frames:
         path = cmd.output / f"turntable.{cmd.video_format}"
@@ -129,6 +152,7 @@ def run(cmd: RenderCommand) -> dict:
         "split": cmd.split,
         **score_views(renders, dataset, indices),
         "turntable": None if video is None else str(video),
+        "camera_path": None if path_video is None else str(path_video),
         "seconds": round(time.perf_counter() - started, 3),
         **({"failed_outputs": outputs.failed} if outputs.failed else {}),
     }

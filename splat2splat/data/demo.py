@@ -36,6 +36,7 @@ class DemoConfig:
     n_points: int = 4000
     """Number of surface points written to points3D.ply (a stand-in for a COLMAP sparse cloud)."""
     seed: int = 0
+    """Seed of the scene's random content (point positions and colours): the same seed writes the same files."""
 
 
 def demo_cameras(n_views: int, image_size: int) -> Cameras:

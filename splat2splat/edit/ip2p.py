@@ -34,9 +34,10 @@ import importlib.util
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+import tyro
 
 from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import EditPlan, EditRequest
@@ -79,8 +80,8 @@ class IP2PConfig:
     """Image guidance scale: how strongly the edit stays close to the original image."""
     diffusion_steps: int = 20
     """Number of DDIM denoising steps per edit, spread over [0, T] for the sampled noise level T."""
-    device: str = "auto"
-    """Device that runs the diffusion models (auto: cuda when available, else cpu)."""
+    device: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: --device)")] = None
+    """Device of the diffusion models, overriding --device for them: cuda, cuda:N, cpu or auto."""
     channels_last: bool = False
     """Hold the UNet and VAE weights in channels-last memory format (a speed option: convolutions on GPU
     tensor cores often run faster so; results equal up to rounding). Measure before use: docs/BENCHMARKS.md."""
@@ -194,7 +195,7 @@ class InstructPix2PixEditor:
         self.offload = self.config.offload and self.device.type == "cuda"  # on the CPU there is nothing to offload
         check_editor_options(self.config)
         if self.dtype == torch.float16 and self.device.type == "cpu" and self.config.dtype != AUTOCAST:
-            logger.warning("float16 on the CPU runs, but far slower than float32; prefer --dtype float32 there")
+            logger.warning("float16 on the CPU runs, but far slower than float32; prefer --idu.editor.dtype float32 there")
         self.models = models
         self._prompt_embeddings: dict[str, torch.Tensor] = {}
         # Without offload every model lives on the device for good; with it, each waits in CPU memory.

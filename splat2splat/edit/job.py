@@ -22,14 +22,15 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
+import tyro
 
-from splat2splat.backends import BackendName, backend_kind, config_for, make_backend, rebuilt_with
+from splat2splat.backends import SceneConfig, backend_kind, backend_name, make_backend, rebuilt_with
 from splat2splat.checkpoint import (CHECKPOINT_FILE, COMMAND_FILE, backend_from_checkpoint, check_edit_state,
-                                    job_from_dict, load_rng_state, read_checkpoint, read_command, require_keys,
-                                    save_checkpoint, with_invocation_permissions, with_resume_options,
+                                    job_from_dict, job_to_dict, load_rng_state, read_checkpoint, read_command,
+                                    require_keys, save_checkpoint, with_invocation_permissions, with_resume_options,
                                     write_command)
 from splat2splat.configs import config_to_dict
 from splat2splat.data.dataset import Dataset
@@ -37,7 +38,7 @@ from splat2splat.devices import resolve_device
 from splat2splat.edit.editor import Editor, EditorPool
 from splat2splat.edit.idu import IterativeDatasetUpdate
 from splat2splat.edit.executors import check_throughput_options
-from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, preset
+from splat2splat.edit.presets import DEFAULT_PRESET, PRESETS, IDUConfig, departures, preset
 from splat2splat.edit.regions import RegionConfig
 from splat2splat.errors import InputError
 from splat2splat.evaluation.evaluate import EditEvaluation
@@ -46,8 +47,7 @@ from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
 from splat2splat.io import IndependentOutputs, check_output_folder, is_file, write_json
 from splat2splat.losses import PhotometricLoss
-from splat2splat.nerf.backend import NerfConfig
-from splat2splat.runner import LoopReport, run_loop
+from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
 from splat2splat.scene import SceneBackend
 from splat2splat.training import train_scene
 from splat2splat.validation import check_options
@@ -60,29 +60,28 @@ PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 class EditJob:
     """Edit a 3D scene with a text instruction (Instruct-NeRF2NeRF's Iterative Dataset Update)."""
 
-    data: Path | None = None
-    """Dataset folder (nerfstudio, COLMAP or Blender); required unless --resume."""
-    prompt: str = ""
-    """The editing instruction, e.g. "make it look like autumn"; required unless --resume."""
+    data: Annotated[Path | None, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = None
+    """Dataset folder (nerfstudio, COLMAP or Blender)."""
+    prompt: Annotated[str, tyro.conf.arg(help_behavior_hint="(required unless --resume)")] = ""
+    """The editing instruction, e.g. "make it look like autumn"."""
     preset: PresetName = DEFAULT_PRESET
     """Settings preset, each as its reference's code runs it (README: presets table): in2n (in2n's 'full
     precision' editor + LPIPS, 15000 steps), in2n-small (fp16 + offload + LPIPS, 30000), in2n-tiny (fp16 +
     offload, no LPIPS, 30000) or igs2gs (re-edit the dataset every 2500 steps, 7500). It sets the defaults of
     every --idu.* option; options given explicitly override it."""
     output: Path = Path("outputs/edit")
-    """Run folder (see `splat2splat.edit.job`)."""
+    """Run folder: command.json, checkpoint.pt, the edited scene, renders and run.json (README: run folder)."""
     init: Path | None = None
     """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
     .splat, .spz; in its original frame). Without it the scene is first trained on the unedited images for
     --init-steps steps."""
     init_steps: int = 30_000
     """Training steps of the initial scene when no --init is given (as `train`; in2n starts from a 30k nerfacto)."""
-    backend: BackendName = "gaussian"
-    """Scene representation: 'gaussian' (gsplat) or 'nerf' (original in2n's NeRF)."""
     model: str | None = None
     """InstructPix2Pix hub id or local pipeline folder (shortcut for --idu.editor.model)."""
     device: str = "auto"
-    """'cuda', 'cpu' or 'auto' for both the scene and the editor."""
+    """Device of the scene and the editor: cuda, cuda:N, cpu or auto (cuda when available). The scene's and the
+    editor's own device options override it for one part."""
     downscale: int = 1
     """Image downscale factor."""
     allow_paths_outside_data: bool = False
@@ -100,17 +99,23 @@ class EditJob:
     """Frames of the turntable video (0: none)."""
     video_format: Literal["mp4", "gif"] = "mp4"
     """Turntable video format."""
+    logger: Logger = "none"
+    """Where per-step metrics go besides run.log and metrics.jsonl in the run folder: 'tensorboard' also writes
+    TensorBoard event files to its tensorboard/ folder (needs the tensorboard extra)."""
     idu: IDUConfig = field(default_factory=lambda: preset(DEFAULT_PRESET))
     """Iterative Dataset Update settings (defaults from --preset)."""
-    gaussians: GaussianConfig = field(default_factory=GaussianConfig)
-    """The Gaussian scene (initial training, or import of --init PLY)."""
-    nerf: NerfConfig = field(default_factory=NerfConfig)
-    """The NeRF scene (--backend nerf)."""
+    scene: SceneConfig = field(default_factory=GaussianConfig)
+    """The scene backend and its settings: a GaussianConfig (gsplat) or a NerfConfig (in2n's NeRF)."""
     eval: EditEvaluation = field(default_factory=EditEvaluation)
     """CLIP evaluation of the finished edit (--eval.captions SRC TGT turns it on; see `splat2splat eval`)."""
     region: RegionConfig = field(default_factory=RegionConfig)
     """A local edit: only this region changes, the rest of the scene stays exactly as it was (one of
-    --region.box, --region.sphere, --region.file, --region.gaussians, --region.masks; see splat2splat.edit.regions)."""
+    --region.box, --region.sphere, --region.file, --region.gaussians or --region.masks; README: local edits)."""
+
+    @property
+    def backend(self) -> str:
+        """The registered backend of ``scene`` ('gaussian' or 'nerf')."""
+        return backend_name(self.scene)
 
 
 def device_name(device: str) -> str:
@@ -119,12 +124,12 @@ def device_name(device: str) -> str:
 
 
 def on_device(job: EditJob) -> EditJob:
-    """``job`` with every part's device set to the job's resolved ``--device``."""
-    device = device_name(job.device)
-    return dataclasses.replace(job, gaussians=dataclasses.replace(job.gaussians, device=device),
-                               nerf=dataclasses.replace(job.nerf, device=device),
+    """``job`` with every part's device resolved: its own override, else the job's ``--device``."""
+    scene_device = device_name(job.scene.device or job.device)
+    editor_device = device_name(job.idu.editor.device or job.device)
+    return dataclasses.replace(job, scene=dataclasses.replace(job.scene, device=scene_device),
                                idu=dataclasses.replace(job.idu, editor=dataclasses.replace(
-                                   job.idu.editor, device=device, model=job.model or job.idu.editor.model)))
+                                   job.idu.editor, device=editor_device, model=job.model or job.idu.editor.model)))
 
 
 # ------------------------------------------------------------------------------------------ the scene
@@ -137,7 +142,8 @@ def init_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     if job.backend == "nerf" and scene_format(job.init) == "splats":
         raise InputError(job.init, f"a {job.init.suffix} file holds Gaussians; it cannot start --backend nerf "
                                    f"(pass a NeRF checkpoint)")
-    backend = load_scene(job.init, dataset, job.gaussians, job.gaussians.device)
+    gaussians = job.scene if isinstance(job.scene, GaussianConfig) else GaussianConfig(device=job.scene.device)
+    backend = load_scene(job.init, dataset, gaussians, job.scene.device)
     if backend.name != job.backend:
         raise InputError(job.init, f"holds a {backend.name} scene, but the edit asks for --backend {job.backend}")
     check_fits_dataset(job.init, backend, dataset)
@@ -161,19 +167,23 @@ def trained_initial_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
     path = initial_checkpoint(job.output)
     if path.exists():
         state = read_checkpoint(path)
-        backend = backend_from_checkpoint(path, state, device_name(job.device))
+        backend = backend_from_checkpoint(path, state, job.scene.device)
         check_fits_dataset(path, backend, dataset)
         load_rng_state(state["rng"])
     else:
-        torch.manual_seed(job.gaussians.seed)
-        backend = make_backend(job.backend, dataset, config_for(job.backend, job))
+        torch.manual_seed(job.scene.seed)
+        backend = make_backend(job.backend, dataset, job.scene)
 
     def save() -> None:
         save_checkpoint(path, backend, job.data, job.downscale)
 
     if backend.step < job.init_steps or not path.exists():
-        train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
-                    description="initial scene", checkpoint_minutes=job.checkpoint_minutes)
+        log = RunLog(job.output, job.logger, "initial scene")
+        try:
+            train_scene(dataset, backend, job.init_steps, save, checkpoint_every=job.checkpoint_every,
+                        description="initial scene", checkpoint_minutes=job.checkpoint_minutes, log=log)
+        finally:
+            log.close()
     return backend
 
 
@@ -225,8 +235,8 @@ def check_lpips_options(job: EditJob) -> None:
     if job.idu.lpips_on != "patches":
         raise InputError(None, f"--idu.lpips-on {job.idu.lpips_on}: --backend {job.backend} trains on ray patches, "
                                f"so its LPIPS sees patches only (pass --idu.lpips-on patches)")
-    if job.nerf.rays_per_batch < job.idu.lpips_patch_size ** 2:
-        raise InputError(None, f"--nerf.rays-per-batch {job.nerf.rays_per_batch} holds no "
+    if job.scene.rays_per_batch < job.idu.lpips_patch_size ** 2:
+        raise InputError(None, f"--nerf.rays-per-batch {job.scene.rays_per_batch} holds no "
                                f"{job.idu.lpips_patch_size}x{job.idu.lpips_patch_size} LPIPS patch "
                                f"(--idu.lpips-patch-size): pass at least {job.idu.lpips_patch_size ** 2}")
 
@@ -284,18 +294,23 @@ class EditRun:
 
     def save_checkpoint(self) -> None:
         save_checkpoint(self.checkpoint_path, self.backend, self.job.data, self.job.downscale,
-                        command=config_to_dict(self.job), idu=self.idu.state_dict(),
+                        command=job_to_dict(self.job), idu=self.idu.state_dict(),
                         dataset_edits=self.dataset.edit_state())
 
     def edit(self, on_step: Callable[[int], None] | None = None) -> LoopReport:
         """Run the IDU to ``job.idu.steps`` (checkpoints, evaluation, Ctrl-C: see :func:`run_loop`)."""
         job = self.job
+        log = RunLog(job.output, job.logger, "edit")
+        log.line(f"edit {job.output}: {job.prompt!r}, preset {job.preset}, backend {job.backend}, "
+                 f"step {self.idu.step} of {job.idu.steps}")
         try:
             return run_loop(self.idu, job.idu.steps, self.save_checkpoint, job.checkpoint_every, job.eval_every,
-                            f"edit: {job.prompt[:40]}", on_step, job.checkpoint_minutes)
+                            f"edit: {job.prompt}", on_step, job.checkpoint_minutes, log)
         except BaseException:  # stopped (Ctrl-C, SIGTERM, an error): a resume, from any process, may claim it
             release_output_folder(job.output)
             raise
+        finally:
+            log.close()
 
     def finish(self, report: LoopReport) -> dict:
         """Write the deliverables and run.json; returns run.json's content."""
@@ -304,6 +319,8 @@ class EditRun:
         job = self.job
         record = write_edit_outputs(job.output, self.backend, self.dataset, self.record(report), job.turntable_frames,
                                     job.video_format, self.started)
+        RunLog(job.output).line(f"edit finished: {record['views_edited']}/{record['views']} views edited "
+                                f"({record['edits']} edits); wrote {', '.join(record['files'])}")
         if self.clip is not None:
             from splat2splat.evaluation.report import add_eval_to_run
 
@@ -321,9 +338,11 @@ class EditRun:
         """run.json's content, but the files the outputs write (see :func:`write_edit_outputs`)."""
         job, idu = self.job, self.idu
         return {
-            "prompt": job.prompt, "preset": job.preset, "backend": self.backend.name, "command": config_to_dict(job),
-            "preset_settings": config_to_dict(preset(job.preset)),  # the preset as defined, before any override
-            "seeds": {"idu": job.idu.seed, "scene": config_for(self.backend.name, job).seed},
+            "prompt": job.prompt, "preset": job.preset, "backend": self.backend.name, "command": job_to_dict(job),
+            # the IDU settings this run used (the preset's, with the options given over it), beside its name
+            "preset_settings": {"preset": job.preset, **config_to_dict(job.idu)},
+            "departures_from_preset": departures(job.preset, job.idu),
+            "seeds": {"idu": job.idu.seed, "scene": job.scene.seed},
             "edit_order": list(idu.edit_order),  # the views in the order they are edited (cycling)
             "versions": software_versions(), "steps": idu.step, "scene_steps": self.backend.step,
             "edits": idu.edits_done, "views_edited": idu.views_edited(), "views": len(self.dataset.train_indices),
@@ -366,6 +385,7 @@ def check_new_edit(job: EditJob) -> None:
     from splat2splat.edit.regions import check_region_config
 
     check_options(job)
+    check_logger(job.logger)
     check_region_config(job.region)
     if job.region.given():
         check_local_density(job)
@@ -440,8 +460,10 @@ def local_density_problem(refine_stop: int, step: int) -> str:
 
 def check_local_density(job: EditJob) -> None:
     """A scene trained here for fewer steps than its densification window cannot 'continue' in a local edit."""
-    strategy = job.gaussians.strategy
-    if backend_kind(job.backend).holds_gaussians and job.init is None and job.idu.density_control == "continue" \
+    if not isinstance(job.scene, GaussianConfig):
+        return
+    strategy = job.scene.strategy
+    if job.init is None and job.idu.density_control == "continue" \
             and strategy.kind != "none" and job.init_steps < strategy.refine_stop:
         raise InputError(None, local_density_problem(strategy.refine_stop, job.init_steps))
 
@@ -472,7 +494,7 @@ def resumed_scene(job: EditJob, state: dict, dataset: Dataset) -> SceneBackend:
     """The scene and edited images of an edit checkpoint, checked against the dataset."""
     path = job.output / CHECKPOINT_FILE
     check_edit_state(path, state, dataset.train_indices)
-    backend = backend_from_checkpoint(path, state, job.gaussians.device)
+    backend = backend_from_checkpoint(path, state, job.scene.device)
     check_fits_dataset(path, backend, dataset)
     try:
         dataset.load_edit_state(state["dataset_edits"])

@@ -43,8 +43,10 @@ def write_edit_outputs(output: Path, backend: SceneBackend, dataset: Dataset, re
 
 
 def write_edited_images(folder: Path, dataset: Dataset) -> None:
+    """The views edited at least once; the others are the originals, unchanged."""
     for index in dataset.train_indices:
-        save_image(folder / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
+        if dataset.edit_counts[index] > 0:
+            save_image(folder / f"{Path(dataset.image_names[index]).stem}.png", dataset.current[index])
 
 
 def write_before_after(path: Path, backend: SceneBackend, dataset: Dataset, n_views: int = 4) -> Path:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
 
 from splat2splat.edit.ip2p import DEFAULT_NOISE_RANGE, IP2PConfig
 from splat2splat.gaussians.config import DensityControl
@@ -32,11 +34,11 @@ LpipsOn = Literal["patches", "image"]
 class IDUConfig:
     """An editing preset: the IDU schedule, the editor's settings and the training loss while editing."""
 
-    description: str = "custom settings"
-    """What this preset is for (shown by --help and stored in run.json)."""
+    description: Annotated[str, tyro.conf.Suppress] = "custom settings"
+    """What this preset is for (stored in run.json; a record, not an option)."""
     schedule: Schedule = "in2n"
-    """'in2n': edit `edit_count` views every `edit_rate` steps, cycling through the edit order;
-    'igs2gs': every `edit_rate` steps re-edit every training view in the edit order, one per step, training on
+    """'in2n': edit --idu.edit-count views every --idu.edit-rate steps, cycling through the edit order;
+    'igs2gs': every --idu.edit-rate steps re-edit every training view in the edit order, one per step, training on
     each fresh edit."""
     edit_order: EditOrder = "random-permutation"
     """The order views are edited in: 'random-permutation' of the training views, drawn once from --idu.seed
@@ -58,7 +60,7 @@ class IDUConfig:
     --idu.lpips-patch-size in the rendered view and the same squares of its training image, new ones every step,
     drawn from the scene's checkpointed generator, by the training step only, so edit batches, lags, editor
     ranks, regions and --resume see the same patches) or 'image' (the whole view). L1 and D-SSIM always take
-    the whole view. The NeRF trains on ray patches of that side (as many as --nerf.rays-per-batch holds), so
+    the whole view. The NeRF trains on ray patches of that side (as many as a ray batch holds), so
     it takes 'patches' only."""
     lpips_patch_size: int = 32
     """Side of the LPIPS patches in pixels (in2n: 32)."""
@@ -68,17 +70,18 @@ class IDUConfig:
     """InstructPix2Pix settings (model, precision, guidance scales, diffusion steps)."""
     density_control: DensityControl = "continue"
     """What the Gaussian scene's density control does during the edit: 'continue' its strategy on the scene's
-    own step counter (past refine_stop, as after a full 30k training, nothing happens), 'cull' only removes
-    transparent and oversized Gaussians every refine_every steps (igs2gs), 'off' freezes the set."""
+    own step counter (once past the strategy's refine stop, as after a full 30k training, nothing happens),
+    'cull' only removes transparent and oversized Gaussians at the strategy's refine interval (igs2gs), 'off'
+    freezes the set. The NeRF has no density control: it ignores this."""
     random_background: bool = False
     """Train the Gaussian scene over a random background colour during the edit (igs2gs: splatfacto's
     default); ignored where the images had alpha composited over a fixed background."""
     edit_batch: int = 1
-    """Views per editor batch (in2n schedule): k edits k * edit_count views every k * edit_rate steps as one
+    """Views per editor batch (in2n schedule): k edits k * --idu.edit-count views every k * --idu.edit-rate steps as one
     UNet batch (the same edits per training step; each edit equals the serial one). 1 = one at a time."""
     edit_lag: int = 0
     """Steps an edit may run behind training: the edit of step s runs in an editor thread and replaces its
-    image after step s + edit_lag (the trainer waits for a late one, so results do not depend on timing).
+    image after step s + --idu.edit-lag (the trainer waits for a late one, so results do not depend on timing).
     0 = edit, then train (the references' serial loop); in2n schedule only."""
     seed: int = 0
     """Seed of every edit's noise and of the random edit order."""
@@ -122,6 +125,48 @@ PRESETS: dict[str, IDUConfig] = {
     ),
 }
 DEFAULT_PRESET = "in2n-small"
+
+
+HALF_PRECISION = ("float16", "bfloat16")
+# Why a CPU run departs from a half-precision preset (measured: 2.94 vs 1.27 it/s, float32 vs float16).
+CPU_FLOAT32 = ("the CPU runs half precision about 2x slower than float32, so the preset's half-precision editor runs "
+               "in float32 there; --idu.editor.dtype float16 keeps half precision")
+
+
+def preset_on(name: str, editor_device: str) -> IDUConfig:
+    """Preset ``name`` as it runs with its editor on ``editor_device``: on the CPU a half-precision editor runs
+    in float32 (run.json records the departure; an explicit --idu.editor.dtype overrides it)."""
+    config = preset(name)
+    if editor_device == "cpu" and config.editor.dtype in HALF_PRECISION:
+        config.editor.dtype = "float32"
+    return config
+
+
+def departures(name: str, used: IDUConfig) -> dict[str, dict]:
+    """Every setting of ``used`` that differs from preset ``name``, by flag: {"preset": value, "used": value},
+    with the reason where the program chose it (float32 on the CPU). Settings the preset leaves to the job (None,
+    such as the editor's device) are not departures."""
+    from splat2splat.configs import config_to_dict
+
+    found, in_use = {}, _flat(config_to_dict(used))
+    for key, value in _flat(config_to_dict(preset(name))).items():
+        if value is not None and value != in_use[key]:
+            found[f"--idu.{key.replace('_', '-')}"] = {"preset": value, "used": in_use[key]}
+    dtype = found.get("--idu.editor.dtype")
+    if dtype is not None and dtype["preset"] in HALF_PRECISION and dtype["used"] == "float32" \
+            and used.editor.device == "cpu":
+        dtype["why"] = CPU_FLOAT32
+    return found
+
+
+def _flat(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def preset(name: str) -> IDUConfig:

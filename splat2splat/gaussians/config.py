@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+import tyro
+
 
 @dataclass
 class StrategyConfig:
@@ -54,9 +57,9 @@ class GaussianConfig:
     init_scale: float = 1.0
     """Initial size as a multiple of the mean distance to the 3 nearest points."""
     means_lr: float = 1.6e-4
-    """Position learning rate (times the scene scale), decayed exponentially to means_lr_final_ratio."""
+    """Position learning rate (times the scene scale), decayed exponentially to --gaussians.means-lr-final-ratio of it."""
     means_lr_final_ratio: float = 0.01
-    """Final position learning rate as a fraction of the first, reached at lr_decay_steps."""
+    """Final position learning rate as a fraction of the first, reached at --gaussians.lr-decay-steps."""
     lr_decay_steps: int = 30_000
     """Steps over which the position learning rate decays."""
     scales_lr: float = 5e-3
@@ -78,8 +81,8 @@ class GaussianConfig:
     """'gsplat' CUDA kernels, 'cpp' (the C++ CPU rasterizer, built on first use), 'torch' (the pure-PyTorch
     reference, any device), or auto: gsplat on CUDA and cpp on the CPU when their kernels build, else torch after one
     warning. A scene loaded onto another device uses auto unless this is given."""
-    device: str = "auto"
-    """'cuda', 'cpu' or 'auto' (cuda when available)."""
+    device: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: --device)")] = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto."""
     seed: int = 0
     """Seed of initialisation and of the view order."""
     strategy: StrategyConfig = field(default_factory=StrategyConfig)

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
+import tyro
 
 from splat2splat.data.cameras import Cameras
 from splat2splat.data.dataset import Dataset
@@ -42,8 +43,8 @@ class NerfConfig:
 
     seed: int = 0
     """Seed of the field initialisation and of every random choice during training."""
-    device: str = "auto"
-    """Torch device to train on; "auto" picks CUDA when available, else the CPU."""
+    device: Annotated[str | None, tyro.conf.arg(help_behavior_hint="(default: --device)")] = None
+    """Device of the scene, overriding --device for it: cuda, cuda:N, cpu or auto."""
     rays_per_batch: int = 4096
     """Rays per training step (rounded down to whole patches)."""
     patch_size: int = 1
@@ -55,12 +56,12 @@ class NerfConfig:
     """Adam learning rate of the MLPs and appearance codes at step 0. Lower than the encoding's: plain PyTorch
     MLPs (with biases, unlike tiny-cuda-nn's) at 0.01 and above can saturate the colour sigmoid for good."""
     lr_final_factor: float = 0.1
-    """Both learning rates are multiplied by this after ``lr_decay_steps`` (exponential decay), then kept."""
+    """Both learning rates are multiplied by this after --nerf.lr-decay-steps (exponential decay), then kept."""
     lr_decay_steps: int = 20000
-    """Steps over which the learning rates decay by ``lr_final_factor``."""
+    """Steps over which the learning rates decay by --nerf.lr-final-factor."""
     encoding: Literal["planes", "hash"] = "planes"
     """Position encoding: "planes" (K-Planes' multi-scale tri-plane; faster and better per step than
-    the pure-PyTorch hash grid on a CPU, see ``splat2splat.nerf.field``) or "hash" (Instant-NGP's hash grid, as nerfacto)."""
+    the pure-PyTorch hash grid on a CPU) or "hash" (Instant-NGP's hash grid, as nerfacto)."""
     plane_resolutions: tuple[int, ...] = (64, 128, 256, 512)
     """Plane resolutions of the "planes" encoding (over the unit cube the scene is mapped into)."""
     plane_features: int = 16
@@ -88,7 +89,7 @@ class NerfConfig:
     """Density of the untrained field (per unit length of the normalised frame); low, so that space starts
     nearly empty and the occupancy grid can skip it soon (a white background cannot tell white fog from nothing)."""
     unbounded: bool = True
-    """Model all of space with the mip-NeRF 360 contraction; False models only the box [-scene_radius, scene_radius]^3."""
+    """Model all of space with the mip-NeRF 360 contraction; False models only the box of half-side --nerf.scene-radius."""
     scene_radius: float = 1.0
     """Radius (in the normalised frame, where the farthest camera is at distance 1) of the uncontracted core or box."""
     near: float = 0.05
@@ -112,7 +113,7 @@ class NerfConfig:
     occupancy_dilation: int = 1
     """Cells added around occupied ones, so geometry can still grow where an edit needs it."""
     render_chunk: int = 8192
-    """Rays rendered at once by ``render`` (memory versus speed)."""
+    """Rays rendered at once when the NeRF renders a view (memory versus speed)."""
     export_points: int = 200_000
     """Most points in the exported point cloud."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 from pathlib import Path
@@ -17,6 +18,7 @@ from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
 from splat2splat.checkpoint import load_checkpoint_file
 from splat2splat.io import load_image, read_json
 from splat2splat.runner import Interrupted
+from tests.cli_args import for_backend
 
 # Small and fast: 16 views at 32 px, 30 initial steps, an edit every step for 16 steps.
 NERF_TINY = ["--nerf.rays-per-batch", "256", "--nerf.samples-per-ray", "16", "--nerf.no-unbounded",
@@ -30,11 +32,11 @@ def small_scene(tmp_path_factory) -> Path:
 
 
 def edit_args(data: Path, output: Path, model: Path, *extra: str, steps: int = 16) -> list[str]:
-    return ["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make it autumn", "--output", str(output),
-            "--model", str(model), "--device", "cpu", "--init-steps", "30", "--idu.steps", str(steps),
-            "--idu.edit-rate", "1", "--idu.editor.dtype", "float32", "--idu.editor.diffusion-steps", "3",
-            "--gaussians.strategy.kind", "none", "--checkpoint-every", "5", "--eval-every", "8",
-            "--turntable-frames", "4", "--video-format", "gif", *extra]
+    return for_backend(["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make it autumn", "--output",
+                        str(output), "--model", str(model), "--device", "cpu", "--init-steps", "30", "--idu.steps",
+                        str(steps), "--idu.edit-rate", "1", "--idu.editor.dtype", "float32",
+                        "--idu.editor.diffusion-steps", "3", "--gaussians.strategy.kind", "none", "--checkpoint-every",
+                        "5", "--eval-every", "8", "--turntable-frames", "4", "--video-format", "gif", *extra])
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -72,6 +74,37 @@ def test_edit_end_to_end_with_the_tiny_model(small_scene, tiny_ip2p_folder, tmp_
     else:
         assert (output / "points.ply").is_file() or any(output.glob("*.ply"))
     assert file_digests(small_scene) == inputs_before
+
+
+def test_a_short_edit_keeps_only_edited_views_and_a_plain_log_of_the_run(small_scene, tiny_ip2p_folder, tmp_path):
+    """edited/ holds the views the edit changed (3 of 14 here); run.log and metrics.jsonl record the run."""
+    output = tmp_path / "run"
+    entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder, steps=3)])
+    record = read_json(output / "run.json")
+    assert record["views_edited"] == 3 and len(list((output / "edited").glob("*.png"))) == 3
+    assert record["preset_settings"]["preset"] == "in2n-tiny" and record["preset_settings"]["steps"] == 3
+    assert record["departures_from_preset"]["--idu.steps"] == {"preset": 30000, "used": 3}
+    log = (output / "run.log").read_text()
+    assert "initial scene: step 30/30" in log and "edit: make it autumn: step 3/3" in log and "edit finished" in log
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    steps = [(line["phase"], line["step"]) for line in lines if line["kind"] == "step"]
+    assert steps == [("initial scene", k) for k in range(1, 31)] + [("edit", k) for k in (1, 2, 3)]
+    assert all(isinstance(line["loss"], float) for line in lines if line["kind"] == "step")
+
+
+def test_logger_tensorboard_without_its_extra_is_refused_before_any_work(small_scene, tiny_ip2p_folder, tmp_path,
+                                                                          capsys):
+    try:
+        import tensorboard  # noqa: F401
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    output = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        entrypoint(["edit", *edit_args(small_scene, output, tiny_ip2p_folder, "--logger", "tensorboard")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'splat2splat[tensorboard]'" in err
+    assert not output.exists()
 
 
 def test_interrupted_edit_resumes_to_the_uninterrupted_result(small_scene, tiny_ip2p_folder, tmp_path):
@@ -122,9 +155,12 @@ def test_interrupted_initial_training_resumes(small_scene, tiny_ip2p_folder, tmp
 
 
 def test_every_preset_parses_and_fields_override(tmp_path):
-    for name, preset in PRESETS.items():
+    from splat2splat.devices import resolve_device
+    from splat2splat.edit.presets import preset_on
+
+    for name in PRESETS:
         cmd = parse_edit_args(["--preset", name, "--data", "x", "--prompt", "p"])
-        assert cmd.preset == name and cmd.idu == preset
+        assert cmd.preset == name and cmd.idu == preset_on(name, resolve_device("auto").type)
     cmd = parse_edit_args(["--preset", "in2n", "--data", "x", "--prompt", "p", "--idu.loss.lpips", "0.5",
                            "--idu.editor.guidance-scale", "9"])
     assert cmd.idu.loss.lpips == 0.5 and cmd.idu.editor.guidance_scale == 9
@@ -274,7 +310,7 @@ def trained_run(small_scene, tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("trained") / "run"
     run_train(TrainCommand(data=small_scene, output=output, steps=20, eval_every=0,
-                    gaussians=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
+                    scene=GaussianConfig(sh_degree=1, sh_degree_interval=5, strategy=StrategyConfig(kind="none"))))
     return output
 
 

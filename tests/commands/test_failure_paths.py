@@ -106,11 +106,12 @@ def test_a_hand_edited_saved_command_is_one_line(small_scene, tmp_path, capsys, 
 def test_init_checkpoint_of_the_other_backend_is_refused_before_anything_is_written(small_scene, tmp_path):
     from splat2splat.edit.job import EditJob, start_edit
     from splat2splat.errors import InputError
+    from splat2splat.nerf.backend import NerfConfig
     from splat2splat.testing.editors import IdentityEditor
 
     entrypoint(train_args(small_scene, tmp_path / "scene"))
     init = tmp_path / "scene" / "checkpoint.pt"
-    job = EditJob(data=small_scene, prompt="p", output=tmp_path / "edit", init=init, backend="nerf", device="cpu",
+    job = EditJob(data=small_scene, prompt="p", output=tmp_path / "edit", init=init, scene=NerfConfig(), device="cpu",
                   preset="in2n-tiny")
     job.idu.loss.lpips = 0.0
     with pytest.raises(InputError, match="holds a gaussian scene, but the edit asks for --backend nerf") as error:

@@ -146,9 +146,9 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
 def test_3d_preview_runs_a_short_edit_and_keeps_earlier_previews(demo_scene, tmp_path):
     from splat2splat.commands.preview import Preview3D
 
-    fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3, device="cpu")
+    fast = Preview3D(downscale=1, init_steps=10, steps=6, edit_rate=2, turntable_frames=3)
     cmd = PreviewCommand(data=demo_scene, prompt="p", output=tmp_path, views=1, downscale=DOWNSCALE * 2, three_d=True,
-                  fast=fast)
+                         fast=fast, device="cpu")
     first = run_preview(cmd, RecordingFactory())
     assert first["three_d"]["edits"] == 3 and first["three_d"]["output"] == str(tmp_path / "3d")
     assert {"scene.ply", "turntable.mp4", "before_after.png"} <= {p.name for p in (tmp_path / "3d").iterdir()}
@@ -189,3 +189,15 @@ def test_an_edit_that_diverges_to_nan_is_one_line_not_a_black_sheet(demo_scene, 
     with pytest.raises(InputError, match="NaN or infinite pixels") as error:
         run_preview(cmd, lambda config: NaNEditor())
     assert "\n" not in str(error.value) and not (tmp_path / "out" / "preview.png").exists()
+
+
+def test_model_and_device_are_the_flags_edit_uses():
+    """preview --model and --device, as in edit: --model wins over --editor.model, --editor.device over --device."""
+    from splat2splat.cli import parse
+    from splat2splat.commands.preview import with_shortcuts
+
+    cmd = with_shortcuts(parse("preview", ["--data", "d", "--prompt", "p", "--model", "m", "--device", "cpu"]))
+    assert (cmd.editor.model, cmd.editor.device) == ("m", "cpu")
+    cmd = with_shortcuts(parse("preview", ["--data", "d", "--prompt", "p", "--model", "m", "--editor.model", "e",
+                                           "--device", "cpu", "--editor.device", "auto"]))
+    assert (cmd.editor.model, cmd.editor.device) == ("m", "auto")

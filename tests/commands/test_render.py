@@ -140,3 +140,30 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys):
     assert exit_status.value.code == 2
     stderr = capsys.readouterr().err
     assert stderr.strip().count("\n") == 0 and str(missing) in stderr and "Traceback" not in stderr
+
+
+def test_a_nerfstudio_camera_path_renders_the_views_it_names(trained, rendered, tmp_path):
+    """A path through three held-out views renders (as a gif) what those views render."""
+    from tests.data.scenes import nerfstudio_camera_path
+
+    path, _, dataset = trained
+    views = list(dataset.eval_indices[:3])
+    (tmp_path / "path.json").write_text(json.dumps(nerfstudio_camera_path(dataset, views)))
+    output = tmp_path / "out"
+    metrics = run_render(RenderCommand(scene=path, output=output, turntable_frames=0, camera_path=tmp_path / "path.json",
+                                       video_format="gif", device="cpu"))
+    assert metrics["camera_path"] == str(output / "camera_path.gif")
+    frames = imageio.mimread(str(output / "camera_path.gif"))
+    assert len(frames) == 3
+    for frame, view in zip(frames, views):
+        expected = torch.from_numpy(load_image(rendered[0] / "renders" / "eval" / render_file_name(dataset.image_names[view])))
+        got = torch.from_numpy(frame[..., :3].copy()).float() / 255
+        assert psnr(got, expected) > 25  # the same render, through the gif's 256-colour palette
+
+
+def test_a_bad_camera_path_is_refused_before_the_scene_loads(tmp_path, capsys):
+    (tmp_path / "path.json").write_text(json.dumps({"render_width": 32, "render_height": 32}))
+    with pytest.raises(SystemExit):
+        entrypoint(["render", "--scene", str(tmp_path / "missing.pt"), "--camera-path", str(tmp_path / "path.json")])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "path.json" in err and "camera_path" in err

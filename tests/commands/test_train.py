@@ -42,15 +42,15 @@ def test_train_command_writes_checkpoint_exports_and_metrics(small_scene, tmp_pa
 
 def test_same_seed_same_scene_and_interrupted_run_resumes_to_the_same_scene(small_scene, tmp_path):
     config = densifying()
-    run_train(TrainCommand(data=small_scene, output=tmp_path / "a", steps=40, eval_every=0, gaussians=config))
-    run_train(TrainCommand(data=small_scene, output=tmp_path / "b", steps=40, eval_every=0, gaussians=config))
+    run_train(TrainCommand(data=small_scene, output=tmp_path / "a", steps=40, eval_every=0, scene=config))
+    run_train(TrainCommand(data=small_scene, output=tmp_path / "b", steps=40, eval_every=0, scene=config))
 
     def press_ctrl_c(step):
         if step == 15:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(Interrupted):
-        run_train(TrainCommand(data=small_scene, output=tmp_path / "c", steps=40, eval_every=0, gaussians=config),
+        run_train(TrainCommand(data=small_scene, output=tmp_path / "c", steps=40, eval_every=0, scene=config),
                   on_step=press_ctrl_c)
     run_train(TrainCommand(output=tmp_path / "c", resume=True))
 
@@ -106,7 +106,7 @@ def test_demo_scene_reaches_the_stated_held_out_psnr(demo_scene, tmp_path):
     from splat2splat.losses import psnr
 
     config = GaussianConfig(strategy=StrategyConfig(refine_start=100, refine_every=50))
-    metrics = run_train(TrainCommand(data=demo_scene, output=tmp_path / "run", steps=300, eval_every=0, gaussians=config))
+    metrics = run_train(TrainCommand(data=demo_scene, output=tmp_path / "run", steps=300, eval_every=0, scene=config))
     dataset = load_dataset(demo_scene)
     mean_colour = torch.stack([dataset.original(i) for i in dataset.train_indices]).mean(dim=(0, 1, 2))
     baseline = sum(psnr(mean_colour.expand_as(dataset.original(i)), dataset.original(i))

@@ -108,3 +108,22 @@ def save_with_exif_orientation(path: Path, stored: torch.Tensor, orientation: in
     exif[0x0112] = orientation
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((stored.numpy() * 255 + 0.5).astype(np.uint8)).save(path, exif=exif, quality=95)
+
+
+def nerfstudio_camera_path(dataset, views: list[int], fps: int | None = None) -> dict:
+    """A nerfstudio viewer export (camera-path JSON) of ``dataset``'s cameras ``views``, in its dataset frame."""
+    import math
+
+    from splat2splat.data.cameras import opencv_to_opengl
+
+    cameras = dataset.cameras[views]
+    poses = opencv_to_opengl(cameras.camtoworlds.clone())
+    normalization = dataset.normalization
+    poses[:, :3, 3] = normalization.to_original(poses[:, :3, 3])
+    height, width = int(cameras.height[0]), int(cameras.width[0])
+    path = {"camera_type": "perspective", "render_width": width, "render_height": height, "camera_path": [
+        {"camera_to_world": pose.flatten().tolist(), "fov": math.degrees(2 * math.atan(height / 2 / float(fy)))}
+        for pose, fy in zip(poses, cameras.fy)]}
+    if fps is not None:
+        path["fps"] = fps
+    return path

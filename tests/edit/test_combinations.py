@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_args import for_backend
 from splat2splat.checkpoint import load_checkpoint_file
 from splat2splat.cli import entrypoint
 from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
@@ -102,7 +103,7 @@ def cell_args(scene: Path, output: Path, schedule: str, backend: str, region: st
         args += NERF_TINY
     if region == "region":
         args += ["--region.masks", str(scene.parent / "masks")] if backend == "nerf" else ["--region.box", *SPHERE_BOX]
-    return args
+    return for_backend(args)
 
 
 def edit(args: list[str], editor, stop_after: int | None = None) -> None:

@@ -184,5 +184,5 @@ def test_the_editor_rank_job_moves_only_the_editor():
                                                                                              device="cuda")))
     moved = on_editor_rank_device(job, 1, 2)
     assert moved.idu.editor.device == "cuda:1"
-    assert (moved.device, moved.gaussians.device, moved.idu.editor.model) == (job.device, job.gaussians.device,
+    assert (moved.device, moved.scene.device, moved.idu.editor.model) == (job.device, job.scene.device,
                                                                               job.idu.editor.model)

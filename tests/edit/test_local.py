@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_args import for_backend
 from splat2splat.checkpoint import load_checkpoint_file
 from splat2splat.cli import entrypoint
 from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
@@ -28,11 +29,12 @@ def scene(tmp_path_factory) -> Path:
 
 
 def local_args(data: Path, output: Path, *extra: str, steps: int = 12) -> list[str]:
-    return ["--preset", "in2n-tiny", "--data", str(data), "--prompt", "make the ball orange", "--output", str(output),
+    return for_backend([
+            "--preset", "in2n-tiny", "--data", str(data), "--prompt", "make the ball orange", "--output", str(output),
             "--device", "cpu", "--init-steps", "20", "--idu.steps", str(steps), "--idu.edit-rate", "1",
             "--idu.noise-range", "0.9", "0.98", "--gaussians.sh-degree", "0", "--gaussians.init-opacity", "0.5",
             "--gaussians.strategy.kind", "none", "--checkpoint-every", "0", "--eval-every", "0",
-            "--turntable-frames", "0", "--region.box", *SPHERE_BOX, *extra]
+            "--turntable-frames", "0", "--region.box", *SPHERE_BOX, *extra])
 
 
 @pytest.mark.parametrize("density", ["off", "cull"])

@@ -3,13 +3,14 @@ whose preset settings are checked value by value against the table below (file a
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
-from splat2splat.edit.presets import PRESETS
+from splat2splat.edit.presets import CPU_FLOAT32, PRESETS
 from splat2splat.commands.edit import parse as parse_edit_args, run as run_edit
 from splat2splat.io import read_json
 
@@ -116,10 +117,21 @@ def test_run_json_of_a_tiny_edit_holds_the_reference_values(name, scene, tiny_ip
     record = read_json(output / "run.json")
     assert record["preset"] == name
     preset_settings, used = record["preset_settings"], record["command"]["idu"]
+    assert preset_settings["preset"] == name
+    departed = record["departures_from_preset"]  # preset_settings are the settings used; the preset's beside them
+
+    def as_preset(key: str):
+        flag = f"--idu.{key.replace('_', '-')}"
+        return departed[flag]["preset"] if flag in departed else field(preset_settings, key)
+
     for key, (value, source) in REFERENCE[name].items():
-        assert field(preset_settings, key) == pytest.approx(value), f"{name}.{key} differs from {source}"
-        if key not in OVERRIDES:
+        assert as_preset(key) == pytest.approx(value), f"{name}.{key} differs from {source}"
+        if key not in OVERRIDES and f"--idu.{key.replace('_', '-')}" not in departed:
             assert field(used, key) == field(preset_settings, key), f"{name}.{key} was not used as set"
+    if PRESETS[name].editor.dtype == "float16":  # on this CPU: float32, recorded with the reason
+        assert departed["--idu.editor.dtype"] == {"preset": "float16", "used": "float32", "why": CPU_FLOAT32}
+    assert set(departed) == {f"--idu.{key.replace('_', '-')}" for key in OVERRIDES} | {"--idu.editor.model"} | \
+        ({"--idu.editor.dtype"} if PRESETS[name].editor.dtype == "float16" else set())  # --model: the tiny model
     for key, value in OVERRIDES.items():
         assert str(field(used, key)) == value
     assert record["steps"] == 3
@@ -131,3 +143,23 @@ def test_run_json_of_a_tiny_edit_holds_the_reference_values(name, scene, tiny_ip
         assert record["edit_order"] != views
         permutation = torch.randperm(len(views), generator=torch.Generator().manual_seed(0))
         assert record["edit_order"] == [views[i] for i in permutation.tolist()]
+
+
+def test_on_the_cpu_a_half_precision_preset_runs_in_float32_unless_asked():
+    from splat2splat.commands.edit import parse as parse_edit
+    from splat2splat.edit.presets import CPU_FLOAT32, departures, preset_on
+
+    assert preset_on("in2n-small", "cpu").editor.dtype == "float32"
+    assert preset_on("in2n-small", "cuda").editor.dtype == "float16"
+    assert preset_on("in2n", "cpu").editor.dtype == "autocast"  # not a half-precision preset
+    base = ["--data", "d", "--prompt", "p", "--device", "cpu", "--preset", "igs2gs"]
+    chosen = parse_edit(base)
+    assert chosen.idu.editor.dtype == "float32"
+    asked = parse_edit([*base, "--idu.editor.dtype", "float16"])
+    assert asked.idu.editor.dtype == "float16"
+    # run.json's record: the departure, why the program made it, and nothing where the preset was followed.
+    used = dataclasses.replace(chosen.idu, editor=dataclasses.replace(chosen.idu.editor, device="cpu"))
+    assert departures("igs2gs", used) == {"--idu.editor.dtype": {"preset": "float16", "used": "float32",
+                                                                  "why": CPU_FLOAT32}}
+    kept = dataclasses.replace(asked.idu, steps=10, editor=dataclasses.replace(asked.idu.editor, device="cpu"))
+    assert departures("igs2gs", kept) == {"--idu.steps": {"preset": 7500, "used": 10}}
