@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +63,8 @@ class ProcessConfig:
     """Show COLMAP's own log lines."""
 
     def sfm_settings(self) -> SfmSettings:
-        return SfmSettings(self.camera_model, self.single_camera, self.matching, self.mapper, self.max_features,
-                           self.sequential_overlap, self.seed, self.threads, self.verbose)
+        """The SfM settings among these options, by name (the flat options keep `--matching` etc. as flags)."""
+        return SfmSettings(**{f.name: getattr(self, f.name) for f in fields(SfmSettings)})
 
 
 def check_config(config: ProcessConfig) -> None:
