@@ -170,5 +170,5 @@ def run_training(job: TrainJob, resume: bool = False, on_step=None, given: dict 
 
 def backend_size(backend: SceneBackend) -> dict[str, int]:
     """How big the scene is, where the backend counts primitives (Gaussians)."""
-    splats = getattr(backend, "splats", None)
-    return {} if splats is None else {"num_gaussians": len(splats["means"])}
+    scene = backend.gaussians()
+    return {} if scene is None else {"num_gaussians": len(scene.splats["means"])}

@@ -42,9 +42,9 @@ class LiveViewer:
 
     def update(self, backend: SceneBackend, dataset: Dataset) -> None:
         """Show the current scene and the current training images."""
-        splats = getattr(backend, "splats", None)
-        if splats is not None:
-            self.show_gaussians(splats)
+        scene = backend.gaussians()
+        if scene is not None:
+            self.show_gaussians(scene.splats)
         self.show_cameras(dataset)
 
     def maybe_update(self, step: int, backend: SceneBackend, dataset: Dataset) -> None:
