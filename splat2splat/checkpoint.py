@@ -236,15 +236,25 @@ class Related:
 
 GENERATOR = Tensor((torch.uint8,), (GENERATOR_BYTES,))
 BACKGROUND = Items(Number(), length=3)
-ADAM = Fields({"state": Mapping(Fields({"exp_avg": Tensor(finite=True), "exp_avg_sq": Tensor(finite=True)},
-                                       {"step": Tensor(shape=())})),
-               # Adam's settings as this program creates them (a group overrides them when loaded)
-               "param_groups": Items(Fields({"lr": Number(low=0.0), "betas": Items(Number(low=0.0), length=2),
-                                             "eps": Number(low=0.0), "weight_decay": Number(low=0.0)},
-                                            {"amsgrad": Flag(), "maximize": Flag(), "foreach": Maybe(Flag()),
-                                             "capturable": OneOf((False,)), "differentiable": OneOf((False,)),
-                                             "fused": OneOf((None, False)),
-                                             "decoupled_weight_decay": Flag()}), length=1)})
+MAX_PARAMETERS = 1 << 16  # far more parameter tensors than any optimizer here holds
+
+
+def adam_schema(groups: int, moments: tuple[torch.dtype, ...] = (torch.float32,)) -> Fields:
+    """Adam's state dict as this program creates it: ``groups`` parameter groups, moments of ``moments``."""
+    return Fields({"state": Mapping(Fields({"exp_avg": Tensor(moments, finite=True),
+                                            "exp_avg_sq": Tensor(moments, finite=True)},
+                                           {"step": Tensor(shape=())})),
+                   # Adam's settings (a group overrides them when loaded)
+                   "param_groups": Items(Fields({"lr": Number(low=0.0), "betas": Items(Number(low=0.0), length=2),
+                                                 "eps": Number(low=0.0), "weight_decay": Number(low=0.0),
+                                                 "params": Items(Whole(0, MAX_PARAMETERS))},
+                                                {"amsgrad": Flag(), "maximize": Flag(), "foreach": Maybe(Flag()),
+                                                 "capturable": OneOf((False,)), "differentiable": OneOf((False,)),
+                                                 "fused": OneOf((None, False)), "decoupled_weight_decay": Flag(),
+                                                 "initial_lr": Number(low=0.0)}), length=groups)})
+
+
+ADAM = adam_schema(groups=1)
 SPLAT_SHAPES = {"means": (None, 3), "scales": (None, 3), "quats": (None, 4), "opacities": (None,),
                 "sh0": (None, 1, 3), "shN": (None, None, 3)}
 SH_REST_WIDTHS = (0, 3, 8, 15)  # shN rows of SH degrees 0-3
@@ -263,8 +273,10 @@ BACKEND_SCHEMAS = {
     "nerf": Fields(
         {"config": Mapping(), "step": Whole(), "background": BACKGROUND,
          "train_indices": Items(Whole(0, MAX_VIEWS), nonempty=True),
-         "field": Mapping(Tensor((torch.float32, torch.float16), finite=True)), "optimizer": Mapping(),
-         "occupancy": Mapping(Tensor((torch.float32, torch.bool, torch.uint8, torch.int64)))},
+         "field": Mapping(Tensor((torch.float32, torch.float16), finite=True)),
+         "optimizer": adam_schema(groups=2, moments=(torch.float32, torch.float16)),
+         "occupancy": Fields({"density": Tensor(shape=(None, None, None), finite=True),
+                              "occupied": Tensor((torch.bool,), (None, None, None))})},
         {"generator": GENERATOR}),
 }
 TOP_SCHEMA = Fields({"rng": Fields({"cpu": GENERATOR}, {"cuda": Items(Tensor((torch.uint8,), (None,)))})},

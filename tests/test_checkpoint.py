@@ -295,6 +295,26 @@ def test_the_undamaged_edit_checkpoint_resumes(edit_folder, tmp_path):
     assert run.idu.step == 1 and isinstance(run.idu.executor, EditQueue) and len(run.idu.executor.pending) == 1
 
 
+REPLACEMENTS = [None, 0, -1, 2**63, 1.5, float("nan"), "x", [], {}, [0], torch.zeros(0), torch.zeros(2, 2),
+                torch.zeros(3, dtype=torch.float16), torch.full((1,), float("inf"))]
+
+
+def mutated_node(node, generator: random.Random):
+    """``node`` with one value deep inside replaced (another kind, a tensor of another shape or dtype) or one
+    key dropped; the same seed gives the same mutation."""
+    if isinstance(node, (dict, list)) and node and generator.random() < 0.85:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = generator.choice(keys)
+        if generator.random() < 0.1:
+            del node[key]
+        else:
+            node[key] = mutated_node(node[key], generator)
+        return node
+    if isinstance(node, torch.Tensor) and node.dim() and generator.random() < 0.5:
+        return generator.choice([node[: max(len(node) - 1, 0)], node.double(), node.half(), node[None]])
+    return copy.copy(generator.choice(REPLACEMENTS))
+
+
 def test_fuzzed_edit_checkpoints_resume_and_step_or_are_one_line(edit_folder, tmp_path):
     """Seeded mutations of every part of an edit checkpoint (values of other kinds, tensors of other shapes
     and dtypes, keys dropped) through --resume and one more edit step: one InputError line or a working run."""
@@ -305,26 +325,10 @@ def test_fuzzed_edit_checkpoints_resume_and_step_or_are_one_line(edit_folder, tm
     folder = tmp_path / "run"
     shutil.copytree(edit_folder, folder)
     checkpoint = read_checkpoint(edit_folder / "checkpoint.pt")
-    replacements = [None, 0, -1, 2**63, 1.5, float("nan"), "x", [], {}, [0], torch.zeros(0), torch.zeros(2, 2),
-                    torch.zeros(3, dtype=torch.float16), torch.full((1,), float("inf"))]
-
-    def mutate(node, generator: random.Random):
-        if isinstance(node, (dict, list)) and node and generator.random() < 0.85:
-            keys = list(node) if isinstance(node, dict) else list(range(len(node)))
-            key = generator.choice(keys)
-            if generator.random() < 0.1:
-                del node[key]
-            else:
-                node[key] = mutate(node[key], generator)
-            return node
-        if isinstance(node, torch.Tensor) and node.dim() and generator.random() < 0.5:
-            return generator.choice([node[: max(len(node) - 1, 0)], node.double(), node.half(), node[None]])
-        return copy.copy(generator.choice(replacements))
-
     def run_case(generator: random.Random):
         state = copy.deepcopy(checkpoint)
         key = generator.choice(["rng", "backend_state", "backend_state", "idu", "idu", "dataset_edits", "downscale"])
-        state[key] = mutate(state[key], generator)
+        state[key] = mutated_node(state[key], generator)
         save_torch(folder / "checkpoint.pt", state)
         run = resume(folder)
         run.idu.run_step()
@@ -342,3 +346,86 @@ def test_the_refusal_of_a_code_carrying_file_gives_no_advice_to_load_it_unsafely
     text = str(error.value)
     assert "could run code" in text and "weights_only" not in text and "False" not in text and "\n" not in text
     assert not (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------------------------------- NeRF checkpoints by schema
+
+
+@pytest.fixture(scope="module")
+def nerf_checkpoint(demo_scene, tmp_path_factory):
+    from tests.checkpoints import write_nerf_checkpoint
+
+    path = tmp_path_factory.mktemp("nerf") / "checkpoint.pt"
+    _, dataset = write_nerf_checkpoint(demo_scene, path)
+    return path, dataset
+
+
+def first_slot(state: dict) -> dict:
+    return next(iter(state["backend_state"]["optimizer"]["state"].values()))
+
+
+# name -> (what is done to a NeRF checkpoint dict, what the one-line message must contain)
+DAMAGED_NERF_CHECKPOINTS = {
+    "optimizer a list": (lambda s: s["backend_state"].update(optimizer=[1]), "'backend_state.optimizer' must be a dict"),
+    "optimizer state missing": (lambda s: s["backend_state"]["optimizer"].pop("state"),
+                                "'backend_state.optimizer.state' is missing"),
+    "param_groups missing": (lambda s: s["backend_state"]["optimizer"].pop("param_groups"),
+                             "'backend_state.optimizer.param_groups' is missing"),
+    "one param group": (lambda s: s["backend_state"]["optimizer"]["param_groups"].pop(),
+                        "'backend_state.optimizer.param_groups' must have 2 items"),
+    "lr a string": (lambda s: s["backend_state"]["optimizer"]["param_groups"][0].update(lr="0.01"),
+                    "'backend_state.optimizer.param_groups[0].lr' must be a finite number"),
+    "lr negative": (lambda s: s["backend_state"]["optimizer"]["param_groups"][1].update(lr=-1.0),
+                    "'backend_state.optimizer.param_groups[1].lr' must be a finite number >= 0"),
+    "initial_lr missing": (lambda s: s["backend_state"]["optimizer"]["param_groups"][0].pop("initial_lr"),
+                           "'backend_state.optimizer.param_groups[0].initial_lr' is missing"),
+    "params of another count": (lambda s: s["backend_state"]["optimizer"]["param_groups"][1]["params"].pop(),
+                                "'backend_state.optimizer.param_groups[1].params' names"),
+    "params a string": (lambda s: s["backend_state"]["optimizer"]["param_groups"][1].update(params="0"),
+                        "'backend_state.optimizer.param_groups[1].params' must be a list"),
+    "moment of another shape": (lambda s: first_slot(s).update(exp_avg=torch.zeros(3, 3)), ".exp_avg' has shape [3, 3]"),
+    "moment NaN": (lambda s: first_slot(s)["exp_avg_sq"].view(-1).__setitem__(0, float("nan")), ".exp_avg_sq' holds NaN"),
+    "moment float64": (lambda s: first_slot(s).update(exp_avg=first_slot(s)["exp_avg"].double()),
+                       ".exp_avg' must be float32 or float16"),
+    "step a list": (lambda s: first_slot(s).update(step=[1]), ".step' must be a tensor"),
+    "slot of no parameter": (lambda s: s["backend_state"]["optimizer"]["state"].update({999: first_slot(s)}),
+                             "'backend_state.optimizer.state.999' belongs to no parameter"),
+    "slot a string": (lambda s: s["backend_state"]["optimizer"]["state"].update({0: "junk"}),
+                      "'backend_state.optimizer.state.0' must be a dict"),
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_NERF_CHECKPOINTS))
+def test_damaged_nerf_optimizer_state_is_one_line_naming_the_file_and_field(nerf_checkpoint, tmp_path, case):
+    source, dataset = nerf_checkpoint
+    damage, message = DAMAGED_NERF_CHECKPOINTS[case]
+    state = read_checkpoint(source)
+    damage(state)
+    path = tmp_path / "checkpoint.pt"
+    save_torch(path, state)
+    with pytest.raises(InputError) as error:
+        load_scene(path, dataset, device="cpu")
+    text = str(error.value)
+    assert message in text and str(path) in text and "\n" not in text, text
+
+
+def test_fuzzed_nerf_checkpoints_load_and_train_or_are_one_line(nerf_checkpoint, tmp_path):
+    """Seeded mutations of a NeRF checkpoint (its optimizer state most often) through loading and one training
+    step: one InputError line or a working scene."""
+    from splat2splat.nerf.backend import mse_loss
+    from tests.fuzzing import fuzz
+
+    source, dataset = nerf_checkpoint
+    checkpoint = read_checkpoint(source)
+    path = tmp_path / "checkpoint.pt"
+
+    def run_case(generator: random.Random):
+        state = copy.deepcopy(checkpoint)
+        part = generator.choice(["optimizer", "optimizer", "optimizer", "field", "occupancy", "train_indices", "step"])
+        state["backend_state"][part] = mutated_node(state["backend_state"][part], generator)
+        save_torch(path, state)
+        load_scene(path, dataset, device="cpu").train_step(dataset, mse_loss)
+
+    report = fuzz("NeRF checkpoints", int(os.environ.get("SPLAT2SPLAT_FUZZ_CASES", "120")), 23, run_case)
+    report.assert_clean()
+    assert report.input_errors > report.valid > 0

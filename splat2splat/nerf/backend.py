@@ -275,6 +275,7 @@ class NerfBackend:
         if state.get("backend") != self.name:
             raise ValueError(f"not a NeRF checkpoint (backend {state.get('backend')!r})")
         self.field.load_state_dict(state["field"])  # raises on any shape mismatch (other config or dataset)
+        check_optimizer_state(self.optimizer, state["optimizer"])
         self.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
         self.grid.load_state_dict(state["occupancy"])
         self.generator.set_state(state["generator"])
@@ -376,6 +377,28 @@ def _build_field(config: NerfConfig, n_views: int) -> NerfField:
                                     config.hash_base_resolution, config.hash_max_resolution)
     return NerfField(encoding, config.hidden_dim, config.geometry_features, config.sh_degree, n_views,
                      config.appearance_dim, config.initial_density)
+
+
+def check_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Raise ValueError, naming the field, unless ``saved`` (an optimizer state dict whose layout the checkpoint
+    schema has checked) fits ``optimizer``: its groups, their learning-rate schedule and each moment's shape
+    (torch checks none of the shapes: a wrong one would fail at the next step)."""
+    where = "backend_state.optimizer"
+    parameters = {}
+    for k, (group, saved_group) in enumerate(zip(optimizer.param_groups, saved["param_groups"])):
+        if len(saved_group["params"]) != len(group["params"]):
+            raise ValueError(f"'{where}.param_groups[{k}].params' names {len(saved_group['params'])} parameters, "
+                             f"this NeRF has {len(group['params'])}")
+        if "initial_lr" not in saved_group:
+            raise ValueError(f"'{where}.param_groups[{k}].initial_lr' is missing")
+        parameters.update(zip(saved_group["params"], group["params"]))
+    for index, slot in saved["state"].items():
+        if index not in parameters:
+            raise ValueError(f"'{where}.state.{index}' belongs to no parameter of its groups")
+        for moment in ("exp_avg", "exp_avg_sq"):
+            if slot[moment].shape != parameters[index].shape:
+                raise ValueError(f"'{where}.state.{index}.{moment}' has shape {list(slot[moment].shape)}, its "
+                                 f"parameter {list(parameters[index].shape)}")
 
 
 def _build_optimizer(field: NerfField, config: NerfConfig) -> torch.optim.Adam:

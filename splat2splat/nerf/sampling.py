@@ -110,8 +110,10 @@ class OccupancyGrid:
         return {"density": self.density.cpu().clone(), "occupied": self.occupied.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["density"].shape != self.density.shape:
-            raise ValueError(f"occupancy grid is {tuple(state['density'].shape)}, expected {tuple(self.density.shape)}")
+        for key in ("density", "occupied"):
+            if state[key].shape != self.density.shape:
+                raise ValueError(f"occupancy grid '{key}' is {tuple(state[key].shape)}, expected "
+                                 f"{tuple(self.density.shape)}")
         self.density = state["density"].to(self.density.device).clone()
         self.occupied = state["occupied"].to(self.occupied.device).clone()
 
