@@ -234,7 +234,7 @@ def build_dataset(
                                             raw.intrinsics_scale)
         alpha_composited = alpha_composited or had_alpha
         mask_path = raw.mask_paths[i] if raw.mask_paths else None
-        mask = None if mask_path is None else _load_mask(mask_path, height, width)
+        mask = None if mask_path is None else _load_mask(mask_path, height, width, raw.cameras.image_size(i))
         lens = raw.distortion[i] if raw.distortion else None
         if lens is not None:
             intrinsics = (float(cameras.fx[i]), float(cameras.fy[i]), float(cameras.cx[i]), float(cameras.cy[i]))
@@ -317,8 +317,16 @@ def _check_file_size(path: Path, file_hw: tuple[int, int], full_size: tuple[int,
     raise InputError(path, f"image is {file_hw[1]}x{file_hw[0]} but its camera says {camera}{hint}")
 
 
-def _load_mask(path: Path, height: int, width: int) -> torch.Tensor:
-    array = load_image(path)
+def _check_mask_size(path: Path, file_hw: tuple[int, int], full_size: tuple[int, int]) -> None:
+    if file_hw[0] > full_size[0] + 1 or file_hw[1] > full_size[1] + 1:  # (+1: either rounding of a shrunk copy)
+        raise InputError(path, f"mask is {file_hw[1]}x{file_hw[0]}, larger than its camera's full-resolution "
+                               f"{full_size[1]}x{full_size[0]} image")
+
+
+def _load_mask(path: Path, height: int, width: int, full_size: tuple[int, int]) -> torch.Tensor:
+    """A view's mask at (height, width); the file may be at any size up to its camera's full resolution (a
+    larger one is refused from its header, before its pixels are decoded)."""
+    array = load_image(path, lambda file_hw: _check_mask_size(path, file_hw, full_size))
     mask = torch.from_numpy(array[..., 0] > 0.5)
     if mask.shape != (height, width):
         resized = Image.fromarray(mask.numpy()).resize((width, height), Image.NEAREST)

@@ -226,8 +226,8 @@ def read_masks(folder: Path, dataset: Dataset, downscale: int = 1) -> list[torch
     for view, name in enumerate(dataset.image_names):
         path = mask_file(folder, name)
         height, width = dataset.image_size(view)
-        try:
-            array = load_image(path)
+        try:  # sized from the header before its pixels are decoded: a small file can claim a huge picture
+            array = load_image(path, lambda size: check_mask_size(path, size, height, width, downscale))
         except InputError:
             raise
         except Exception as problem:  # a damaged image: the reader's own message, on one line
@@ -249,17 +249,26 @@ def mask_file(folder: Path, image_name: str) -> Path:
                              f"{sum(1 for p in folder.iterdir() if p.suffix.lower() in MASK_SUFFIXES)} found)")
 
 
+def mask_sizes(height: int, width: int, downscale: int) -> list[tuple[int, int]]:
+    """The (height, width) a mask file of a (height, width) view may have: the view's, or with ``downscale`` > 1
+    full resolution (either rounding)."""
+    full = [(height * downscale + d, width * downscale + e) for d in (-1, 0, 1) for e in (-1, 0, 1)]
+    return [(height, width), *(full if downscale > 1 else [])]
+
+
+def check_mask_size(path: Path, size: tuple[int, int], height: int, width: int, downscale: int) -> None:
+    if tuple(size) not in mask_sizes(height, width, downscale):
+        raise InputError(path, f"mask is {size[1]}x{size[0]}, its view is {width}x{height}")
+
+
 def fit_mask_size(path: Path, mask: torch.Tensor, height: int, width: int, downscale: int) -> torch.Tensor:
     """The mask at (height, width): as is, or shrunk from full resolution (``downscale`` times the view)."""
-    size = tuple(mask.shape)
-    if size == (height, width):
+    check_mask_size(path, tuple(mask.shape), height, width, downscale)
+    if tuple(mask.shape) == (height, width):
         return mask
-    full = [(height * downscale + d, width * downscale + e) for d in (-1, 0, 1) for e in (-1, 0, 1)]
-    if downscale > 1 and size in full:
-        from splat2splat.imaging import resize_image
+    from splat2splat.imaging import resize_image
 
-        return resize_image(mask[..., None], (height, width), filter="area")[..., 0]
-    raise InputError(path, f"mask is {size[1]}x{size[0]}, its view is {width}x{height}")
+    return resize_image(mask[..., None], (height, width), filter="area")[..., 0]
 
 
 def feathered(mask: torch.Tensor, sigma: float) -> torch.Tensor:

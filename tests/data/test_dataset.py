@@ -217,6 +217,36 @@ def test_a_huge_picture_in_a_small_file_is_refused_from_its_header(tmp_path):
         load_dataset(scene)
 
 
+def test_a_huge_mask_in_a_small_file_is_refused_from_its_header(tmp_path):
+    """A nerfstudio mask_path naming a 12000x12000 PNG of a few KB for a 32x32 camera: refused from its header,
+    before its pixels are decoded, under a memory cap far below what decoding takes."""
+    import json
+
+    from PIL import Image
+
+    from tests.fuzzing import memory_cap
+
+    cameras = tiny_cameras(2)
+    cameras = Cameras(cameras.camtoworlds, cameras.fx, cameras.fy, cameras.cx, cameras.cy,
+                      torch.full((2,), 32), torch.full((2,), 32))
+    transforms = write_nerfstudio_scene(tmp_path / "s", cameras)
+    meta = json.loads(transforms.read_text())
+    meta["frames"][0]["mask_path"] = "masks/small.png"
+    meta["frames"][1]["mask_path"] = "masks/bomb.png"
+    transforms.write_text(json.dumps(meta))
+    (transforms.parent / "masks").mkdir()
+    Image.new("L", (32, 32), 255).save(transforms.parent / "masks" / "small.png")
+    bomb = transforms.parent / "masks" / "bomb.png"
+    Image.new("1", (12000, 12000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    with memory_cap(300 << 20), pytest.raises(InputError, match="mask is 12000x12000, larger than its camera's "
+                                                                "full-resolution 32x32 image") as error:
+        load_dataset(transforms.parent)
+    assert error.value.path == bomb
+    Image.new("L", (32, 32), 255).save(bomb)  # masks up to the camera's size still load
+    assert load_dataset(transforms.parent).masks[1].all()
+
+
 def test_views_sharing_a_file_name_get_distinct_output_names():
     from pathlib import Path
 

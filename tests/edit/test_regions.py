@@ -152,6 +152,23 @@ def test_bad_mask_folders_name_the_file(fitted, tmp_path):
         read_masks(tmp_path / "missing", dataset)
 
 
+def test_a_huge_mask_in_a_small_file_is_refused_from_its_header(fitted, tmp_path):
+    """A 12000x12000 mask of a few KB for a 32x32 view: refused before its pixels are decoded (0.6 GB as float32
+    RGB), under a memory cap far below that."""
+    from PIL import Image
+
+    from tests.fuzzing import memory_cap
+
+    dataset, _ = fitted
+    folder = write_masks(tmp_path / "masks", dataset, [torch.ones(dataset.image_size(i)) for i in range(len(dataset))])
+    bomb = folder / dataset.image_names[2]
+    Image.new("1", (12000, 12000)).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    with memory_cap(300 << 20), pytest.raises(InputError, match="mask is 12000x12000, its view is 32x32") as error:
+        read_masks(folder, dataset, downscale=2)
+    assert error.value.path == bomb
+
+
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a readable JSON"),
     ('{"box": [0, 0, 0, 1, 1]}', "6 finite numbers"),
