@@ -7,6 +7,7 @@ from pathlib import Path
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene
 from splat2splat.errors import InputError
+from splat2splat.folder_lock import LOCK_FILE, claim_output_folder, release_output_folder
 from splat2splat.io import check_output_folder
 
 
@@ -21,7 +22,9 @@ class DemoCommand:
 
 def run(cmd: DemoCommand) -> None:
     check_output_folder(cmd.output)
-    if any(cmd.output.iterdir()):  # an existing dataset's images and poses would be replaced
+    claim_output_folder(cmd.output)  # a second demo into this folder at once is refused, not interleaved
+    if any(path.name != LOCK_FILE for path in cmd.output.iterdir()):  # an existing dataset would be replaced
         raise InputError(cmd.output, "--output is not empty: the demo scene is written only into a new or empty folder")
     path = write_demo_scene(cmd.output, cmd.scene)
     print(f"demo scene written to {path}")
+    release_output_folder(cmd.output)

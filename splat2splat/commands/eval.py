@@ -18,6 +18,8 @@ import tyro
 from splat2splat.errors import InputError
 from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ResizeMode
 from splat2splat.evaluation.evaluate import PathKind
+from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.io import check_output_folder
 
 
 @dataclass
@@ -102,13 +104,19 @@ def run(cmd: EvalCommand) -> dict:
     captions = check_command(cmd)
     device = str(resolve_device(cmd.device))
     targets = unique_names([locate_target(run, cmd.original, cmd.data, cmd.downscale) for run in cmd.runs])
+    output = default_output(cmd)
+    check_output_folder(output)  # before any work: a folder that cannot hold the report, or that another run
+    claim_output_folder(output)  # is writing into, fails now
     encoder = load_clip(cmd.clip_model, device, cmd.resize, cmd.batch_size)  # after the cheap checks of the runs
     evaluated = evaluate_targets(targets, captions, cmd.source_caption, encoder, cmd.frames, cmd.path, device,
                                  cmd.sheet_frames)
-    output = default_output(cmd)
     header = report_header(encoder, cmd.source_caption, cmd.path, cmd.frames, device, time.perf_counter() - started)
     record = write_report(output, evaluated, header)
     for run in record["runs"]:
         print(summary_line(run))
-    print(f"wrote {output / 'eval.md'} and {output / 'eval.json'}")
+    failed = record.get("failed_outputs", {})
+    written = [name for name in ("eval.md", "eval.json") if name not in failed]
+    print(f"wrote {' and '.join(str(output / name) for name in written) or 'no report'} in {output}"
+          + (f" ({len(failed)} output(s) not written, see the warnings above)" if failed else ""))
+    release_output_folder(output)
     return record

@@ -18,6 +18,7 @@ from pathlib import Path
 from splat2splat.evaluation.clip_metrics import ClipEncoder
 from splat2splat.evaluation.evaluate import CLIP_METRICS, EditEvaluation, EvaluatedEdit
 from splat2splat.evaluation.runs import EvalTarget
+from splat2splat.io import IndependentOutputs
 from splat2splat.versions import software_versions
 
 SHEETS = "sheets"
@@ -37,43 +38,52 @@ def summary_line(run: dict) -> str:
             f"edit direction consistency {_number(clip['edit_direction_consistency'], 4)}")
 
 
-def write_sheets(output: Path, evaluated: list[EvaluatedEdit]) -> dict[str, dict[str, str]]:
-    """Contact sheets of every run (and a comparison of all when they share an original); paths by run name."""
+def write_sheets(output: Path, evaluated: list[EvaluatedEdit], outputs: IndependentOutputs) -> dict[str, dict[str, str]]:
+    """Contact sheets of every run (and a comparison of all when they share an original), each written on its
+    own (one that fails is in ``outputs.failed``, the others land); the paths written, by run name."""
     from splat2splat.io import save_image
     from splat2splat.media import contact_sheet
+
+    def sheet(path: Path, rows, labels, columns) -> bool:
+        outputs.write(str(path), lambda: save_image(output / path, contact_sheet(rows, labels, columns)))
+        return str(path) not in outputs.failed
 
     files: dict[str, dict[str, str]] = {}
     for result in evaluated:
         name = result.target.name
+        files[name] = {}
         path = Path(SHEETS) / f"{name}.png"
-        save_image(output / path, contact_sheet(result.path_rows, result.path_labels, ["original scene", "edited scene"]))
-        files[name] = {"sheet": str(path)}
-        if result.heldout_rows:
-            path = Path(SHEETS) / f"{name}-heldout.png"
-            save_image(output / path, contact_sheet(result.heldout_rows, result.heldout_labels,
-                                                    ["held-out photo", "original scene", "edited scene"]))
+        if sheet(path, result.path_rows, result.path_labels, ["original scene", "edited scene"]):
+            files[name]["sheet"] = str(path)
+        path = Path(SHEETS) / f"{name}-heldout.png"
+        if result.heldout_rows and sheet(path, result.heldout_rows, result.heldout_labels,
+                                         ["held-out photo", "original scene", "edited scene"]):
             files[name]["heldout_sheet"] = str(path)
     if len(evaluated) > 1 and len({result.original_key for result in evaluated}) == 1:
         rows = [[evaluated[0].path_rows[r][0], *(result.path_rows[r][1] for result in evaluated)]
                 for r in range(len(evaluated[0].path_rows))]
-        sheet = contact_sheet(rows, evaluated[0].path_labels, ["original", *(result.target.name for result in evaluated)])
-        save_image(output / SHEETS / "comparison.png", sheet)
-        files["_comparison"] = {"sheet": str(Path(SHEETS) / "comparison.png")}
+        path = Path(SHEETS) / "comparison.png"
+        if sheet(path, rows, evaluated[0].path_labels, ["original", *(result.target.name for result in evaluated)]):
+            files["_comparison"] = {"sheet": str(path)}
     return files
 
 
 def write_report(output: Path, evaluated: list[EvaluatedEdit], header: dict) -> dict:
-    """Write eval.json, eval.md and the sheets into ``output``; returns eval.json's content."""
+    """Write the sheets, eval.md and eval.json into ``output``, each on its own: one that fails is reported in
+    one line (and under "failed_outputs" in eval.json), the others still land. Returns eval.json's content."""
     from splat2splat.io import write_bytes, write_json
 
     output = Path(output)
-    files = write_sheets(output, evaluated)
+    outputs = IndependentOutputs()
+    files = write_sheets(output, evaluated, outputs)
     record = {**header, "versions": software_versions(),
               "runs": [{**result.numbers, "files": files[result.target.name]} for result in evaluated]}
     if "_comparison" in files:
         record["comparison_sheet"] = files["_comparison"]["sheet"]
-    write_json(output / "eval.json", record)
-    write_bytes(output / "eval.md", markdown(record).encode("utf-8"))
+    outputs.write("eval.md", lambda: write_bytes(output / "eval.md", markdown(record).encode("utf-8")))
+    if outputs.failed:
+        record["failed_outputs"] = outputs.failed
+    outputs.write("eval.json", lambda: write_json(output / "eval.json", record))
     return record
 
 
@@ -123,7 +133,8 @@ def markdown(record: dict) -> str:
     for run in record["runs"]:
         lines += [f"## {run['name']}", "", f"Prompt: {run['prompt'] or '–'}. Edited scene `{run['edited_scene']}`, "
                   f"original `{run['original_scene']}`, data `{run['data']}` (downscale {run['downscale']}).", "",
-                  f"![original vs edited along the path]({run['files']['sheet']})", ""]
+                  *([f"![original vs edited along the path]({run['files']['sheet']})", ""]
+                    if "sheet" in run["files"] else [])]
         if "heldout_sheet" in run["files"]:
             lines += [f"![held-out views]({run['files']['heldout_sheet']})", ""]
     return "\n".join(lines)

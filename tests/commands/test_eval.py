@@ -166,3 +166,47 @@ def test_resumed_edit_keeps_its_eval_captions(small_scene, tiny_clip_folder, tmp
     # --eval.resize reached the evaluation (CLIP's crop instead of the default in2n squash).
     assert record["eval"]["resize"] == "clip" and read_json(output / "eval" / "eval.json")["preprocessing"]["resize"] == "clip"
     assert read_json(output / "run.json")["eval"] == record["eval"]
+
+
+def test_eval_into_a_folder_another_run_holds_is_refused_before_any_work(edit_run, tmp_path, capsys):
+    """Two runs into one report folder: the second is refused in one line before CLIP loads (the model named
+    here does not exist, so getting further would be another error)."""
+    from tests.commands.test_failure_paths import one_line_error
+    from tests.test_folder_lock import holder
+
+    output = tmp_path / "report"
+    output.mkdir()
+    process = holder(output)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            entrypoint(["eval", str(edit_run), *eval_args(tmp_path / "no-clip", output)])
+        assert f"pid {process.pid}" in one_line_error(capsys, exit_info)
+    finally:
+        process.kill()
+        process.wait()
+    assert sorted(p.name for p in output.iterdir()) == ["splat2splat.lock"]
+
+
+def test_an_eval_output_that_fails_is_one_line_and_the_others_land(edit_run, tiny_clip_folder, tmp_path, capsys,
+                                                                   monkeypatch):
+    import splat2splat.media as media
+
+    sheet = media.contact_sheet
+
+    def failing_heldout_sheet(rows, labels, columns):
+        if "held-out photo" in columns:
+            raise MemoryError()
+        return sheet(rows, labels, columns)
+
+    monkeypatch.setattr(media, "contact_sheet", failing_heldout_sheet)
+    output = tmp_path / "report"
+    entrypoint(["eval", str(edit_run), *eval_args(tiny_clip_folder, output)])
+    err = capsys.readouterr().err
+    assert "warning: sheets/run-heldout.png not written: MemoryError" in err and len(err.strip().splitlines()) == 1
+    record = read_json(output / "eval.json")
+    assert record["failed_outputs"] == {"sheets/run-heldout.png": "MemoryError"}
+    assert record["runs"][0]["files"] == {"sheet": "sheets/run.png"} and record["runs"][0]["clip"]["per_frame"]
+    report = (output / "eval.md").read_text()
+    assert "sheets/run.png" in report and "heldout.png" not in report
+    assert (output / "sheets" / "run.png").is_file() and not (output / "sheets" / "run-heldout.png").exists()
+    assert not (output / "splat2splat.lock").exists()
