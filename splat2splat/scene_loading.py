@@ -21,6 +21,7 @@ from splat2splat.data.dataset import Dataset, SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig
 from splat2splat.gaussians.formats import SCENE_FILE_SUFFIXES, load_splats
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.gaussians.model import sh_degree_of
 from splat2splat.scene import SceneBackend
 
@@ -49,12 +50,13 @@ def imported_scene_config(config: GaussianConfig, file_sh_degree: int) -> Gaussi
 
 
 def import_ply(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
-               device: str | None = None) -> GaussianBackend:
+               device: str | None = None, max_gaussians: int = MAX_FILE_GAUSSIANS) -> GaussianBackend:
     """A Gaussian backend (new optimisers) holding the Gaussians of a scene file (any format of
     :mod:`splat2splat.gaussians.formats`, in the original frame), taken to be converged: its step is where every
     schedule has ended (final learning rates, no densification), as for a scene trained here to the end; a
-    scene file keeps no step of its own."""
-    splats = load_splats(path, dataset.normalization, dataset.frame_transform)  # InputError naming the file
+    scene file keeps no step of its own. ``max_gaussians``: the cap of a compressed file's claimed count."""
+    splats = load_splats(path, dataset.normalization, dataset.frame_transform,  # InputError naming the file
+                         max_gaussians=max_gaussians)
     config = imported_scene_config(gaussian_config or GaussianConfig(), sh_degree_of(splats))
     if device:
         config = replace(config, device=device)
@@ -64,15 +66,16 @@ def import_ply(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | N
 
 
 def load_scene(path: Path, dataset: Dataset, gaussian_config: GaussianConfig | None = None,
-               device: str | None = None) -> SceneBackend:
+               device: str | None = None, max_gaussians: int = MAX_FILE_GAUSSIANS) -> SceneBackend:
     """A backend from a checkpoint (``.pt`` / ``.ckpt``) or a Gaussian-splatting ``.ply``.
 
     ``dataset`` maps a PLY into the normalised frame; ``gaussian_config`` configures the training of an
-    imported PLY (a checkpoint keeps its own); ``device`` overrides where the scene lives.
+    imported PLY (a checkpoint keeps its own); ``device`` overrides where the scene lives; ``max_gaussians``
+    caps a compressed scene file's claimed count.
     """
     path = Path(path)
     if scene_format(path) == "splats":
-        return import_ply(path, dataset, gaussian_config, device)
+        return import_ply(path, dataset, gaussian_config, device, max_gaussians)
     return backend_from_checkpoint(path, read_checkpoint(path), device)
 
 
@@ -109,14 +112,15 @@ def read_scene_checkpoint(scene: Path) -> dict | None:
 
 
 def load_scene_and_dataset(scene: Path, data: Path | None = None, downscale: int | None = None,
-                           device: str | None = None) -> tuple[SceneBackend, Dataset]:
+                           device: str | None = None,
+                           max_gaussians: int = MAX_FILE_GAUSSIANS) -> tuple[SceneBackend, Dataset]:
     """The scene and its dataset, reading a checkpoint only once (data and downscale default to its own)."""
     from splat2splat.data.readers import load_dataset
 
     checkpoint = read_scene_checkpoint(scene)
     dataset = load_dataset(dataset_path_for(scene, data, checkpoint), downscale=downscale_for(checkpoint, downscale))
     if checkpoint is None:
-        return import_ply(scene, dataset, device=device), dataset
+        return import_ply(scene, dataset, device=device, max_gaussians=max_gaussians), dataset
     return backend_from_checkpoint(scene, checkpoint, device), dataset
 
 

@@ -18,6 +18,7 @@ import tyro
 from splat2splat.errors import InputError
 from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ResizeMode
 from splat2splat.evaluation.evaluate import PathKind
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.io import check_output_folder
 
@@ -60,6 +61,9 @@ class EvalCommand:
     """'cuda', 'cpu' or 'auto' for the scenes and CLIP."""
     batch_size: int = 16
     """Images per CLIP forward pass."""
+    max_file_gaussians: int = MAX_FILE_GAUSSIANS
+    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
+    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
 
 
 def check_command(cmd: EvalCommand) -> list[str]:
@@ -109,7 +113,7 @@ def run(cmd: EvalCommand) -> dict:
     claim_output_folder(output)  # is writing into, fails now
     encoder = load_clip(cmd.clip_model, device, cmd.resize, cmd.batch_size)  # after the cheap checks of the runs
     evaluated = evaluate_targets(targets, captions, cmd.source_caption, encoder, cmd.frames, cmd.path, device,
-                                 cmd.sheet_frames)
+                                 cmd.sheet_frames, cmd.max_file_gaussians)
     header = report_header(encoder, cmd.source_caption, cmd.path, cmd.frames, device, time.perf_counter() - started)
     record = write_report(output, evaluated, header)
     for run in record["runs"]:

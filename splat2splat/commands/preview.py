@@ -23,6 +23,7 @@ from rich.progress import Progress
 from splat2splat.edit.ip2p import IP2PConfig
 from splat2splat.edit.ip2p_steps import check_noise_range
 from splat2splat.edit.job import EditJob, run_edit_job
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.edit.presets import preset
 from splat2splat.edit.regions import RegionConfig, composite, feathered, preview_masks, region_overlay
 from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
@@ -90,6 +91,9 @@ class PreviewCommand:
     region: RegionConfig = field(default_factory=RegionConfig)
     """A local edit's region (as `edit --region.*`): preview.png gets a third column showing it, and --3d edits
     only inside it."""
+    max_file_gaussians: int = MAX_FILE_GAUSSIANS
+    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
+    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
 
 
 def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -133,7 +137,7 @@ def quick_edit_job(cmd: PreviewCommand) -> EditJob:
     return EditJob(data=cmd.data, prompt=cmd.prompt, preset="in2n-tiny", output=free_folder(cmd.output / "3d"),
                    init_steps=fast.init_steps, device=cmd.device, downscale=cmd.downscale * fast.downscale,
                    checkpoint_every=0, eval_every=0, turntable_frames=fast.turntable_frames, idu=idu,
-                   region=cmd.region)
+                   region=cmd.region, max_file_gaussians=cmd.max_file_gaussians)
 
 
 def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
@@ -146,7 +150,8 @@ def run(cmd: PreviewCommand, make_editor: EditorFactory | None = None) -> dict:
     dataset = load_dataset(cmd.data, downscale=cmd.downscale, allow_outside_paths=cmd.allow_paths_outside_data)
     views = representative_views(dataset, cmd.views)
     # The region shows before any edit or 3D work: a wrong box is seen in seconds.
-    masks = preview_masks(cmd.region, dataset, views, cmd.downscale) if cmd.region.given() else None
+    masks = preview_masks(cmd.region, dataset, views, cmd.downscale, cmd.max_file_gaussians) \
+        if cmd.region.given() else None
     scales = sweep_scales(cmd)
     make_editor = make_editor or IP2PEditorFactory()
     editor = make_editor(cmd.editor)

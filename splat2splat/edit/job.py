@@ -45,6 +45,7 @@ from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.io import IndependentOutputs, check_output_folder, is_file, write_json
 from splat2splat.losses import PhotometricLoss
 from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
@@ -75,6 +76,9 @@ class EditJob:
     """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
     .splat, .spz; in its original frame). Without it the scene is first trained on the unedited images for
     --init-steps steps."""
+    max_file_gaussians: int = MAX_FILE_GAUSSIANS
+    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
+    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
     init_steps: int = 30_000
     """Training steps of the initial scene when no --init is given (as `train`; in2n starts from a 30k nerfacto)."""
     model: str | None = None
@@ -143,7 +147,7 @@ def init_scene(job: EditJob, dataset: Dataset) -> SceneBackend:
         raise InputError(job.init, f"a {job.init.suffix} file holds Gaussians; it cannot start --backend nerf "
                                    f"(pass a NeRF checkpoint)")
     gaussians = job.scene if isinstance(job.scene, GaussianConfig) else GaussianConfig(device=job.scene.device)
-    backend = load_scene(job.init, dataset, gaussians, job.scene.device)
+    backend = load_scene(job.init, dataset, gaussians, job.scene.device, job.max_file_gaussians)
     if backend.name != job.backend:
         raise InputError(job.init, f"holds a {backend.name} scene, but the edit asks for --backend {job.backend}")
     check_fits_dataset(job.init, backend, dataset)
@@ -326,7 +330,7 @@ class EditRun:
 
             outputs = IndependentOutputs()
             evaluated = outputs.write("CLIP evaluation", lambda: add_eval_to_run(
-                record, self.eval_target(record), job.eval, self.clip, device_name(job.device)))
+                record, self.eval_target(record), job.eval, self.clip, device_name(job.device), job.max_file_gaussians))
             if evaluated is None:
                 record["failed_outputs"] = {**record.get("failed_outputs", {}), **outputs.failed}
                 write_json(job.output / "run.json", record)
@@ -426,7 +430,7 @@ def start_edit(job: EditJob, resume: bool = False, editor: Editor | EditorPool |
     if state is None and job.region.given():  # a bad region fails now, not after the initial scene trained
         from splat2splat.edit.regions import check_region_inputs
 
-        check_region_inputs(job.region, dataset, job.downscale, job.backend)
+        check_region_inputs(job.region, dataset, job.downscale, job.backend, job.max_file_gaussians)
     # Models first: a missing model or LPIPS weights must fail before the initial scene trains for minutes.
     editor = editor if editor is not None else make_editor(job)
     loss = make_loss(job, lpips)
@@ -483,7 +487,7 @@ def make_idu(job: EditJob, dataset: Dataset, backend: SceneBackend, editor: Edit
     scene = backend.gaussians()
     if scene is not None and job.idu.density_control == "continue" and scene.strategy_active():
         raise InputError(None, local_density_problem(scene.strategy_stop(), backend.step))
-    region = resolve_region(job.region, dataset, backend, job.downscale)
+    region = resolve_region(job.region, dataset, backend, job.downscale, job.max_file_gaussians)
     if scene is not None and region.inside is not None:
         scene.freeze(~region.inside)
     return LocalIterativeDatasetUpdate(dataset, backend, editor, job.prompt, job.idu, loss, masks=region.masks,

@@ -31,6 +31,7 @@ import torch
 from splat2splat.backends import backend_kind
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.gaussians.model import SH_C0, activated
 from splat2splat.gaussians.rasterize import rasterize
 from splat2splat.io import load_image
@@ -300,8 +301,10 @@ def composite(edited: torch.Tensor, original: torch.Tensor, weight: torch.Tensor
 # ------------------------------------------------------------------------------------------- resolving
 
 
-def resolve_region(config: RegionConfig, dataset: Dataset, backend: SceneBackend, downscale: int = 1) -> Region | None:
-    """The region of ``config`` on this scene (None: no region given)."""
+def resolve_region(config: RegionConfig, dataset: Dataset, backend: SceneBackend, downscale: int = 1,
+                   max_gaussians: int = MAX_FILE_GAUSSIANS) -> Region | None:
+    """The region of ``config`` on this scene (None: no region given); ``max_gaussians`` caps the count a
+    compressed --region.gaussians file may claim."""
     given = config.given()
     if not given:
         return None
@@ -315,7 +318,7 @@ def resolve_region(config: RegionConfig, dataset: Dataset, backend: SceneBackend
         return Region(masks, inside)
     if scene is None:
         raise InputError(None, f"{option(config)} selects Gaussians; a {backend.name} scene needs --region.masks")
-    inside = region_gaussians(config, dataset, scene.splats)
+    inside = region_gaussians(config, dataset, scene.splats, max_gaussians)
     if not inside.any():
         raise InputError(getattr(config, given[0]) if given[0] in ("file", "gaussians") else None,
                          f"{option(config)} holds none of the scene's {len(inside)} Gaussians (is it outside "
@@ -323,12 +326,14 @@ def resolve_region(config: RegionConfig, dataset: Dataset, backend: SceneBackend
     return Region(project_gaussians(scene, dataset, inside), inside)
 
 
-def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, torch.Tensor]) -> torch.Tensor:
+def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, torch.Tensor],
+                     max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.Tensor:
     """Which of ``splats`` (normalised frame) a box, sphere, JSON file or scene file region holds."""
     if config.gaussians is not None:
         from splat2splat.gaussians.formats import load_splats
 
-        region = load_splats(config.gaussians, dataset.normalization, dataset.frame_transform)
+        region = load_splats(config.gaussians, dataset.normalization, dataset.frame_transform,
+                             max_gaussians=max_gaussians)
         if len(region["means"]) == 0:
             raise InputError(config.gaussians, "holds no Gaussians: the region is empty")
         if not torch.isfinite(region["means"]).all() or not torch.isfinite(region["scales"]).all():
@@ -343,7 +348,8 @@ def region_gaussians(config: RegionConfig, dataset: Dataset, splats: dict[str, t
     return inside_volume(original_frame_points(splats["means"], dataset), kind, values)
 
 
-def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int = 1, backend: str = "gaussian") -> None:
+def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int = 1, backend: str = "gaussian",
+                        max_gaussians: int = MAX_FILE_GAUSSIANS) -> None:
     """Read what the region's files say before any training (their problems are one line each); ``backend``:
     the registry name of the scene's backend."""
     check_region_config(config)
@@ -356,7 +362,8 @@ def check_region_inputs(config: RegionConfig, dataset: Dataset, downscale: int =
     elif config.gaussians is not None:
         from splat2splat.gaussians.formats import load_splats
 
-        if len(load_splats(config.gaussians, dataset.normalization, dataset.frame_transform)["means"]) == 0:
+        if len(load_splats(config.gaussians, dataset.normalization, dataset.frame_transform,
+                           max_gaussians=max_gaussians)["means"]) == 0:
             raise InputError(config.gaussians, "holds no Gaussians: the region is empty")
 
 
@@ -367,16 +374,17 @@ PREVIEW_RAY_LENGTH = 4.0  # normalised units: past the far side of the camera sp
 
 
 @torch.no_grad()
-def preview_masks(config: RegionConfig, dataset: Dataset, views: list[int], downscale: int = 1) -> list[torch.Tensor]:
+def preview_masks(config: RegionConfig, dataset: Dataset, views: list[int], downscale: int = 1,
+                  max_gaussians: int = MAX_FILE_GAUSSIANS) -> list[torch.Tensor]:
     """Masks of ``views`` before any scene exists: the given masks; for a box or sphere the pixels whose rays
     pass through it; for a scene file the accumulated weight of its Gaussians alone (no occlusion by the rest
     of the scene, which the edit itself accounts for)."""
-    check_region_inputs(config, dataset, downscale)
+    check_region_inputs(config, dataset, downscale, max_gaussians=max_gaussians)
     if config.masks is not None:
         masks = read_masks(config.masks, dataset, downscale)
         return [masks[v] for v in views]
     if config.gaussians is not None:
-        return [render_region_file(config.gaussians, dataset, view) for view in views]
+        return [render_region_file(config.gaussians, dataset, view, max_gaussians) for view in views]
     kind, values = volume_from_file(config.file) if config.file is not None else \
         ("box", list(config.box)) if config.box is not None else ("sphere", list(config.sphere))
     return [rays_through_volume(dataset, view, kind, values) for view in views]
@@ -395,11 +403,11 @@ def rays_through_volume(dataset: Dataset, view: int, kind: str, values: list[flo
     return hit.view(height, width).float()
 
 
-def render_region_file(path: Path, dataset: Dataset, view: int) -> torch.Tensor:
+def render_region_file(path: Path, dataset: Dataset, view: int, max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.Tensor:
     from splat2splat.gaussians.formats import load_splats
     from splat2splat.gaussians.rasterize import choose_rasterizer
 
-    splats = load_splats(path, dataset.normalization, dataset.frame_transform)
+    splats = load_splats(path, dataset.normalization, dataset.frame_transform, max_gaussians=max_gaussians)
     p = activated({key: value.detach() for key, value in splats.items()})
     cameras = dataset.cameras[view]
     height, width = cameras.image_size(0)

@@ -17,6 +17,7 @@ import torch
 from rich.progress import track
 
 from splat2splat.data.cameras import Cameras, orbit_path
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.data.dataset import Dataset
 from splat2splat.evaluation.camera_path import capture_path
 from splat2splat.evaluation.clip_metrics import (DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ClipEncoder, ResizeMode,
@@ -109,27 +110,29 @@ def clip_scores(encoder: ClipEncoder, original: torch.Tensor, edited: torch.Tens
 
 def evaluate_targets(targets: list[EvalTarget], target_captions: list[str], source_caption: str,
                      encoder: ClipEncoder, n_frames: int, path_kind: PathKind, device: str,
-                     sheet_rows: int = 4) -> list[EvaluatedEdit]:
-    """Evaluate every target (with its own target caption) against its original scene."""
+                     sheet_rows: int = 4, max_gaussians: int = MAX_FILE_GAUSSIANS) -> list[EvaluatedEdit]:
+    """Evaluate every target (with its own target caption) against its original scene (``max_gaussians``: the
+    cap of a compressed scene file's claimed count)."""
     originals: dict[tuple, OriginalScene] = {}
     source_text = encoder.encode_texts([source_caption])[0]
     results = []
     for target, caption in zip(targets, target_captions):
         key = (str(Path(target.original).resolve()), str(Path(target.data).resolve()), target.downscale)
         if key not in originals:
-            originals[key] = prepare_original(target, encoder, n_frames, path_kind, device)
-        results.append(evaluate_target(target, caption, source_text, originals[key], key, encoder, device, sheet_rows))
+            originals[key] = prepare_original(target, encoder, n_frames, path_kind, device, max_gaussians)
+        results.append(evaluate_target(target, caption, source_text, originals[key], key, encoder, device, sheet_rows,
+                                       max_gaussians))
     return results
 
 
 def prepare_original(target: EvalTarget, encoder: ClipEncoder, n_frames: int, path_kind: PathKind,
-                     device: str) -> OriginalScene:
+                     device: str, max_gaussians: int = MAX_FILE_GAUSSIANS) -> OriginalScene:
     from splat2splat.data.readers import load_dataset
     from splat2splat.scene_loading import load_scene
 
     dataset = load_dataset(target.data, downscale=target.downscale)
     cameras = path_cameras(dataset, n_frames, path_kind)
-    scene = load_scene(target.original, dataset, device=device)
+    scene = load_scene(target.original, dataset, device=device, max_gaussians=max_gaussians)
     frames = render_frames(scene, cameras, "original scene")
     heldout = render_frames(scene, dataset.eval_cameras, "original scene, held-out views")
     del scene
@@ -139,12 +142,13 @@ def prepare_original(target: EvalTarget, encoder: ClipEncoder, n_frames: int, pa
 
 
 def evaluate_target(target: EvalTarget, caption: str, source_text: torch.Tensor, original: OriginalScene,
-                    key: tuple, encoder: ClipEncoder, device: str, sheet_rows: int) -> EvaluatedEdit:
+                    key: tuple, encoder: ClipEncoder, device: str, sheet_rows: int,
+                    max_gaussians: int = MAX_FILE_GAUSSIANS) -> EvaluatedEdit:
     from splat2splat.media import evenly_spread
     from splat2splat.scene_loading import load_scene
 
     dataset = original.dataset
-    scene = load_scene(target.edited, dataset, device=device)
+    scene = load_scene(target.edited, dataset, device=device, max_gaussians=max_gaussians)
     frames = render_frames(scene, original.cameras, f"edited scene {target.name}")
     heldout = render_frames(scene, dataset.eval_cameras, f"edited scene {target.name}, held-out views")
     del scene

@@ -18,6 +18,7 @@ from pathlib import Path
 from splat2splat.evaluation.clip_metrics import ClipEncoder
 from splat2splat.evaluation.evaluate import CLIP_METRICS, EditEvaluation, EvaluatedEdit
 from splat2splat.evaluation.runs import EvalTarget
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.io import IndependentOutputs
 from splat2splat.versions import software_versions
 
@@ -141,7 +142,7 @@ def markdown(record: dict) -> str:
 
 
 def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, encoder: ClipEncoder,
-                    device: str) -> dict:
+                    device: str, max_gaussians: int = MAX_FILE_GAUSSIANS) -> dict:
     """The hook of ``splat2splat edit --eval.captions SRC TGT``: evaluate the finished run ``target`` (built by the
     edit, in memory), write its report into its folder's ``eval/`` and add the numbers to its run.json
     (``record``, returned updated)."""
@@ -152,7 +153,8 @@ def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, en
 
     started = time.perf_counter()
     folder, (source, caption) = Path(target.run_folder), config.captions
-    evaluated = evaluate_targets([target], [caption], source, encoder, config.frames, "capture", device)
+    evaluated = evaluate_targets([target], [caption], source, encoder, config.frames, "capture", device,
+                                 max_gaussians=max_gaussians)
     report = write_report(folder / "eval", evaluated,
                           report_header(encoder, source, "capture", config.frames, device, time.perf_counter() - started))
     run = report["runs"][0]

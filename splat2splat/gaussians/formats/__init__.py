@@ -46,6 +46,7 @@ import torch
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 
 SplatFormat = Literal["ply", "ply_compressed", "splat", "spz", "sog"]
 # Suffix -> format; ".ply" is INRIA or compressed by header; ".json" is an unbundled SOG's meta.json.
@@ -71,26 +72,31 @@ def splat_file_format(path: str | Path) -> SplatFormat:
     return "ply_compressed" if path.is_file() and is_compressed_ply(path) else "ply"
 
 
-def load_splats(path: str | Path, normalization: SceneNormalization,
-                frame_transform: torch.Tensor | None = None) -> torch.nn.ParameterDict:
+def load_splats(path: str | Path, normalization: SceneNormalization, frame_transform: torch.Tensor | None = None,
+                *, max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.nn.ParameterDict:
     """Read an INRIA PLY, compressed PLY, ``.splat``, ``.spz`` or SOG (``.sog`` / ``meta.json``) into trainable
-    Parameters (normalised frame)."""
+    Parameters (normalised frame); a compressed file (SPZ, SOG) claiming more than ``max_gaussians`` is refused
+    (the others are bounded by their size)."""
     path = Path(path)
     fmt = splat_file_format(path)
     if not path.exists():
         raise InputError(path, f"{FORMAT_NAMES[fmt]} does not exist")
     if not path.is_file():
         raise InputError(path, f"is not a file (expected a Gaussian-splatting {path.suffix})")
+    if fmt == "spz":
+        from splat2splat.gaussians.formats.spz import load_spz
+
+        return load_spz(path, normalization, frame_transform, max_gaussians=max_gaussians)
+    if fmt == "sog":
+        from splat2splat.gaussians.formats.sog import load_sog
+
+        return load_sog(path, normalization, frame_transform, max_gaussians=max_gaussians)
     if fmt == "ply":
         from splat2splat.gaussians.ply import load_ply as load
     elif fmt == "ply_compressed":
         from splat2splat.gaussians.formats.compressed_ply import load_compressed_ply as load
-    elif fmt == "splat":
-        from splat2splat.gaussians.formats.splat_file import load_splat_file as load
-    elif fmt == "spz":
-        from splat2splat.gaussians.formats.spz import load_spz as load
     else:
-        from splat2splat.gaussians.formats.sog import load_sog as load
+        from splat2splat.gaussians.formats.splat_file import load_splat_file as load
     return load(path, normalization, frame_transform)
 
 

@@ -12,6 +12,19 @@ from splat2splat.errors import InputError
 from splat2splat.gaussians.ply import clamp_opacity_logits, export_tensors, splats_from_file
 
 ARRAY_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
+# A compressed file (.spz, .sog) can claim far more Gaussians than its bytes hold; beyond its format's ratio
+# check, a claim above this is refused before anything is allocated, unless the reader is given a larger cap
+# (the commands' --max-file-gaussians). Files whose every Gaussian costs fixed bytes (PLY, compressed PLY,
+# .splat) are bounded by their size instead.
+MAX_FILE_GAUSSIANS = 50_000_000
+
+
+def check_file_gaussians(path: Path, kind: str, count: int, max_gaussians: int) -> None:
+    """Refuse a compressed file claiming more than ``max_gaussians`` (the cap the option sets)."""
+    if count > max_gaussians:
+        raise InputError(path, f"{kind} claims {count} Gaussians, more than the {max_gaussians} that "
+                               f"--max-file-gaussians allows: pass --max-file-gaussians {count} to read it "
+                               f"(memory permitting)")
 
 
 def splats_from_arrays(path: Path, kind: str, arrays: dict[str, np.ndarray], normalization: SceneNormalization,

@@ -35,7 +35,8 @@ from PIL import Image, features
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
-from splat2splat.gaussians.formats.common import arrays_for_export, sigmoid, splats_from_arrays
+from splat2splat.gaussians.formats.common import (MAX_FILE_GAUSSIANS, arrays_for_export, check_file_gaussians,
+                                                 sigmoid, splats_from_arrays)
 from splat2splat.gaussians.formats.quantize import from_smallest_three, morton_order, smallest_three, to_byte
 from splat2splat.gaussians.ply import opacity_logits
 from splat2splat.io import write_bytes
@@ -66,10 +67,10 @@ SECTIONS = {"means": 2, "scales": 1, "quats": 1, "sh0": 1, "shN": 2}  # meta.jso
 # --------------------------------------------------------------------------------------------- reading
 
 
-def load_sog(path: str | Path, normalization: SceneNormalization,
-             frame_transform: torch.Tensor | None = None) -> torch.nn.ParameterDict:
-    """Read a ``.sog`` bundle or an unbundled ``meta.json`` into the normalised frame; problems are one
-    InputError line naming the file."""
+def load_sog(path: str | Path, normalization: SceneNormalization, frame_transform: torch.Tensor | None = None,
+             *, max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.nn.ParameterDict:
+    """Read a ``.sog`` bundle or an unbundled ``meta.json`` into the normalised frame (one claiming more than
+    ``max_gaussians`` is refused); problems are one InputError line naming the file."""
     path = Path(path)
     _require_webp(path)
     bundled = path.suffix.lower() != ".json"
@@ -87,6 +88,7 @@ def load_sog(path: str | Path, normalization: SceneNormalization,
         raise InputError(path, f"{KIND} contains no Gaussians")
     if count > MAX_GAUSSIANS_PER_BYTE * total:
         raise InputError(path, f"truncated or corrupt {KIND}: it claims {count} Gaussians in {total} bytes")
+    check_file_gaussians(path, KIND, count, max_gaussians)
     images = _Images(path, read, count)
     arrays = {"means": _means(path, meta, images), "quats": _quats(path, meta, images)}
     arrays["scales"] = _lookup(path, meta, "scales", images, 3)

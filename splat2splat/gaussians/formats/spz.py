@@ -41,7 +41,8 @@ import zstandard
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
-from splat2splat.gaussians.formats.common import arrays_for_export, sigmoid, splats_from_arrays
+from splat2splat.gaussians.formats.common import (MAX_FILE_GAUSSIANS, arrays_for_export, check_file_gaussians,
+                                                 sigmoid, splats_from_arrays)
 from splat2splat.gaussians.formats.quantize import check_claimed_size, from_smallest_three, smallest_three, to_byte
 from splat2splat.gaussians.frames import Similarity
 from splat2splat.gaussians.ply import opacity_logits
@@ -67,9 +68,9 @@ FRACTIONAL_BITS = 12  # Niantic's default: 1/4096 units, +-2048 units of range
 MAX_FRACTIONAL_BITS = 24  # positions are 24-bit fixed point
 SH1_BITS, SH_REST_BITS = 5, 4
 # Gzip can expand data ~1032x, but SPZ's quantised Gaussians compress ~1.2-3x: a file that claims more than
-# MAX_SPZ_RATIO times its size (or more than MAX_SPZ_GAUSSIANS) is refused before anything is allocated.
+# MAX_SPZ_RATIO times its size (or more than the reader's cap, MAX_FILE_GAUSSIANS by default) is refused
+# before anything is allocated.
 MAX_SPZ_RATIO = 64
-MAX_SPZ_GAUSSIANS = 50_000_000
 # Version 4: Niantic's bound, numPoints x 9 position bytes <= 1024 x the file's size (zstd can expand more,
 # but no real scene does), and the same absolute count.
 MAX_ZSTD_RATIO, POSITION_BYTES = 1024, 9
@@ -80,11 +81,12 @@ RUB_TO_RDF = Similarity(((1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, -1.0)), 1
 # --------------------------------------------------------------------------------------------- reading
 
 
-def load_spz(path: str | Path, normalization: SceneNormalization,
-             frame_transform: torch.Tensor | None = None) -> torch.nn.ParameterDict:
-    """Read a version 1-4 ``.spz`` into the normalised frame; problems are one InputError line."""
+def load_spz(path: str | Path, normalization: SceneNormalization, frame_transform: torch.Tensor | None = None,
+             *, max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.nn.ParameterDict:
+    """Read a version 1-4 ``.spz`` into the normalised frame (one claiming more than ``max_gaussians`` is
+    refused); problems are one InputError line."""
     path = Path(path)
-    data = _decompress(path)
+    data = _decompress(path, max_gaussians)
     _, version, n, degree, fractional_bits, _, _ = HEADER.unpack_from(data)
     if fractional_bits > MAX_FRACTIONAL_BITS:
         raise InputError(path, f"{KIND} claims {fractional_bits} fractional bits of its 24-bit positions; at most "
@@ -108,12 +110,12 @@ def load_spz(path: str | Path, normalization: SceneNormalization,
                               normalization, frame_transform)
 
 
-def _decompress(path: Path) -> bytes:
+def _decompress(path: Path, max_gaussians: int) -> bytes:
     """The 16-byte header and the attribute blocks, checked, as a version 1-3 gzip stream holds them (a
     version-4 file is brought to the same form)."""
     raw = path.read_bytes()
     if raw[:4] == b"NGSP":
-        return _read_ngsp(path, raw)
+        return _read_ngsp(path, raw, max_gaussians)
     if raw[:2] != b"\x1f\x8b":
         raise InputError(path, f"not an {KIND} (no gzip stream and no NGSP header)")
     decompressor = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
@@ -127,7 +129,7 @@ def _decompress(path: Path) -> bytes:
             raise InputError(path, f"corrupt {KIND}: version 4 inside a gzip stream (version 4 is plain NGSP)")
         expected = HEADER.size + n * _bytes_per_gaussian(version, degree)
         check_claimed_size(path, KIND, n, _bytes_per_gaussian(version, degree), MAX_SPZ_RATIO * len(raw))
-        _check_count(path, n)
+        check_file_gaussians(path, KIND, n, max_gaussians)
         body = decompressor.decompress(decompressor.unconsumed_tail, expected - HEADER.size + 1)
     except zlib.error as exc:
         raise InputError(path, f"truncated or corrupt {KIND}: gzip stream is damaged ({exc})") from None
@@ -136,11 +138,6 @@ def _decompress(path: Path) -> bytes:
         raise InputError(path, f"truncated or corrupt {KIND}: the header claims {n} Gaussians ({expected} bytes) "
                                f"but the gzip stream holds {'more' if len(data) > expected else len(data)} bytes")
     return data
-
-
-def _check_count(path: Path, n: int) -> None:
-    if n > MAX_SPZ_GAUSSIANS:
-        raise InputError(path, f"{KIND} claims {n} Gaussians, more than the {MAX_SPZ_GAUSSIANS} read")
 
 
 def _check_header(path: Path, magic: int, version: int, degree: int) -> None:
@@ -152,7 +149,7 @@ def _check_header(path: Path, magic: int, version: int, degree: int) -> None:
         raise InputError(path, f"{KIND} has SH degree {degree}; degrees 0 to 3 are supported")
 
 
-def _read_ngsp(path: Path, raw: bytes) -> bytes:
+def _read_ngsp(path: Path, raw: bytes, max_gaussians: int) -> bytes:
     """A version-4 file as the same header + blocks a version-3 gzip stream holds (after checking every
     size the table of contents claims against the file, before decompressing)."""
     if len(raw) < NGSP_HEADER.size:
@@ -164,7 +161,7 @@ def _read_ngsp(path: Path, raw: bytes) -> bytes:
     if n == 0:
         raise InputError(path, f"{KIND} contains no Gaussians")
     check_claimed_size(path, KIND, n, POSITION_BYTES, MAX_ZSTD_RATIO * len(raw))
-    _check_count(path, n)
+    check_file_gaussians(path, KIND, n, max_gaussians)
     sizes = [size for size in _block_sizes(version, n, degree).values() if size]
     toc_end = toc_offset + num_streams * NGSP_TOC_ENTRY.size
     if num_streams != len(sizes) or toc_offset < NGSP_HEADER.size or toc_end > len(raw):

@@ -257,6 +257,20 @@ def test_damaged_files_end_in_one_line_naming_file_and_format(tmp_path, case):
     assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("fmt, options", [("spz", {"spz_version": 4}), ("spz", {"spz_version": 3}), ("sog", {})])
+def test_a_compressed_file_over_the_cap_is_refused_and_a_raised_cap_reads_it(tmp_path, fmt, options):
+    """The absolute cap of compressed formats is the reader's argument (the commands' --max-file-gaussians):
+    a file claiming more is one line naming the option that raises it; at or above its count, it reads."""
+    path = tmp_path / FILE_NAMES[fmt]
+    save_splats(path, scene_splats(600, sh_degree=1), NORMALIZATION, fmt, **options)
+    with pytest.raises(InputError, match="claims 600 Gaussians, more than the 599 that --max-file-gaussians "
+                                         "allows: pass --max-file-gaussians 600") as error:
+        load_splats(path, NORMALIZATION, max_gaussians=599)
+    assert str(error.value).startswith(f"{path}: ") and "\n" not in str(error.value)
+    assert len(load_splats(path, NORMALIZATION, max_gaussians=600)["means"]) == 600
+    assert len(load_splats(path, NORMALIZATION)["means"]) == 600  # the default cap: 50M
+
+
 def test_a_splat_export_of_huge_scales_reads_back(tmp_path):
     """exp of a log-scale above ~88.7 overflows float32: the export keeps the largest finite scale instead."""
     splats = {key: value.detach().clone() for key, value in scene_splats(n=3, sh_degree=0).items()}
