@@ -22,7 +22,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import torch
 
@@ -474,29 +474,52 @@ def with_invocation_permissions(saved: Job, invocation: Any, source: Path) -> Jo
 # What a resumed run takes from its command line (the rest is the saved run's): more steps, where and how often
 # it saves, the outputs still to come, and where this machine keeps the models. Options use dotted field names.
 RESUME_OPTIONS = ("idu.steps", "steps", "turntable_frames", "video_format", "checkpoint_every", "checkpoint_minutes",
-                  "eval_every", "device", "model", "lpips_weights")
+                  "eval_every", "device", "model", "lpips_weights", "max_file_gaussians")
 NOT_RESUME_OPTIONS = ("output", *PERMISSION_FIELDS)  # the run folder itself; permissions (see above)
 
 
-def given_options(invocation: Any, default: Any) -> dict[str, Any]:
-    """The options of ``invocation`` that differ from ``default`` (what the command line set), dotted names,
-    without the run folder and the permissions (handled on their own)."""
-    def flat(values: dict, prefix: str = "") -> dict[str, Any]:
-        items: dict[str, Any] = {}
-        for key, value in values.items():
-            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return items
+def flat_options(values: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested options dict as dotted names -> values."""
+    items: dict[str, Any] = {}
+    for key, value in values.items():
+        items.update(flat_options(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return items
 
-    now, before = flat(config_to_dict(invocation)), flat(config_to_dict(default))
-    return {key: value for key, value in now.items() if before.get(key) != value and key not in NOT_RESUME_OPTIONS}
+
+def typed_options(args: Sequence[str]) -> set[str]:
+    """The dotted field names of the options in ``args`` (a command line): ``--idu.editor.guidance-scale 9`` ->
+    ``idu.editor.guidance_scale``, a backend's ``--gaussians.*`` / ``--nerf.*`` -> ``scene.*``; a ``--no-x`` flag
+    names ``x`` (and ``no_x``, in case a field is called that)."""
+    prefixes = {kind.option_prefix: "scene" for kind in BACKENDS.values()}
+    names = set()
+    for token in args:
+        if not token.startswith("--") or token == "--":
+            continue
+        *parents, last = token[2:].split("=", 1)[0].replace("-", "_").split(".")
+        if parents and parents[0] in prefixes:
+            parents[0] = prefixes[parents[0]]
+        names |= {".".join([*parents, last]), ".".join([*parents, last.removeprefix("no_")])}
+    return names
+
+
+def given_options(invocation: Any, default: Any, command_line: Sequence[str] = ()) -> dict[str, Any]:
+    """The options of ``invocation`` that differ from ``default`` or are named on ``command_line`` (an option
+    typed with its default value was given too), dotted names, without the run folder and the permissions
+    (handled on their own)."""
+    now, before = flat_options(config_to_dict(invocation)), flat_options(config_to_dict(default))
+    typed = typed_options(command_line)
+    return {key: value for key, value in now.items()
+            if (before.get(key) != value or key in typed) and key not in NOT_RESUME_OPTIONS}
 
 
 def with_resume_options(saved: Job, given: dict[str, Any], source: Path) -> Job:
     """``saved`` with the options of :data:`RESUME_OPTIONS` in ``given`` (this command line); any other given
-    option is refused in one line, since the saved run keeps it."""
-    refused = sorted(key for key in given if key not in RESUME_OPTIONS)
+    option is refused in one line unless it repeats the saved run's value, since the saved run keeps it."""
+    kept = flat_options(config_to_dict(saved))
+    refused = sorted(key for key in given if key not in RESUME_OPTIONS and (key not in kept or kept[key] != given[key]))
     if refused:
-        names = ", ".join("--" + key.replace("_", "-") for key in refused)
+        prefix = backend_kind(saved.backend).option_prefix  # a job's scene options are spelled --gaussians.*
+        names = ", ".join("--" + re.sub(r"^scene\.", f"{prefix}.", key).replace("_", "-") for key in refused)
         raise InputError(source, f"--resume continues the saved run, which keeps {names}; a resume may change only "
                                  f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OPTIONS)} (start a new "
                                  f"--output for other settings)")

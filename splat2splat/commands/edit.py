@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -30,6 +31,9 @@ class EditCommand(EditJob):
     """Port of the live viewer on localhost."""
     viewer_every: int = 50
     """Steps between live-viewer updates."""
+    command_line: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """The options as typed (set by :func:`parse`): a --resume tells an option given with its default value
+    from one not given."""
 
 
 @dataclass
@@ -63,8 +67,9 @@ def parse(args: list[str]) -> EditCommand:
     editor_device = resolve_device(option_value(rest, "--idu.editor.device") or option_value(rest, "--device"))
     default = command_class(preset=name or DEFAULT_PRESET, idu=preset_on(name or DEFAULT_PRESET, editor_device.type))
     prog = "splat2splat edit" + (f" --backend {backend}" if backend != "gaussian" else "")
-    return cli(command_class, args=rest, default=default, prog=prog,
-               description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
+    command = cli(command_class, args=rest, default=default, prog=prog,
+                  description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat edit')}")
+    return dataclasses.replace(command, command_line=tuple(rest))
 
 
 def default_command(cmd: EditCommand) -> EditCommand:
@@ -85,7 +90,7 @@ def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
 
         return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
     job = job_fields(cmd, EditJob)
-    given = given_options(job, job_fields(default_command(cmd), EditJob)) if cmd.resume else None
+    given = given_options(job, job_fields(default_command(cmd), EditJob), cmd.command_line) if cmd.resume else None
     edit_run = start_edit(job, cmd.resume, editor, lpips, given)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -20,6 +21,9 @@ class TrainCommand(TrainJob):
 
     resume: bool = False
     """Continue the run in --output from its checkpoint.pt, with the data and settings saved there."""
+    command_line: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """The options as typed (set by :func:`parse`): a --resume tells an option given with its default value
+    from one not given."""
 
 
 @dataclass
@@ -46,11 +50,12 @@ def parse(args: list[str]) -> TrainCommand:
     name, rest = backend_choice(args)
     command_class = COMMAND_CLASSES[name]
     prog = "splat2splat train" + (f" --backend {name}" if name != "gaussian" else "")
-    return cli(command_class, args=rest, prog=prog,
-                    description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat train')}")
+    command = cli(command_class, args=rest, prog=prog,
+                  description=f"{command_class.__doc__}\n\n{BACKEND_HELP.format(prog='splat2splat train')}")
+    return dataclasses.replace(command, command_line=tuple(rest))
 
 
 def run(cmd: TrainCommand, on_step=None) -> dict:
     job = job_fields(cmd, TrainJob)
-    given = given_options(job, job_fields(type(cmd)(), TrainJob)) if cmd.resume else None
+    given = given_options(job, job_fields(type(cmd)(), TrainJob), cmd.command_line) if cmd.resume else None
     return run_training(job, resume=cmd.resume, on_step=on_step, given=given)

@@ -388,3 +388,30 @@ def test_a_failing_training_export_is_one_line_and_the_checkpoint_and_metrics_la
     metrics = json.loads((output / "metrics.json").read_text())
     assert "scene.ply: No space left on device" in metrics["failed_outputs"]["scene export"]
     assert (output / "checkpoint.pt").is_file()
+
+
+def test_an_option_typed_with_its_default_value_counts_as_given_on_resume(small_scene, tmp_path, capsys):
+    """--eval-every 500 is train's default: typed on a resume it is honoured, not taken for "not given"; a
+    run setting typed with its default value is refused like any other, unless it repeats the saved value."""
+    from splat2splat.checkpoint import read_checkpoint
+
+    output = tmp_path / "run"
+    entrypoint(train_args(small_scene, output, "--gaussians.sh-degree", "2"))
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint(["train", "--output", str(output), "--resume", "--steps", "6", "--gaussians.sh-degree", "3"])
+    assert "keeps --gaussians.sh-degree;" in one_line_error(capsys, exit_info)  # 3 is the default, 2 was run
+    entrypoint(["train", "--output", str(output), "--resume", "--steps", "6", "--eval-every", "500",
+                "--gaussians.sh-degree", "2", "--gaussians.strategy.kind", "none"])  # the saved values: accepted
+    checkpoint = read_checkpoint(output / "checkpoint.pt")
+    assert checkpoint["backend_state"]["step"] == 6 and checkpoint["command"]["eval_every"] == 500
+
+
+def test_typed_options_name_the_fields_of_the_command_line():
+    from splat2splat.checkpoint import given_options, typed_options
+    from splat2splat.training import TrainJob
+
+    assert typed_options(["--idu.editor.guidance-scale=9", "x", "--gaussians.sh-degree", "3", "--no-viewer",
+                          "--nerf.lr", "1"]) >= {"idu.editor.guidance_scale", "scene.sh_degree", "viewer", "scene.lr"}
+    default = TrainJob()
+    assert given_options(TrainJob(), default) == {}
+    assert given_options(TrainJob(), default, ["--steps", "30000"]) == {"steps": 30_000}
