@@ -85,12 +85,12 @@ def run(cmd: EditCommand, editor=None, lpips=None, on_step=None) -> dict:
         from splat2splat.viewer import require_viser
 
         require_viser()
+    job = job_fields(cmd, EditJob)
+    given = given_options(job, job_fields(default_command(cmd), EditJob), cmd.command_line) if cmd.resume else None
     if editor is None and launched_with_several_processes():
         from splat2splat.edit.distributed import edit_on_ranks
 
-        return edit_on_ranks(job_fields(cmd, EditJob), cmd.resume, lambda editors: run(cmd, editors, lpips, on_step))
-    job = job_fields(cmd, EditJob)
-    given = given_options(job, job_fields(default_command(cmd), EditJob), cmd.command_line) if cmd.resume else None
+        return edit_on_ranks(job, cmd.resume, given, lambda editors: run(cmd, editors, lpips, on_step))
     edit_run = start_edit(job, cmd.resume, editor, lpips, given)
     viewer = None
     if cmd.viewer:  # this invocation's choice, not the saved job's: a resumed run may or may not want one

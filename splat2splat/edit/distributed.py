@@ -21,7 +21,8 @@ Transport: gloo point-to-point messages, on GPUs too. NCCL refuses two ranks on 
 the trainer and an editor process sharing one; and an edit's payload (render, original image, noise and
 result: a few MB at 512 px) is small beside a 20-step diffusion. CPU messages can also be sent from the
 queue's threads (one per editor rank) without sharing a CUDA communicator between threads. The processes
-share the run folder (one machine, or a shared file system): editor ranks read the saved job on --resume.
+share the run folder (one machine, or a shared file system): on --resume every rank reads the saved job and
+takes the resume's own options over it (--device, --model...), as the trainer does.
 """
 
 from __future__ import annotations
@@ -228,15 +229,24 @@ def serve_edits(load_editor) -> None:
 
 # ---------------------------------------------------------------------------------------- the launch
 
-def edit_on_ranks(job, resume: bool, run_as_trainer) -> dict:
-    """The edit of ``job`` (an :class:`~splat2splat.edit.job.EditJob`) on this process's rank: rank 0 calls
-    ``run_as_trainer(editors)`` with the :class:`RemoteEditors` and returns its run.json content; the other
-    ranks serve edits and return an empty dict."""
+def settled_job(job, resume: bool, given: dict | None):
+    """The job every rank runs: ``job``, or on --resume the saved one with this command line's ``given``
+    options (--device, --model...) over it, as the trainer's (refused the same way on every rank)."""
+    from splat2splat.edit.job import saved_job
+
+    return saved_job(job, given)[0] if resume else job
+
+
+def edit_on_ranks(job, resume: bool, given: dict | None, run_as_trainer) -> dict:
+    """The edit of ``job`` (an :class:`~splat2splat.edit.job.EditJob`; on --resume with the command line's
+    ``given`` options) on this process's rank: rank 0 calls ``run_as_trainer(editors)`` with the
+    :class:`RemoteEditors` and returns its run.json content; the other ranks serve edits and return an empty
+    dict."""
     from splat2splat.edit.executors import check_throughput_options
-    from splat2splat.edit.job import make_editor, on_device, saved_job
+    from splat2splat.edit.job import make_editor, on_device
 
     # Every rank reads the same job and refuses it the same way, before any process waits for another.
-    settled = saved_job(job)[0] if resume else job
+    settled = settled_job(job, resume, given)
     check_throughput_options(settled.idu.schedule, settled.idu.edit_batch, settled.idu.edit_lag)
     if settled.idu.edit_lag < 1:
         raise InputError(None, f"--idu.edit-lag {settled.idu.edit_lag}: editing on other processes (torchrun with "

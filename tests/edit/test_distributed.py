@@ -163,6 +163,48 @@ def test_several_processes_without_a_lag_is_one_clear_line(tmp_path, scene_and_s
     assert "error: --idu.edit-lag 0: editing on other processes" in result.stderr
 
 
+def interrupted_run_with_a_missing_model(data: Path, output: Path) -> None:
+    """An edit (in this process, a stand-in editor) stopped after step 2 whose saved --model does not exist."""
+    from splat2splat.commands.edit import parse, run
+    from splat2splat.runner import Interrupted
+    from splat2splat.testing.editors import TintEditor
+
+    def stop(step: int) -> None:
+        if step == 2:
+            raise Interrupted(step)
+
+    args = edit_command(data, output, output.parent / "moved-model", lag=2)[3:]  # without "-m splat2splat edit"
+    with pytest.raises(Interrupted):
+        run(parse(args), editor=TintEditor(), on_step=stop)
+
+
+def test_editor_ranks_take_the_resume_s_model_and_device_over_the_saved_ones(tmp_path, demo_scene):
+    from splat2splat.edit.distributed import settled_job
+    from splat2splat.checkpoint import given_options
+
+    output = tmp_path / "run"
+    interrupted_run_with_a_missing_model(demo_scene, output)
+    invocation = dataclasses.replace(EditJob(output=output), model="new-model", device="cpu:0")
+    given = given_options(invocation, EditJob(), ["--model", "new-model", "--device", "cpu:0"])
+    settled = settled_job(invocation, True, given)
+    assert (settled.model, settled.device) == ("new-model", "cpu:0")
+    assert settled.prompt == "autumn" and settled.idu.steps == 12  # the rest is the saved run's
+
+
+@needs_torchrun
+def test_a_resume_under_torchrun_loads_the_model_its_command_line_names(tmp_path, scene_and_single_run,
+                                                                        tiny_ip2p_folder):
+    """The saved run's model has moved: the editor ranks must load the one --model names now, as the trainer
+    does (they used to read it from the saved job, and failed)."""
+    data, _ = scene_and_single_run
+    output = tmp_path / "run"
+    interrupted_run_with_a_missing_model(data, output)
+    result = launch(["-m", "splat2splat", "edit", "--output", str(output), "--resume", "--model",
+                     str(tiny_ip2p_folder), "--device", "cpu"], 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert load_checkpoint_file(output / "checkpoint.pt")["idu"]["edits_done"] == 12
+
+
 # ------------------------------------------------------------------------------------- GPU choice
 
 def test_processes_share_the_gpus_round_robin():
