@@ -76,8 +76,8 @@ FIELD_RULES: dict[str, Rule] = {
     "init_scale": between(1e-6, 1000),  # a multiple of the neighbour distance; 1e30 overflows float32 covariances
     "init_random_extent": positive,
     "lr": between(0, 100),
-    "init_random_count": between(1, 50_000_000),
-    "max_file_gaussians": between(1, 2**32),  # 4G Gaussians: ~1 TB of parameters  # 50M random Gaussians: ~12 GB of parameters, ~50 with Adam
+    "init_random_count": between(1, 50_000_000),  # 50M random Gaussians: ~12 GB of parameters, ~50 with Adam
+    "max_file_gaussians": between(1, 2**32),  # 4G Gaussians: ~1 TB of parameters
     "seed": between(-(2**63), 2**64 - 1),  # what torch's generators take
     "cap_max": at_least(1),
     "rays_per_batch": at_least(1),

@@ -366,7 +366,8 @@ def first_slot(state: dict) -> dict:
 
 # name -> (what is done to a NeRF checkpoint dict, what the one-line message must contain)
 DAMAGED_NERF_CHECKPOINTS = {
-    "optimizer a list": (lambda s: s["backend_state"].update(optimizer=[1]), "'backend_state.optimizer' must be a dict"),
+    "optimizer a list": (lambda s: s["backend_state"].update(optimizer=[1]),
+                         "'backend_state.optimizer' must be a dict"),
     "optimizer state missing": (lambda s: s["backend_state"]["optimizer"].pop("state"),
                                 "'backend_state.optimizer.state' is missing"),
     "param_groups missing": (lambda s: s["backend_state"]["optimizer"].pop("param_groups"),
@@ -383,8 +384,10 @@ DAMAGED_NERF_CHECKPOINTS = {
                                 "'backend_state.optimizer.param_groups[1].params' names"),
     "params a string": (lambda s: s["backend_state"]["optimizer"]["param_groups"][1].update(params="0"),
                         "'backend_state.optimizer.param_groups[1].params' must be a list"),
-    "moment of another shape": (lambda s: first_slot(s).update(exp_avg=torch.zeros(3, 3)), ".exp_avg' has shape [3, 3]"),
-    "moment NaN": (lambda s: first_slot(s)["exp_avg_sq"].view(-1).__setitem__(0, float("nan")), ".exp_avg_sq' holds NaN"),
+    "moment of another shape": (lambda s: first_slot(s).update(exp_avg=torch.zeros(3, 3)),
+                                ".exp_avg' has shape [3, 3]"),
+    "moment NaN": (lambda s: first_slot(s)["exp_avg_sq"].view(-1).__setitem__(0, float("nan")),
+                   ".exp_avg_sq' holds NaN"),
     "moment float64": (lambda s: first_slot(s).update(exp_avg=first_slot(s)["exp_avg"].double()),
                        ".exp_avg' must be float32 or float16"),
     "step a list": (lambda s: first_slot(s).update(step=[1]), ".step' must be a tensor"),

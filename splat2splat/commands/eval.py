@@ -18,8 +18,8 @@ import tyro
 from splat2splat.errors import InputError
 from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ResizeMode
 from splat2splat.evaluation.evaluate import PathKind
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.io import check_output_folder
 
 

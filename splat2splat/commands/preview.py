@@ -23,13 +23,13 @@ from rich.progress import Progress
 from splat2splat.edit.ip2p import IP2PConfig
 from splat2splat.edit.ip2p_steps import check_noise_range
 from splat2splat.edit.job import EditJob, run_edit_job
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.edit.presets import preset
 from splat2splat.edit.regions import RegionConfig, composite, feathered, preview_masks, region_overlay
 from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_original, representative_views,
                                       sweep_grid)
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.io import check_output_folder, save_image, write_json
 from splat2splat.media import contact_sheet
 

@@ -25,8 +25,8 @@ from rich.progress import track
 from splat2splat.data.camera_path import read_camera_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.io import IndependentOutputs, check_output_folder, save_image, write_json
 from splat2splat.losses import image_metrics
 from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video

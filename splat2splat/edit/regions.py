@@ -403,7 +403,8 @@ def rays_through_volume(dataset: Dataset, view: int, kind: str, values: list[flo
     return hit.view(height, width).float()
 
 
-def render_region_file(path: Path, dataset: Dataset, view: int, max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.Tensor:
+def render_region_file(path: Path, dataset: Dataset, view: int,
+                       max_gaussians: int = MAX_FILE_GAUSSIANS) -> torch.Tensor:
     from splat2splat.gaussians.formats import load_splats
     from splat2splat.gaussians.rasterize import choose_rasterizer
 

@@ -17,13 +17,13 @@ import torch
 from rich.progress import track
 
 from splat2splat.data.cameras import Cameras, orbit_path
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.data.dataset import Dataset
 from splat2splat.evaluation.camera_path import capture_path
 from splat2splat.evaluation.clip_metrics import (DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ClipEncoder, ResizeMode,
                                                  direction_consistency, direction_similarity,
                                                  edit_direction_consistency)
 from splat2splat.evaluation.runs import EvalTarget
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
 from splat2splat.scene import SceneBackend
 
 PathKind = Literal["capture", "orbit"]

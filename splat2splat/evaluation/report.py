@@ -39,7 +39,8 @@ def summary_line(run: dict) -> str:
             f"edit direction consistency {_number(clip['edit_direction_consistency'], 4)}")
 
 
-def write_sheets(output: Path, evaluated: list[EvaluatedEdit], outputs: IndependentOutputs) -> dict[str, dict[str, str]]:
+def write_sheets(output: Path, evaluated: list[EvaluatedEdit],
+                 outputs: IndependentOutputs) -> dict[str, dict[str, str]]:
     """Contact sheets of every run (and a comparison of all when they share an original), each written on its
     own (one that fails is in ``outputs.failed``, the others land); the paths written, by run name."""
     from splat2splat.io import save_image
