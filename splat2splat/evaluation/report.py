@@ -150,10 +150,13 @@ def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, en
     import time
 
     from splat2splat.evaluation.evaluate import evaluate_targets
-    from splat2splat.io import write_json
+    from splat2splat.folder_lock import claim_output_folder, release_output_folder
+    from splat2splat.io import check_output_folder, write_json
 
     started = time.perf_counter()
     folder, (source, caption) = Path(target.run_folder), config.captions
+    check_output_folder(folder / "eval")  # an `eval RUN` writing its report there now is refused, not interleaved
+    claim_output_folder(folder / "eval")
     evaluated = evaluate_targets([target], [caption], source, encoder, config.frames, "capture", device,
                                  max_gaussians=max_gaussians)
     report = write_report(folder / "eval", evaluated,
@@ -163,6 +166,7 @@ def add_eval_to_run(record: dict, target: EvalTarget, config: EditEvaluation, en
                                  "path": "capture", "frames": config.frames, "resize": config.resize,
                                  "clip": {key: run["clip"][key] for key in CLIP_METRICS},
                                  "heldout": run["heldout"], "report": str(folder / "eval" / "eval.md")}}
+    release_output_folder(folder / "eval")
     write_json(folder / "run.json", record)
     print(summary_line(run))
     return record

@@ -210,3 +210,23 @@ def test_an_eval_output_that_fails_is_one_line_and_the_others_land(edit_run, tin
     assert "sheets/run.png" in report and "heldout.png" not in report
     assert (output / "sheets" / "run.png").is_file() and not (output / "sheets" / "run-heldout.png").exists()
     assert not (output / "splat2splat.lock").exists()
+
+
+def test_an_edit_s_own_evaluation_respects_an_eval_writing_into_its_folder(tmp_path):
+    """`edit --eval.captions` writes RUN/eval as `eval RUN` does: while another run holds that folder, the
+    edit's evaluation is refused (the edit reports it as one failed output) instead of interleaving files."""
+    from types import SimpleNamespace
+
+    from splat2splat.evaluation.evaluate import EditEvaluation
+    from splat2splat.evaluation.report import add_eval_to_run
+    from tests.test_folder_lock import holder
+
+    (tmp_path / "eval").mkdir()
+    process = holder(tmp_path / "eval")
+    try:
+        with pytest.raises(InputError, match=f"pid {process.pid}"):
+            add_eval_to_run({}, SimpleNamespace(run_folder=tmp_path), EditEvaluation(captions=(SOURCE, TARGET)),
+                            None, "cpu")
+    finally:
+        process.kill()
+        process.wait()
