@@ -1,0 +1,197 @@
+"""An interrupted `splat2splat process` resumes at its first unfinished stage (the finished ones are not run
+again) and ends with the dataset an uninterrupted run writes; options a finished stage used cannot change."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splat2splat.cli import entrypoint
+from splat2splat.errors import InputError
+from splat2splat.folder_lock import LOCK_FILE
+from splat2splat.io import read_json
+from splat2splat.sfm import inputs, reconstruct
+from splat2splat.sfm.process import ProcessConfig, process
+from splat2splat.sfm.resume import OPTION_STAGES, RECORD_FILE, STAGES, staging_folder
+from splat2splat.data.demo import demo_cameras
+from splat2splat.testing.sfm_scene import render_textured_view, write_photos
+
+# 12 neighbouring views of the test scene, few features and one COLMAP thread (repeatable): a few seconds a run
+FAST = dict(max_features=1024, threads=1)
+FAST_FLAGS = ["--max-features", "1024", "--threads", "1"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    cameras = demo_cameras(36, 256)  # two orbits of 36 views; the first 12 are neighbours (a third of them)
+    write_photos(folder, [render_textured_view(cameras, i) for i in range(12)])
+    return folder
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.iterdir()}
+
+
+def done_stages(output: Path) -> list[str]:
+    return list(read_json(staging_folder(output) / RECORD_FILE)["done"])
+
+
+class Calls:
+    """Counts the calls of stage functions; ``stop_in(name)`` makes the next call of one raise KeyboardInterrupt
+    (after doing its work when ``after_work``: what a stop just before the stage's record is written leaves)."""
+
+    def __init__(self, monkeypatch):
+        self.counts: dict[str, int] = {}
+        self.stop: tuple[str, bool] | None = None
+        for module, name in ((inputs, "stage_photos"), (reconstruct, "extract_features"),
+                             (reconstruct, "match_features"), (reconstruct, "map_images"), (reconstruct, "undistort")):
+            monkeypatch.setattr(module, name, self.counted(name, getattr(module, name)))
+
+    def counted(self, name, function):
+        def wrapper(*args, **kwargs):
+            self.counts[name] = self.counts.get(name, 0) + 1
+            stop, self.stop = self.stop, None if self.stop and self.stop[0] == name else self.stop
+            if stop and stop[0] == name and not stop[1]:
+                raise KeyboardInterrupt
+            value = function(*args, **kwargs)
+            if stop and stop[0] == name:
+                raise KeyboardInterrupt
+            return value
+        return wrapper
+
+    def stop_in(self, name: str, after_work: bool = False) -> None:
+        self.stop = (name, after_work)
+
+
+def test_a_stopped_run_resumes_at_its_unfinished_stage_and_ends_as_an_uninterrupted_one(photos, tmp_path, monkeypatch):
+    reference = process(ProcessConfig(photos, tmp_path / "reference", **FAST))
+    before = snapshot(photos)
+    calls = Calls(monkeypatch)
+    output = tmp_path / "dataset"
+    config = ProcessConfig(photos, output, **FAST)
+
+    calls.stop_in("match_features", after_work=True)  # its matches are in the database, its record is not
+    with pytest.raises(KeyboardInterrupt):
+        process(config)
+    assert done_stages(output) == ["frames", "features"] and not output.exists()
+    assert not (staging_folder(output) / LOCK_FILE).exists(), "the stopped run kept its claim"
+    with pytest.raises(InputError, match="pass --resume to continue it"):
+        process(config)  # a new run into the same --output
+
+    calls.stop_in("map_images")
+    with pytest.raises(KeyboardInterrupt):
+        process(config, resume=True)
+    assert done_stages(output) == ["frames", "features", "matching"]
+    calls.stop_in("undistort", after_work=True)
+    with pytest.raises(KeyboardInterrupt):
+        process(config, resume=True)
+    assert done_stages(output) == ["frames", "features", "matching", "mapping"]
+
+    result = process(ProcessConfig(output=output), resume=True)  # the saved run's input and options
+    assert calls.counts == {"stage_photos": 1, "extract_features": 1, "match_features": 2, "map_images": 2,
+                            "undistort": 2}
+    assert result["resumed"] == ["frames", "features", "matching", "mapping"]
+    assert set(result["seconds"]) == set(STAGES)
+    assert not staging_folder(output).exists() and not (output / LOCK_FILE).exists()
+    assert not (output / RECORD_FILE).exists()
+    assert snapshot(photos) == before, "the input folder was written"
+
+    # the same dataset as the uninterrupted run's
+    assert [f["registered"] for f in result["frames"]] == [f["registered"] for f in reference["frames"]]
+    assert result["points"] == reference["points"]
+    assert sorted(p.name for p in output.iterdir()) == sorted(p.name for p in (tmp_path / "reference").iterdir())
+    ours, theirs = (read_json(folder / "transforms.json") for folder in (output, tmp_path / "reference"))
+    assert [f["file_path"] for f in ours["frames"]] == [f["file_path"] for f in theirs["frames"]]
+    difference = np.abs(np.array([f["transform_matrix"] for f in ours["frames"]])
+                        - np.array([f["transform_matrix"] for f in theirs["frames"]])).max()
+    print(f"largest difference of a pose entry from the uninterrupted run's: {difference:.2e}")
+    assert difference < 1e-6 and abs(ours["fl_x"] - theirs["fl_x"]) < 1e-6 * theirs["fl_x"]
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
+    """Exit status and the lines on stderr of `splat2splat process ARGS`."""
+    status = 0
+    try:
+        entrypoint(["process", *args])
+    except SystemExit as exit_:
+        status = exit_.code
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_resume_refuses_options_of_finished_stages_and_takes_those_of_the_others(photos, tmp_path, monkeypatch,
+                                                                                 capsys):
+    output = str(tmp_path / "dataset")
+    calls = Calls(monkeypatch)
+    calls.stop_in("map_images")
+    status, err = run_cli(["--input", str(photos), "--output", output, *FAST_FLAGS], capsys)
+    assert status == 130 and err[-1].startswith("stopped: interrupted") and "--resume" in err[-1]
+
+    for args, refusal in ((["--max-features", "2048"], "finished features stage used --max-features 1024, not "
+                                                       "--max-features 2048"),
+                          (["--input", str(tmp_path)], "finished frames stage used --input"),
+                          (["--matching", "sequential", "--no-single-camera"], "finished features and matching"),
+                          (["--input", str(photos), *FAST_FLAGS[:2]], None)):  # the same options: not a change
+        if refusal is None:
+            calls.stop_in("map_images")
+        status, err = run_cli(["--output", output, "--resume", *args], capsys)
+        if refusal is not None:
+            assert status == 2 and len(err) == 1 and refusal in err[0], err
+        else:
+            assert status == 130, err
+    status, err = run_cli(["--input", str(photos), "--output", output, *FAST_FLAGS], capsys)
+    assert status == 2 and len(err) == 1 and "pass --resume" in err[0]
+    status, err = run_cli(["--output", str(tmp_path / "elsewhere"), "--resume"], capsys)
+    assert status == 2 and len(err) == 1 and "no unfinished `process` run" in err[0]
+
+    # the mapping has not run: its options may change
+    status, err = run_cli(["--output", output, "--resume", "--mapper", "global"], capsys)
+    assert status == 0, err
+    result = read_json(Path(output) / "process.json")
+    assert result["mapper"] == "global" and result["resumed"] == ["frames", "features", "matching"]
+    assert result["options"]["max_features"] == 1024 and result["registered"] >= 10
+    assert calls.counts["extract_features"] == 1 and calls.counts["match_features"] == 1
+    status, err = run_cli(["--output", output, "--resume"], capsys)
+    assert status == 2 and len(err) == 1 and "holds a finished dataset; nothing to resume" in err[0]
+
+
+def test_sigterm_stops_the_run_and_a_resume_finishes_it(photos, tmp_path):
+    output = tmp_path / "dataset"
+    record = staging_folder(output) / RECORD_FILE
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.Popen([sys.executable, "-m", "splat2splat", "process", "--input", str(photos), "--output",
+                            str(output), *FAST_FLAGS], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            if record.is_file() and "features" in read_json(record)["done"]:
+                break
+            time.sleep(0.05)
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=120)
+    finally:
+        run.kill()
+    assert run.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().splitlines()[-1].startswith("stopped: interrupted") and "--resume" in err
+    assert not output.exists() and not (staging_folder(output) / LOCK_FILE).exists()
+    finished = done_stages(output)
+    print(f"SIGTERM after the stages {finished}: {err.strip().splitlines()[-1]}")
+    assert finished[:2] == ["frames", "features"] and "report" not in finished
+    result = process(ProcessConfig(output=output), resume=True)
+    assert result["resumed"] == finished and result["registered"] >= 10
+
+
+def test_every_option_names_the_first_stage_it_changes():
+    assert set(OPTION_STAGES) == {f.name for f in fields(ProcessConfig)} - {"output"}
+    assert set(OPTION_STAGES.values()) <= set(STAGES) | {None}
