@@ -22,7 +22,7 @@ import signal
 import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import tyro

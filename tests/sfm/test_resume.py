@@ -20,9 +20,9 @@ from splat2splat.folder_lock import LOCK_FILE
 from splat2splat.io import read_json
 from splat2splat.sfm import inputs, reconstruct
 from splat2splat.sfm.process import ProcessConfig, process
-from splat2splat.sfm.resume import OPTION_STAGES, RECORD_FILE, STAGES, staging_folder
+from splat2splat.sfm.resume import OPTION_STAGES, RECORD_FILE, STAGES, StageRecord, staging_folder
 from splat2splat.data.demo import demo_cameras
-from splat2splat.testing.sfm_scene import render_textured_view, write_photos
+from splat2splat.testing.sfm_scene import render_textured_view, write_photos, write_video_av
 
 # 12 neighbouring views of the test scene, few features and one COLMAP thread (repeatable): a few seconds a run
 FAST = dict(max_features=1024, threads=1)
@@ -32,10 +32,15 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("photos")
+def views() -> list:
     cameras = demo_cameras(36, 256)  # two orbits of 36 views; the first 12 are neighbours (a third of them)
-    write_photos(folder, [render_textured_view(cameras, i) for i in range(12)])
+    return [render_textured_view(cameras, i) for i in range(12)]
+
+
+@pytest.fixture(scope="module")
+def photos(views, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    write_photos(folder, views)
     return folder
 
 
@@ -54,7 +59,7 @@ class Calls:
     def __init__(self, monkeypatch):
         self.counts: dict[str, int] = {}
         self.stop: tuple[str, bool] | None = None
-        for module, name in ((inputs, "stage_photos"), (reconstruct, "extract_features"),
+        for module, name in ((inputs, "stage_photos"), (inputs, "stage_video"), (reconstruct, "extract_features"),
                              (reconstruct, "match_features"), (reconstruct, "map_images"), (reconstruct, "undistort")):
             monkeypatch.setattr(module, name, self.counted(name, getattr(module, name)))
 
@@ -195,3 +200,39 @@ def test_sigterm_stops_the_run_and_a_resume_finishes_it(photos, tmp_path):
 def test_every_option_names_the_first_stage_it_changes():
     assert set(OPTION_STAGES) == {f.name for f in fields(ProcessConfig)} - {"output"}
     assert set(OPTION_STAGES.values()) <= set(STAGES) | {None}
+
+
+def test_a_video_resumes_without_decoding_again(views, tmp_path, monkeypatch):
+    video = write_video_av(tmp_path / "clip.mp4", views, fps=10)
+    output = tmp_path / "dataset"
+    calls = Calls(monkeypatch)
+    calls.stop_in("extract_features")
+    with pytest.raises(KeyboardInterrupt):
+        process(ProcessConfig(video, output, num_frames=12, **FAST))
+    with pytest.raises(InputError, match="finished frames stage used --num-frames 12, not --num-frames 6"):
+        process(ProcessConfig(output=output, num_frames=6), resume=True)
+    result = process(ProcessConfig(output=output, mapper="global"), resume=True)
+    assert calls.counts["stage_video"] == 1 and calls.counts["extract_features"] == 2
+    assert result["resumed"] == ["frames"] and result["views"] == 12 and result["registered"] >= 10
+    assert result["matching"] == "sequential" and result["mapper"] == "global"
+
+
+@pytest.mark.parametrize("from_video", [False, True])
+def test_a_resume_may_change_the_options_of_stages_still_to_run_only(tmp_path, from_video):
+    saved = {"input": "/data/in", "num_frames": 300, "camera_model": "OPENCV", "single_camera": True,
+             "max_features": 8192, "matching": "auto", "sequential_overlap": 10, "mapper": "incremental", "seed": 0,
+             "threads": -1, "verbose": False}
+    changed = {"input": "/data/other", "num_frames": 100, "camera_model": "PINHOLE", "single_camera": False,
+               "max_features": 1024, "matching": "sequential", "sequential_overlap": 5, "mapper": "global",
+               "seed": 1, "threads": 2, "verbose": True}
+    assert set(saved) == set(changed) == set(OPTION_STAGES)
+    for finished in range(len(STAGES) + 1):
+        record = StageRecord(tmp_path, dict(saved), {stage: {} for stage in STAGES[:finished]})
+        for name, value in changed.items():
+            stage = OPTION_STAGES[name] if from_video or name != "num_frames" else None
+            if stage is not None and STAGES.index(stage) < finished:
+                with pytest.raises(InputError, match=f"finished {stage} stage used"):
+                    record.with_options({name: value}, from_video)
+            else:
+                assert record.with_options({name: value}, from_video) == {**saved, name: value}
+            assert record.with_options({name: saved[name]}, from_video) == saved  # given as before: no change
