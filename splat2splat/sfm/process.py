@@ -140,13 +140,15 @@ def _started(config: ProcessConfig, output: Path, staging: Path) -> tuple[Proces
     options = config_to_dict(config)
     del options["output"]
     options["input"] = str(config.input.resolve())
-    StageRecord(new, options).write()
     try:
+        StageRecord(new, options).write()
         os.rename(new, staging)
-    except OSError:  # another run created it a moment ago
+    except BaseException as error:
         shutil.rmtree(new, ignore_errors=True)
-        raise InputError(staging, "another `process` run into this --output has just started; wait for it or "
-                                  "choose another --output") from None
+        if isinstance(error, OSError) and staging.exists():  # another run created it a moment ago
+            raise InputError(staging, "another `process` run into this --output has just started; wait for it "
+                                      "or choose another --output") from None
+        raise
     claim_output_folder(staging, "--output")
     return config, StageRecord.read(staging)
 
@@ -215,7 +217,7 @@ class _Stages:
         left) and returns what later stages need to know (JSON)."""
         if name in self.record.done:
             self.resumed.append(name)
-            task = self.progress.add_task(f"{description} (done)", total=1, completed=1)
+            task = self.progress.add_task(f"{description} (done before)", total=1, completed=1)
             self.progress.stop_task(task)
             return self.record.done[name]
         with _stage(self.progress, self.timer, name, description, total) as (update, advance):

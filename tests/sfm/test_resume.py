@@ -125,13 +125,14 @@ def test_a_stopped_run_resumes_at_its_unfinished_stage_and_ends_as_an_uninterrup
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, list[str]]:
-    """Exit status and the lines on stderr of `splat2splat process ARGS`."""
+    """Exit status and the lines on stderr of `splat2splat process ARGS` (on success: on stdout)."""
     status = 0
     try:
         entrypoint(["process", *args])
     except SystemExit as exit_:
         status = exit_.code
-    return status, capsys.readouterr().err.strip().splitlines()
+    out = capsys.readouterr()
+    return status, (out.out if status == 0 else out.err).strip().splitlines()
 
 
 def test_a_resume_refuses_options_of_finished_stages_and_takes_those_of_the_others(photos, tmp_path, monkeypatch,
@@ -160,8 +161,8 @@ def test_a_resume_refuses_options_of_finished_stages_and_takes_those_of_the_othe
     assert status == 2 and len(err) == 1 and "no unfinished `process` run" in err[0]
 
     # the mapping has not run: its options may change
-    status, err = run_cli(["--output", output, "--resume", "--mapper", "global"], capsys)
-    assert status == 0, err
+    status, out = run_cli(["--output", output, "--resume", "--mapper", "global"], capsys)
+    assert status == 0 and "(frames, features, matching: in the interrupted run)" in out[-2], out
     result = read_json(Path(output) / "process.json")
     assert result["mapper"] == "global" and result["resumed"] == ["frames", "features", "matching"]
     assert result["options"]["max_features"] == 1024 and result["registered"] >= 10
@@ -236,3 +237,23 @@ def test_a_resume_may_change_the_options_of_stages_still_to_run_only(tmp_path, f
             else:
                 assert record.with_options({name: value}, from_video) == {**saved, name: value}
             assert record.with_options({name: saved[name]}, from_video) == saved  # given as before: no change
+
+
+def test_a_resume_is_refused_while_another_run_holds_the_folder(photos, tmp_path, monkeypatch):
+    output = tmp_path / "dataset"
+    Calls(monkeypatch).stop_in("extract_features")
+    with pytest.raises(KeyboardInterrupt):
+        process(ProcessConfig(photos, output, **FAST))
+    hold = ("import sys, time; from splat2splat.folder_lock import claim_output_folder; "
+            "claim_output_folder(sys.argv[1]); print('held', flush=True); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    other = subprocess.Popen([sys.executable, "-c", hold, str(staging_folder(output))], stdout=subprocess.PIPE,
+                             env=env, text=True)
+    try:
+        assert other.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match="another splat2splat run .* is writing into this --output folder"):
+            process(ProcessConfig(output=output), resume=True)
+    finally:
+        other.kill()
+        other.wait()
+    assert done_stages(output) == ["frames"]  # the refused resume left the run as it was
