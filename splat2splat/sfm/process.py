@@ -117,7 +117,7 @@ def process(config: ProcessConfig, console: Console | None = None, resume: bool 
     config, record = _resumed(config, output, staging) if resume else _started(config, output, staging)
     try:
         with _sigterm_stops(), progress_display(console) as progress:
-            result = _build(config, record, progress)
+            result = _Pipeline(config, record, progress).run()
         _move_into_place(staging, output)
     except InputError:  # the input (or an option) does not give a dataset: nothing worth resuming
         release_output_folder(staging)
@@ -203,29 +203,6 @@ def _sigterm_stops():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
-class _Stages:
-    """Runs each stage with its progress bar, or shows it done when the record has it (an earlier run's)."""
-
-    def __init__(self, record: StageRecord, progress: Progress):
-        self.record, self.progress = record, progress
-        self.timer = reconstruct.StageTimer()
-        self.resumed: list[str] = []
-
-    def run(self, name: str, description: str, total: int | None,
-            work: Callable[[reconstruct.Report, reconstruct.Report], dict | None]) -> dict:
-        """``work(report, advance)`` builds the stage from scratch (after removing what an interrupted attempt
-        left) and returns what later stages need to know (JSON)."""
-        if name in self.record.done:
-            self.resumed.append(name)
-            task = self.progress.add_task(f"{description} (done before)", total=1, completed=1)
-            self.progress.stop_task(task)
-            return self.record.done[name]
-        with _stage(self.progress, self.timer, name, description, total) as (update, advance):
-            produced = work(update, advance) or {}
-        self.record.finish(name, produced, self.timer.seconds[name])
-        return produced
-
-
 @contextlib.contextmanager
 def _stage(progress: Progress, timer: reconstruct.StageTimer, name: str, description: str, total: int | None = None):
     """A timed stage with its progress bar; yields report(completed, total) and advance(step, total) callbacks.
@@ -246,84 +223,101 @@ def _stage(progress: Progress, timer: reconstruct.StageTimer, name: str, descrip
     progress.stop_task(task)
 
 
-def _build(config: ProcessConfig, record: StageRecord, progress: Progress) -> dict:
-    staging, settings, source = record.folder, config.sfm_settings(), config.input
-    colmap = staging / "colmap"
-    frames_dir, model_root, database = colmap / "images", colmap / "sparse", colmap / "database.db"
-    undistorted = colmap / "undistorted"
-    stages = _Stages(record, progress)
-    log = reconstruct.ColmapLog(colmap, settings.verbose)
+class _Pipeline:
+    """The stages in order, each run with its progress bar (from its start: what an interrupted attempt of it
+    left is removed first) and recorded when done, or shown done when the record has it from an earlier run."""
 
-    def stage_frames(_, advance) -> dict:
-        shutil.rmtree(frames_dir, ignore_errors=True)
-        if source.is_dir():
-            staged = inputs.stage_photos(source, frames_dir, advance)
+    def __init__(self, config: ProcessConfig, record: StageRecord, progress: Progress):
+        self.config, self.record, self.progress = config, record, progress
+        self.settings, self.source, self.staging = config.sfm_settings(), config.input, record.folder
+        colmap = self.staging / "colmap"
+        self.colmap, self.frames_dir, self.model_root = colmap, colmap / "images", colmap / "sparse"
+        self.database, self.undistorted = colmap / "database.db", colmap / "undistorted"
+        self.timer = reconstruct.StageTimer()
+        self.resumed: list[str] = []  # the stages an earlier run finished
+        self.log = reconstruct.ColmapLog(colmap, self.settings.verbose)
+
+    def stage(self, name: str, description: str, total: int | None,
+              work: Callable[[reconstruct.Report, reconstruct.Report], dict | None]) -> dict:
+        """``work(report, advance)`` builds the stage and returns what later stages need to know (JSON)."""
+        if name in self.record.done:
+            self.resumed.append(name)
+            task = self.progress.add_task(f"{description} (done before)", total=1, completed=1)
+            self.progress.stop_task(task)
+            return self.record.done[name]
+        with _stage(self.progress, self.timer, name, description, total) as (update, advance):
+            produced = work(update, advance) or {}
+        self.record.finish(name, produced, self.timer.seconds[name])
+        return produced
+
+    def run(self) -> dict:
+        settings, source = self.settings, self.source
+        staged = self.stage("frames", "video frames" if source.is_file() else "photos", None, self.stage_frames)
+        frames = inputs.StagedFrames(self.frames_dir, staged["names"], staged["sources"],
+                                     [tuple(size) for size in staged["sizes"]], staged["from_video"])
+        inputs.check_sizes(frames, source, settings.single_camera)  # again on resume: --single-camera may change
+        n = len(frames.names)
+        self.stage("features", "SIFT features", n, lambda update, _: self.extract(frames.names, update))
+        planned = reconstruct.matching_for(settings, n, frames.from_video)
+        method = self.stage("matching", f"{planned} matching", n,
+                            lambda update, _: self.match(planned, n, update))["method"]
+        self.stage("mapping", f"{settings.mapper} mapping", n, lambda update, _: self.map(method, n, update))
+        model = _read_model(self.model_root / "0")
+        self.stage("undistortion", "undistortion", None, lambda update, _: self.undistort(update))
+        self.stage("dataset", "dataset, images_2/4/8", model.num_reg_images(),
+                   lambda _, advance: self.write_dataset(advance))
+        self.stage("report", "report", None, lambda *_: self.draw_report(frames, model))
+        result = _summary(self.config, settings, frames, model, method, self.record.seconds, self.resumed)
+        write_json(self.staging / "process.json", result)
+        shutil.rmtree(self.undistorted, ignore_errors=True)
+        return result
+
+    def stage_frames(self, _, advance) -> dict:
+        shutil.rmtree(self.frames_dir, ignore_errors=True)
+        if self.source.is_dir():
+            staged = inputs.stage_photos(self.source, self.frames_dir, advance)
         else:
-            staged = inputs.stage_video(source, frames_dir, config.num_frames, advance)
+            staged = inputs.stage_video(self.source, self.frames_dir, self.config.num_frames, advance)
         return {"names": staged.names, "sources": staged.sources, "sizes": staged.sizes,
                 "from_video": staged.from_video}
 
-    staged = stages.run("frames", "video frames" if source.is_file() else "photos", None, stage_frames)
-    frames = inputs.StagedFrames(frames_dir, staged["names"], staged["sources"],
-                                 [tuple(size) for size in staged["sizes"]], staged["from_video"])
-    inputs.check_sizes(frames, source, settings.single_camera)  # again on resume: --single-camera may change
-    n = len(frames.names)
-
-    def extract(update, _) -> None:
-        for path in colmap.glob("database.db*"):  # an interrupted extraction's database is not trusted
+    def extract(self, names: list[str], update) -> None:
+        for path in self.colmap.glob("database.db*"):  # an interrupted extraction's database is not trusted
             path.unlink()
-        reconstruct.extract_features(database, frames_dir, frames.names, settings, log, update)
+        reconstruct.extract_features(self.database, self.frames_dir, names, self.settings, self.log, update)
 
-    stages.run("features", "SIFT features", n, extract)
-    method = reconstruct.matching_for(settings, n, frames.from_video)
-
-    def match(update, _) -> dict:
-        reconstruct.clear_matches(database)  # an interrupted matching's pairs are matched again
-        reconstruct.match_features(database, method, n, settings, log, update)
+    def match(self, method: str, n: int, update) -> dict:
+        reconstruct.clear_matches(self.database)  # an interrupted matching's pairs are matched again
+        reconstruct.match_features(self.database, method, n, self.settings, self.log, update)
         return {"method": method}
 
-    method = stages.run("matching", f"{method} matching", n, match)["method"]
-
-    def map_images(update, _) -> None:
-        shutil.rmtree(model_root, ignore_errors=True)
-        model = reconstruct.map_images(database, frames_dir, model_root, n, settings, update)
+    def map(self, method: str, n: int, update) -> None:
+        shutil.rmtree(self.model_root, ignore_errors=True)
+        model = reconstruct.map_images(self.database, self.frames_dir, self.model_root, n, self.settings, update)
         reconstruct.check_registration(0 if model is None else model.num_reg_images(),
-                                       0 if model is None else model.num_points3D(), n, method, source,
+                                       0 if model is None else model.num_points3D(), n, method, self.source,
                                        MIN_REGISTERED_FRACTION)
-        _keep_only(model_root, model)
+        _keep_only(self.model_root, model)
 
-    stages.run("mapping", f"{settings.mapper} mapping", n, map_images)
-    model = _read_model(model_root / "0")
-
-    def undistort(update, _) -> None:
-        for folder in (undistorted, staging / "images"):
+    def undistort(self, update) -> None:
+        for folder in (self.undistorted, self.staging / "images"):
             shutil.rmtree(folder, ignore_errors=True)
-        reconstruct.undistort(model_root / "0", frames_dir, undistorted, update)
-        (undistorted / "images").rename(staging / "images")
+        reconstruct.undistort(self.model_root / "0", self.frames_dir, self.undistorted, update)
+        (self.undistorted / "images").rename(self.staging / "images")
 
-    stages.run("undistortion", "undistortion", None, undistort)
+    def write_dataset(self, advance) -> None:
+        pinhole = _read_model(self.undistorted / "sparse")
+        names = nerfstudio_output.write_transforms(self.staging, pinhole)
+        nerfstudio_output.write_downscales(self.staging, names, lambda: advance(1, len(names)))
 
-    def dataset(_, advance) -> None:
-        pinhole = _read_model(undistorted / "sparse")
-        names = nerfstudio_output.write_transforms(staging, pinhole)
-        nerfstudio_output.write_downscales(staging, names, lambda: advance(1, len(names)))
-
-    stages.run("dataset", "dataset, images_2/4/8", model.num_reg_images(), dataset)
-
-    def write_report(_, __) -> None:
+    def draw_report(self, frames: inputs.StagedFrames, model) -> None:
         registered = {image.name for image in model.images.values()}
-        report.frames_sheet(staging / "frames.png", [frames_dir / name for name in frames.names],
+        report.frames_sheet(self.staging / "frames.png", [self.frames_dir / name for name in frames.names],
                             [name in registered for name in frames.names])
         ordered = sorted(model.images.values(), key=lambda image: image.name)
-        report.camera_path_plot(staging / "camera_path.png",
+        report.camera_path_plot(self.staging / "camera_path.png",
                                 np.stack([nerfstudio_output.camtoworld_opencv(image) for image in ordered]),
                                 nerfstudio_output.model_points(model)[0])
-
-    stages.run("report", "report", None, write_report)
-    result = _summary(config, settings, frames, model, method, record.seconds, stages.resumed)
-    write_json(staging / "process.json", result)
-    shutil.rmtree(undistorted, ignore_errors=True)
-    return result
 
 
 def _read_model(folder: Path):

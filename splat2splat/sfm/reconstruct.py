@@ -184,7 +184,7 @@ def map_images(database: Path, images: Path, output: Path, n_images: int, settin
 
     pycolmap.set_random_seed(settings.seed)
     output.mkdir(parents=True, exist_ok=True)
-    if settings.mapper == "global":
+    if settings.mapper == "global":  # pycolmap's global_mapping takes no cancellation token: Ctrl-C waits for it
         options = pycolmap.GlobalPipelineOptions()
         options.random_seed, options.num_threads = settings.seed, settings.threads
         models = run_stage(lambda cancellation_token: pycolmap.global_mapping(database, images, output, options),
