@@ -66,11 +66,14 @@ class Calls:
     def counted(self, name, function):
         def wrapper(*args, **kwargs):
             self.counts[name] = self.counts.get(name, 0) + 1
-            stop, self.stop = self.stop, None if self.stop and self.stop[0] == name else self.stop
-            if stop and stop[0] == name and not stop[1]:
+            stop = self.stop is not None and self.stop[0] == name
+            after_work = stop and self.stop[1]
+            if stop:
+                self.stop = None
+            if stop and not after_work:
                 raise KeyboardInterrupt
             value = function(*args, **kwargs)
-            if stop and stop[0] == name:
+            if after_work:
                 raise KeyboardInterrupt
             return value
         return wrapper
