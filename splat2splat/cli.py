@@ -23,7 +23,7 @@ COMMANDS = {
     "export": ("ExportCommand", "write PLY / .splat / compressed PLY / SPZ / SOG for viewers"),
     "eval": ("EvalCommand", "CLIP metrics and a report for edit runs"),
 }
-RESUMABLE = ("train", "edit")  # the commands with --resume
+RESUMABLE = ("process", "train", "edit")  # the commands with --resume
 
 
 def usage() -> str:

@@ -113,6 +113,14 @@ def release_output_folder(folder: str | Path) -> None:
             lock.unlink()
 
 
+def claim_moved(old_folder: str | Path, new_folder: str | Path) -> None:
+    """This process's claim follows its folder, renamed from ``old_folder`` to ``new_folder`` (lock file and all)."""
+    old = Path(old_folder) / LOCK_FILE
+    if old in _held:
+        _held.discard(old)
+        _held.add(Path(new_folder) / LOCK_FILE)
+
+
 def release_all() -> None:
     """End every claim of this process (at exit, and when a command ends)."""
     for lock in list(_held):

@@ -268,7 +268,8 @@ def test_every_registered_backend_has_its_command_and_its_options(name):
         assert command.backend == backend
 
 
-@pytest.mark.parametrize("name, then", [("train", "continues with --resume"), ("process", "run the command again")])
+@pytest.mark.parametrize("name, then", [("train", "continues with --resume"), ("process", "continues with --resume"),
+                                        ("render", "run the command again")])
 def test_ctrl_c_says_how_to_go_on_for_that_command(name, then, monkeypatch, capsys):
     import splat2splat.cli as cli
 

@@ -93,28 +93,34 @@ class ColmapLog:
 
 
 def run_stage(work: Callable[..., object], poll: Callable[[], tuple[int, int | None]] | None, report: Report) -> object:
-    """Run ``work(cancellation_token=...)`` in a thread, reporting ``poll()`` every 0.2 s; Ctrl-C cancels it."""
+    """Run ``work(cancellation_token=...)`` in a thread, reporting ``poll()`` every 0.2 s; Ctrl-C (or SIGTERM,
+    see ``process``) cancels it and waits for it to return.
+
+    The wait is on an Event, not on ``Thread.join``: a KeyboardInterrupt inside ``join`` makes Python 3.11
+    consider the thread ended while it still runs, and a pycolmap call still running when the interpreter exits
+    aborts the process."""
     import pycolmap
 
     token = pycolmap.CancellationToken()
     outcome: dict[str, object] = {}
+    finished = threading.Event()
 
     def target() -> None:
         try:
             outcome["value"] = work(cancellation_token=token)
         except BaseException as error:  # handed to the caller's thread
             outcome["error"] = error
+        finally:
+            finished.set()
 
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
+    threading.Thread(target=target, daemon=True).start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not finished.wait(0.2):
             if poll is not None:
                 report(*poll())
     except KeyboardInterrupt:
         token.cancel()
-        thread.join()
+        finished.wait()
         raise
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
@@ -160,13 +166,25 @@ def match_features(database: Path, method: str, n_images: int, settings: SfmSett
               lambda: log.counter(n_images), report)
 
 
+def clear_matches(database: Path) -> None:
+    """Remove every match and verified pair from ``database`` (those of an interrupted matching)."""
+    import pycolmap
+
+    db = pycolmap.Database.open(str(database))
+    try:
+        db.clear_matches()
+        db.clear_two_view_geometries()
+    finally:
+        db.close()
+
+
 def map_images(database: Path, images: Path, output: Path, n_images: int, settings: SfmSettings, report: Report):
     """Camera poses and points: the largest of the models found (pycolmap.Reconstruction), or None."""
     import pycolmap
 
     pycolmap.set_random_seed(settings.seed)
     output.mkdir(parents=True, exist_ok=True)
-    if settings.mapper == "global":
+    if settings.mapper == "global":  # pycolmap's global_mapping takes no cancellation token: Ctrl-C waits for it
         options = pycolmap.GlobalPipelineOptions()
         options.random_seed, options.num_threads = settings.seed, settings.threads
         models = run_stage(lambda cancellation_token: pycolmap.global_mapping(database, images, output, options),

@@ -113,5 +113,6 @@ def summary_lines(report: dict) -> list[str]:
              f"{report['points']} points, mean reprojection error {report['reprojection_error_px']:.3f} px, "
              f"matching {report['matching']}, camera {report['camera_model']}"
              f"{' (shared)' if report['single_camera'] else ' (one per image)'}"]
-    lines.append("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["seconds"].items()))
+    lines.append("time: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["seconds"].items())
+                 + (f" ({', '.join(report['resumed'])}: in the interrupted run)" if report.get("resumed") else ""))
     return lines
