@@ -101,16 +101,17 @@ class Step:
             return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
                                backend="cpp" if self.backend == BASELINE else self.backend)
 
-    def timed(self) -> tuple[float, float, float]:
-        """Seconds of forward, backward (loss included) and the whole step (with the optimiser)."""
-        start = time.perf_counter()
+    def timed(self) -> tuple[float, float, float, float]:
+        """Seconds of forward, backward (loss included) and the whole step (with the optimiser); process CPU
+        seconds of the whole step."""
+        start, cpu = time.perf_counter(), time.process_time()
         image, _, _ = self.forward()
         rendered = time.perf_counter()
         self.loss(image, self.target)[0].backward()
         backward = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return rendered - start, backward - rendered, time.perf_counter() - start
+        return rendered - start, backward - rendered, time.perf_counter() - start, time.process_time() - cpu
 
     def result(self):
         """Image and gradients of a fixed loss at the current parameters (for the comparison)."""
@@ -162,8 +163,9 @@ def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
         release_free_memory()
         with measure_peak_memory(torch.device("cpu")) as peak:
             times = [step.timed() for _ in range(args.repeats)]
-        forward, backward, whole = (statistics.median(t[k] for t in times) for k in range(3))
-        row[backend] = {"forward_s": forward, "backward_s": backward, "step_s": whole, "peak_bytes": peak.bytes}
+        forward, backward, whole, cpu = (statistics.median(t[k] for t in times) for k in range(4))
+        row[backend] = {"forward_s": forward, "backward_s": backward, "step_s": whole, "step_cpu_s": cpu,
+                        "peak_bytes": peak.bytes}
     if "torch" in results:
         (image_a, grads_a), (image_b, grads_b) = results["torch"], results["cpp"]
         row["max_abs_diff_image"] = float((image_a - image_b).abs().max())
@@ -218,12 +220,14 @@ def table(rows: list[dict]) -> str:
     baseline = any(BASELINE in row for row in rows)
     headers = ["px", "Gaussians", "threads", "pairs", "torch fwd s", "torch bwd s", "torch step s", "cpp fwd s",
                "cpp bwd s", "cpp step s", "step speed-up", "peak MiB torch / cpp", "max diff image / grads (rel)",
-               *([f"{BASELINE} fwd / bwd / step s", f"cpp vs {BASELINE}"] if baseline else [])]
+               *([f"{BASELINE} fwd / bwd / step s", f"cpp vs {BASELINE}", f"step CPU s cpp / {BASELINE}"]
+                 if baseline else [])]
     lines = []
     for row in rows:
         both = "torch" in row
         versus = ([f"{row[BASELINE]['forward_s']:.3f} / {row[BASELINE]['backward_s']:.3f} / "
-                   f"{row[BASELINE]['step_s']:.3f}", f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x"]
+                   f"{row[BASELINE]['step_s']:.3f}", f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x",
+                   f"{row['cpp']['step_cpu_s']:.3f} / {row[BASELINE]['step_cpu_s']:.3f}"]
                   if BASELINE in row else [])
         lines.append([
             row["size"], f"{row['gaussians']:,}", row["threads"], "-" if row["pairs"] is None else f"{row['pairs']:,}",
