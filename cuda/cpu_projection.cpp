@@ -29,7 +29,9 @@
 namespace splat2splat {
 namespace {
 
-constexpr int64_t kGrain = 512;
+// Gaussians per parallel chunk: ~1 ms of work, so that small scenes (thousands) run on one thread without a parallel
+// region (whose threads a loaded machine can stall) and large ones split evenly.
+constexpr int64_t kGrain = 8192;
 
 template <typename T> using Mat3 = std::array<std::array<T, 3>, 3>;
 
