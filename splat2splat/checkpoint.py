@@ -243,7 +243,7 @@ ADAM = Fields({"state": Mapping(Fields({"exp_avg": Tensor(finite=True), "exp_avg
                                              "eps": Number(low=0.0), "weight_decay": Number(low=0.0)},
                                             {"amsgrad": Flag(), "maximize": Flag(), "foreach": Maybe(Flag()),
                                              "capturable": OneOf((False,)), "differentiable": OneOf((False,)),
-                                             "fused": OneOf((None, False)),
+                                             "fused": Maybe(Flag()),  # fused on the CPU, not on a GPU
                                              "decoupled_weight_decay": Flag()}), length=1)})
 SPLAT_SHAPES = {"means": (None, 3), "scales": (None, 3), "quats": (None, 4), "opacities": (None,),
                 "sh0": (None, 1, 3), "shN": (None, None, 3)}

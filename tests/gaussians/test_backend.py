@@ -11,7 +11,7 @@ import torch
 
 from splat2splat.data.readers import load_dataset
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig
-from splat2splat.checkpoint import load_checkpoint_file
+from splat2splat.checkpoint import load_checkpoint_file, read_checkpoint, save_checkpoint
 from splat2splat.gaussians.model import SPLAT_KEYS
 from splat2splat.io import save_torch
 from splat2splat.kernels import ssim as ssim_module
@@ -246,13 +246,14 @@ def test_a_state_loaded_twice_trains_the_same_twice(dataset):
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
 
-def test_cpu_adam_is_fused_and_resumes_a_state_saved_without_it(dataset):
-    """Fused Adam on the CPU: the update of torch's per-tensor Adam up to float rounding, and a state saved by a
-    non-fused optimiser (another device, an older checkpoint) resumes with the fused one."""
+def test_cpu_adam_is_fused_and_resumes_a_state_saved_without_it(dataset, tmp_path):
+    """Fused Adam on the CPU: the update of torch's per-tensor Adam up to float rounding, its checkpoint loads, and
+    a state saved by a non-fused optimiser (another device, an older checkpoint) resumes with the fused one."""
     backend = backend_for(dataset, kind="none")
     assert all(optimizer.param_groups[0]["fused"] for optimizer in backend.optimizers.values())
     train(backend, dataset, 3)
-    state = backend.state_dict()
+    save_checkpoint(tmp_path / "checkpoint.pt", backend, None, 1)
+    state = read_checkpoint(tmp_path / "checkpoint.pt")["backend_state"]  # the format admits fused groups
     for saved in state["optimizers"].values():
         for group in saved["param_groups"]:
             group["fused"] = None
