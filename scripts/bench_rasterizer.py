@@ -11,10 +11,15 @@ the largest difference of image and gradients between the two, and the number of
 The reference can take minutes per step at large sizes: ``--torch-max-gaussians`` skips it above that many
 Gaussians (and the pair count, which its pair search gives). ``--demo-size`` also times what ``splat2splat train``
 runs, ``GaussianBackend.train_step``, on the demo scene with each rasterizer (median wall and process CPU seconds).
+
+With ``--baseline``, a third path runs beside them: "cpp-v2", the C++ compositing with the PyTorch projection, SH
+colours and per-tensor Adam (the rasterizer before the C++ projection and fused CPU Adam), for a before/after in
+one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import statistics
@@ -23,6 +28,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 import torch
 import tyro
@@ -33,10 +39,19 @@ from bench_common import markdown_table, measure_peak_memory, memory_method, mib
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.gaussians import rasterize as R  # noqa: E402
-from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig  # noqa: E402
+from splat2splat.gaussians.backend import CPU_FUSED_ADAM, GaussianBackend, GaussianConfig  # noqa: E402
+from splat2splat.kernels import cpu_projection  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
 
 PATHS = ("torch", "cpp")
+BASELINE = "cpp-v2"  # the C++ compositing only: PyTorch projection and SH colours, per-tensor Adam
+
+
+@contextlib.contextmanager
+def pytorch_projection():
+    """The "cpp" rasterizer with the PyTorch projection and SH colours (as when their extension does not build)."""
+    with mock.patch.object(cpu_projection, "cpu_projection_extension", lambda: None):
+        yield
 
 
 def random_scene(n: int, size: int, seed: int = 0, scale: float | None = None):
@@ -76,24 +91,27 @@ class Step:
     def __init__(self, backend: str, params, viewmats, Ks, size: int):
         self.backend, self.viewmats, self.Ks, self.size = backend, viewmats, Ks, size
         self.params = [p.detach().clone().requires_grad_(True) for p in params]
-        self.optimizer = torch.optim.Adam(self.params, lr=1e-4)
+        # As GaussianBackend: fused Adam on the CPU; the baseline's per-tensor Adam as before it.
+        self.optimizer = torch.optim.Adam(self.params, lr=1e-4, fused=CPU_FUSED_ADAM and backend != BASELINE)
         self.target = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(1))
         self.loss = PhotometricLoss(LossWeights())
 
     def forward(self):
-        return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
-                           backend=self.backend)
+        with pytorch_projection() if self.backend == BASELINE else contextlib.nullcontext():
+            return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
+                               backend="cpp" if self.backend == BASELINE else self.backend)
 
-    def timed(self) -> tuple[float, float, float]:
-        """Seconds of forward, backward (loss included) and the whole step (with the optimiser)."""
-        start = time.perf_counter()
+    def timed(self) -> tuple[float, float, float, float]:
+        """Seconds of forward, backward (loss included) and the whole step (with the optimiser); process CPU
+        seconds of the whole step."""
+        start, cpu = time.perf_counter(), time.process_time()
         image, _, _ = self.forward()
         rendered = time.perf_counter()
         self.loss(image, self.target)[0].backward()
         backward = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return rendered - start, backward - rendered, time.perf_counter() - start
+        return rendered - start, backward - rendered, time.perf_counter() - start, time.process_time() - cpu
 
     def result(self):
         """Image and gradients of a fixed loss at the current parameters (for the comparison)."""
@@ -116,6 +134,9 @@ class BenchRasterizer:
     """torch (and OpenMP) CPU threads; 0: all cores."""
     repeats: int = 3
     """Timed steps per rasterizer (after one warm-up step); the median is reported."""
+    baseline: bool = False
+    """Also time "cpp-v2": the C++ compositing with the PyTorch projection, SH colours and per-tensor Adam (before
+    the C++ projection and fused CPU Adam), side by side."""
     torch_max_gaussians: int = 50_000
     """Skip the PyTorch reference above this many Gaussians (it can take minutes per step)."""
     demo_size: int = 0
@@ -134,16 +155,18 @@ def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
     pairs = count_pairs(params, viewmats, Ks, size) if with_reference else None
     row = {"size": size, "gaussians": n, "threads": threads, "pairs": pairs}
     results = {}
-    for backend in PATHS if with_reference else ("cpp",):
+    paths = [*(PATHS if with_reference else ("cpp",)), *([BASELINE] if args.baseline else [])]
+    for backend in paths:
         step = Step(backend, params, viewmats, Ks, size)
         results[backend] = step.result()
         step.timed()  # warm-up
         release_free_memory()
         with measure_peak_memory(torch.device("cpu")) as peak:
             times = [step.timed() for _ in range(args.repeats)]
-        forward, backward, whole = (statistics.median(t[k] for t in times) for k in range(3))
-        row[backend] = {"forward_s": forward, "backward_s": backward, "step_s": whole, "peak_bytes": peak.bytes}
-    if len(results) == 2:
+        forward, backward, whole, cpu = (statistics.median(t[k] for t in times) for k in range(4))
+        row[backend] = {"forward_s": forward, "backward_s": backward, "step_s": whole, "step_cpu_s": cpu,
+                        "peak_bytes": peak.bytes}
+    if "torch" in results:
         (image_a, grads_a), (image_b, grads_b) = results["torch"], results["cpp"]
         row["max_abs_diff_image"] = float((image_a - image_b).abs().max())
         row["max_rel_diff_grads"] = max(float((a - b).abs().max() / a.abs().max().clamp(min=1e-12))
@@ -156,27 +179,37 @@ def bench_demo(size: int, threads: int, args: BenchRasterizer, folder: Path) -> 
     torch.set_num_threads(threads)
     dataset = load_dataset(folder)
     row = {"size": size, "threads": threads}
-    for backend_name in ("cpp", "torch"):
-        backend = GaussianBackend.from_dataset(dataset, GaussianConfig(device="cpu", rasterizer=backend_name))
+    for backend_name in ("cpp", "torch", *([BASELINE] if args.baseline else [])):
+        baseline = backend_name == BASELINE
+        config = GaussianConfig(device="cpu", rasterizer="cpp" if baseline else backend_name)
+        backend = GaussianBackend.from_dataset(dataset, config)
+        if baseline:
+            for optimizer in backend.optimizers.values():
+                optimizer.param_groups[0]["fused"] = None
         loss = PhotometricLoss(LossWeights())
-        for _ in range(2):
-            backend.train_step(dataset, loss)
-        walls, cpus = [], []
-        for _ in range(args.demo_steps if backend_name == "cpp" else min(3, args.demo_steps)):
-            wall, cpu = time.perf_counter(), time.process_time()
-            backend.train_step(dataset, loss)
-            walls.append(time.perf_counter() - wall)
-            cpus.append(time.process_time() - cpu)
+        with pytorch_projection() if baseline else contextlib.nullcontext():
+            for _ in range(2):
+                backend.train_step(dataset, loss)
+            walls, cpus = [], []
+            for _ in range(min(3, args.demo_steps) if backend_name == "torch" else args.demo_steps):
+                wall, cpu = time.perf_counter(), time.process_time()
+                backend.train_step(dataset, loss)
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
         row[backend_name] = {"step_s": statistics.median(walls), "cpu_s": statistics.median(cpus)}
     return row
 
 
 def demo_table(rows: list[dict]) -> str:
-    headers = ["px", "threads", "torch s/step (wall / CPU)", "cpp s/step (wall / CPU)", "cpp steps/s", "speed-up"]
+    baseline = any(BASELINE in row for row in rows)
+    headers = ["px", "threads", "torch s/step (wall / CPU)", "cpp s/step (wall / CPU)", "cpp steps/s", "speed-up",
+               *([f"{BASELINE} s/step (wall / CPU)", f"cpp vs {BASELINE}"] if baseline else [])]
     return markdown_table(headers, [[
         row["size"], row["threads"], f"{row['torch']['step_s']:.3f} / {row['torch']['cpu_s']:.3f}",
         f"{row['cpp']['step_s']:.3f} / {row['cpp']['cpu_s']:.3f}", f"{1 / row['cpp']['step_s']:.1f}",
         f"{row['torch']['step_s'] / row['cpp']['step_s']:.1f}x",
+        *([f"{row[BASELINE]['step_s']:.3f} / {row[BASELINE]['cpu_s']:.3f}",
+           f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x"] if baseline else []),
     ] for row in rows])
 
 
@@ -184,18 +217,25 @@ def table(rows: list[dict]) -> str:
     def seconds(row, backend, key):
         return f"{row[backend][key]:.3f}" if backend in row else "-"
 
+    baseline = any(BASELINE in row for row in rows)
     headers = ["px", "Gaussians", "threads", "pairs", "torch fwd s", "torch bwd s", "torch step s", "cpp fwd s",
-               "cpp bwd s", "cpp step s", "step speed-up", "peak MiB torch / cpp", "max diff image / grads (rel)"]
+               "cpp bwd s", "cpp step s", "step speed-up", "peak MiB torch / cpp", "max diff image / grads (rel)",
+               *([f"{BASELINE} fwd / bwd / step s", f"cpp vs {BASELINE}", f"step CPU s cpp / {BASELINE}"]
+                 if baseline else [])]
     lines = []
     for row in rows:
         both = "torch" in row
+        versus = ([f"{row[BASELINE]['forward_s']:.3f} / {row[BASELINE]['backward_s']:.3f} / "
+                   f"{row[BASELINE]['step_s']:.3f}", f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x",
+                   f"{row['cpp']['step_cpu_s']:.3f} / {row[BASELINE]['step_cpu_s']:.3f}"]
+                  if BASELINE in row else [])
         lines.append([
             row["size"], f"{row['gaussians']:,}", row["threads"], "-" if row["pairs"] is None else f"{row['pairs']:,}",
             seconds(row, "torch", "forward_s"), seconds(row, "torch", "backward_s"), seconds(row, "torch", "step_s"),
             seconds(row, "cpp", "forward_s"), seconds(row, "cpp", "backward_s"), seconds(row, "cpp", "step_s"),
             f"{row['torch']['step_s'] / row['cpp']['step_s']:.1f}x" if both else "-",
             (f"{mib(row['torch']['peak_bytes'])} / " if both else "- / ") + f"{mib(row['cpp']['peak_bytes'])}",
-            f"{row['max_abs_diff_image']:.1e} / {row['max_rel_diff_grads']:.1e}" if both else "-",
+            f"{row['max_abs_diff_image']:.1e} / {row['max_rel_diff_grads']:.1e}" if both else "-", *versus,
         ])
     return markdown_table(headers, lines)
 

@@ -187,14 +187,14 @@ def test_bench_rasterizer_times_both_cpu_rasterizers_side_by_side(scripts_on_pat
     import bench_rasterizer
 
     args = bench_rasterizer.BenchRasterizer(sizes=(32,), counts=(300,), threads=(1,), repeats=1, demo_size=24,
-                                            demo_steps=1, output=tmp_path / "raster.json")
+                                            demo_steps=1, baseline=True, output=tmp_path / "raster.json")
     results = bench_rasterizer.main(args)
     (demo,) = results["demo_rows"]  # the demo scene's train_step with each rasterizer
     assert (demo["size"], demo["threads"]) == (24, 1)
-    assert all(demo[backend][key] > 0 for backend in ("torch", "cpp") for key in ("step_s", "cpu_s"))
+    assert all(demo[backend][key] > 0 for backend in ("torch", "cpp", "cpp-v2") for key in ("step_s", "cpu_s"))
     (row,) = results["rows"]
     assert (row["size"], row["gaussians"], row["threads"]) == (32, 300, 1) and row["pairs"] > 0
-    for backend in ("torch", "cpp"):
-        assert all(row[backend][key] > 0 for key in ("forward_s", "backward_s", "step_s"))
+    for backend in ("torch", "cpp", "cpp-v2"):
+        assert all(row[backend][key] > 0 for key in ("forward_s", "backward_s", "step_s", "step_cpu_s"))
     assert row["max_abs_diff_image"] < 1e-5 and row["max_rel_diff_grads"] < 1e-4
     assert json.loads((tmp_path / "raster.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))

@@ -28,6 +28,7 @@ from splat2splat.scene import EditHook, ImageLoss
 # What from_state_dict reads, and the shapes of the Gaussian parameters after the leading count N
 # (None: any size; shN holds K-1 SH bases).
 STATE_KEYS = ("config", "splats", "optimizers", "step", "background")
+CPU_FUSED_ADAM = torch.torch_version.TorchVersion(torch.__version__) >= "2.4"  # torch's fused Adam runs on CPUs since 2.4
 SPLAT_TRAILING_SHAPES = {"means": (3,), "scales": (3,), "quats": (4,), "opacities": (), "sh0": (1, 3), "shN": (None, 3)}
 
 
@@ -82,8 +83,14 @@ class GaussianBackend:
         rates = {"means": c.means_lr * c.scene_scale, "scales": c.scales_lr, "quats": c.quats_lr,
                  "opacities": c.opacities_lr, "sh0": c.sh0_lr, "shN": c.shN_lr}
         # eps 1e-15 as in 3DGS: the default 1e-8 swamps the tiny gradients of the position parameters.
-        return {name: torch.optim.Adam([{"params": self.splats[name], "lr": rates[name], "name": name}], eps=1e-15)
+        return {name: torch.optim.Adam([{"params": self.splats[name], "lr": rates[name], "name": name}], eps=1e-15,
+                                       **self._adam_kernel())
                 for name in SPLAT_KEYS}
+
+    def _adam_kernel(self) -> dict:
+        """Fused Adam on the CPU (one pass over each parameter instead of a dozen tensor operations: several times
+        faster at 10^5 Gaussians, the same update up to float rounding); torch's default elsewhere, as gsplat."""
+        return {"fused": True if self.device.type == "cpu" and CPU_FUSED_ADAM else None, "foreach": None}
 
     def _make_strategy(self):
         s = self.config.strategy
@@ -305,7 +312,10 @@ class GaussianBackend:
         self.max_sh_degree = sh_degree_of(self.splats)
         self.optimizers = self._make_optimizers()
         for key, optimizer in self.optimizers.items():
-            optimizer.load_state_dict(copy.deepcopy(state["optimizers"][key]))
+            saved = copy.deepcopy(state["optimizers"][key])
+            for group in saved["param_groups"]:  # a state saved on another device: this device's Adam kernel
+                group.update(self._adam_kernel())
+            optimizer.load_state_dict(saved)
         self.strategy_state = to_device(copy.deepcopy(state["strategy_state"]), self.device)
         self.step = state["step"]
         self.generator.set_state(state["generator"])

@@ -18,9 +18,9 @@ an analytic backward pass (``_Blend``), so gradients are exact for the same func
 It returns gsplat's ``info`` dict (means2d, radii, width, height, n_cameras, ...) so gsplat's densification
 strategies work unchanged.
 
-The "cpp" rasterizer shares the projection and SH colours (PyTorch autograd, linear in the Gaussians) and replaces
-only the compositing, the cost that grows with pixels, by :mod:`splat2splat.kernels.cpu_rasterizer` (same pairs,
-same gradients, one C++ pass per tile).
+The "cpp" rasterizer runs the same three stages in C++: projection and SH colours by
+:mod:`splat2splat.kernels.cpu_projection` (one pass over the Gaussians) and the compositing, the cost that grows with
+pixels, by :mod:`splat2splat.kernels.cpu_rasterizer` (same pairs, same gradients, one pass per tile).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from gsplat.cuda._torch_impl import _quat_to_rotmat, _spherical_harmonics
 
 from splat2splat.errors import InputError
 from splat2splat.gaussians.pixel_pairs import ALPHA_THRESHOLD, MAX_ALPHA, _contributing_pairs, _segmented_cumsum
-from splat2splat.kernels import cpu_rasterizer
+from splat2splat.kernels import cpu_projection, cpu_rasterizer
 from splat2splat.kernels.build import gsplat_cuda_available
 
 RASTERIZERS = ("auto", "gsplat", "cpp", "torch")
@@ -71,9 +71,16 @@ def rasterize(
             far_plane=far_plane, eps2d=eps2d, sh_degree=sh_degree, packed=False, tile_size=tile_size,
             backgrounds=backgrounds, absgrad=absgrad, rasterize_mode="classic",
         )
+    if backend == "torch":
+        return rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
+                               backgrounds, near_plane, far_plane, eps2d, tile_size)
+    # The C++ projection has no gradient for the cameras: the PyTorch one serves a pose optimisation.
+    native = (cpu_projection.cpu_projection_extension() is not None
+              and not (viewmats.requires_grad or Ks.requires_grad))
     return rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
-                           backgrounds, near_plane, far_plane, eps2d, tile_size,
-                           composite=cpu_rasterizer.composite if backend == "cpp" else _composite)
+                           backgrounds, near_plane, far_plane, eps2d, tile_size, composite=cpu_rasterizer.composite,
+                           projection=cpu_projection.project if native else project,
+                           colors=cpu_projection.sh_colors if native else sh_colors)
 
 
 def choose_rasterizer(requested: str, device: torch.device) -> str:
@@ -163,18 +170,17 @@ def _persp_proj(means, covars, Ks, width, height):
 
 
 def rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, height, sh_degree,
-                    backgrounds=None, near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=16, composite=None):
+                    backgrounds=None, near_plane=0.01, far_plane=1e10, eps2d=0.3, tile_size=16, composite=None,
+                    projection=None, colors=None):
     """Pure-PyTorch equivalent of ``gsplat.rasterization(..., packed=False, rasterize_mode="classic")``.
 
-    ``composite``: the per-camera compositing, the PyTorch one by default (the C++ one has the same signature)."""
-    composite = composite or _composite
-    radii, means2d, depths, conics = project(means, quats, scales, opacities[None], viewmats, Ks, width, height,
-                                             near_plane, far_plane, eps2d)
+    ``composite``, ``projection``, ``colors``: the per-camera compositing, the projection and the SH colours, the
+    PyTorch ones by default (the C++ ones of :mod:`splat2splat.kernels` have the same signatures)."""
+    composite, projection, colors = composite or _composite, projection or project, colors or sh_colors
+    radii, means2d, depths, conics = projection(means, quats, scales, opacities[None], viewmats, Ks, width, height,
+                                                near_plane, far_plane, eps2d)
     campos = torch.linalg.inv(viewmats)[:, :3, 3]
-    colors = []
-    for c in range(len(viewmats)):
-        dirs = means - campos[c]
-        colors.append(torch.clamp_min(_spherical_harmonics(sh_degree, dirs, sh) + 0.5, 0.0))
+    colors = colors(sh_degree, means, campos, sh)
     images, alphas = [], []
     for c in range(len(viewmats)):
         image, alpha = composite(means2d[c], conics[c], opacities, colors[c], depths[c], radii[c], width, height,
@@ -190,6 +196,12 @@ def rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, he
         "batch_ids": None,
     }
     return torch.stack(images), torch.stack(alphas), info
+
+
+def sh_colors(sh_degree, means, campos, sh):
+    """Colours [C, N, 3] of the Gaussians seen from the camera centres campos [C, 3] (gsplat: SH + 0.5, >= 0)."""
+    return torch.stack([torch.clamp_min(_spherical_harmonics(sh_degree, means - centre, sh) + 0.5, 0.0)
+                        for centre in campos])
 
 
 def _composite(means2d, conics, opacities, colors, depths, radii, width, height, tile_size):

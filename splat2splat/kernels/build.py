@@ -80,9 +80,6 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
         extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
     else:
-        compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
-        if shutil.which(compiler) is None:
-            raise RuntimeError(f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)")
         # -fno-trapping-math changes no value (nothing here traps on a floating-point exception); it lets the compiler
         # turn the kernels' selects into vector blends. AVX2 (8 floats per instruction instead of 4; the same IEEE
         # operations, no FMA) only where this CPU has it, in a build folder of its own ("cpu_avx2").
@@ -134,8 +131,21 @@ def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
 
 def load_cpu_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per machine, into the torch extensions folder) and import the C++ extension ``name``, once per
-    process; ``None`` after one warning when it does not build (no compiler, say)."""
+    process; ``None`` after one warning when it does not build (no compiler: one warning for all extensions)."""
+    if _no_compiler():
+        return None
     return _load_once(name, tuple(sources), cuda=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _no_compiler() -> bool:
+    """True, after one warning per process, when the C++ compiler torch's build uses ($CXX or c++) is missing."""
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is not None:
+        return False
+    logger.warning("could not build the C++ extensions, using the PyTorch reference instead: no C++ compiler found "
+                   "(%r: set CXX or put c++ on PATH)", compiler)
+    return True
 
 
 # ------------------------------------------------------------------------------------------------ gsplat
