@@ -80,9 +80,6 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
         extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
     else:
-        compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
-        if shutil.which(compiler) is None:
-            raise RuntimeError(f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)")
         # -fno-trapping-math changes no value (nothing here traps on a floating-point exception); it lets the compiler
         # turn the kernels' selects into vector blends. AVX2 (8 floats per instruction instead of 4; the same IEEE
         # operations, no FMA) only where this CPU has it, in a build folder of its own ("cpu_avx2").
@@ -98,6 +95,16 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         verbose=False,
         **extra,
     )
+
+
+@functools.lru_cache(maxsize=None)
+def _missing_cpu_compiler() -> str | None:
+    """Why no C++ extension can be built here, or ``None`` when the compiler torch's build uses is found (looked up
+    once per process)."""
+    compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)"
+    return None
 
 
 def _cpu_has_avx2() -> bool:
@@ -134,8 +141,18 @@ def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
 
 def load_cpu_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per machine, into the torch extensions folder) and import the C++ extension ``name``, once per
-    process; ``None`` after one warning when it does not build (no compiler, say)."""
+    process; ``None`` after one warning when it does not build. Without a compiler, that is one warning for all
+    the C++ extensions of the process, not one each."""
+    missing = _missing_cpu_compiler()
+    if missing is not None:
+        _warn_no_cpu_compiler(missing)
+        return None
     return _load_once(name, tuple(sources), cuda=False)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_no_cpu_compiler(reason: str) -> None:
+    logger.warning("could not build the C++ extensions, using the PyTorch reference instead: %s", reason)
 
 
 # ------------------------------------------------------------------------------------------------ gsplat

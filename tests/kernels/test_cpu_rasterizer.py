@@ -234,7 +234,9 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     chosen = choose_rasterizer("auto", torch.device("cpu"))
     image = rasterize(*params, viewmats, Ks, 40, 30, 3, torch.ones(3), backend="auto")[0]
     reference = rasterize(*params, viewmats, Ks, 40, 30, 3, torch.ones(3), backend="torch")[0]
-    print(chosen, bool(torch.equal(image, reference)), float(image.std()))
+    from splat2splat.kernels.ssim import l1_dssim_loss, reference_l1_dssim_loss
+    loss_equal = torch.equal(l1_dssim_loss(image, reference.flip(1)), reference_l1_dssim_loss(image, reference.flip(1)))
+    print(chosen, bool(torch.equal(image, reference)) and loss_equal, float(image.std()))
 """)
 
 
@@ -253,5 +255,6 @@ def test_without_a_compiler_one_warning_and_the_pytorch_rasterizer(tmp_path, hid
     chosen, identical, spread = result.stdout.split()
     assert (chosen, identical) == ("torch", "True") and float(spread) > 0.01
     lines = result.stderr.strip().splitlines()
+    # One line for both C++ extensions (rasterizer and SSIM).
     assert len(lines) == 1 and lines[0].startswith("WARNING could not build the C++ extension"), result.stderr
     assert "no C++ compiler found" in lines[0]
