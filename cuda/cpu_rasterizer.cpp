@@ -14,9 +14,10 @@
 // is below 1/255 for certain.
 // Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
 // for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp).
-// Tiles run in parallel (OpenMP, torch's thread count). The backward walks each pixel's pairs again front to back
-// (exact alphas and transmittances, no division), then back to front with the running sum of later weights; each
-// tile's per-Gaussian sums are added into the gradients in a fixed order (deterministic for any thread count).
+// Forward and backward share one loop over tiles, rows and lane groups (for_each_lane_group; OpenMP across tiles,
+// torch's thread count). The backward walks each pixel's pairs again front to back (exact alphas and
+// transmittances, no division), then back to front with the running sum of later weights; each tile's per-Gaussian
+// sums are added into the gradients in a fixed order (deterministic for any thread count).
 
 #include <torch/extension.h>
 
@@ -79,6 +80,9 @@ inline double lane_exp(double x) { return std::exp(x); }
 
 // One Gaussian against the lanes of a pixel row (pixel centres px0 + i, height py), for the lanes that ask (mask):
 // alpha where it blends (sigma in [0, cut], pixel inside the box, alpha >= 1/255), else 0, and its parts.
+// The exponent of a lane that does not blend (see evaluate_lanes).
+template <typename scalar_t> constexpr scalar_t kMasked = scalar_t(-40);
+
 template <typename scalar_t> struct LaneAlphas {
     scalar_t alpha[kLanes], falloff[kLanes], dx[kLanes], dy[kLanes];
 };
@@ -95,13 +99,14 @@ inline void evaluate_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, 
         const scalar_t t3 = (s.b * dx) * dy;
         const scalar_t sigma = scalar_t(0.5) * (t1 + t2) + t3;
         // Selects rather than branches, so that the loop vectorises: a lane that is not a candidate gets an exponent
-        // whose alpha is far below 1/255 (exp(-87) ~ 1.6e-38).
+        // whose alpha is far below 1/255 (exp(-40) ~ 4e-18) yet a normal float: exp(-87) times an opacity is
+        // subnormal, and subnormal arithmetic made these loops ~25 % slower.
         scalar_t exponent = -sigma;
-        exponent = (sigma >= scalar_t(0)) ? exponent : scalar_t(-87);
-        exponent = (sigma <= s.sigma_cut) ? exponent : scalar_t(-87);
-        exponent = (px >= s.x_lo) ? exponent : scalar_t(-87);
-        exponent = (px <= s.x_hi) ? exponent : scalar_t(-87);
-        exponent = asks[i] ? exponent : scalar_t(-87);
+        exponent = (sigma >= scalar_t(0)) ? exponent : kMasked<scalar_t>;
+        exponent = (sigma <= s.sigma_cut) ? exponent : kMasked<scalar_t>;
+        exponent = (px >= s.x_lo) ? exponent : kMasked<scalar_t>;
+        exponent = (px <= s.x_hi) ? exponent : kMasked<scalar_t>;
+        exponent = asks[i] ? exponent : kMasked<scalar_t>;
         const scalar_t falloff = lane_exp(exponent);
         const scalar_t alpha = std::min(s.opacity * falloff, scalar_t(kMaxAlpha));
         out.alpha[i] = (alpha >= scalar_t(kAlphaThreshold)) ? alpha : scalar_t(0);  // 0: not blended
@@ -208,7 +213,7 @@ void row_candidates(const std::vector<Splat<scalar_t>> &splats, scalar_t py, dou
 // stops (before it) where it would bring the transmittance to <= 1e-4. Separate arrays (restrict): it vectorises.
 template <typename scalar_t>
 inline void blend_lanes(const scalar_t *__restrict alpha, double *__restrict transmittance,
-                        double *__restrict accumulated, int32_t *__restrict running, int32_t *__restrict end,
+                        scalar_t *__restrict accumulated, int32_t *__restrict running, int32_t *__restrict end,
                         scalar_t *__restrict weights, int32_t *__restrict stopped, int32_t j) {
     for (int i = 0; i < kLanes; ++i) {
         const double before = transmittance[i];
@@ -220,7 +225,7 @@ inline void blend_lanes(const scalar_t *__restrict alpha, double *__restrict tra
         running[i] = stops ? 0 : running[i];
         const scalar_t weight = alpha[i] * static_cast<scalar_t>(before);
         weights[i] = blends ? weight : scalar_t(0);
-        accumulated[i] += static_cast<double>(weights[i]);
+        accumulated[i] += weights[i];
         transmittance[i] = blends ? after : before;
         end[i] = blends ? j + 1 : end[i];
     }
@@ -266,85 +271,243 @@ void check_inputs(
     TORCH_CHECK(colors.size(1) <= kMaxChannels, "at most ", kMaxChannels, " colour channels, got ", colors.size(1));
 }
 
+// A group of up to kLanes pixels of one tile row: the pixels y * width + x .. + lanes - 1.
+template <typename scalar_t> struct LaneGroup {
+    int64_t y, x;
+    int lanes;         // pixels inside the image
+    scalar_t px0, py;  // centre of the first pixel
+};
+
+// The loop the forward and the backward share: tiles in parallel (OpenMP, torch's thread count; dynamic schedule,
+// so results must not depend on which thread takes a tile), each tile's splats gathered, its rows' candidates
+// culled, and then for every lane group visitor.lanes(group, splats, row). make_visitor() gives each thread its
+// own visitor, which also sees begin_tile(tile, list, length) and end_tile(tile, length).
+template <typename scalar_t, typename MakeVisitor>
+void for_each_lane_group(const TileGrid &grid, const int64_t *offsets, const int32_t *ids, const scalar_t *means2d,
+                         const scalar_t *conics, const scalar_t *opacities, const int32_t *radii,
+                         MakeVisitor make_visitor) {
+#pragma omp parallel num_threads(at::get_num_threads())
+    {
+        auto visitor = make_visitor();
+        std::vector<Splat<scalar_t>> splats;
+        std::vector<int32_t> row;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t tile = 0; tile < grid.count(); ++tile) {
+            const int32_t *list = ids + offsets[tile];
+            const int64_t length = offsets[tile + 1] - offsets[tile];
+            if (length == 0) continue;
+            gather_splats(list, length, means2d, conics, opacities, radii, splats);
+            visitor.begin_tile(tile, list, length);
+            const int64_t x0 = (tile % grid.tiles_x) * grid.tile_size, y0 = (tile / grid.tiles_x) * grid.tile_size;
+            const int64_t x_end = std::min(x0 + grid.tile_size, grid.width);
+            const int64_t y_end = std::min(y0 + grid.tile_size, grid.height);
+            for (int64_t y = y0; y < y_end; ++y) {
+                const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
+                row_candidates(splats, py, x0 + 0.5, x_end - 0.5, row);
+                for (int64_t x = x0; x < x_end; x += kLanes) {
+                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, x_end - x));
+                    visitor.lanes(LaneGroup<scalar_t>{y, x, lanes, static_cast<scalar_t>(x) + scalar_t(0.5), py},
+                                  splats, row);
+                }
+            }
+            visitor.end_tile(tile, length);
+        }
+    }
+}
+
+// Forward: front to back over each lane group's candidates, until every lane's transmittance has stopped it.
+template <typename scalar_t> struct ForwardVisitor {
+    const scalar_t *colors;
+    int64_t channels, width;
+    scalar_t *image, *alpha_out;
+    int32_t *walked;
+    std::vector<scalar_t> tile_colors = {};
+    LaneAlphas<scalar_t> lanes_alpha = {};
+
+    void begin_tile(int64_t, const int32_t *list, int64_t length) {
+        tile_colors.resize(length * channels);
+        for (int64_t j = 0; j < length; ++j)
+            for (int64_t k = 0; k < channels; ++k) tile_colors[j * channels + k] = colors[list[j] * channels + k];
+    }
+    void end_tile(int64_t, int64_t) {}
+
+    void lanes(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
+               const std::vector<int32_t> &row) {
+        // Colour and alpha sums in the inputs' dtype, front to back: the reference's index_add order.
+        double transmittance[kLanes];
+        scalar_t pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
+        int32_t end[kLanes] = {};
+        int32_t running[kLanes];  // not yet stopped by the transmittance (and inside the image)
+        for (int i = 0; i < kLanes; ++i) {
+            transmittance[i] = 1.0;
+            running[i] = i < g.lanes;
+        }
+        for (const int32_t j : row) {
+            const Splat<scalar_t> &s = splats[j];
+            if (misses(s, g.px0)) continue;
+            evaluate_lanes(s, g.px0, g.py, running, lanes_alpha);
+            const scalar_t *color = tile_colors.data() + j * channels;
+            scalar_t weights[kLanes];
+            int32_t stopped[kLanes];
+            blend_lanes(lanes_alpha.alpha, transmittance, accumulated, running, end, weights, stopped, j);
+            int32_t stopped_any = 0;
+            for (int i = 0; i < kLanes; ++i) stopped_any |= stopped[i];
+            for (int64_t k = 0; k < channels; ++k)
+                for (int i = 0; i < kLanes; ++i) pixel[k][i] += weights[i] * color[k];
+            if (stopped_any) {
+                int still_running = 0;
+                for (int i = 0; i < kLanes; ++i) still_running += running[i];
+                if (still_running == 0) break;
+            }
+        }
+        for (int i = 0; i < g.lanes; ++i) {
+            const int64_t p = g.y * width + g.x + i;
+            for (int64_t k = 0; k < channels; ++k) image[p * channels + k] = pixel[k][i];
+            alpha_out[p] = accumulated[i];
+            walked[p] = end[i];
+        }
+    }
+};
+
 template <typename scalar_t>
 void forward_impl(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
     const at::Tensor &radii, const at::Tensor &depths, const TileGrid &grid, at::Tensor &image, at::Tensor &alpha_out,
     at::Tensor &walked, at::Tensor &offsets_out, at::Tensor &ids_out
 ) {
-    const int64_t n = means2d.size(0), channels = colors.size(1);
-    const int64_t width = grid.width, height = grid.height, tile_size = grid.tile_size;
     std::vector<int64_t> offsets;
     std::vector<int32_t> ids;
     tile_lists<scalar_t>(means2d.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(), depths.data_ptr<scalar_t>(),
-                         n, grid, offsets, ids);
-    const scalar_t *m = means2d.data_ptr<scalar_t>(), *con = conics.data_ptr<scalar_t>();
-    const scalar_t *opa = opacities.data_ptr<scalar_t>(), *col = colors.data_ptr<scalar_t>();
-    const int32_t *rad = radii.data_ptr<int32_t>();
-    scalar_t *img = image.data_ptr<scalar_t>(), *acc = alpha_out.data_ptr<scalar_t>();
-    int32_t *walk = walked.data_ptr<int32_t>();
-#pragma omp parallel num_threads(at::get_num_threads())
-    {
-        std::vector<Splat<scalar_t>> splats;
-        std::vector<scalar_t> tile_colors;
-        std::vector<int32_t> row;
-        LaneAlphas<scalar_t> lanes_alpha;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t tile = 0; tile < grid.count(); ++tile) {
-            const int32_t *list = ids.data() + offsets[tile];
-            const int64_t length = offsets[tile + 1] - offsets[tile];
-            if (length == 0) continue;
-            gather_splats(list, length, m, con, opa, rad, splats);
-            tile_colors.resize(length * channels);
-            for (int64_t j = 0; j < length; ++j)
-                for (int64_t k = 0; k < channels; ++k) tile_colors[j * channels + k] = col[list[j] * channels + k];
-            const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
-            for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
-                const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
-                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
-                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    double transmittance[kLanes], pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
-                    int32_t end[kLanes] = {};
-                    int32_t running[kLanes];  // not yet stopped by the transmittance (and inside the image)
-                    for (int i = 0; i < kLanes; ++i) {
-                        transmittance[i] = 1.0;
-                        running[i] = i < lanes;
-                    }
-                    int still_running = lanes;
-                    for (const int32_t j : row) {
-                        const Splat<scalar_t> &s = splats[j];
-                        if (misses(s, px0)) continue;
-                        evaluate_lanes(s, px0, py, running, lanes_alpha);
-                        const scalar_t *color = tile_colors.data() + j * channels;
-                        scalar_t weights[kLanes];
-                        int32_t stopped[kLanes];
-                        blend_lanes(lanes_alpha.alpha, transmittance, accumulated, running, end, weights, stopped, j);
-                        int32_t stopped_any = 0;
-                        for (int i = 0; i < kLanes; ++i) stopped_any |= stopped[i];
-                        for (int64_t k = 0; k < channels; ++k)
-                            for (int i = 0; i < kLanes; ++i) pixel[k][i] += static_cast<double>(weights[i] * color[k]);
-                        if (stopped_any) {
-                            still_running = 0;
-                            for (int i = 0; i < kLanes; ++i) still_running += running[i];
-                            if (still_running == 0) break;
-                        }
-                    }
-                    for (int i = 0; i < lanes; ++i) {
-                        const int64_t p = y * width + x + i;
-                        for (int64_t k = 0; k < channels; ++k)
-                            img[p * channels + k] = static_cast<scalar_t>(pixel[k][i]);
-                        acc[p] = static_cast<scalar_t>(accumulated[i]);
-                        walk[p] = end[i];
-                    }
-                }
-            }
-        }
-    }
+                         means2d.size(0), grid, offsets, ids);
+    for_each_lane_group<scalar_t>(grid, offsets.data(), ids.data(), means2d.data_ptr<scalar_t>(),
+                                  conics.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(),
+                                  radii.data_ptr<int32_t>(), [&] {
+        return ForwardVisitor<scalar_t>{colors.data_ptr<scalar_t>(), colors.size(1), grid.width,
+                                        image.data_ptr<scalar_t>(), alpha_out.data_ptr<scalar_t>(),
+                                        walked.data_ptr<int32_t>()};
+    });
     offsets_out = at::from_blob(offsets.data(), {static_cast<int64_t>(offsets.size())}, at::kLong).clone();
     ids_out = at::from_blob(ids.data(), {static_cast<int64_t>(ids.size())}, at::kInt).clone();
 }
+
+// Backward: each lane group's pairs again front to back (exact alphas and transmittances, no division; only up to
+// the list prefix the forward walked), then back to front with the running sum of later weights. Each tile's
+// per-Gaussian sums go to its own rows of entry_sums (one per tile-list entry).
+template <typename scalar_t> struct BackwardVisitor {
+    const scalar_t *colors, *grad_image, *grad_alpha;
+    const int32_t *walked;
+    const int64_t *offsets;
+    int64_t channels, width;
+    scalar_t *entry_sums;
+    const int32_t *list = nullptr;
+    std::vector<double> tile_sums = {};
+    LaneAlphas<scalar_t> lanes_alpha = {};
+    // The forward's blended pairs of the current lanes, front to back: per Gaussian with at least one, its entry j
+    // and per lane alpha, falloff, offsets and the transmittance before it (all zero in lanes it does not blend).
+    std::vector<int32_t> record_j = {};
+    std::vector<scalar_t> records = {};  // [pair][5][kLanes]
+
+    int64_t stride() const { return 6 + channels; }
+    void begin_tile(int64_t, const int32_t *tile_list, int64_t length) {
+        list = tile_list;
+        tile_sums.assign(length * stride(), 0.0);
+    }
+    void end_tile(int64_t tile, int64_t length) {
+        scalar_t *entries = entry_sums + offsets[tile] * stride();
+        for (int64_t k = 0; k < length * stride(); ++k) entries[k] = static_cast<scalar_t>(tile_sums[k]);
+    }
+
+    void lanes(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
+               const std::vector<int32_t> &row) {
+        const int64_t p0 = g.y * width + g.x;
+        int32_t end[kLanes] = {}, last_end = 0;
+        for (int i = 0; i < g.lanes; ++i) {
+            end[i] = walked[p0 + i];
+            last_end = std::max(last_end, end[i]);
+        }
+        if (last_end == 0) return;
+        record_pairs(g, splats, row, end, last_end);
+        scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
+        for (int i = 0; i < g.lanes; ++i) {
+            for (int64_t k = 0; k < channels; ++k) grad_color[k][i] = grad_image[(p0 + i) * channels + k];
+            grad_weight[i] = grad_alpha[p0 + i];
+        }
+        // Sum over later pairs of weight * dL/dweight, back to front in the inputs' dtype (the reference subtracts
+        // float64 prefix sums; a running sum needs no cancelling subtraction).
+        scalar_t later[kLanes] = {};
+        for (int64_t q = static_cast<int64_t>(record_j.size()) - 1; q >= 0; --q) {
+            const int32_t j = record_j[q];
+            const Splat<scalar_t> &s = splats[j];
+            const scalar_t *r = records.data() + q * 5 * kLanes;
+            const scalar_t *alpha = r, *falloff = r + kLanes, *dx = r + 2 * kLanes, *dy = r + 3 * kLanes;
+            const scalar_t *before = r + 4 * kLanes;
+            const scalar_t *color = colors + static_cast<int64_t>(list[j]) * channels;
+            scalar_t weight[kLanes], value[kLanes], d_alpha[kLanes], d_sigma[kLanes];
+            for (int i = 0; i < kLanes; ++i) value[i] = grad_weight[i];  // dL/dweight
+            for (int64_t k = 0; k < channels; ++k)
+                for (int i = 0; i < kLanes; ++i) value[i] += color[k] * grad_color[k][i];
+            // Unblended lanes hold zeros: they add exact zeros below.
+            for (int i = 0; i < kLanes; ++i) {
+                weight[i] = alpha[i] * before[i];
+                d_alpha[i] = before[i] * value[i] - later[i] / (scalar_t(1) - alpha[i]);
+                later[i] += weight[i] * value[i];
+                // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
+                const bool clamped = !(s.opacity * falloff[i] <= scalar_t(kMaxAlpha));
+                d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
+                d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
+            }
+            double *slot = tile_sums.data() + j * stride();
+            scalar_t parts[6][kLanes], color_part[kLanes];
+            for (int i = 0; i < kLanes; ++i) {
+                parts[0][i] = d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
+                parts[1][i] = d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
+                parts[2][i] = d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
+                parts[3][i] = d_sigma[i] * dx[i] * dy[i];
+                parts[4][i] = d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
+                parts[5][i] = d_alpha[i] * falloff[i];
+            }
+            for (int k = 0; k < 6; ++k) slot[k] += lane_sum(parts[k]);
+            for (int64_t k = 0; k < channels; ++k) {
+                for (int i = 0; i < kLanes; ++i) color_part[i] = weight[i] * grad_color[k][i];
+                slot[6 + k] += lane_sum(color_part);
+            }
+        }
+    }
+
+    // The forward's pairs of the lane group again, into record_j / records.
+    void record_pairs(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
+                      const std::vector<int32_t> &row, const int32_t *end, int32_t last_end) {
+        record_j.clear();
+        records.clear();
+        double transmittance[kLanes];
+        int32_t asks[kLanes];
+        for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
+        for (const int32_t j : row) {
+            if (j >= last_end) break;
+            const Splat<scalar_t> &s = splats[j];
+            if (misses(s, g.px0)) continue;
+            for (int i = 0; i < kLanes; ++i) asks[i] = j < end[i];
+            evaluate_lanes(s, g.px0, g.py, asks, lanes_alpha);
+            int32_t any = 0;
+            for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.alpha[i] > scalar_t(0);
+            if (!any) continue;
+            record_j.push_back(j);
+            const size_t at = records.size();
+            records.resize(at + 5 * kLanes);
+            scalar_t *r = records.data() + at;
+            for (int i = 0; i < kLanes; ++i) {
+                const bool b = lanes_alpha.alpha[i] > scalar_t(0);
+                r[i] = b ? lanes_alpha.alpha[i] : scalar_t(0);
+                r[kLanes + i] = b ? lanes_alpha.falloff[i] : scalar_t(0);
+                r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
+                r[3 * kLanes + i] = b ? lanes_alpha.dy[i] : scalar_t(0);
+                r[4 * kLanes + i] = b ? static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
+                const double after = transmittance[i] * (1.0 - static_cast<double>(r[i]));
+                transmittance[i] = b ? after : transmittance[i];
+            }
+        }
+    }
+};
 
 template <typename scalar_t>
 void backward_impl(
@@ -353,128 +516,18 @@ void backward_impl(
     const at::Tensor &grad_image, const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
 ) {
     const int64_t channels = colors.size(1), stride = 6 + channels;
-    const int64_t width = grid.width, height = grid.height, tile_size = grid.tile_size;
-    const scalar_t *m = means2d.data_ptr<scalar_t>(), *con = conics.data_ptr<scalar_t>();
-    const scalar_t *opa = opacities.data_ptr<scalar_t>(), *col = colors.data_ptr<scalar_t>();
-    const scalar_t *gimg = grad_image.data_ptr<scalar_t>(), *galpha = grad_alpha.data_ptr<scalar_t>();
     const int64_t *off = offsets.data_ptr<int64_t>();
-    const int32_t *list_all = ids.data_ptr<int32_t>(), *walk = walked.data_ptr<int32_t>();
-    const int32_t *rad = radii.data_ptr<int32_t>();
+    const int32_t *list_all = ids.data_ptr<int32_t>();
     // Each tile's per-Gaussian sums go to its own rows (one per tile-list entry), then are added up per Gaussian in
     // a fixed order: the gradients do not depend on the thread count or schedule.
     const int64_t n_entries = off[grid.count()];
     std::vector<scalar_t> entry_sums(n_entries * stride);
-#pragma omp parallel num_threads(at::get_num_threads())
-    {
-        std::vector<Splat<scalar_t>> splats;
-        std::vector<double> tile_sums;
-        std::vector<int32_t> row;
-        LaneAlphas<scalar_t> lanes_alpha;
-        // The forward's blended pairs of the current lanes, front to back: per Gaussian with at least one, its entry j
-        // and per lane alpha, falloff, offsets and the transmittance before it (all zero in lanes it does not blend).
-        std::vector<int32_t> record_j;
-        std::vector<scalar_t> records;  // [pair][5][kLanes]
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t tile = 0; tile < grid.count(); ++tile) {
-            const int32_t *list = list_all + off[tile];
-            const int64_t length = off[tile + 1] - off[tile];
-            if (length == 0) continue;
-            gather_splats(list, length, m, con, opa, rad, splats);
-            tile_sums.assign(length * stride, 0.0);
-            const int64_t x0 = (tile % grid.tiles_x) * tile_size, y0 = (tile / grid.tiles_x) * tile_size;
-            for (int64_t y = y0; y < std::min(y0 + tile_size, height); ++y) {
-                const scalar_t py = static_cast<scalar_t>(y) + scalar_t(0.5);
-                row_candidates(splats, py, x0 + 0.5, std::min(x0 + tile_size, width) - 0.5, row);
-                for (int64_t x = x0; x < std::min(x0 + tile_size, width); x += kLanes) {
-                    const int lanes = static_cast<int>(std::min<int64_t>(kLanes, std::min(x0 + tile_size, width) - x));
-                    const scalar_t px0 = static_cast<scalar_t>(x) + scalar_t(0.5);
-                    const int64_t p0 = y * width + x;
-                    int32_t end[kLanes] = {}, last_end = 0;
-                    for (int i = 0; i < lanes; ++i) {
-                        end[i] = walk[p0 + i];
-                        last_end = std::max(last_end, end[i]);
-                    }
-                    if (last_end == 0) continue;
-                    // The forward's pairs again, with their alphas and transmittances.
-                    record_j.clear();
-                    records.clear();
-                    double transmittance[kLanes];
-                    int32_t asks[kLanes];
-                    for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
-                    for (const int32_t j : row) {
-                        if (j >= last_end) break;
-                        const Splat<scalar_t> &s = splats[j];
-                        if (misses(s, px0)) continue;
-                        for (int i = 0; i < kLanes; ++i) asks[i] = j < end[i];
-                        evaluate_lanes(s, px0, py, asks, lanes_alpha);
-                        int32_t any = 0;
-                        for (int i = 0; i < kLanes; ++i) any |= lanes_alpha.alpha[i] > scalar_t(0);
-                        if (!any) continue;
-                        record_j.push_back(j);
-                        const size_t at = records.size();
-                        records.resize(at + 5 * kLanes);
-                        scalar_t *r = records.data() + at;
-                        for (int i = 0; i < kLanes; ++i) {
-                            const bool b = lanes_alpha.alpha[i] > scalar_t(0);
-                            r[i] = b ? lanes_alpha.alpha[i] : scalar_t(0);
-                            r[kLanes + i] = b ? lanes_alpha.falloff[i] : scalar_t(0);
-                            r[2 * kLanes + i] = b ? lanes_alpha.dx[i] : scalar_t(0);
-                            r[3 * kLanes + i] = b ? lanes_alpha.dy[i] : scalar_t(0);
-                            r[4 * kLanes + i] = b ? static_cast<scalar_t>(transmittance[i]) : scalar_t(0);
-                            const double after = transmittance[i] * (1.0 - static_cast<double>(r[i]));
-                            transmittance[i] = b ? after : transmittance[i];
-                        }
-                    }
-                    scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
-                    for (int i = 0; i < lanes; ++i) {
-                        for (int64_t k = 0; k < channels; ++k) grad_color[k][i] = gimg[(p0 + i) * channels + k];
-                        grad_weight[i] = galpha[p0 + i];
-                    }
-                    double later[kLanes] = {};  // sum over later pairs of weight * dL/dweight
-                    for (int64_t q = static_cast<int64_t>(record_j.size()) - 1; q >= 0; --q) {
-                        const int32_t j = record_j[q];
-                        const Splat<scalar_t> &s = splats[j];
-                        const scalar_t *r = records.data() + q * 5 * kLanes;
-                        const scalar_t *alpha = r, *falloff = r + kLanes, *dx = r + 2 * kLanes, *dy = r + 3 * kLanes;
-                        const scalar_t *before = r + 4 * kLanes;
-                        const scalar_t *color = col + static_cast<int64_t>(list[j]) * channels;
-                        scalar_t weight[kLanes], value[kLanes], d_alpha[kLanes], d_sigma[kLanes];
-                        for (int i = 0; i < kLanes; ++i) value[i] = grad_weight[i];  // dL/dweight
-                        for (int64_t k = 0; k < channels; ++k)
-                            for (int i = 0; i < kLanes; ++i) value[i] += color[k] * grad_color[k][i];
-                        // Unblended lanes hold zeros: they add exact zeros below.
-                        for (int i = 0; i < kLanes; ++i) {
-                            weight[i] = alpha[i] * before[i];
-                            d_alpha[i] = before[i] * value[i] - static_cast<scalar_t>(later[i] /
-                                (1.0 - static_cast<double>(alpha[i])));
-                            later[i] += static_cast<double>(weight[i] * value[i]);
-                            // Back through alpha = min(0.999, o exp(-sigma)) (no gradient where clamped).
-                            const bool clamped = !(s.opacity * falloff[i] <= scalar_t(kMaxAlpha));
-                            d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
-                            d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
-                        }
-                        double *slot = tile_sums.data() + j * stride;
-                        scalar_t parts[6][kLanes], color_part[kLanes];
-                        for (int i = 0; i < kLanes; ++i) {
-                            parts[0][i] = d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
-                            parts[1][i] = d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
-                            parts[2][i] = d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
-                            parts[3][i] = d_sigma[i] * dx[i] * dy[i];
-                            parts[4][i] = d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
-                            parts[5][i] = d_alpha[i] * falloff[i];
-                        }
-                        for (int k = 0; k < 6; ++k) slot[k] += lane_sum(parts[k]);
-                        for (int64_t k = 0; k < channels; ++k) {
-                            for (int i = 0; i < kLanes; ++i) color_part[i] = weight[i] * grad_color[k][i];
-                            slot[6 + k] += lane_sum(color_part);
-                        }
-                    }
-                }
-            }
-            scalar_t *entries = entry_sums.data() + off[tile] * stride;
-            for (int64_t k = 0; k < length * stride; ++k) entries[k] = static_cast<scalar_t>(tile_sums[k]);
-        }
-    }
+    for_each_lane_group<scalar_t>(grid, off, list_all, means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                                  opacities.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(), [&] {
+        return BackwardVisitor<scalar_t>{colors.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(),
+                                         grad_alpha.data_ptr<scalar_t>(), walked.data_ptr<int32_t>(), off, channels,
+                                         grid.width, entry_sums.data()};
+    });
     double *out = sums.data_ptr<double>();
     for (int64_t e = 0; e < n_entries; ++e) {
         double *target = out + static_cast<int64_t>(list_all[e]) * stride;

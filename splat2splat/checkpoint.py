@@ -250,7 +250,8 @@ def adam_schema(groups: int, moments: tuple[torch.dtype, ...] = (torch.float32,)
                                                  "params": Items(Whole(0, MAX_PARAMETERS))},
                                                 {"amsgrad": Flag(), "maximize": Flag(), "foreach": Maybe(Flag()),
                                                  "capturable": OneOf((False,)), "differentiable": OneOf((False,)),
-                                                 "fused": Maybe(Flag()),  # fused on the CPU "decoupled_weight_decay": Flag(),
+                                                 "fused": Maybe(Flag()),  # fused on the CPU
+                                                 "decoupled_weight_decay": Flag(),
                                                  "initial_lr": Number(low=0.0)}), length=groups)})
 
 

@@ -97,6 +97,16 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _missing_cpu_compiler() -> str | None:
+    """Why no C++ extension can be built here, or ``None`` when the compiler torch's build uses is found (looked up
+    once per process)."""
+    compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
+    if shutil.which(compiler) is None:
+        return f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)"
+    return None
+
+
 def _cpu_has_avx2() -> bool:
     """Whether this x86-64 CPU runs AVX2 (Linux: /proc/cpuinfo); False where that cannot be told."""
     try:
@@ -131,21 +141,18 @@ def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
 
 def load_cpu_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per machine, into the torch extensions folder) and import the C++ extension ``name``, once per
-    process; ``None`` after one warning when it does not build (no compiler: one warning for all extensions)."""
-    if _no_compiler():
+    process; ``None`` after one warning when it does not build. Without a compiler, that is one warning for all
+    the C++ extensions of the process, not one each."""
+    missing = _missing_cpu_compiler()
+    if missing is not None:
+        _warn_no_cpu_compiler(missing)
         return None
     return _load_once(name, tuple(sources), cuda=False)
 
 
 @functools.lru_cache(maxsize=None)
-def _no_compiler() -> bool:
-    """True, after one warning per process, when the C++ compiler torch's build uses ($CXX or c++) is missing."""
-    compiler = os.environ.get("CXX") or "c++"
-    if shutil.which(compiler) is not None:
-        return False
-    logger.warning("could not build the C++ extensions, using the PyTorch reference instead: no C++ compiler found "
-                   "(%r: set CXX or put c++ on PATH)", compiler)
-    return True
+def _warn_no_cpu_compiler(reason: str) -> None:
+    logger.warning("could not build the C++ extensions, using the PyTorch reference instead: %s", reason)
 
 
 # ------------------------------------------------------------------------------------------------ gsplat

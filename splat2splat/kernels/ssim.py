@@ -1,10 +1,11 @@
 """SSIM and the 3DGS photometric loss ``(1 - λ) L1 + λ (1 - SSIM)``.
 
 Pure-PyTorch reference (11x11 Gaussian window, sigma 1.5, zero padding, as in 3DGS; computed as two separable
-1D convolutions). On CUDA the fused kernel of ``cuda/fused_ssim.cu`` replaces it automatically when it builds
-(see :mod:`.build`): one pass for the SSIM map and one for the gradient of L1 + SSIM together. Both give the
-same values and gradients; the reference is used on CPU, for other dtypes, for other window sizes and when
-``target`` needs a gradient.
+1D convolutions). A fused kernel replaces it automatically when it builds (see :mod:`.build`): on CUDA
+``cuda/fused_ssim.cu``, on the CPU ``cuda/cpu_ssim.cpp`` (C++/OpenMP), with one contract: one pass for the SSIM
+map and one for the gradient of L1 + SSIM together. All give the same values and gradients up to float rounding;
+the reference is used for other dtypes or devices, other window sizes, when ``target`` needs a gradient and when
+the kernel does not build.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-from splat2splat.kernels.build import load_extension
+from splat2splat.kernels.build import load_cpu_extension, load_extension
 
 C1, C2 = 0.01**2, 0.03**2
 WINDOW_SIZE = 11
 FUSED_SSIM_EXTENSION = "splat2splat_fused_ssim"
 FUSED_SSIM_SOURCES = ("fused_ssim.cpp", "fused_ssim.cu")
+CPU_SSIM_EXTENSION = "splat2splat_cpu_ssim"
+CPU_SSIM_SOURCES = ("cpu_ssim.cpp",)
 _FUSED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -68,11 +71,22 @@ def fused_ssim_extension() -> ModuleType | None:
     return load_extension(FUSED_SSIM_EXTENSION, FUSED_SSIM_SOURCES)
 
 
+def cpu_ssim_extension() -> ModuleType | None:
+    """The compiled CPU SSIM extension, or ``None`` when it does not build here (one warning; cached)."""
+    return load_cpu_extension(CPU_SSIM_EXTENSION, CPU_SSIM_SOURCES)
+
+
+def _kernel(device: torch.device) -> ModuleType | None:
+    """The fused kernel for tensors on ``device`` (same calls on CUDA and CPU), or ``None``."""
+    if device.type == "cuda":
+        return fused_ssim_extension()
+    return cpu_ssim_extension() if device.type == "cpu" else None
+
+
 def _use_fused_kernel(pred: torch.Tensor, target: torch.Tensor, window_size: int = WINDOW_SIZE) -> bool:
-    # Cheap checks first: on CPU the extension is never even looked up.
+    # Cheap checks first: the extension is looked up (built) only for inputs it takes.
     return (
-        pred.is_cuda
-        and target.device == pred.device
+        target.device == pred.device
         and pred.dim() == 4
         and pred.shape == target.shape
         and pred.dtype in _FUSED_DTYPES
@@ -80,7 +94,7 @@ def _use_fused_kernel(pred: torch.Tensor, target: torch.Tensor, window_size: int
         and window_size == WINDOW_SIZE
         # The kernel differentiates with respect to pred only.
         and not target.requires_grad
-        and fused_ssim_extension() is not None
+        and _kernel(pred.device) is not None
     )
 
 
@@ -93,14 +107,15 @@ def _fused_forward(pred: torch.Tensor, target: torch.Tensor, save_partials: bool
     """SSIM planes [B * C, H, W] and the tensors the backward kernel needs."""
     pred_planes, target_planes = _as_planes(pred), _as_planes(target)
     window = _gaussian_window(device=pred.device, dtype=pred.dtype)
-    ssim_planes, *partials = fused_ssim_extension().forward(pred_planes, target_planes, window, save_partials)
+    ssim_planes, *partials = _kernel(pred.device).forward(pred_planes, target_planes, window, save_partials)
     return ssim_planes, (pred_planes, target_planes, window, *partials)
 
 
 def _fused_backward(saved: tuple[torch.Tensor, ...], grad_map: torch.Tensor, l1_grad_scale: float) -> torch.Tensor:
     """dLoss/dpred planes for ``sum(grad_map * ssim) + l1_grad_scale * sum(|pred - target|)``."""
     pred_planes, target_planes, window, *partials = saved
-    return fused_ssim_extension().backward(pred_planes, target_planes, window, grad_map, *partials, l1_grad_scale)
+    return _kernel(pred_planes.device).backward(pred_planes, target_planes, window, grad_map, *partials,
+                                                l1_grad_scale)
 
 
 class _FusedSSIMMap(torch.autograd.Function):

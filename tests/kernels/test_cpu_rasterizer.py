@@ -236,8 +236,10 @@ FALLBACK_SCRIPT = textwrap.dedent("""
     reference = rasterize(*params, viewmats, Ks, 40, 30, 3, torch.ones(3), backend="torch")[0]
     from splat2splat.kernels.cpu_projection import cpu_projection_extension
     from splat2splat.kernels.cpu_rasterizer import cpu_rasterizer_extension
+    from splat2splat.kernels.ssim import l1_dssim_loss, reference_l1_dssim_loss
     assert cpu_projection_extension() is None and cpu_rasterizer_extension() is None
-    print(chosen, bool(torch.equal(image, reference)), float(image.std()))
+    loss_equal = torch.equal(l1_dssim_loss(image, reference.flip(1)), reference_l1_dssim_loss(image, reference.flip(1)))
+    print(chosen, bool(torch.equal(image, reference)) and loss_equal, float(image.std()))
 """)
 
 
@@ -256,5 +258,6 @@ def test_without_a_compiler_one_warning_and_the_pytorch_rasterizer(tmp_path, hid
     chosen, identical, spread = result.stdout.split()
     assert (chosen, identical) == ("torch", "True") and float(spread) > 0.01
     lines = result.stderr.strip().splitlines()
+    # One line for all the C++ extensions (projection, rasterizer and SSIM).
     assert len(lines) == 1 and lines[0].startswith("WARNING could not build the C++ extensions"), result.stderr
     assert "no C++ compiler found" in lines[0]

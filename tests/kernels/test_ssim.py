@@ -1,4 +1,5 @@
-"""SSIM / L1+D-SSIM: the PyTorch reference against direct computations, and the fused CUDA kernel against it."""
+"""SSIM / L1+D-SSIM: the PyTorch reference against direct computations, and the fused kernels (CUDA, and the C++ one
+on the CPU) against it."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import torch
 from tests.conftest import requires_cuda
 
 from splat2splat.kernels import build
-from splat2splat.kernels.ssim import (  # the reference_* names stay bound here while fused_calls blocks them
+from splat2splat.kernels.ssim import (
     C1,
     C2,
+    cpu_ssim_extension,
     fused_ssim_extension,
     l1_dssim_loss,
     reference_l1_dssim_loss,
@@ -97,11 +99,16 @@ def test_loss_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda p: l1_dssim_loss(p, target, 0.3), (pred,), fast_mode=True)
 
 
-def test_cpu_uses_the_reference_without_building_anything():
-    pred, target = random_images((1, 4, 4, 3), dtype=torch.float32)
-    if not torch.cuda.is_available():
-        assert fused_ssim_extension() is None
-    assert torch.equal(l1_dssim_loss(pred, target), reference_l1_dssim_loss(pred, target))
+def test_cpu_float16_and_target_gradients_use_the_reference(monkeypatch):
+    """What the CPU kernel does not take (other dtypes, a target that needs a gradient) goes to the reference."""
+    from splat2splat.kernels import ssim as ssim_module
+
+    monkeypatch.setattr(ssim_module, "_fused_forward", lambda *a, **k: pytest.fail("the kernel ran"))
+    pred, target = random_images((1, 6, 7, 3), dtype=torch.float64)
+    target.requires_grad_(True)
+    torch.testing.assert_close(l1_dssim_loss(pred, target), reference_l1_dssim_loss(pred, target))
+    half_pred, half_target = pred.detach().half(), target.detach().half()
+    assert torch.equal(l1_dssim_loss(half_pred, half_target), reference_l1_dssim_loss(half_pred, half_target))
 
 
 # -------------------------------------------------------------------------------------------- build
@@ -134,13 +141,13 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch, caplog):
 # --------------------------------------------------------------------------------------- CUDA parity
 def assert_close_to_scale(actual: torch.Tensor, expected: torch.Tensor, rtol: float) -> None:
     """Elementwise closeness relative to the largest magnitude (gradients of a mean are tiny everywhere)."""
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.abs().max()))
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=rtol * float(expected.detach().abs().max()))
 
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    """Counts the fused kernel's forward and backward launches, and makes any use of the PyTorch reference
-    through the public functions fail: a passing comparison must come from the kernel, not the fallback."""
+    """Counts the fused kernel's forward and backward launches, and makes the public functions fail where they would
+    use the PyTorch reference: a passing comparison must come from the kernel, not the fallback."""
     from splat2splat.kernels import ssim as ssim_module
 
     calls = {"forward": 0, "backward": 0}
@@ -154,14 +161,44 @@ def fused_calls(monkeypatch):
         calls["backward"] += 1
         return backward(*args, **kwargs)
 
+    use_kernel = ssim_module._use_fused_kernel
+
     def no_fallback(*args, **kwargs):
-        raise AssertionError("the PyTorch reference ran instead of the fused kernel")
+        assert use_kernel(*args, **kwargs), "the PyTorch reference would run instead of the fused kernel"
+        return True
 
     monkeypatch.setattr(ssim_module, "_fused_forward", counted_forward)
     monkeypatch.setattr(ssim_module, "_fused_backward", counted_backward)
-    monkeypatch.setattr(ssim_module, "reference_ssim_map", no_fallback)
-    monkeypatch.setattr(ssim_module, "reference_l1_dssim_loss", no_fallback)
+    monkeypatch.setattr(ssim_module, "_use_fused_kernel", no_fallback)
     return calls
+
+
+def check_kernel_matches_reference(device: str, dtype: torch.dtype, shape, rtol: float) -> None:
+    """The kernel on ``device`` (float32 or float64) against the reference evaluated in float64: the L1 + D-SSIM
+    loss at two weights and the SSIM map with an arbitrary upstream gradient, values and gradients."""
+    pred, target = random_images(shape, dtype=dtype, device=device, seed=1)
+    exact = lambda t: t.detach().double().requires_grad_(True)  # noqa: E731
+    for weight in (0.2, 1.0):
+        fused_pred, reference_pred = pred.clone().requires_grad_(True), exact(pred)
+        fused = l1_dssim_loss(fused_pred, target, weight)
+        reference = reference_l1_dssim_loss(reference_pred, target.double(), weight)
+        fused.backward()
+        reference.backward()
+        assert fused.dtype == dtype and fused_pred.grad.dtype == dtype
+        assert_close_to_scale(fused.double(), reference, rtol)
+        assert_close_to_scale(fused_pred.grad.double(), reference_pred.grad, rtol)
+
+    # The SSIM map with an arbitrary upstream gradient (the path of ssim() and losses.py).
+    pred_bchw, target_bchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
+    upstream = torch.randn(pred_bchw.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    upstream = upstream.to(device)
+    fused_pred, reference_pred = pred_bchw.clone().requires_grad_(True), exact(pred_bchw)
+    fused_map = ssim_map(fused_pred, target_bchw)
+    reference_map = reference_ssim_map(reference_pred, target_bchw.double())
+    assert_close_to_scale(fused_map.double(), reference_map, rtol)
+    (fused_map * upstream.to(dtype)).sum().backward()
+    (reference_map * upstream).sum().backward()
+    assert_close_to_scale(fused_pred.grad.double(), reference_pred.grad, rtol)
 
 
 @requires_cuda
@@ -169,33 +206,42 @@ def fused_calls(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 37, 50, 3), (1, 64, 48, 1)])
 def test_fused_kernel_matches_reference(dtype, shape, fused_calls):
-    """The kernel (float32 and float64) against the reference evaluated in float64 with TF32 off: cuDNN's
-    default TF32 convolutions would make a float32 reference itself wrong by about 1e-3."""
+    """TF32 off: cuDNN's default TF32 convolutions would make a float32 reference itself wrong by about 1e-3."""
     assert fused_ssim_extension() is not None, "the fused SSIM extension failed to build (see the warning)"
-    rtol = 1e-4 if dtype == torch.float32 else 1e-9
-    pred, target = random_images(shape, dtype=dtype, device="cuda", seed=1)
-    exact = lambda t: t.detach().double().requires_grad_(True)  # noqa: E731
-
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-        for weight in (0.2, 1.0):
-            fused_pred, reference_pred = pred.clone().requires_grad_(True), exact(pred)
-            fused = l1_dssim_loss(fused_pred, target, weight)
-            reference = reference_l1_dssim_loss(reference_pred, target.double(), weight)
-            fused.backward()
-            reference.backward()
-            assert fused.dtype == dtype and fused_pred.grad.dtype == dtype
-            assert_close_to_scale(fused.double(), reference, rtol)
-            assert_close_to_scale(fused_pred.grad.double(), reference_pred.grad, rtol)
-
-        # The SSIM map with an arbitrary upstream gradient (the path of ssim() and losses.py).
-        pred_bchw, target_bchw = pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)
-        upstream = torch.randn(pred_bchw.shape, dtype=torch.float64, device="cuda")
-        fused_pred, reference_pred = pred_bchw.clone().requires_grad_(True), exact(pred_bchw)
-        fused_map = ssim_map(fused_pred, target_bchw)
-        reference_map = reference_ssim_map(reference_pred, target_bchw.double())
-        assert_close_to_scale(fused_map.double(), reference_map, rtol)
-        (fused_map * upstream.to(dtype)).sum().backward()
-        (reference_map * upstream).sum().backward()
-        assert_close_to_scale(fused_pred.grad.double(), reference_pred.grad, rtol)
+        check_kernel_matches_reference("cuda", dtype, shape, rtol=1e-4 if dtype == torch.float32 else 1e-9)
     # Two losses and one map, each forward and backward: all through the kernel.
     assert fused_calls == {"forward": 3, "backward": 3}
+
+
+needs_cpu_compiler = pytest.mark.skipif(build._missing_cpu_compiler() is not None,
+                                        reason="no C++ compiler: the CPU SSIM is the PyTorch reference")
+
+
+@needs_cpu_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+# Odd sizes, images smaller than the 11 px window (down to one pixel), several planes.
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 1, 1, 3), (1, 3, 10, 1), (1, 12, 4, 2), (2, 37, 50, 3)])
+def test_cpu_kernel_matches_reference(dtype, shape, fused_calls):
+    # A machine with a compiler must build it: a broken build is a failure, not a skip.
+    assert cpu_ssim_extension() is not None, "the C++ SSIM extension failed to build (see the warning)"
+    check_kernel_matches_reference("cpu", dtype, shape, rtol=1e-5 if dtype == torch.float32 else 1e-12)
+    assert fused_calls == {"forward": 3, "backward": 3}
+
+
+@needs_cpu_compiler
+def test_cpu_kernel_is_deterministic_for_any_thread_count():
+    pred, target = random_images((1, 45, 61, 3), dtype=torch.float32, seed=3)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            leaf = pred.clone().requires_grad_(True)
+            loss = l1_dssim_loss(leaf, target)
+            loss.backward()
+            results.append((loss.detach(), leaf.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for loss, grad in results[1:]:
+        assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
