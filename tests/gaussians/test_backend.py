@@ -261,8 +261,10 @@ def test_cpu_adam_is_fused_and_resumes_a_state_saved_without_it(dataset, tmp_pat
     assert all(optimizer.param_groups[0]["fused"] for optimizer in fused.optimizers.values())
     for optimizer in loop.optimizers.values():
         optimizer.param_groups[0]["fused"] = None
-    train(fused, dataset, 2)
-    train(loop, dataset, 2)
+    # One step from the same state: the two updates then differ by float rounding only (after a second step the
+    # gradients differ too, and Adam's normalisation can amplify a last-bit difference of an almost-still entry).
+    train(fused, dataset, 1)
+    train(loop, dataset, 1)
     for key in SPLAT_KEYS:  # (shN does not move yet: the SH degree schedule starts at 0)
         moved = float((loop.splats[key] - backend.splats[key]).detach().abs().max())
         assert moved > 0 or key == "shN", key
