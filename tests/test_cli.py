@@ -79,7 +79,7 @@ def parsed_class(args: list[str]) -> type:
 
 
 def options(cls: type, prefix: str = ""):
-    """(flag, field docstring, owning class, field name) of every option of dataclass ``cls``, nested ones included;
+    """(flag, field docstring or help, owning class, field name) of every option of dataclass ``cls``, nested ones included;
     suppressed fields are not options."""
     import typing
 
@@ -98,8 +98,9 @@ def options(cls: type, prefix: str = ""):
         if dataclasses.is_dataclass(inner):
             yield from options(inner, flag + ".")
             continue
-        doc = next((p.description for klass in cls.__mro__ if dataclasses.is_dataclass(klass)
-                    for p in docstring_parser.parse_from_object(klass).params if p.arg_name == f.name), None)
+        doc = next((m.help for m in metadata if getattr(m, "help", None)), None) or next(  # a shared option's help
+            (p.description for klass in cls.__mro__ if dataclasses.is_dataclass(klass)
+             for p in docstring_parser.parse_from_object(klass).params if p.arg_name == f.name), None)
         yield ("" if "Positional" in str(hint) else "--") + flag, doc, cls, f.name
 
 

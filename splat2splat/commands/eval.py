@@ -19,7 +19,7 @@ from splat2splat.errors import InputError
 from splat2splat.evaluation.clip_metrics import DEFAULT_CLIP_MODEL, DEFAULT_RESIZE, ResizeMode
 from splat2splat.evaluation.evaluate import PathKind
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS, MaxFileGaussians
 from splat2splat.io import check_output_folder
 
 
@@ -61,9 +61,7 @@ class EvalCommand:
     """'cuda', 'cpu' or 'auto' for the scenes and CLIP."""
     batch_size: int = 16
     """Images per CLIP forward pass."""
-    max_file_gaussians: int = MAX_FILE_GAUSSIANS
-    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
-    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
+    max_file_gaussians: MaxFileGaussians = MAX_FILE_GAUSSIANS
 
 
 def check_command(cmd: EvalCommand) -> list[str]:

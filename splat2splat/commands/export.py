@@ -31,7 +31,7 @@ import torch
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
 from splat2splat.gaussians.formats import load_splats, save_splats
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS, MaxFileGaussians
 from splat2splat.gaussians.frames import to_file_frame
 from splat2splat.gaussians.model import SPLAT_KEYS, sh_to_rgb
 from splat2splat.gaussians.ply import prune_splats
@@ -81,9 +81,7 @@ class ExportCommand:
     spz_version: Literal[3, 4] = 4
     """SPZ version --formats spz writes: 4 (zstd streams; Niantic's and splat-transform's default) or 3 (one
     gzip stream, for viewers that predate version 4)."""
-    max_file_gaussians: int = MAX_FILE_GAUSSIANS
-    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
-    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
+    max_file_gaussians: MaxFileGaussians = MAX_FILE_GAUSSIANS
 
 
 def check_formats(formats: tuple[str, ...]) -> None:

@@ -29,7 +29,7 @@ from splat2splat.edit.preview import (EditorFactory, IP2PEditorFactory, edit_ori
                                       sweep_grid)
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS, MaxFileGaussians
 from splat2splat.io import check_output_folder, save_image, write_json
 from splat2splat.media import contact_sheet
 
@@ -91,9 +91,7 @@ class PreviewCommand:
     region: RegionConfig = field(default_factory=RegionConfig)
     """A local edit's region (as `edit --region.*`): preview.png gets a third column showing it, and --3d edits
     only inside it."""
-    max_file_gaussians: int = MAX_FILE_GAUSSIANS
-    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
-    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
+    max_file_gaussians: MaxFileGaussians = MAX_FILE_GAUSSIANS
 
 
 def sweep_scales(cmd: PreviewCommand) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

@@ -26,7 +26,7 @@ from splat2splat.data.camera_path import read_camera_path
 from splat2splat.data.dataset import Dataset
 from splat2splat.errors import InputError
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS, MaxFileGaussians
 from splat2splat.io import IndependentOutputs, check_output_folder, save_image, write_json
 from splat2splat.losses import image_metrics
 from splat2splat.media import contact_sheet, evenly_spread, fit_height, render_turntable, write_video
@@ -67,9 +67,7 @@ class RenderCommand:
     dataparser_transforms: Path | None = None
     """The dataparser-transforms JSON that nerfstudio wrote for the run whose viewer drew --camera-path: maps the
     viewer's normalised frame back to the dataset's (without it the path is taken as in the dataset's frame)."""
-    max_file_gaussians: int = MAX_FILE_GAUSSIANS
-    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
-    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
+    max_file_gaussians: MaxFileGaussians = MAX_FILE_GAUSSIANS
 
 
 def split_indices(dataset: Dataset, split: str) -> list[int]:

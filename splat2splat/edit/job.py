@@ -45,7 +45,7 @@ from splat2splat.evaluation.evaluate import EditEvaluation
 from splat2splat.evaluation.runs import EvalTarget
 from splat2splat.folder_lock import claim_output_folder, release_output_folder
 from splat2splat.gaussians.backend import GaussianConfig
-from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS
+from splat2splat.gaussians.formats.common import MAX_FILE_GAUSSIANS, MaxFileGaussians
 from splat2splat.io import IndependentOutputs, check_output_folder, is_file, write_json
 from splat2splat.losses import PhotometricLoss
 from splat2splat.runner import Logger, LoopReport, RunLog, check_logger, run_loop
@@ -76,9 +76,7 @@ class EditJob:
     """Scene to start from: a splat2splat checkpoint (.pt) or a scene file of this dataset (.ply, compressed .ply,
     .splat, .spz; in its original frame). Without it the scene is first trained on the unedited images for
     --init-steps steps."""
-    max_file_gaussians: int = MAX_FILE_GAUSSIANS
-    """Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line
-    before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."""
+    max_file_gaussians: MaxFileGaussians = MAX_FILE_GAUSSIANS
     init_steps: int = 30_000
     """Training steps of the initial scene when no --init is given (as `train`; in2n starts from a 30k nerfacto)."""
     model: str | None = None

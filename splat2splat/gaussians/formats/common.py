@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+import tyro
 
 from splat2splat.data.dataset import SceneNormalization
 from splat2splat.errors import InputError
@@ -17,6 +19,10 @@ ARRAY_NAMES = ("means", "scales", "quats", "opacities", "sh0", "shN")
 # (the commands' --max-file-gaussians). Files whose every Gaussian costs fixed bytes (PLY, compressed PLY,
 # .splat) are bounded by their size instead.
 MAX_FILE_GAUSSIANS = 50_000_000
+# The option of every command that reads scene files, with its help in one place.
+MaxFileGaussians = Annotated[int, tyro.conf.arg(help=(
+    "Most Gaussians a compressed scene file (.spz, .sog) may claim; one claiming more is refused in one line "
+    "before anything is allocated. Raise it to read a bigger scene (about 250 bytes of memory per Gaussian)."))]
 
 
 def check_file_gaussians(path: Path, kind: str, count: int, max_gaussians: int) -> None:
