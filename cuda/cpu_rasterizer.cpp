@@ -13,11 +13,12 @@
 // misses (plus a margin far above rounding), pixels outside its radius box (plus a pixel); beyond that cut, alpha
 // is below 1/255 for certain.
 // Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
-// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp).
+// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp), kBlock Gaussians before blending.
 // Forward and backward share one loop over tiles, rows and lane groups (for_each_lane_group; OpenMP across tiles,
 // torch's thread count). The backward walks each pixel's pairs again front to back (exact alphas and
-// transmittances, no division), then back to front with the running sum of later weights; each tile's per-Gaussian
-// sums are added into the gradients in a fixed order (deterministic for any thread count).
+// transmittances, no division), then back to front with the running sum of later weights; its per-Gaussian parts
+// are summed per lane over a tile's rows, then over the lanes, and the tiles' sums are added into the gradients in
+// a fixed order (deterministic for any thread count).
 
 #include <torch/extension.h>
 
@@ -210,7 +211,8 @@ struct RowCull {
             const bool regular = (a[j] > 0.0) & (std::abs(a[j]) <= kHuge) & (std::abs(half_b) <= kHuge) &
                                  (std::abs(cut[j]) <= kHuge);
             // Rounding of the float sigma is relative to its terms (a dx^2 ~ (b dy)^2 / a near the vertex).
-            const double slack = 1e-3 * (1.0 + std::abs(cut[j])) + 1e-5 * (std::abs(c[j]) * dy * dy + half_b * half_b / a[j]);
+            const double slack =
+                1e-3 * (1.0 + std::abs(cut[j])) + 1e-5 * (std::abs(c[j]) * dy * dy + half_b * half_b / a[j]);
             // a/2 dx^2 + (b dy) dx + (c/2 dy^2 - cut - slack) <= 0
             const double rest = 0.5 * c[j] * dy * dy - cut[j] - slack;
             const double discriminant = half_b * half_b - 2.0 * a[j] * rest;
@@ -391,7 +393,8 @@ template <typename scalar_t> struct ForwardVisitor {
                const std::vector<int32_t> &row) {
         // Colour and alpha sums in the inputs' dtype, front to back: the reference's index_add order.
         double transmittance[kLanes];
-        scalar_t pixel[kMaxChannels][kLanes] = {}, accumulated[kLanes] = {};
+        scalar_t pixel[kMaxChannels][kLanes], accumulated[kLanes] = {};
+        for (int64_t k = 0; k < channels; ++k) std::fill(pixel[k], pixel[k] + kLanes, scalar_t(0));
         int32_t end[kLanes] = {};
         int32_t running[kLanes];  // not yet stopped by the transmittance (and inside the image)
         for (int i = 0; i < kLanes; ++i) {
@@ -456,7 +459,9 @@ template <typename scalar_t> struct BackwardVisitor {
     int64_t channels, width;
     scalar_t *entry_sums;
     const int32_t *list = nullptr;
-    std::vector<double> tile_sums = {};
+    // Per tile-list entry and gradient part, per lane: summed over the tile's rows, then over the lanes once at the
+    // end of the tile (a sum over the lanes for every pair was the backward's largest cost).
+    std::vector<scalar_t> tile_lanes = {};  // [entry][stride][kLanes]
     CandidateBlock<scalar_t> block = {};
     // The forward's blended pairs of the current lanes, front to back: per Gaussian with at least one, its entry j
     // and per lane alpha, falloff, offsets and the transmittance before it (all zero in lanes it does not blend).
@@ -466,11 +471,12 @@ template <typename scalar_t> struct BackwardVisitor {
     int64_t stride() const { return 6 + channels; }
     void begin_tile(int64_t, const int32_t *tile_list, int64_t length) {
         list = tile_list;
-        tile_sums.assign(length * stride(), 0.0);
+        tile_lanes.assign(length * stride() * kLanes, scalar_t(0));
     }
     void end_tile(int64_t tile, int64_t length) {
         scalar_t *entries = entry_sums + offsets[tile] * stride();
-        for (int64_t k = 0; k < length * stride(); ++k) entries[k] = static_cast<scalar_t>(tile_sums[k]);
+        for (int64_t k = 0; k < length * stride(); ++k)
+            entries[k] = static_cast<scalar_t>(lane_sum(tile_lanes.data() + k * kLanes));
     }
 
     void lanes(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
@@ -483,10 +489,12 @@ template <typename scalar_t> struct BackwardVisitor {
         }
         if (last_end == 0) return;
         record_pairs(g, splats, row, end, last_end);
-        scalar_t grad_color[kMaxChannels][kLanes] = {}, grad_weight[kLanes] = {};
-        for (int i = 0; i < g.lanes; ++i) {
-            for (int64_t k = 0; k < channels; ++k) grad_color[k][i] = grad_image[(p0 + i) * channels + k];
-            grad_weight[i] = grad_alpha[p0 + i];
+        scalar_t grad_color[kMaxChannels][kLanes], grad_weight[kLanes];  // zero beyond the image
+        for (int i = 0; i < kLanes; ++i) {
+            const bool inside = i < g.lanes;
+            for (int64_t k = 0; k < channels; ++k)
+                grad_color[k][i] = inside ? grad_image[(p0 + i) * channels + k] : scalar_t(0);
+            grad_weight[i] = inside ? grad_alpha[p0 + i] : scalar_t(0);
         }
         // Sum over later pairs of weight * dL/dweight, back to front in the inputs' dtype (the reference subtracts
         // float64 prefix sums; a running sum needs no cancelling subtraction).
@@ -512,21 +520,17 @@ template <typename scalar_t> struct BackwardVisitor {
                 d_alpha[i] = clamped ? scalar_t(0) : d_alpha[i];
                 d_sigma[i] = -(d_alpha[i] * s.opacity) * falloff[i];
             }
-            double *slot = tile_sums.data() + j * stride();
-            scalar_t parts[6][kLanes], color_part[kLanes];
+            scalar_t *__restrict parts = tile_lanes.data() + j * stride() * kLanes;
             for (int i = 0; i < kLanes; ++i) {
-                parts[0][i] = d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
-                parts[1][i] = d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
-                parts[2][i] = d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
-                parts[3][i] = d_sigma[i] * dx[i] * dy[i];
-                parts[4][i] = d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
-                parts[5][i] = d_alpha[i] * falloff[i];
+                parts[i] += d_sigma[i] * (s.a * dx[i] + s.b * dy[i]);
+                parts[kLanes + i] += d_sigma[i] * (s.c * dy[i] + s.b * dx[i]);
+                parts[2 * kLanes + i] += d_sigma[i] * scalar_t(0.5) * (dx[i] * dx[i]);
+                parts[3 * kLanes + i] += d_sigma[i] * dx[i] * dy[i];
+                parts[4 * kLanes + i] += d_sigma[i] * scalar_t(0.5) * (dy[i] * dy[i]);
+                parts[5 * kLanes + i] += d_alpha[i] * falloff[i];
             }
-            for (int k = 0; k < 6; ++k) slot[k] += lane_sum(parts[k]);
-            for (int64_t k = 0; k < channels; ++k) {
-                for (int i = 0; i < kLanes; ++i) color_part[i] = weight[i] * grad_color[k][i];
-                slot[6 + k] += lane_sum(color_part);
-            }
+            for (int64_t k = 0; k < channels; ++k)
+                for (int i = 0; i < kLanes; ++i) parts[(6 + k) * kLanes + i] += weight[i] * grad_color[k][i];
         }
     }
 
