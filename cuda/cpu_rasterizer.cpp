@@ -186,8 +186,8 @@ void gather_splats(
 // margin far beyond the rounding of the lanes' float sigma, so that it only drops entries that blend nowhere there.
 // Entries whose parabola is not a regular one (a <= 0, or a value not finite) are kept.
 // The tile's splats are copied once into one float64 array per quantity, and the test is a loop without branches
-// over them (it vectorises; as branches, the kept/dropped pattern mispredicted and the test was ~20 % of the
-// forward). The kept entries are written branch-free too.
+// over them (it vectorises; with a branch per entry and a scalar sqrt it was ~20 % of the forward's profile). The
+// kept entries are written branch-free too.
 struct RowCull {
     std::vector<double> mx, my, a, b, c, cut, y_lo, y_hi;
     std::vector<int32_t> keep;
