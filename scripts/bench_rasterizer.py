@@ -14,15 +14,18 @@ runs, ``GaussianBackend.train_step``, on the demo scene with each rasterizer (me
 
 With ``--baseline``, a third path runs beside them: "cpp-v2", the C++ compositing with the PyTorch projection, SH
 colours and per-tensor Adam (the rasterizer before the C++ projection and fused CPU Adam), for a before/after in
-one run.
+one run. With ``--baseline-commit COMMIT`` instead, the third path is "cpp@COMMIT": this tree with the compositing
+(``cuda/cpu_rasterizer.cpp``) of that git commit, built with the same flags as an extension of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,11 +43,12 @@ from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.gaussians import rasterize as R  # noqa: E402
 from splat2splat.gaussians.backend import CPU_FUSED_ADAM, GaussianBackend, GaussianConfig  # noqa: E402
-from splat2splat.kernels import cpu_projection  # noqa: E402
+from splat2splat.kernels import build, cpu_projection, cpu_rasterizer  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
 
 PATHS = ("torch", "cpp")
 BASELINE = "cpp-v2"  # the C++ compositing only: PyTorch projection and SH colours, per-tensor Adam
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -52,6 +56,43 @@ def pytorch_projection():
     """The "cpp" rasterizer with the PyTorch projection and SH colours (as when their extension does not build)."""
     with mock.patch.object(cpu_projection, "cpu_projection_extension", lambda: None):
         yield
+
+
+@functools.lru_cache(maxsize=None)
+def compositing_at(commit: str):
+    """The C++ compositing extension of ``commit``'s cuda/cpu_rasterizer.cpp, built like this tree's (its source is
+    kept in the extensions folder, so that a second run reuses the build)."""
+    name = cpu_rasterizer.CPU_RASTERIZER_SOURCES[0]
+    source = subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{commit}:cuda/{name}"], check=True,
+                            capture_output=True, text=True).stdout
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or build._import_cpp_extension().get_default_build_root()
+    folder = Path(root) / f"bench_rasterizer_source_{commit}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    with mock.patch.object(build, "cuda_source_dir", lambda: folder):
+        return build._compile(f"{cpu_rasterizer.CPU_RASTERIZER_EXTENSION}_at_{commit}", [path.name], cuda=False)
+
+
+def path_context(path: str, args: "BenchRasterizer"):
+    """What a path runs under: the PyTorch projection for cpp-v2, the commit's compositing for cpp@COMMIT."""
+    if path == BASELINE:
+        return pytorch_projection()
+    if path.startswith("cpp@"):
+        extension = compositing_at(args.baseline_commit)
+        return mock.patch.object(cpu_rasterizer, "cpu_rasterizer_extension", lambda: extension)
+    return contextlib.nullcontext()
+
+
+def baseline_path(args: "BenchRasterizer") -> list[str]:
+    if args.baseline and args.baseline_commit:
+        raise SystemExit("--baseline and --baseline-commit: choose one")
+    return [BASELINE] if args.baseline else [f"cpp@{args.baseline_commit}"] if args.baseline_commit else []
+
+
+def baseline_of(row: dict) -> str | None:
+    return next((key for key in row if key == BASELINE or key.startswith("cpp@")), None)
 
 
 def random_scene(n: int, size: int, seed: int = 0, scale: float | None = None):
@@ -88,8 +129,9 @@ def count_pairs(params, viewmats, Ks, size) -> int:
 class Step:
     """Forward, backward and a whole Adam training step of one rasterizer on one scene."""
 
-    def __init__(self, backend: str, params, viewmats, Ks, size: int):
+    def __init__(self, backend: str, params, viewmats, Ks, size: int, args: "BenchRasterizer"):
         self.backend, self.viewmats, self.Ks, self.size = backend, viewmats, Ks, size
+        self.context = lambda: path_context(backend, args)
         self.params = [p.detach().clone().requires_grad_(True) for p in params]
         # As GaussianBackend: fused Adam on the CPU; the baseline's per-tensor Adam as before it.
         self.optimizer = torch.optim.Adam(self.params, lr=1e-4, fused=CPU_FUSED_ADAM and backend != BASELINE)
@@ -97,26 +139,27 @@ class Step:
         self.loss = PhotometricLoss(LossWeights())
 
     def forward(self):
-        with pytorch_projection() if self.backend == BASELINE else contextlib.nullcontext():
-            return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
-                               backend="cpp" if self.backend == BASELINE else self.backend)
+        return R.rasterize(*self.params, self.viewmats, self.Ks, self.size, self.size, 3, torch.ones(3),
+                           backend="torch" if self.backend == "torch" else "cpp")
 
     def timed(self) -> tuple[float, float, float, float]:
         """Seconds of forward, backward (loss included) and the whole step (with the optimiser); process CPU
         seconds of the whole step."""
-        start, cpu = time.perf_counter(), time.process_time()
-        image, _, _ = self.forward()
-        rendered = time.perf_counter()
-        self.loss(image, self.target)[0].backward()
-        backward = time.perf_counter()
+        with self.context():
+            start, cpu = time.perf_counter(), time.process_time()
+            image, _, _ = self.forward()
+            rendered = time.perf_counter()
+            self.loss(image, self.target)[0].backward()
+            backward = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return rendered - start, backward - rendered, time.perf_counter() - start, time.process_time() - cpu
 
     def result(self):
         """Image and gradients of a fixed loss at the current parameters (for the comparison)."""
-        image, _, _ = self.forward()
-        (image * torch.tensor([0.3, 0.5, 0.7])).sum().backward()
+        with self.context():
+            image, _, _ = self.forward()
+            (image * torch.tensor([0.3, 0.5, 0.7])).sum().backward()
         grads = [p.grad.clone() for p in self.params]
         self.optimizer.zero_grad(set_to_none=True)
         return image.detach(), grads
@@ -137,6 +180,9 @@ class BenchRasterizer:
     baseline: bool = False
     """Also time "cpp-v2": the C++ compositing with the PyTorch projection, SH colours and per-tensor Adam (before
     the C++ projection and fused CPU Adam), side by side."""
+    baseline_commit: str = ""
+    """Also time "cpp@COMMIT": this tree with the C++ compositing of that git commit (e.g. the branch this one
+    started from), side by side; not with --baseline."""
     torch_max_gaussians: int = 50_000
     """Skip the PyTorch reference above this many Gaussians (it can take minutes per step)."""
     demo_size: int = 0
@@ -155,9 +201,9 @@ def bench_one(size: int, n: int, threads: int, args: BenchRasterizer) -> dict:
     pairs = count_pairs(params, viewmats, Ks, size) if with_reference else None
     row = {"size": size, "gaussians": n, "threads": threads, "pairs": pairs}
     results = {}
-    paths = [*(PATHS if with_reference else ("cpp",)), *([BASELINE] if args.baseline else [])]
+    paths = [*(PATHS if with_reference else ("cpp",)), *baseline_path(args)]
     for backend in paths:
-        step = Step(backend, params, viewmats, Ks, size)
+        step = Step(backend, params, viewmats, Ks, size, args)
         results[backend] = step.result()
         step.timed()  # warm-up
         release_free_memory()
@@ -179,15 +225,14 @@ def bench_demo(size: int, threads: int, args: BenchRasterizer, folder: Path) -> 
     torch.set_num_threads(threads)
     dataset = load_dataset(folder)
     row = {"size": size, "threads": threads}
-    for backend_name in ("cpp", "torch", *([BASELINE] if args.baseline else [])):
-        baseline = backend_name == BASELINE
-        config = GaussianConfig(device="cpu", rasterizer="cpp" if baseline else backend_name)
+    for backend_name in ("cpp", "torch", *baseline_path(args)):
+        config = GaussianConfig(device="cpu", rasterizer="torch" if backend_name == "torch" else "cpp")
         backend = GaussianBackend.from_dataset(dataset, config)
-        if baseline:
+        if backend_name == BASELINE:
             for optimizer in backend.optimizers.values():
                 optimizer.param_groups[0]["fused"] = None
         loss = PhotometricLoss(LossWeights())
-        with pytorch_projection() if baseline else contextlib.nullcontext():
+        with path_context(backend_name, args):
             for _ in range(2):
                 backend.train_step(dataset, loss)
             walls, cpus = [], []
@@ -200,16 +245,23 @@ def bench_demo(size: int, threads: int, args: BenchRasterizer, folder: Path) -> 
     return row
 
 
+def ratio(row: dict, slower: str, faster: str) -> str:
+    """Wall and CPU-time ratio of two paths' demo steps."""
+    return (f"{row[slower]['step_s'] / row[faster]['step_s']:.1f}x / "
+            f"{row[slower]['cpu_s'] / row[faster]['cpu_s']:.1f}x")
+
+
 def demo_table(rows: list[dict]) -> str:
-    baseline = any(BASELINE in row for row in rows)
-    headers = ["px", "threads", "torch s/step (wall / CPU)", "cpp s/step (wall / CPU)", "cpp steps/s", "speed-up",
-               *([f"{BASELINE} s/step (wall / CPU)", f"cpp vs {BASELINE}"] if baseline else [])]
+    baseline = baseline_of(rows[0]) if rows else None
+    headers = ["px", "threads", "torch s/step (wall / CPU)", "cpp s/step (wall / CPU)", "cpp steps/s",
+               "speed-up (wall / CPU)",
+               *([f"{baseline} s/step (wall / CPU)", f"cpp vs {baseline} (wall / CPU)"] if baseline else [])]
     return markdown_table(headers, [[
         row["size"], row["threads"], f"{row['torch']['step_s']:.3f} / {row['torch']['cpu_s']:.3f}",
         f"{row['cpp']['step_s']:.3f} / {row['cpp']['cpu_s']:.3f}", f"{1 / row['cpp']['step_s']:.1f}",
-        f"{row['torch']['step_s'] / row['cpp']['step_s']:.1f}x",
-        *([f"{row[BASELINE]['step_s']:.3f} / {row[BASELINE]['cpu_s']:.3f}",
-           f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x"] if baseline else []),
+        ratio(row, "torch", "cpp"),
+        *([f"{row[baseline]['step_s']:.3f} / {row[baseline]['cpu_s']:.3f}", ratio(row, baseline, "cpp")]
+          if baseline else []),
     ] for row in rows])
 
 
@@ -217,18 +269,18 @@ def table(rows: list[dict]) -> str:
     def seconds(row, backend, key):
         return f"{row[backend][key]:.3f}" if backend in row else "-"
 
-    baseline = any(BASELINE in row for row in rows)
+    baseline = baseline_of(rows[0]) if rows else None
     headers = ["px", "Gaussians", "threads", "pairs", "torch fwd s", "torch bwd s", "torch step s", "cpp fwd s",
                "cpp bwd s", "cpp step s", "step speed-up", "peak MiB torch / cpp", "max diff image / grads (rel)",
-               *([f"{BASELINE} fwd / bwd / step s", f"cpp vs {BASELINE}", f"step CPU s cpp / {BASELINE}"]
+               *([f"{baseline} fwd / bwd / step s", f"cpp vs {baseline}", f"step CPU s cpp / {baseline}"]
                  if baseline else [])]
     lines = []
     for row in rows:
         both = "torch" in row
-        versus = ([f"{row[BASELINE]['forward_s']:.3f} / {row[BASELINE]['backward_s']:.3f} / "
-                   f"{row[BASELINE]['step_s']:.3f}", f"{row[BASELINE]['step_s'] / row['cpp']['step_s']:.1f}x",
-                   f"{row['cpp']['step_cpu_s']:.3f} / {row[BASELINE]['step_cpu_s']:.3f}"]
-                  if BASELINE in row else [])
+        versus = ([f"{row[baseline]['forward_s']:.3f} / {row[baseline]['backward_s']:.3f} / "
+                   f"{row[baseline]['step_s']:.3f}", f"{row[baseline]['step_s'] / row['cpp']['step_s']:.1f}x",
+                   f"{row['cpp']['step_cpu_s']:.3f} / {row[baseline]['step_cpu_s']:.3f}"]
+                  if baseline in row else [])
         lines.append([
             row["size"], f"{row['gaussians']:,}", row["threads"], "-" if row["pairs"] is None else f"{row['pairs']:,}",
             seconds(row, "torch", "forward_s"), seconds(row, "torch", "backward_s"), seconds(row, "torch", "step_s"),

@@ -97,8 +97,8 @@ def test_cpu_build_folder_is_keyed_by_torch_build_and_cpu(monkeypatch, tmp_path)
     assert build._build_directory("splat2splat_x", "sm90") != folder
 
 
-@pytest.mark.parametrize("avx2", [True, False])
-def test_cpu_build_uses_avx2_only_where_the_cpu_has_it_in_a_folder_of_its_own(monkeypatch, tmp_path, avx2):
+@pytest.mark.parametrize("level", ["avx512", "avx2", ""])
+def test_cpu_build_uses_wider_vectors_only_where_the_cpu_has_them_in_a_folder_of_its_own(monkeypatch, tmp_path, level):
     calls = {}
 
     class FakeCppExtension:
@@ -113,18 +113,21 @@ def test_cpu_build_uses_avx2_only_where_the_cpu_has_it_in_a_folder_of_its_own(mo
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(build, "_import_cpp_extension", lambda: FakeCppExtension)
-    monkeypatch.setattr(build, "_cpu_has_avx2", lambda: avx2)
+    monkeypatch.setattr(build, "_cpu_vector_level", lambda: level)
     monkeypatch.setattr(build.shutil, "which", lambda name: "/usr/bin/c++")
     assert build._compile("splat2splat_x", ["x.cpp"], cuda=False) == "module"
-    assert ("-mavx2" in calls["extra_cflags"]) == avx2
+    assert ("-mavx2" in calls["extra_cflags"]) == (level != "")
+    assert ("-mavx512f" in calls["extra_cflags"]) == (level == "avx512")
     assert "-ffp-contract=off" in calls["extra_cflags"]  # the kernels' parity needs it either way
-    expected = "splat2splat_x_cpu_avx2_" if avx2 else "splat2splat_x_cpu_torch"
+    expected = f"splat2splat_x_cpu_{level}_" if level else "splat2splat_x_cpu_torch"
     assert Path(calls["build_directory"]).name.startswith(expected)
 
 
-def test_cpu_avx2_detection_reads_the_cpu_flags(monkeypatch):
+def test_cpu_vector_detection_reads_the_cpu_flags(monkeypatch):
     texts = {"/proc/cpuinfo": "processor : 0\nflags\t\t: fpu sse2 avx avx2 fma\n"}
     monkeypatch.setattr(build.Path, "read_text", lambda self: texts[str(self)])
-    assert build._cpu_has_avx2()
+    assert build._cpu_vector_level() == "avx2"
     texts["/proc/cpuinfo"] = "processor : 0\nflags\t\t: fpu sse2 avx avx512f\n"
-    assert not build._cpu_has_avx2()
+    assert build._cpu_vector_level() == ""
+    texts["/proc/cpuinfo"] = "processor : 0\nflags\t\t: avx avx2 avx512f avx512dq avx512bw avx512vl fma\n"
+    assert build._cpu_vector_level() == "avx512"

@@ -79,7 +79,7 @@ def assert_gradients_close(actual: dict, expected: dict) -> None:
 
 @needs_compiler
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("sh_degree,tile_size", [(3, 16), (0, 8), (1, 16), (2, 16)])
+@pytest.mark.parametrize("sh_degree,tile_size", [(3, 16), (0, 8), (1, 16), (2, 16), (3, 32)])  # 32: 2 lane groups
 def test_images_and_gradients_match_the_pytorch_rasterizer(dtype, sh_degree, tile_size):
     params, viewmats, Ks = hard_scene(600, dtype)
     width, height = 53, 37  # not a multiple of the tile size
@@ -96,6 +96,26 @@ def test_images_and_gradients_match_the_pytorch_rasterizer(dtype, sh_degree, til
     assert (alpha > 0.99).any()
     for name in PARAMETERS:  # culled Gaussians get exactly zero gradient
         assert (grads[name][8:12] == 0).all() and (grads[name][1] == 0).all(), name
+
+
+@needs_compiler
+@pytest.mark.parametrize("tile_size", [16, 32])
+def test_images_and_gradients_do_not_depend_on_the_thread_count(tile_size):
+    """Tiles run in parallel in any order; each tile's gradient sums are added in a fixed order afterwards."""
+    params, viewmats, Ks = hard_scene(600, torch.float32)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            results.append(render_with("cpp", params, viewmats, Ks, 53, 37, 3, tile_size))
+    finally:
+        torch.set_num_threads(threads)
+    image, alpha, _, grads = results[0]
+    for other_image, other_alpha, _, other_grads in results[1:]:
+        assert torch.equal(other_image, image) and torch.equal(other_alpha, alpha)
+        for name, grad in grads.items():
+            assert torch.equal(other_grads[name], grad), name
 
 
 @needs_compiler
