@@ -120,6 +120,7 @@ def test_cpu_build_uses_avx2_only_where_the_cpu_has_it_in_a_folder_of_its_own(mo
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(build, "_import_cpp_extension", lambda: FakeCppExtension)
     monkeypatch.setattr(build, "_cpu_has_avx2", lambda: avx2)
+    monkeypatch.setattr(build, "_missing_openmp", lambda: None)
     monkeypatch.setattr(build.shutil, "which", lambda name: "/usr/bin/c++")
     assert build._compile("splat2splat_x", ["x.cpp"], cuda=False) == "module"
     assert ("-mavx2" in calls["extra_cflags"]) == avx2
