@@ -23,7 +23,6 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>

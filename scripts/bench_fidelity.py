@@ -22,6 +22,8 @@ tints the background too and a fixed white background could never match it.
 
     python scripts/bench_fidelity.py                 # CPU, 64-px demo, about 10 minutes
     python scripts/bench_fidelity.py --methods in2n-tiny in2n-small in2n-small-image naive   # LPIPS inputs
+    python scripts/bench_fidelity.py --step-scale 10 --densify --methods in2n-tiny in2n-tiny-cull igs2gs naive
+        # reference steps / 10 with densification: ~40 min on 2 shared cores with the C++ rasterizer
 """
 
 from __future__ import annotations
@@ -84,6 +86,10 @@ class BenchFidelity:
     step_scale: int = 25
     """Every reference step count is divided by this (30000-step scene -> 1200, in2n-tiny 30000 -> 1200,
     igs2gs 7500 -> 300 with an update every 100)."""
+    densify: bool = False
+    """Densify the unedited scene as gsplat's default strategy does, its schedule divided by step_scale too (at 10:
+    a refinement every 10 steps from 50 to 1500, an opacity reset every 300: the reference's 145 refinements and 5
+    resets). Off by default: at 50 the 64-px demo's 4,000 Gaussians grow tenfold within 60 steps."""
     in2n_edit_rate: int = 10
     """in2n's steps between single-view edits (its own value; tests shrink it)."""
     nerf_init_steps: int = 300
@@ -117,11 +123,11 @@ class Scenes:
 
 def scaled_scene_config(cfg: BenchFidelity, device: torch.device) -> GaussianConfig:
     """gsplat simple_trainer's schedules (30000 steps, SH every 1000, position learning rate decayed over
-    30000) divided by ``step_scale``; no densification: scaled to a refinement every 4 steps it grows the
-    4,000 demo points past 50,000 within 60 steps, more than a 2-core CPU can edit in the time. The edit
-    starts past refine_stop either way (as from a full 30k training), where `continue` changes nothing."""
+    30000, densification from 500 to 15000 every 100 with an opacity reset every 3000) divided by
+    ``step_scale``; densification only with ``densify``. The edit starts past refine_stop either way (as from a
+    full 30k training), where `continue` changes nothing."""
     k = cfg.step_scale
-    strategy = StrategyConfig(kind="none", refine_start=500 // k, refine_stop=15000 // k,
+    strategy = StrategyConfig(kind="default" if cfg.densify else "none", refine_start=500 // k, refine_stop=15000 // k,
                               refine_every=max(1, 100 // k), reset_opacity_every=3000 // k)
     return GaussianConfig(seed=cfg.seed, device=str(device), lr_decay_steps=30000 // k,
                           sh_degree_interval=max(1, 1000 // k), strategy=strategy)

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "scripts"))
 
-from bench_fidelity import BenchFidelity, main  # noqa: E402
+from bench_fidelity import BenchFidelity, main, scaled_scene_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +53,14 @@ def test_patch_and_whole_image_lpips_side_by_side(tmp_path):
     assert rows["in2n-small"]["psnr_to_target"] != rows["in2n-small-image"]["psnr_to_target"]
     for row in rows.values():
         assert row["psnr_to_target"] > row["psnr_to_unedited"], row["method"]
+
+
+@pytest.mark.parametrize("densify", [False, True])
+def test_the_unedited_scene_densifies_on_the_reference_schedule_divided_like_every_step_count(densify):
+    config = scaled_scene_config(BenchFidelity(step_scale=10, densify=densify), torch.device("cpu"))
+    strategy = config.strategy
+    assert strategy.kind == ("default" if densify else "none")
+    # gsplat's 500..15000 every 100, opacity reset every 3000, SH every 1000, 30000-step decay: all divided by 10.
+    assert (strategy.refine_start, strategy.refine_stop, strategy.refine_every, strategy.reset_opacity_every) == \
+        (50, 1500, 10, 300)
+    assert (config.sh_degree_interval, config.lr_decay_steps) == (100, 3000)

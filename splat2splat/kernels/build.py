@@ -3,8 +3,9 @@
 Every kernel has a pure-PyTorch reference, so a kernel is an optimisation, never a requirement:
 :func:`load_extension` (CUDA kernels) returns ``None`` without a CUDA device or when the build fails, and
 :func:`load_cpu_extension` (C++/OpenMP kernels) when no compiler works, both after one warning; callers then
-use the reference. A build is cached in the torch extensions folder (once per machine), keyed by the torch
-build and the GPU architecture or ``cpu``, and loaded once per process.
+use the reference. A compiler without OpenMP (Apple clang) builds the C++ kernels single-threaded, after one
+warning. A build is cached in the torch extensions folder (once per machine), keyed by the torch build and the
+GPU architecture or ``cpu`` (and OpenMP or not), and loaded once per process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -71,11 +74,12 @@ def _import_cpp_extension() -> ModuleType:
 def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
     cpp_extension = _import_cpp_extension()
     source_dir = cuda_source_dir()
+    include_paths = [str(source_dir)]
     # No fast-math and no FMA contraction: the kernels must reproduce the reference's values operation by operation.
     cflags = ["-O3", "-ffp-contract=off"]
     if cuda:
         arch = _device_arch()
-        target = f"sm{arch[0]}{arch[1]}"
+        build_directory = _build_directory(name, f"sm{arch[0]}{arch[1]}")
         # An explicit -gencode makes torch skip TORCH_CUDA_ARCH_LIST: build for this device only (fast).
         gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
         extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
@@ -84,29 +88,60 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         # reads errno); they let the compiler turn the kernels' selects into vector blends and vectorise std::sqrt.
         # Wider vectors only where this CPU has them, each in a build folder of its own: AVX2 (8 floats per
         # instruction instead of 4), AVX-512 (16: a whole lane group of the rasterizer; its backward ~25 % faster
-        # than with AVX2 on an AMD EPYC). The same IEEE operations either way (no FMA): the same values.
+        # than with AVX2 on an AMD EPYC). The same IEEE operations either way (no FMA): the same values. Without
+        # OpenMP (Apple clang) the same kernels run on one thread, built in a folder of their own ("_noomp").
         level = _cpu_vector_level()
-        target = f"cpu_{level}" if level else "cpu"
-        extra = {"extra_cflags": [*cflags, "-fno-trapping-math", "-fno-math-errno", *VECTOR_FLAGS[level], "-fopenmp"],
-                 "extra_ldflags": ["-fopenmp"], "with_cuda": False}
+        no_openmp = _missing_openmp()
+        target = (f"cpu_{level}" if level else "cpu") + ("" if no_openmp is None else "_noomp")
+        build_directory = _build_directory(name, target)
+        openmp = ["-fopenmp"] if no_openmp is None else []
+        if no_openmp is not None:
+            _warn_once(f"the C++ compiler has no OpenMP, building the C++ extensions single-threaded: {no_openmp}")
+        extra = {"extra_cflags": [*cflags, "-fno-trapping-math", "-fno-math-errno", *VECTOR_FLAGS[level], *openmp],
+                 "extra_ldflags": openmp, "with_cuda": False}
     return cpp_extension.load(
         name=name,
         sources=[str(source_dir / source) for source in sources],
-        extra_include_paths=[str(source_dir)],
-        build_directory=str(_build_directory(name, target)),
+        extra_include_paths=include_paths,
+        build_directory=str(build_directory),
         verbose=False,
         **extra,
     )
+
+
+def _cpu_compiler() -> str:
+    return os.environ.get("CXX") or "c++"  # what torch's build uses
 
 
 @functools.lru_cache(maxsize=None)
 def _missing_cpu_compiler() -> str | None:
     """Why no C++ extension can be built here, or ``None`` when the compiler torch's build uses is found (looked up
     once per process)."""
-    compiler = os.environ.get("CXX") or "c++"  # what torch's build uses
+    compiler = _cpu_compiler()
     if shutil.which(compiler) is None:
         return f"no C++ compiler found ({compiler!r}: set CXX or put c++ on PATH)"
     return None
+
+
+OPENMP_PROBE = "#include <omp.h>\nint splat2splat_openmp_probe() { return omp_get_max_threads(); }\n"
+
+
+@functools.lru_cache(maxsize=None)
+def _missing_openmp() -> str | None:
+    """Why the C++ compiler cannot build with OpenMP (Apple clang has no -fopenmp), or ``None`` when it compiles and
+    links a tiny shared object with -fopenmp (tried once per process, a fraction of a second)."""
+    with tempfile.TemporaryDirectory(prefix="splat2splat-openmp-") as folder:
+        source = Path(folder) / "probe.cpp"
+        source.write_text(OPENMP_PROBE)
+        command = [_cpu_compiler(), "-fopenmp", "-shared", "-fPIC", str(source), "-o", str(Path(folder) / "probe.so")]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as error:
+            return str(error)
+    if result.returncode == 0:
+        return None
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    return (lines[0] if lines else f"{command[0]} -fopenmp exited with status {result.returncode}")[:300]
 
 
 # Compiler flags per vector extension, and the CPU flags each needs (Linux /proc/cpuinfo names).
@@ -155,18 +190,20 @@ def load_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
 
 def load_cpu_extension(name: str, sources: Sequence[str]) -> ModuleType | None:
     """Build (once per machine, into the torch extensions folder) and import the C++ extension ``name``, once per
-    process; ``None`` after one warning when it does not build. Without a compiler, that is one warning for all
-    the C++ extensions of the process, not one each."""
+    process; ``None`` after one warning when it does not build. Without a compiler, or with one that has no OpenMP
+    (the extensions are then built single-threaded), that is one warning for all the C++ extensions of the
+    process, not one each."""
     missing = _missing_cpu_compiler()
     if missing is not None:
-        _warn_no_cpu_compiler(missing)
+        _warn_once(f"could not build the C++ extensions, using the PyTorch reference instead: {missing}")
         return None
     return _load_once(name, tuple(sources), cuda=False)
 
 
 @functools.lru_cache(maxsize=None)
-def _warn_no_cpu_compiler(reason: str) -> None:
-    logger.warning("could not build the C++ extensions, using the PyTorch reference instead: %s", reason)
+def _warn_once(message: str) -> None:
+    """One warning line per process for what concerns all the C++ extensions alike."""
+    logger.warning("%s", message)
 
 
 # ------------------------------------------------------------------------------------------------ gsplat

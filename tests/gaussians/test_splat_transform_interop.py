@@ -99,7 +99,7 @@ def render(splats: dict[str, torch.Tensor], sh_degree: int = 3) -> torch.Tensor:
     ks = torch.tensor([[focal, 0, IMAGE_SIZE / 2], [0, focal, IMAGE_SIZE / 2], [0, 0, 1.0]]).expand(3, 3, 3)
     images, _, _ = rasterize(splats["means"].detach(), splats["quats"].detach(), torch.exp(splats["scales"].detach()),
                              torch.sigmoid(splats["opacities"].detach()), sh, views(), ks, IMAGE_SIZE, IMAGE_SIZE,
-                             sh_degree, background=torch.ones(3), backend="torch")
+                             sh_degree, background=torch.ones(3))
     return images.clamp(0, 1)
 
 

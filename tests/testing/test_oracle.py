@@ -126,7 +126,7 @@ def render(splats: dict[str, torch.Tensor], background: torch.Tensor, sh_degree:
                      IMAGE_SIZE / 2, IMAGE_SIZE / 2, IMAGE_SIZE, IMAGE_SIZE)
     p = activated(splats)
     image, alpha, _ = rasterize(p["means"], p["quats"], p["scales"], p["opacities"], p["sh"], camera.viewmats(),
-                                camera.Ks(), IMAGE_SIZE, IMAGE_SIZE, sh_degree, background, backend="torch")
+                                camera.Ks(), IMAGE_SIZE, IMAGE_SIZE, sh_degree, background)
     return image[0], alpha[0]
 
 
