@@ -15,9 +15,8 @@
 // Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
 // for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp), kBlock Gaussians before blending.
 // Forward and backward share one loop over tiles, rows and lane groups (for_each_lane_group; OpenMP across tiles,
-// torch's thread count). The forward keeps the falloffs it evaluates (KeptFalloffs, up to a memory cap), from which
-// the backward derives the same alphas; it walks each pixel's pairs again front to back (exact alphas and
-// transmittances, no division; evaluating them again where the forward kept none), then back to front with the running sum of later weights; its per-Gaussian parts
+// torch's thread count). The backward walks each pixel's pairs again front to back (exact alphas and
+// transmittances, no division), then back to front with the running sum of later weights; its per-Gaussian parts
 // are summed per lane over a tile's rows, then over the lanes, and the tiles' sums are added into the gradients in
 // a fixed order (deterministic for any thread count).
 
@@ -26,9 +25,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <bit>
@@ -43,21 +40,9 @@ constexpr double kMaxAlpha = 0.999;
 constexpr double kTransmittanceMin = 1e-4;
 constexpr int kMaxChannels = 32;
 
-// Pixels of a tile row are processed kLanes at a time, each Gaussian against all of them at once: the loops over lanes
-// have no branches (masks instead), so the compiler vectorises them.
-constexpr int kLanes = 16;
-
 struct TileGrid {
     int64_t width, height, tile_size, tiles_x, tiles_y;
     int64_t count() const { return tiles_x * tiles_y; }
-    // Lane groups (of kLanes pixels of a tile row) per tile, counting those beyond the image; a group's slot
-    // numbers them tile by tile, each tile's row by row.
-    int64_t groups_per_row() const { return (tile_size + kLanes - 1) / kLanes; }
-    int64_t groups_per_tile() const { return tile_size * groups_per_row(); }
-    int64_t group_slot(int64_t tile, int64_t y, int64_t x) const {
-        const int64_t x0 = (tile % tiles_x) * tile_size, y0 = (tile / tiles_x) * tile_size;
-        return tile * groups_per_tile() + (y - y0) * groups_per_row() + (x - x0) / kLanes;
-    }
 };
 
 // Per Gaussian of one tile's list: what the alpha needs, gathered once per tile (cache friendly).
@@ -71,6 +56,9 @@ template <typename scalar_t> struct Splat {
     scalar_t x_lo, x_hi, y_lo, y_hi;
 };
 
+// Pixels of a tile row are processed kLanes at a time, each Gaussian against all of them at once: the loops over lanes
+// have no branches (masks instead), so the compiler vectorises them.
+constexpr int kLanes = 16;
 
 // exp for float lanes: range reduction by ln 2 and Cephes' polynomial (within ~2 ulp of expf, like the
 // SIMD exp PyTorch uses; without branches, so it vectorises). Only arguments in [-88, 0] matter here.
@@ -385,69 +373,21 @@ void for_each_lane_group(const TileGrid &grid, const int64_t *offsets, const int
     }
 }
 
-// The forward's falloffs (exp(-sigma), kLanes per evaluated (lane group, Gaussian) pair, in the order it evaluates
-// them), kept for the backward, which then derives the same alphas from them instead of evaluating the pairs again:
-// per tile while the forward runs, then one array with each lane group's start (by slot). Given up (and the backward
-// evaluates again) once they would exceed max_bytes.
-template <typename scalar_t> struct KeptFalloffs {
-    int64_t max_bytes;
-    std::atomic<int64_t> bytes{0};
-    std::atomic<bool> over{false};
-    std::vector<std::vector<scalar_t>> tiles;  // per tile, its groups' falloffs one after the other
-    std::vector<int64_t> pairs;                // per group slot: its evaluated pairs
-
-    KeptFalloffs(const TileGrid &grid, int64_t max_bytes_)
-        : max_bytes(max_bytes_), tiles(grid.count()), pairs(grid.count() * grid.groups_per_tile(), 0) {}
-
-    // falloffs [pairs * kLanes] and starts [slots + 1] (pairs before each slot), or two empty tensors when given up.
-    std::pair<at::Tensor, at::Tensor> tensors(const TileGrid &grid, at::ScalarType dtype) {
-        if (over) return {at::empty({0}, dtype), at::empty({0}, at::kLong)};
-        at::Tensor starts = at::empty({static_cast<int64_t>(pairs.size()) + 1}, at::kLong);
-        int64_t *start = starts.data_ptr<int64_t>();
-        start[0] = 0;
-        for (size_t k = 0; k < pairs.size(); ++k) start[k + 1] = start[k] + pairs[k];
-        at::Tensor falloffs = at::empty({start[pairs.size()] * kLanes}, dtype);
-        scalar_t *out = falloffs.data_ptr<scalar_t>();
-        for (int64_t tile = 0; tile < grid.count(); ++tile) {
-            std::vector<scalar_t> &kept = tiles[tile];
-            if (!kept.empty())
-                std::memcpy(out + start[tile * grid.groups_per_tile()] * kLanes, kept.data(),
-                            kept.size() * sizeof(scalar_t));
-            std::vector<scalar_t>().swap(kept);
-        }
-        return {falloffs, starts};
-    }
-};
-
 // Forward: front to back over each lane group's candidates, until every lane's transmittance has stopped it.
 template <typename scalar_t> struct ForwardVisitor {
     const scalar_t *colors;
     int64_t channels, width;
     scalar_t *image, *alpha_out;
     int32_t *walked;
-    const TileGrid *grid;
-    KeptFalloffs<scalar_t> *kept;
     std::vector<scalar_t> tile_colors = {};
     CandidateBlock<scalar_t> block = {};
-    int64_t tile = 0;
-    std::vector<scalar_t> tile_falloffs = {};  // this tile's kept falloffs so far
 
-    void begin_tile(int64_t tile_, const int32_t *list, int64_t length) {
-        tile = tile_;
+    void begin_tile(int64_t, const int32_t *list, int64_t length) {
         tile_colors.resize(length * channels);
         for (int64_t j = 0; j < length; ++j)
             for (int64_t k = 0; k < channels; ++k) tile_colors[j * channels + k] = colors[list[j] * channels + k];
-        tile_falloffs.clear();
     }
-    void end_tile(int64_t, int64_t) {
-        if (kept->over) return;
-        const int64_t bytes = static_cast<int64_t>(tile_falloffs.size() * sizeof(scalar_t));
-        if (kept->bytes.fetch_add(bytes) + bytes > kept->max_bytes) {
-            kept->over = true;
-            return;
-        }
-        kept->tiles[tile] = tile_falloffs;
-    }
+    void end_tile(int64_t, int64_t) {}
 
     void lanes(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
                const std::vector<int32_t> &row) {
@@ -463,17 +403,10 @@ template <typename scalar_t> struct ForwardVisitor {
         }
         int32_t limit[kLanes];  // a running lane asks for every entry, a stopped one for none
         size_t next = 0;
-        const bool keep = !kept->over;
-        int64_t evaluated = 0;
         for (;;) {
             for (int i = 0; i < kLanes; ++i) limit[i] = running[i] ? INT32_MAX : 0;
             next = next_block(splats, row, next, g.px0, g.py, limit, INT32_MAX, block);
             if (block.count == 0) break;
-            if (keep) {
-                for (int b = 0; b < block.count; ++b)
-                    tile_falloffs.insert(tile_falloffs.end(), block.lanes[b].falloff, block.lanes[b].falloff + kLanes);
-                evaluated += block.count;
-            }
             for (int b = 0; b < block.count; ++b) {
                 const int32_t j = block.j[b];
                 const scalar_t *color = tile_colors.data() + j * channels;
@@ -492,30 +425,26 @@ template <typename scalar_t> struct ForwardVisitor {
             alpha_out[p] = accumulated[i];
             walked[p] = end[i];
         }
-        if (keep) kept->pairs[grid->group_slot(tile, g.y, g.x)] = evaluated;
     }
 };
 
 template <typename scalar_t>
 void forward_impl(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &radii, const at::Tensor &depths, const TileGrid &grid, int64_t max_kept_bytes, at::Tensor &image,
-    at::Tensor &alpha_out, at::Tensor &walked, at::Tensor &offsets_out, at::Tensor &ids_out,
-    std::pair<at::Tensor, at::Tensor> &kept_out
+    const at::Tensor &radii, const at::Tensor &depths, const TileGrid &grid, at::Tensor &image, at::Tensor &alpha_out,
+    at::Tensor &walked, at::Tensor &offsets_out, at::Tensor &ids_out
 ) {
     std::vector<int64_t> offsets;
     std::vector<int32_t> ids;
     tile_lists<scalar_t>(means2d.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(), depths.data_ptr<scalar_t>(),
                          means2d.size(0), grid, offsets, ids);
-    KeptFalloffs<scalar_t> kept(grid, max_kept_bytes);
     for_each_lane_group<scalar_t>(grid, offsets.data(), ids.data(), means2d.data_ptr<scalar_t>(),
                                   conics.data_ptr<scalar_t>(), opacities.data_ptr<scalar_t>(),
                                   radii.data_ptr<int32_t>(), [&] {
         return ForwardVisitor<scalar_t>{colors.data_ptr<scalar_t>(), colors.size(1), grid.width,
                                         image.data_ptr<scalar_t>(), alpha_out.data_ptr<scalar_t>(),
-                                        walked.data_ptr<int32_t>(), &grid, &kept};
+                                        walked.data_ptr<int32_t>()};
     });
-    kept_out = kept.tensors(grid, means2d.scalar_type());
     offsets_out = at::from_blob(offsets.data(), {static_cast<int64_t>(offsets.size())}, at::kLong).clone();
     ids_out = at::from_blob(ids.data(), {static_cast<int64_t>(ids.size())}, at::kInt).clone();
 }
@@ -529,11 +458,7 @@ template <typename scalar_t> struct BackwardVisitor {
     const int64_t *offsets;
     int64_t channels, width;
     scalar_t *entry_sums;
-    const TileGrid *grid;
-    const scalar_t *kept_falloffs;  // the forward's (KeptFalloffs), or null: evaluate the pairs again
-    const int64_t *kept_starts;
     const int32_t *list = nullptr;
-    int64_t tile = 0;
     // Per tile-list entry and gradient part, per lane: summed over the tile's rows, then over the lanes once at the
     // end of the tile (a sum over the lanes for every pair was the backward's largest cost).
     std::vector<scalar_t> tile_lanes = {};  // [entry][stride][kLanes]
@@ -544,8 +469,7 @@ template <typename scalar_t> struct BackwardVisitor {
     std::vector<scalar_t> records = {};  // [pair][5][kLanes]
 
     int64_t stride() const { return 6 + channels; }
-    void begin_tile(int64_t tile_, const int32_t *tile_list, int64_t length) {
-        tile = tile_;
+    void begin_tile(int64_t, const int32_t *tile_list, int64_t length) {
         list = tile_list;
         tile_lanes.assign(length * stride() * kLanes, scalar_t(0));
     }
@@ -564,10 +488,7 @@ template <typename scalar_t> struct BackwardVisitor {
             last_end = std::max(last_end, end[i]);
         }
         if (last_end == 0) return;
-        if (kept_starts)
-            record_kept_pairs(g, splats, row, end, last_end);
-        else
-            record_pairs(g, splats, row, end, last_end);
+        record_pairs(g, splats, row, end, last_end);
         scalar_t grad_color[kMaxChannels][kLanes], grad_weight[kLanes];  // zero beyond the image
         for (int i = 0; i < kLanes; ++i) {
             const bool inside = i < g.lanes;
@@ -628,44 +549,6 @@ template <typename scalar_t> struct BackwardVisitor {
         }
     }
 
-    // The same from the forward's falloffs: the forward evaluated the lane group's candidates in the same order (one
-    // next_block walk, up to the last pair any lane blended at least) with every lane asking that blends them here,
-    // so the alphas derived from its falloffs are the same values.
-    void record_kept_pairs(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
-                           const std::vector<int32_t> &row, const int32_t *end, int32_t last_end) {
-        record_j.clear();
-        records.clear();
-        double transmittance[kLanes];
-        for (int i = 0; i < kLanes; ++i) transmittance[i] = 1.0;
-        const int64_t slot = grid->group_slot(tile, g.y, g.x);
-        const scalar_t *falloff = kept_falloffs + kept_starts[slot] * kLanes;
-        const scalar_t *falloff_end = kept_falloffs + kept_starts[slot + 1] * kLanes;
-        LaneAlphas<scalar_t> lanes_alpha;
-        for (size_t next = 0; next < row.size() && falloff < falloff_end; ++next) {
-            const int32_t j = row[next];
-            if (j >= last_end) break;
-            const Splat<scalar_t> &s = splats[j];
-            if (misses(s, g.px0)) continue;
-            derive_lanes(s, g.px0, g.py, falloff, end, j, lanes_alpha);
-            falloff += kLanes;
-            record_pair(j, lanes_alpha, transmittance);
-        }
-    }
-
-    // evaluate_lanes's alphas and parts from the falloffs, for the lanes that ask (j < end).
-    static void derive_lanes(const Splat<scalar_t> &s, scalar_t px0, scalar_t py, const scalar_t *falloff,
-                             const int32_t *end, int32_t j, LaneAlphas<scalar_t> &out) {
-        for (int i = 0; i < kLanes; ++i) {
-            const scalar_t px = px0 + static_cast<scalar_t>(i);
-            const scalar_t alpha = std::min(s.opacity * falloff[i], scalar_t(kMaxAlpha));
-            const bool blends = (alpha >= scalar_t(kAlphaThreshold)) & (j < end[i]);
-            out.alpha[i] = blends ? alpha : scalar_t(0);
-            out.falloff[i] = falloff[i];
-            out.dx[i] = s.mx - px;
-            out.dy[i] = s.my - py;
-        }
-    }
-
     // One Gaussian's lanes into the records, if it blends any; advances the lanes' transmittances.
     void record_pair(int32_t j, const LaneAlphas<scalar_t> &lanes_alpha, double *transmittance) {
         int32_t any = 0;
@@ -692,8 +575,7 @@ template <typename scalar_t>
 void backward_impl(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
     const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked,
-    const at::Tensor &kept_falloffs, const at::Tensor &kept_starts, const at::Tensor &grad_image,
-    const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
+    const at::Tensor &grad_image, const at::Tensor &grad_alpha, const TileGrid &grid, at::Tensor &sums
 ) {
     const int64_t channels = colors.size(1), stride = 6 + channels;
     const int64_t *off = offsets.data_ptr<int64_t>();
@@ -706,9 +588,7 @@ void backward_impl(
                                   opacities.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(), [&] {
         return BackwardVisitor<scalar_t>{colors.data_ptr<scalar_t>(), grad_image.data_ptr<scalar_t>(),
                                          grad_alpha.data_ptr<scalar_t>(), walked.data_ptr<int32_t>(), off, channels,
-                                         grid.width, entry_sums.data(), &grid,
-                                         kept_starts.numel() ? kept_falloffs.data_ptr<scalar_t>() : nullptr,
-                                         kept_starts.numel() ? kept_starts.data_ptr<int64_t>() : nullptr};
+                                         grid.width, entry_sums.data()};
     });
     double *out = sums.data_ptr<double>();
     for (int64_t e = 0; e < n_entries; ++e) {
@@ -727,12 +607,10 @@ void check_radii(const at::Tensor &radii, const at::Tensor &means2d) {
 }  // namespace
 
 // Returns image [H, W, K], accumulated alpha [H, W] and what the backward needs: tile offsets [T + 1] (int64),
-// tile lists (int32 Gaussian ids), per pixel the length of the list prefix it walked (int32), and the kept falloffs
-// with each lane group's start (KeptFalloffs; both empty where they would exceed max_kept_bytes).
+// tile lists (int32 Gaussian ids) and per pixel the length of the list prefix it walked (int32).
 std::vector<at::Tensor> rasterize_forward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &radii, const at::Tensor &depths, int64_t width, int64_t height, int64_t tile_size,
-    int64_t max_kept_bytes
+    const at::Tensor &radii, const at::Tensor &depths, int64_t width, int64_t height, int64_t tile_size
 ) {
     check_inputs(means2d, conics, opacities, colors);
     check(depths, means2d, "depths", 1, -1);
@@ -743,22 +621,19 @@ std::vector<at::Tensor> rasterize_forward(
     at::Tensor alpha_out = at::zeros({height, width}, colors.options());
     at::Tensor walked = at::zeros({height * width}, radii.options());
     at::Tensor offsets_out, ids_out;
-    std::pair<at::Tensor, at::Tensor> kept;
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_forward", [&] {
-        forward_impl<scalar_t>(means2d, conics, opacities, colors, radii, depths, grid, max_kept_bytes, image,
-                               alpha_out, walked, offsets_out, ids_out, kept);
+        forward_impl<scalar_t>(means2d, conics, opacities, colors, radii, depths, grid, image, alpha_out, walked,
+                               offsets_out, ids_out);
     });
-    return {image, alpha_out, offsets_out, ids_out, walked, kept.first, kept.second};
+    return {image, alpha_out, offsets_out, ids_out, walked};
 }
 
 // Gradients of the forward's image and alpha with respect to means2d [N, 2], conics [N, 3], opacities [N] and
-// colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W]; the forward's kept falloffs and starts (empty ones:
-// the pairs are evaluated again).
+// colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W].
 std::vector<at::Tensor> rasterize_backward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
     const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked,
-    const at::Tensor &grad_image, const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size,
-    const at::Tensor &kept_falloffs, const at::Tensor &kept_starts
+    const at::Tensor &grad_image, const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size
 ) {
     check_inputs(means2d, conics, opacities, colors);
     TORCH_CHECK(grad_image.is_contiguous() && grad_image.sizes() == at::IntArrayRef({height, width, colors.size(1)}) &&
@@ -769,19 +644,13 @@ std::vector<at::Tensor> rasterize_backward(
                 "grad_alpha must be a contiguous [H, W] tensor of the colours' dtype");
     const TileGrid grid = make_grid(width, height, tile_size);
     TORCH_CHECK(offsets.numel() == grid.count() + 1 && walked.numel() == width * height, "saved tile lists do not fit");
-    TORCH_CHECK(kept_starts.numel() == 0 ||
-                    (kept_starts.scalar_type() == at::kLong && kept_starts.is_contiguous() &&
-                     kept_starts.numel() == grid.count() * grid.groups_per_tile() + 1 &&
-                     kept_falloffs.scalar_type() == means2d.scalar_type() && kept_falloffs.is_contiguous() &&
-                     kept_falloffs.numel() == kept_starts[-1].item<int64_t>() * kLanes),
-                "saved falloffs do not fit");
     check_radii(radii, means2d);
     const int64_t n = means2d.size(0), channels = colors.size(1), stride = 6 + channels;
     // Per Gaussian: means2d (2), conic (3), opacity (1), colour (K), summed in float64.
     at::Tensor sums = at::zeros({n, stride}, means2d.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
-        backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, kept_falloffs,
-                                kept_starts, grad_image, grad_alpha, grid, sums);
+        backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, grad_image,
+                                grad_alpha, grid, sums);
     });
     at::Tensor grads = sums.to(means2d.scalar_type());
     return {grads.slice(1, 0, 2).contiguous(), grads.slice(1, 2, 5).contiguous(), grads.select(1, 5).contiguous(),

@@ -72,22 +72,7 @@ def compositing_at(commit: str):
     if not path.exists() or path.read_text() != source:
         path.write_text(source)
     with mock.patch.object(build, "cuda_source_dir", lambda: folder):
-        extension = build._compile(f"{cpu_rasterizer.CPU_RASTERIZER_EXTENSION}_at_{commit}", [path.name], cuda=False)
-    return extension if "max_kept_bytes" in source else WithoutKeptFalloffs(extension)
-
-
-class WithoutKeptFalloffs:
-    """A compositing extension from before the forward kept its falloffs (branch i26g), behind today's interface:
-    its forward takes no cap and keeps nothing, its backward takes no kept falloffs."""
-
-    def __init__(self, extension):
-        self.extension = extension
-
-    def forward(self, *args):
-        return [*self.extension.forward(*args[:-1]), torch.empty(0), torch.empty(0, dtype=torch.long)]
-
-    def backward(self, *args):
-        return self.extension.backward(*args[:-2])
+        return build._compile(f"{cpu_rasterizer.CPU_RASTERIZER_EXTENSION}_at_{commit}", [path.name], cuda=False)
 
 
 def path_context(path: str, args: "BenchRasterizer"):

@@ -17,9 +17,6 @@ from splat2splat.kernels.build import load_cpu_extension
 
 CPU_RASTERIZER_EXTENSION = "splat2splat_cpu_rasterizer"
 CPU_RASTERIZER_SOURCES = ("cpu_rasterizer.cpp",)
-# The forward keeps the falloffs of the (16-pixel lane group, Gaussian) pairs it evaluates for the backward (64 bytes
-# a pair in float32, ~18 MiB for a 384 px demo view) up to this many bytes; beyond, the backward evaluates them again.
-MAX_KEPT_FALLOFF_BYTES = 512 << 20
 
 
 def cpu_rasterizer_extension() -> ModuleType | None:
@@ -40,16 +37,15 @@ class _Composite(torch.autograd.Function):
         extension = cpu_rasterizer_extension()
         inputs = [t.detach().contiguous() for t in (means2d, conics, opacities, colors)]
         radii = radii.detach().int().contiguous()
-        image, alpha, *saved = extension.forward(
-            *inputs, radii, depths.detach().to(means2d.dtype).contiguous(), width, height, tile_size,
-            MAX_KEPT_FALLOFF_BYTES)
-        ctx.save_for_backward(*inputs, radii, *saved)
+        image, alpha, offsets, ids, walked = extension.forward(
+            *inputs, radii, depths.detach().to(means2d.dtype).contiguous(), width, height, tile_size)
+        ctx.save_for_backward(*inputs, radii, offsets, ids, walked)
         ctx.size = (width, height, tile_size)
         return image, alpha
 
     @staticmethod
     def backward(ctx, grad_image, grad_alpha):
-        *inputs, radii, offsets, ids, walked, kept_falloffs, kept_starts = ctx.saved_tensors
+        *inputs, radii, offsets, ids, walked = ctx.saved_tensors
         width, height, tile_size = ctx.size
         colors = inputs[3]
         grad_image = (torch.zeros(height, width, colors.shape[-1], dtype=colors.dtype) if grad_image is None
@@ -57,5 +53,5 @@ class _Composite(torch.autograd.Function):
         grad_alpha = (torch.zeros(height, width, dtype=colors.dtype) if grad_alpha is None
                       else grad_alpha.to(colors.dtype).contiguous())
         grads = cpu_rasterizer_extension().backward(*inputs, radii, offsets, ids, walked, grad_image, grad_alpha, width,
-                                                    height, tile_size, kept_falloffs, kept_starts)
+                                                    height, tile_size)
         return (*grads, None, None, None, None, None)

@@ -17,7 +17,6 @@ from splat2splat.data.readers import load_dataset
 from splat2splat.errors import InputError
 from splat2splat.gaussians.backend import GaussianBackend, GaussianConfig, StrategyConfig
 from splat2splat.gaussians.rasterize import choose_rasterizer, rasterize
-from splat2splat.kernels import cpu_rasterizer
 from splat2splat.kernels.cpu_rasterizer import cpu_rasterizer_extension
 from splat2splat.losses import LossWeights, PhotometricLoss
 from splat2splat.training import TrainLoop
@@ -146,49 +145,6 @@ def test_needles_at_every_angle_match_the_pytorch_rasterizer():
     torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
     torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
     assert_gradients_close(grads, ref_grads)
-
-
-def opaque_layers_scene():
-    """Many opaque layers: most pixels stop on the transmittance."""
-    params, viewmats, Ks = hard_scene(1500, torch.float32, seed=3)
-    params[3][:] = 0.98
-    params[2][:] *= 2.0
-    return params, viewmats[:1], Ks[:1]
-
-
-@needs_compiler
-@pytest.mark.parametrize("scene,dtype,tile_size", [("hard", torch.float32, 16), ("hard", torch.float64, 8),
-                                                    ("hard", torch.float32, 32), ("opaque", torch.float32, 16)])
-def test_kept_falloffs_and_the_recompute_fallback_give_identical_gradients(monkeypatch, scene, dtype, tile_size):
-    """The backward derives its alphas from the forward's kept falloffs, or evaluates the pairs again where the
-    forward gave them up at the cap (MAX_KEPT_FALLOFF_BYTES): part way through its tiles (a small cap) or at once."""
-    params, viewmats, Ks = (hard_scene(600, dtype) if scene == "hard" else opaque_layers_scene())
-    params = [p.to(dtype) for p in params]
-    viewmats, Ks = viewmats.to(dtype), Ks.to(dtype)
-    results = {}
-    for cap in (cpu_rasterizer.MAX_KEPT_FALLOFF_BYTES, 20_000, 0):
-        monkeypatch.setattr(cpu_rasterizer, "MAX_KEPT_FALLOFF_BYTES", cap)
-        results[cap] = render_with("cpp", params, viewmats, Ks, 53, 37, 3, tile_size)
-    kept_image, kept_alpha, _, kept_grads = results.pop(cpu_rasterizer.MAX_KEPT_FALLOFF_BYTES)
-    for image, alpha, _, grads in results.values():
-        assert torch.equal(image, kept_image) and torch.equal(alpha, kept_alpha)
-        for name, grad in kept_grads.items():
-            assert torch.equal(grads[name], grad), name
-
-
-@needs_compiler
-def test_the_forward_keeps_falloffs_up_to_the_cap():
-    means2d, conics = torch.rand(50, 2) * 40, torch.tensor([[0.05, 0.01, 0.08]]).repeat(50, 1)
-    opacities, colors, depths = torch.rand(50) * 0.9 + 0.05, torch.rand(50, 3), torch.rand(50)
-    radii = torch.full((50, 2), 12, dtype=torch.int32)
-    extension = cpu_rasterizer_extension()
-    *_, falloffs, starts = extension.forward(means2d, conics, opacities, colors, radii, depths, 40, 30, 16, 1 << 30)
-    grid_slots = 3 * 2 * 16  # 3 x 2 tiles of 16 rows, one lane group per row
-    assert starts.numel() == grid_slots + 1 and falloffs.numel() == int(starts[-1]) * 16 > 0
-    bytes_kept = falloffs.numel() * 4
-    *_, falloffs, starts = extension.forward(means2d, conics, opacities, colors, radii, depths, 40, 30, 16,
-                                             bytes_kept - 1)
-    assert falloffs.numel() == 0 and starts.numel() == 0
 
 
 @needs_compiler
