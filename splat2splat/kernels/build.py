@@ -74,12 +74,11 @@ def _import_cpp_extension() -> ModuleType:
 def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
     cpp_extension = _import_cpp_extension()
     source_dir = cuda_source_dir()
-    include_paths = [str(source_dir)]
     # No fast-math and no FMA contraction: the kernels must reproduce the reference's values operation by operation.
     cflags = ["-O3", "-ffp-contract=off"]
     if cuda:
         arch = _device_arch()
-        build_directory = _build_directory(name, f"sm{arch[0]}{arch[1]}")
+        target = f"sm{arch[0]}{arch[1]}"
         # An explicit -gencode makes torch skip TORCH_CUDA_ARCH_LIST: build for this device only (fast).
         gencode = f"-gencode=arch=compute_{arch[0]}{arch[1]},code=sm_{arch[0]}{arch[1]}"
         extra = {"extra_cuda_cflags": ["-O3", gencode], "extra_cflags": cflags}
@@ -93,7 +92,6 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
         level = _cpu_vector_level()
         no_openmp = _missing_openmp()
         target = (f"cpu_{level}" if level else "cpu") + ("" if no_openmp is None else "_noomp")
-        build_directory = _build_directory(name, target)
         openmp = ["-fopenmp"] if no_openmp is None else []
         if no_openmp is not None:
             _warn_once(f"the C++ compiler has no OpenMP, building the C++ extensions single-threaded: {no_openmp}")
@@ -102,8 +100,8 @@ def _compile(name: str, sources: Sequence[str], cuda: bool) -> ModuleType:
     return cpp_extension.load(
         name=name,
         sources=[str(source_dir / source) for source in sources],
-        extra_include_paths=include_paths,
-        build_directory=str(build_directory),
+        extra_include_paths=[str(source_dir)],
+        build_directory=str(_build_directory(name, target)),
         verbose=False,
         **extra,
     )
