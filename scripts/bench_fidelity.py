@@ -87,9 +87,10 @@ class BenchFidelity:
     """Every reference step count is divided by this (30000-step scene -> 1200, in2n-tiny 30000 -> 1200,
     igs2gs 7500 -> 300 with an update every 100)."""
     densify: bool = False
-    """Densify the unedited scene as gsplat's default strategy does, its schedule divided by step_scale too (at 10:
-    a refinement every 10 steps from 50 to 1500, an opacity reset every 300: the reference's 145 refinements and 5
-    resets). Off by default: at 50 the 64-px demo's 4,000 Gaussians grow tenfold within 60 steps."""
+    """Densify the unedited scene as gsplat's default strategy does, its schedule divided by --step-scale too
+    (at 10: a refinement every 10 steps from 50 to 1500, an opacity reset every 300: the reference's 145
+    refinements and 5 resets). Off by default: at 50 the 64-px demo's 4,000 Gaussians grow tenfold within 60
+    steps."""
     in2n_edit_rate: int = 10
     """in2n's steps between single-view edits (its own value; tests shrink it)."""
     nerf_init_steps: int = 300
