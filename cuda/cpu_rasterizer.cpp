@@ -13,7 +13,9 @@
 // misses (plus a margin far above rounding), pixels outside its radius box (plus a pixel); beyond that cut, alpha
 // is below 1/255 for certain.
 // Each Gaussian is evaluated against 16 pixels of a tile row at once (branch-free loops the compiler vectorises;
-// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp), kBlock Gaussians before blending.
+// for float32 an exp within ~2 ulp like PyTorch's SIMD one, for float64 std::exp), kBlock Gaussians before blending,
+// kInterleave of them side by side (independent dependency chains the out-of-order core can overlap). With RGB
+// colours the channel count is a compile-time constant (the pixels' sums stay in registers).
 // Forward and backward share one loop over tiles, rows and lane groups (for_each_lane_group; OpenMP across tiles,
 // torch's thread count). The backward walks each pixel's pairs again front to back (exact alphas and
 // transmittances, no division), then back to front with the running sum of later weights; its per-Gaussian parts
@@ -289,8 +291,7 @@ template <typename scalar_t> inline bool misses(const Splat<scalar_t> &s, scalar
 
 // Candidates are evaluated kBlock at a time before any of them is blended: the forward and the backward walk a row's
 // candidates with the same next_block, and the evaluations, independent of each other, are not interleaved with
-// the blend's dependency chain (measured neutral in speed on an AMD EPYC; a lane that stops inside a block ignores
-// the rest of it).
+// the blend's dependency chain (a lane that stops inside a block ignores the rest of it).
 constexpr int kBlock = 8;
 
 template <typename scalar_t> struct CandidateBlock {
@@ -538,7 +539,8 @@ template <typename scalar_t, typename Channels> struct BackwardVisitor {
             last_end = std::max(last_end, end[i]);
         }
         if (last_end == 0) return;
-        record_pairs(g, splats, row, end, last_end);
+        // Read before the walk: the rows of the upstream gradients are mostly not in cache yet, and their loads then
+        // overlap the walk's evaluations.
         scalar_t grad_color[Channels::kArray][kLanes], grad_weight[kLanes];  // zero beyond the image
         for (int i = 0; i < kLanes; ++i) {
             const bool inside = i < g.lanes;
@@ -546,6 +548,7 @@ template <typename scalar_t, typename Channels> struct BackwardVisitor {
                 grad_color[k][i] = inside ? grad_image[(p0 + i) * channels() + k] : scalar_t(0);
             grad_weight[i] = inside ? grad_alpha[p0 + i] : scalar_t(0);
         }
+        record_pairs(g, splats, row, end, last_end);
         // Sum over later pairs of weight * dL/dweight, back to front in the inputs' dtype (the reference subtracts
         // float64 prefix sums; a running sum needs no cancelling subtraction).
         scalar_t later[kLanes] = {};

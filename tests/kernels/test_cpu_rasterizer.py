@@ -148,6 +148,34 @@ def test_needles_at_every_angle_match_the_pytorch_rasterizer():
 
 
 @needs_compiler
+@pytest.mark.parametrize("channels", [1, 3, 4, 7])
+def test_any_channel_count_matches_the_pytorch_compositing(channels):
+    """RGB runs a kernel with the channel count fixed at compile time, other counts (depth, features) one that reads
+    it at run time: both against the PyTorch compositing, image, alpha and every input's gradient."""
+    from splat2splat.gaussians import rasterize as rasterize_module
+    from splat2splat.kernels.cpu_rasterizer import composite
+
+    params, viewmats, Ks = hard_scene(500, torch.float32, seed=7)
+    means, quats, scales, opacities, _ = params
+    radii, means2d, depths, conics = rasterize_module.project(means, quats, scales, opacities[None], viewmats[:1],
+                                                              Ks[:1], 53, 37, 0.01, 1e10, 0.3)
+    colors = torch.rand(len(means), channels, generator=torch.Generator().manual_seed(2))
+    results = []
+    for function in (composite, rasterize_module._composite):
+        inputs = [t.detach().clone().requires_grad_(True) for t in (means2d[0], conics[0], opacities, colors)]
+        image, alpha = function(*inputs, depths[0], radii[0], 53, 37, 16)
+        weights = torch.rand(37, 53, channels + 1, generator=torch.Generator().manual_seed(3))
+        (torch.cat([image, alpha], -1) * weights).sum().backward()
+        results.append((image.detach(), alpha.detach(), [t.grad for t in inputs]))
+    (image, alpha, grads), (ref_image, ref_alpha, ref_grads) = results
+    assert image.shape == (37, 53, channels) and (alpha > 0.5).any()
+    torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
+    torch.testing.assert_close(alpha, ref_alpha, rtol=0, atol=1e-5)
+    assert_gradients_close(dict(zip(("means2d", "conics", "opacities", "colors"), grads)),
+                           dict(zip(("means2d", "conics", "opacities", "colors"), ref_grads)))
+
+
+@needs_compiler
 def test_no_visible_gaussian_gives_the_background_and_zero_gradients():
     params, viewmats, Ks = hard_scene(30, torch.float32)
     params[0][:, 2] = -10.0  # all behind the cameras
