@@ -659,15 +659,57 @@ void check_radii(const at::Tensor &radii, const at::Tensor &means2d) {
                 "radii must be a contiguous [N, 2] int32 tensor");
 }
 
+void check_background(const at::Tensor &background, const at::Tensor &colors) {
+    TORCH_CHECK(background.device().is_cpu() && background.is_contiguous() && background.dim() == 1 &&
+                    (background.numel() == 0 || background.numel() == colors.size(1)) &&
+                    background.scalar_type() == colors.scalar_type(),
+                "background must be empty or a contiguous [K] CPU tensor of the colours' dtype");
+}
+
+// image + (1 - alpha) background, in place, with the reference's operations (rasterize_torch).
+template <typename scalar_t>
+void add_background(scalar_t *image, const scalar_t *alpha, const scalar_t *background, int64_t pixels,
+                    int64_t channels) {
+    at::parallel_for(0, pixels, 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+            const scalar_t uncovered = scalar_t(1) - alpha[p];
+            for (int64_t k = 0; k < channels; ++k) image[p * channels + k] += uncovered * background[k];
+        }
+    });
+}
+
+// dL/dalpha of the composite with its background: grad_alpha - sum_k grad_image[k] background[k] (autograd's
+// gradient of image + (1 - alpha) background).
+template <typename scalar_t>
+at::Tensor alpha_gradient_with_background(const at::Tensor &grad_image, const at::Tensor &grad_alpha,
+                                          const at::Tensor &background) {
+    at::Tensor result = at::empty_like(grad_alpha);
+    const int64_t pixels = grad_alpha.numel(), channels = background.numel();
+    const scalar_t *g = grad_image.data_ptr<scalar_t>(), *ga = grad_alpha.data_ptr<scalar_t>();
+    const scalar_t *bg = background.data_ptr<scalar_t>();
+    scalar_t *out = result.data_ptr<scalar_t>();
+    at::parallel_for(0, pixels, 4096, [&](int64_t begin, int64_t end) {
+        for (int64_t p = begin; p < end; ++p) {
+            scalar_t covered = g[p * channels] * bg[0];
+            for (int64_t k = 1; k < channels; ++k) covered += g[p * channels + k] * bg[k];
+            out[p] = ga[p] - covered;
+        }
+    });
+    return result;
+}
+
 }  // namespace
 
-// Returns image [H, W, K], accumulated alpha [H, W] and what the backward needs: tile offsets [T + 1] (int64),
-// tile lists (int32 Gaussian ids) and per pixel the length of the list prefix it walked (int32).
+// Returns image [H, W, K] (over the background [K], unless that is empty), accumulated alpha [H, W] and what the
+// backward needs: tile offsets [T + 1] (int64), tile lists (int32 Gaussian ids) and per pixel the length of the list
+// prefix it walked (int32).
 std::vector<at::Tensor> rasterize_forward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
-    const at::Tensor &radii, const at::Tensor &depths, int64_t width, int64_t height, int64_t tile_size
+    const at::Tensor &radii, const at::Tensor &depths, int64_t width, int64_t height, int64_t tile_size,
+    const at::Tensor &background
 ) {
     check_inputs(means2d, conics, opacities, colors);
+    check_background(background, colors);
     check(depths, means2d, "depths", 1, -1);
     check_radii(radii, means2d);
     const TileGrid grid = make_grid(width, height, tile_size);
@@ -679,18 +721,23 @@ std::vector<at::Tensor> rasterize_forward(
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_forward", [&] {
         forward_impl<scalar_t>(means2d, conics, opacities, colors, radii, depths, grid, image, alpha_out, walked,
                                offsets_out, ids_out);
+        if (background.numel() > 0)
+            add_background(image.data_ptr<scalar_t>(), alpha_out.data_ptr<scalar_t>(), background.data_ptr<scalar_t>(),
+                           height * width, channels);
     });
     return {image, alpha_out, offsets_out, ids_out, walked};
 }
 
 // Gradients of the forward's image and alpha with respect to means2d [N, 2], conics [N, 3], opacities [N] and
-// colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W].
+// colors [N, K]; grad_image [H, W, K] and grad_alpha [H, W]; background as given to the forward.
 std::vector<at::Tensor> rasterize_backward(
     const at::Tensor &means2d, const at::Tensor &conics, const at::Tensor &opacities, const at::Tensor &colors,
     const at::Tensor &radii, const at::Tensor &offsets, const at::Tensor &ids, const at::Tensor &walked,
-    const at::Tensor &grad_image, const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size
+    const at::Tensor &grad_image, const at::Tensor &grad_alpha, int64_t width, int64_t height, int64_t tile_size,
+    const at::Tensor &background
 ) {
     check_inputs(means2d, conics, opacities, colors);
+    check_background(background, colors);
     TORCH_CHECK(grad_image.is_contiguous() && grad_image.sizes() == at::IntArrayRef({height, width, colors.size(1)}) &&
                     grad_image.scalar_type() == colors.scalar_type(),
                 "grad_image must be a contiguous [H, W, K] tensor of the colours' dtype");
@@ -704,8 +751,11 @@ std::vector<at::Tensor> rasterize_backward(
     // Per Gaussian: means2d (2), conic (3), opacity (1), colour (K), summed in float64.
     at::Tensor sums = at::zeros({n, stride}, means2d.options().dtype(at::kDouble));
     AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "rasterize_backward", [&] {
+        const at::Tensor alpha_grad = background.numel() > 0
+                                          ? alpha_gradient_with_background<scalar_t>(grad_image, grad_alpha, background)
+                                          : grad_alpha;
         backward_impl<scalar_t>(means2d, conics, opacities, colors, radii, offsets, ids, walked, grad_image,
-                                grad_alpha, grid, sums);
+                                alpha_grad, grid, sums);
     });
     at::Tensor grads = sums.to(means2d.scalar_type());
     return {grads.slice(1, 0, 2).contiguous(), grads.slice(1, 2, 5).contiguous(), grads.select(1, 5).contiguous(),
@@ -715,6 +765,11 @@ std::vector<at::Tensor> rasterize_backward(
 }  // namespace splat2splat
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-    module.def("forward", &splat2splat::rasterize_forward, "CPU tile compositing: image, alpha and saved tile lists");
-    module.def("backward", &splat2splat::rasterize_backward, "Gradients of the CPU tile compositing");
+    module.def("forward", &splat2splat::rasterize_forward, "CPU tile compositing: image, alpha and saved tile lists",
+               py::arg("means2d"), py::arg("conics"), py::arg("opacities"), py::arg("colors"), py::arg("radii"),
+               py::arg("depths"), py::arg("width"), py::arg("height"), py::arg("tile_size"), py::arg("background"));
+    module.def("backward", &splat2splat::rasterize_backward, "Gradients of the CPU tile compositing",
+               py::arg("means2d"), py::arg("conics"), py::arg("opacities"), py::arg("colors"), py::arg("radii"),
+               py::arg("offsets"), py::arg("ids"), py::arg("walked"), py::arg("grad_image"), py::arg("grad_alpha"),
+               py::arg("width"), py::arg("height"), py::arg("tile_size"), py::arg("background"));
 }

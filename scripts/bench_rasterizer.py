@@ -75,12 +75,36 @@ def compositing_at(commit: str):
         return build._compile(f"{cpu_rasterizer.CPU_RASTERIZER_EXTENSION}_at_{commit}", [path.name], cuda=False)
 
 
+class BackgroundAfterwards:
+    """A compositing extension from before the background moved into the kernel (996c5cb and older), with this
+    tree's signature: the background is added (and differentiated) around it with tensor operations, as the Python
+    side did then."""
+
+    def __init__(self, extension):
+        self.extension = extension
+
+    def forward(self, *arguments):
+        *arguments, background = arguments
+        image, alpha, *saved = self.extension.forward(*arguments)
+        if background.numel():
+            image = image + (1.0 - alpha[..., None]) * background
+        return [image, alpha, *saved]
+
+    def backward(self, *arguments):
+        *arguments, grad_image, grad_alpha, width, height, tile_size, background = arguments
+        if background.numel():
+            grad_alpha = (grad_alpha - (grad_image * background).sum(-1)).contiguous()
+        return self.extension.backward(*arguments, grad_image, grad_alpha, width, height, tile_size)
+
+
 def path_context(path: str, args: "BenchRasterizer"):
     """What a path runs under: the PyTorch projection for cpp-v2, the commit's compositing for cpp@COMMIT."""
     if path == BASELINE:
         return pytorch_projection()
     if path.startswith("cpp@"):
         extension = compositing_at(args.baseline_commit)
+        if "background" not in (extension.forward.__doc__ or ""):  # its arguments are named since it takes one
+            extension = BackgroundAfterwards(extension)
         return mock.patch.object(cpu_rasterizer, "cpu_rasterizer_extension", lambda: extension)
     return contextlib.nullcontext()
 

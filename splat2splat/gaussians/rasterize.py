@@ -184,9 +184,7 @@ def rasterize_torch(means, quats, scales, opacities, sh, viewmats, Ks, width, he
     images, alphas = [], []
     for c in range(len(viewmats)):
         image, alpha = composite(means2d[c], conics[c], opacities, colors[c], depths[c], radii[c], width, height,
-                                 tile_size)
-        if backgrounds is not None:
-            image = image + (1.0 - alpha) * backgrounds[c]
+                                 tile_size, None if backgrounds is None else backgrounds[c])
         images.append(image)
         alphas.append(alpha)
     info = {
@@ -204,12 +202,15 @@ def sh_colors(sh_degree, means, campos, sh):
                         for centre in campos])
 
 
-def _composite(means2d, conics, opacities, colors, depths, radii, width, height, tile_size):
+def _composite(means2d, conics, opacities, colors, depths, radii, width, height, tile_size, background=None):
     pixel, gaussian, alpha, transmittance = _contributing_pairs(
         means2d.detach(), conics.detach(), opacities.detach(), radii, depths.detach(), width, height, tile_size)
     image, accumulated = _Blend.apply(means2d, conics, opacities, colors, pixel, gaussian, alpha, transmittance,
                                       width, height)
-    return image.reshape(height, width, -1), accumulated.reshape(height, width, 1)
+    image, accumulated = image.reshape(height, width, -1), accumulated.reshape(height, width, 1)
+    if background is not None:
+        image = image + (1.0 - accumulated) * background
+    return image, accumulated
 
 
 class _Blend(torch.autograd.Function):
