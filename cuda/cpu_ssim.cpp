@@ -87,7 +87,7 @@ inline T sign_of_difference(const T &x, const T &y) {
     }
 }
 
-// Geometry of a stack of images: `rows` rows of `length` values each (height rows per image), the row blur's taps
+// Geometry of a stack of images: `images` images of `height` rows of `length` values each, the row blur's taps
 // `stride` values apart (the channel count of a channel-last image, 1 for planes).
 struct Layout {
     int64_t images, height, length, stride;
@@ -123,8 +123,9 @@ void for_each_row_group(const Layout &layout, Columns columns, Finish finish) {
 }
 
 // The column blur of rows y0 .. y0 + kRows - 1 at values [i, i + kCount lanes) of a row: for every input row r in
-// the image that one of them needs, fields(r, values) forms its kFields values once, added into each output row's
-// sums with that row's tap, taps ascending from 0 as in the reference (a tap outside the image adds nothing there).
+// the image that one of them needs, fields(offset of its values, values, v) forms vector v of its kFields values
+// once; they are added into each output row's sums with that row's tap, taps ascending as in the reference, from the
+// first inside the image (a tap outside it adds nothing, as there).
 template <typename T, int kCount, int kFields, int kRows, typename scalar_t, typename Fields>
 inline void blur_down_columns(int64_t height, int64_t y0, int64_t length, int64_t i, const scalar_t *window,
                               Fields fields, scalar_t *const (*padded)[kFields]) {
@@ -222,7 +223,7 @@ void forward_impl(const at::Tensor &pred, const at::Tensor &target, const at::Te
                 values[4][v] = x * y;
             };
             blur_down_columns<T, decltype(count)::value, 5, kRowGroup>(layout.height, y0, length, i, taps, fields,
-                                                                          padded);
+                                                                       padded);
         });
     };
     // Blurs along the row, then the SSIM and its partials: the reference's operations, in its order.
@@ -288,7 +289,7 @@ void backward_impl(const at::Tensor &pred, const at::Tensor &target, const at::T
                 values[2][v] = upstream * load<T>(dc + at);
             };
             blur_down_columns<T, decltype(count)::value, 3, kRowGroup>(layout.height, y0, length, i, taps, fields,
-                                                                           padded);
+                                                                       padded);
         });
     };
     auto finish = [&](int64_t image, int64_t y, const scalar_t *const *padded) {

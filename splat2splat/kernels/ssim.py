@@ -3,9 +3,11 @@
 Pure-PyTorch reference (11x11 Gaussian window, sigma 1.5, zero padding, as in 3DGS; computed as two separable
 1D convolutions). A fused kernel replaces it automatically when it builds (see :mod:`.build`): on CUDA
 ``cuda/fused_ssim.cu``, on the CPU ``cuda/cpu_ssim.cpp`` (C++/OpenMP), with one contract: one pass for the SSIM
-map and one for the gradient of L1 + SSIM together. All give the same values and gradients up to float rounding;
-the reference is used for other dtypes or devices, other window sizes, when ``target`` needs a gradient and when
-the kernel does not build.
+map and one for the gradient of L1 + SSIM together, on [B * C, H, W] planes. The CPU kernel also reads [B, H, W, C]
+images as they are and takes a broadcast upstream gradient (the gradient of a mean) as one number, which saves the
+copies and fills around a training step's loss. All give the same values and gradients up to float rounding; the
+reference is used for other dtypes or devices, other window sizes, when ``target`` needs a gradient and when the
+kernel does not build.
 """
 
 from __future__ import annotations
