@@ -14,7 +14,7 @@
 //
 // Speed: a row of a channel-last image is W * C values and its column blur is the same operation on each, so both
 // layouts are one loop over a row's values, the row blur taking its taps C values apart. The blurs keep their sums
-// in registers (GCC/clang vector extensions: 64 bytes, whatever the CPU's width) and store each sum once; the column
+// in registers (GCC/clang vector extensions of the CPU's vector width) and store each sum once; the column
 // blur makes a group of output rows together, reading each input row, and forming its squares and products (the
 // backward: its upstream-weighted partials), once for the group; the SSIM formula runs on the row blur's registers.
 
@@ -36,17 +36,25 @@ constexpr int kRadius = 5;
 constexpr int kWindow = 2 * kRadius + 1;
 constexpr double kC1 = 0.01 * 0.01;
 constexpr double kC2 = 0.03 * 0.03;
-// Blocks of a row processed at once (measured on an AMD EPYC, AVX-512, 384 x 384 x 3): 4 vectors along the row
-// for the row blur (and the SSIM formula), 4 output rows of 1 vector for the column blur, which then reads each
-// input row once for 4 output rows (and forms the squares and products once) instead of once per output row.
-constexpr int kBlock = 4;
-constexpr int kRowGroup = 4, kColumnVectors = 1;
+// Vectors of the CPU's own width (64 bytes with AVX-512, 32 with AVX, 16 otherwise: wider ones, split by the
+// compiler, spill the sums out of registers), and blocks that keep the sums in its registers (32 with AVX-512, 16
+// with AVX or SSE): the row blur (and the SSIM formula) takes kBlock vectors along the row at once, the column blur
+// kRowGroup output rows of one vector, reading each input row (and forming its squares and products) once for the
+// group instead of once per output row. Measured on an AMD EPYC, 384 x 384 x 3, each build: AVX-512 4 / 4, AVX2
+// and SSE 2 / 2 (AVX2 with 64-byte vectors was slower than the unblocked loops).
+#if defined(__AVX512F__)
+constexpr int kVectorBytes = 64, kBlock = 4, kRowGroup = 4;
+#elif defined(__AVX__)
+constexpr int kVectorBytes = 32, kBlock = 2, kRowGroup = 2;
+#else
+constexpr int kVectorBytes = 16, kBlock = 2, kRowGroup = 2;
+#endif
+constexpr int kColumnVectors = 1;
 
-// 64 bytes of scalar_t (16 floats, 8 doubles); the compiler splits them where the CPU's vectors are narrower.
 template <typename scalar_t>
 struct Vector {
-    typedef scalar_t type __attribute__((vector_size(64)));
-    static constexpr int kLanes = 64 / sizeof(scalar_t);
+    typedef scalar_t type __attribute__((vector_size(kVectorBytes)));
+    static constexpr int kLanes = kVectorBytes / sizeof(scalar_t);
 };
 
 // The same code runs on vectors (a row's blocks) and on scalars (its tail): T is either.
