@@ -342,7 +342,9 @@ at::Tensor cpu_l1_ssim_backward(const at::Tensor &pred, const at::Tensor &target
                                 const at::Tensor &d_cross, double l1_grad_scale) {
     check_inputs(pred, target, window);
     bool uniform = !grad_map.is_contiguous();  // and every value at one address:
-    for (int64_t d = 0; d < grad_map.dim(); ++d) uniform = uniform && (grad_map.size(d) == 1 || grad_map.stride(d) == 0);
+    for (int64_t d = 0; d < grad_map.dim(); ++d) {
+        uniform = uniform && (grad_map.size(d) == 1 || grad_map.stride(d) == 0);
+    }
     if (uniform) {
         TORCH_CHECK(grad_map.device().is_cpu() && grad_map.sizes() == pred.sizes() &&
                         grad_map.scalar_type() == pred.scalar_type(),
