@@ -278,8 +278,9 @@ def test_cpu_kernel_gives_the_same_bits_on_channel_last_images_and_with_a_broadc
     broadcast = torch.full((), value, dtype=dtype).expand_as(pred)
     assert torch.equal(extension.backward(pred, target, window, broadcast, *channel_last[1:], 0.3), filled)
     plane_broadcast = torch.full((), value, dtype=dtype).expand_as(plane_grad)
-    plane_grad = extension.backward(as_planes(pred), as_planes(target), window, plane_broadcast, *planes[1:], 0.3)
-    assert torch.equal(plane_grad, as_planes(filled))
+    plane_broadcast_grad = extension.backward(as_planes(pred), as_planes(target), window, plane_broadcast, *planes[1:],
+                                              0.3)
+    assert torch.equal(plane_broadcast_grad, as_planes(filled))
 
 
 @needs_cpu_compiler
