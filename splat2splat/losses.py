@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from splat2splat.kernels.ssim import ssim
+from splat2splat.kernels.ssim import ssim, weighted_l1_dssim
 
 
 @dataclass
@@ -76,17 +76,24 @@ class PhotometricLoss:
     def __call__(self, pred: torch.Tensor, target: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.weights
-        terms: dict[str, torch.Tensor] = {}
-        if w.l1:
-            terms["l1"] = w.l1 * (pred - target).abs().mean()
+        terms: dict[str, torch.Tensor] = {}  # each weighted term, for the stats
+        losses: list[torch.Tensor] = []
         if w.dssim:
-            terms["dssim"] = w.dssim * (1.0 - ssim(pred, target))
+            # L1 and D-SSIM together: one fused kernel pass each way where it builds.
+            loss, l1, ssim_value = weighted_l1_dssim(pred, target, w.l1, w.dssim)
+            losses.append(loss)
+            if w.l1:
+                terms["l1"] = w.l1 * l1
+            terms["dssim"] = w.dssim * (1.0 - ssim_value)
+        elif w.l1:
+            terms["l1"] = w.l1 * (pred - target).abs().mean()
+            losses.append(terms["l1"])
         if w.lpips:
             if self.lpips is not None and next(self.lpips.parameters(), torch.empty(0)).device != pred.device:
                 self.lpips.to(pred.device)
             terms["lpips"] = w.lpips * self.lpips(*self.lpips_inputs(pred, target, generator)).mean()
-        loss = sum(terms.values())
-        return loss, {name: float(value.detach()) for name, value in terms.items()}
+            losses.append(terms["lpips"])
+        return sum(losses), {name: float(value.detach()) for name, value in terms.items()}
 
     def lpips_inputs(self, pred: torch.Tensor, target: torch.Tensor,
                      generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ def scripts_on_path(monkeypatch):
     """The scripts import their shared helpers as a sibling module, like ``python scripts/bench_speed.py`` does."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     yield
-    for name in ("bench_speed", "bench_common", "bench_editor_options", "bench_rasterizer"):
+    for name in ("bench_speed", "bench_common", "bench_editor_options", "bench_rasterizer", "bench_loss"):
         sys.modules.pop(name, None)
 
 
@@ -179,6 +179,22 @@ def test_every_option_is_explained_in_help(scripts_on_path, capsys):
     for field in fields(bench_speed.BenchSpeedConfig):
         assert f"--{field.name.replace('_', '-')}" in help_text
     assert "UNet evaluations per edit" in help_text
+
+
+def test_bench_loss_times_the_kernel_and_the_reference_loss_side_by_side(scripts_on_path, tmp_path):
+    from splat2splat.kernels.ssim import cpu_ssim_extension
+
+    if cpu_ssim_extension() is None:
+        pytest.skip("the C++ SSIM kernel does not build here")
+    import bench_loss
+
+    results = bench_loss.main(bench_loss.BenchLoss(sizes=(24,), rounds=1, calls=2, output=tmp_path / "loss.json"))
+    (row,) = results["rows"]
+    assert (row["size"], row["threads"]) == (24, 1)
+    for path in ("kernel", "torch"):
+        assert row[path]["forward_s"] > 0 and row[path]["backward_s"] > 0
+    assert row["torch"]["max_diff_loss"] < 1e-6 and 0 < row["torch"]["max_rel_diff_grad"] < 1e-4
+    assert json.loads((tmp_path / "loss.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
 
 
 def test_bench_rasterizer_times_both_cpu_rasterizers_side_by_side(scripts_on_path, tmp_path):

@@ -1,4 +1,5 @@
-"""The photometric loss: L1 and D-SSIM on whole images; LPIPS on whole images or on in2n's random patches."""
+"""The photometric loss: L1 and D-SSIM on whole images (through the fused kernel where it builds, else the PyTorch
+reference); LPIPS on whole images or on in2n's random patches."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import pytest
 import torch
 
 from splat2splat.edit.lpips_loss import load_lpips
+from splat2splat.kernels import build
+from splat2splat.kernels import ssim as ssim_module
+from splat2splat.kernels.ssim import reference_ssim_map
 from splat2splat.losses import LossWeights, LpipsPatches, PhotometricLoss, crop_patches, random_patches
 
 
@@ -99,3 +103,82 @@ def test_patch_lpips_on_cuda_images_draws_on_the_cpu_generator_and_equals_the_cp
     on_cpu, _ = loss(pred, target, generator=torch.Generator().manual_seed(4))
     on_gpu, _ = loss(pred.cuda(), target.cuda(), generator=torch.Generator().manual_seed(4))
     assert on_gpu.device.type == "cuda" and on_gpu.item() == pytest.approx(on_cpu.item(), rel=1e-4)
+
+
+# ------------------------------------------------------------------------------------- L1 + D-SSIM
+def reference_terms(pred: torch.Tensor, target: torch.Tensor, weights: LossWeights) -> dict[str, torch.Tensor]:
+    """The weighted L1 and D-SSIM terms, by the PyTorch reference."""
+    terms = {}
+    if weights.l1:
+        terms["l1"] = weights.l1 * (pred - target).abs().mean()
+    if weights.dssim:
+        ssim_value = reference_ssim_map(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2)).mean()
+        terms["dssim"] = weights.dssim * (1.0 - ssim_value)
+    return terms
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Counts the fused SSIM kernel's forward and backward calls, and records the L1 gradient scale of each backward."""
+    calls = {"forward": 0, "backward": 0, "l1_grad_scales": []}
+    forward, backward = ssim_module._fused_forward, ssim_module._fused_backward
+
+    def counted_forward(*args, **kwargs):
+        calls["forward"] += 1
+        return forward(*args, **kwargs)
+
+    def counted_backward(saved, grad_map, l1_grad_scale):
+        calls["backward"] += 1
+        calls["l1_grad_scales"].append(l1_grad_scale)
+        return backward(saved, grad_map, l1_grad_scale)
+
+    monkeypatch.setattr(ssim_module, "_fused_forward", counted_forward)
+    monkeypatch.setattr(ssim_module, "_fused_backward", counted_backward)
+    return calls
+
+
+@pytest.mark.skipif(build._missing_cpu_compiler() is not None, reason="no C++ compiler: no fused kernel on the CPU")
+@pytest.mark.parametrize("weights", [LossWeights(), LossWeights(l1=0.5, dssim=0.3), LossWeights(l1=0.0, dssim=0.7),
+                                     LossWeights(l1=1.3, dssim=0.0)])
+def test_l1_and_dssim_go_through_one_fused_kernel_and_equal_the_reference(weights, kernel_calls):
+    """Both terms in one kernel call each way, the L1 gradient from the kernel too (no kernel without D-SSIM): value,
+    stats and gradient as the PyTorch reference, the L1 stat bit for bit."""
+    assert ssim_module.cpu_ssim_extension() is not None, "the C++ SSIM extension failed to build (see the warning)"
+    pred, target = images(12, (2, 37, 29, 3)), images(13, (2, 37, 29, 3))
+    fused_pred, reference_pred = pred.clone().requires_grad_(True), pred.double().requires_grad_(True)
+    value, stats = PhotometricLoss(weights)(fused_pred, target)
+    value.backward()
+    terms = reference_terms(reference_pred, target.double(), weights)
+    sum(terms.values()).backward()
+
+    uses_ssim = int(weights.dssim != 0)
+    l1_grad_scales = [weights.l1 / pred.numel()] if uses_ssim else []
+    assert kernel_calls == {"forward": uses_ssim, "backward": uses_ssim, "l1_grad_scales": l1_grad_scales}
+    assert list(stats) == list(terms)
+    for name, term in terms.items():
+        assert stats[name] == pytest.approx(term.item(), rel=1e-5, abs=1e-7), name
+    if weights.l1:
+        assert stats["l1"] == float(weights.l1 * (pred - target).abs().mean())
+    assert value.dtype == torch.float32
+    assert value.item() == pytest.approx(sum(terms.values()).item(), rel=1e-5)
+    scale = float(reference_pred.grad.abs().max())
+    torch.testing.assert_close(fused_pred.grad.double(), reference_pred.grad, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_without_the_kernel_the_loss_is_the_pytorch_reference(monkeypatch, lpips):
+    """No kernel (no compiler, or a failed build): the reference computes the same terms, LPIPS added last."""
+    monkeypatch.setattr(ssim_module, "cpu_ssim_extension", lambda: None)
+    monkeypatch.setattr(ssim_module, "_fused_forward", lambda *a, **k: pytest.fail("the kernel ran"))
+    weights = LossWeights(l1=0.5, dssim=0.3, lpips=1.0)
+    pred, target = images(14).requires_grad_(True), images(15)
+    value, stats = PhotometricLoss(weights, lpips)(pred, target)
+    value.backward()
+    expected_pred = pred.detach().clone().requires_grad_(True)
+    terms = reference_terms(expected_pred, target, weights)
+    terms["lpips"] = weights.lpips * lpips(expected_pred, target).mean()
+    expected = sum(terms.values())
+    expected.backward()
+    assert list(stats) == ["l1", "dssim", "lpips"]
+    assert stats == {name: float(term.detach()) for name, term in terms.items()}
+    assert torch.equal(value, expected)
+    torch.testing.assert_close(pred.grad, expected_pred.grad, rtol=1e-5, atol=1e-9)

@@ -11,6 +11,7 @@ import torch
 from tests.conftest import requires_cuda
 
 from splat2splat.kernels import build
+from splat2splat.kernels import ssim as ssim_module
 from splat2splat.kernels.ssim import (
     C1,
     C2,
@@ -245,3 +246,72 @@ def test_cpu_kernel_is_deterministic_for_any_thread_count():
         torch.set_num_threads(threads)
     for loss, grad in results[1:]:
         assert torch.equal(loss, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def as_planes(images: torch.Tensor) -> torch.Tensor:
+    """[B, H, W, C] -> contiguous [B * C, H, W]."""
+    return images.permute(0, 3, 1, 2).reshape(-1, *images.shape[1:3]).contiguous()
+
+
+@needs_cpu_compiler
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(1, 5, 7, 3), (2, 1, 1, 3), (1, 12, 4, 2), (2, 37, 50, 3), (1, 9, 70, 1)])
+def test_cpu_kernel_gives_the_same_bits_on_channel_last_images_and_with_a_broadcast_gradient(dtype, shape):
+    """[B, H, W, C] images (no copy into planes) and one broadcast upstream number (the gradient of a mean) are the
+    planes' operations in the same order: bit for bit the same map, partials and gradients."""
+    extension = cpu_ssim_extension()
+    assert extension is not None, "the C++ SSIM extension failed to build (see the warning)"
+    pred, target = random_images(shape, dtype=dtype, seed=4)
+    window = ssim_module._gaussian_window(dtype=dtype)
+    planes = extension.forward(as_planes(pred), as_planes(target), window, True)
+    channel_last = extension.forward(pred, target, window, True)
+    for plane_values, channel_last_values in zip(planes, channel_last):
+        assert torch.equal(as_planes(channel_last_values), plane_values)
+
+    upstream = torch.randn(shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    plane_grad = extension.backward(as_planes(pred), as_planes(target), window, as_planes(upstream), *planes[1:], 0.3)
+    channel_last_grad = extension.backward(pred, target, window, upstream, *channel_last[1:], 0.3)
+    assert torch.equal(as_planes(channel_last_grad), plane_grad)
+
+    value = -0.7 / pred.numel()
+    filled = extension.backward(pred, target, window, torch.full_like(pred, value), *channel_last[1:], 0.3)
+    broadcast = torch.full((), value, dtype=dtype).expand_as(pred)
+    assert torch.equal(extension.backward(pred, target, window, broadcast, *channel_last[1:], 0.3), filled)
+    plane_broadcast = torch.full((), value, dtype=dtype).expand_as(plane_grad)
+    plane_broadcast_grad = extension.backward(as_planes(pred), as_planes(target), window, plane_broadcast, *planes[1:],
+                                              0.3)
+    assert torch.equal(plane_broadcast_grad, as_planes(filled))
+
+
+@needs_cpu_compiler
+def test_cpu_kernel_refuses_a_grad_map_it_cannot_read():
+    extension = cpu_ssim_extension()
+    pred, target = random_images((1, 6, 5, 3), dtype=torch.float32)
+    window = ssim_module._gaussian_window()
+    partials = extension.forward(pred, target, window, True)[1:]
+    with pytest.raises(RuntimeError, match="broadcast grad_map"):
+        extension.backward(pred, target, window, torch.ones(()).expand(1, 6, 4, 3), *partials, 0.0)
+    with pytest.raises(RuntimeError, match="grad_map must be contiguous"):
+        extension.backward(pred, target, window, torch.ones(1, 3, 6, 5).permute(0, 2, 3, 1), *partials, 0.0)
+
+
+@needs_cpu_compiler
+def test_channel_last_cpu_images_reach_the_kernel_without_a_copy(fused_calls):
+    """The training loss's [B, H, W, C] images go to the CPU kernel as they are; planes stay planes."""
+    pred, target = random_images((1, 8, 9, 3), dtype=torch.float32)
+    pred_values, target_values = ssim_module._kernel_inputs(pred.permute(0, 3, 1, 2), target.permute(0, 3, 1, 2))
+    assert pred_values.data_ptr() == pred.data_ptr() and target_values.data_ptr() == target.data_ptr()
+    assert pred_values.shape == pred.shape
+    bchw = pred.permute(0, 3, 1, 2).contiguous()
+    assert ssim_module._kernel_inputs(bchw, bchw)[0].data_ptr() == bchw.data_ptr()
+    # A channel-last pred with a planar target: both as planes.
+    mixed = ssim_module._kernel_inputs(pred.permute(0, 3, 1, 2), bchw)
+    assert [values.dim() for values in mixed] == [3, 3]
+    torch.testing.assert_close(mixed[0], mixed[1])
+    # ssim() of a channel-last pair: the map's gradient (a broadcast number) through the kernel.
+    leaf = pred.clone().requires_grad_(True)
+    ssim(leaf, target).backward()
+    reference_leaf = pred.double().requires_grad_(True)
+    reference_ssim_map(reference_leaf.permute(0, 3, 1, 2), target.double().permute(0, 3, 1, 2)).mean().backward()
+    assert_close_to_scale(leaf.grad.double(), reference_leaf.grad, 1e-5)
+    assert fused_calls == {"forward": 1, "backward": 1}
