@@ -32,7 +32,12 @@
 #include <limits>
 #include <bit>
 #include <numeric>
+#include <type_traits>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace splat2splat {
 namespace {
@@ -284,6 +289,36 @@ template <typename scalar_t> inline double lane_sum(scalar_t *lanes) {
     return static_cast<double>(lanes[0]);
 }
 
+#if defined(__AVX512F__)
+// lane_sum of 16 consecutive rows of 16 floats at once, into out[16]: the same additions in the same order, done for
+// the 16 rows side by side (a few shuffles per step instead of a reduction per row; these sums were ~8 % of the
+// backward). Each step adds a row's upper half to its lower half: 16 rows of 16 -> 8 vectors of two rows' 8 ->
+// 4 of four rows' 4 -> 2 of eight rows' 2 -> 1 of the 16 sums, row 4 j + k in element 4 k + j.
+inline void lane_sums_16(const float *rows, float *out) {
+    static_assert(kLanes == 16);
+    __m512 eights[8], fours[4], twos[2];
+    for (int p = 0; p < 8; ++p) {
+        const __m512 a = _mm512_loadu_ps(rows + 32 * p), b = _mm512_loadu_ps(rows + 32 * p + 16);
+        eights[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    for (int p = 0; p < 4; ++p) {
+        const __m512 a = eights[2 * p], b = eights[2 * p + 1];
+        fours[p] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    }
+    for (int p = 0; p < 2; ++p) {
+        const __m512 a = fours[2 * p], b = fours[2 * p + 1];
+        twos[p] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    }
+    const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                      _mm512_shuffle_ps(twos[0], twos[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i row_order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    _mm512_storeu_ps(out, _mm512_permutexvar_ps(row_order, sums));
+}
+#endif
+
 // Whether a Gaussian's pixel box misses the lanes' pixel centres px0 .. px0 + kLanes - 1 entirely.
 template <typename scalar_t> inline bool misses(const Splat<scalar_t> &s, scalar_t px0) {
     return s.x_hi < px0 || s.x_lo > px0 + static_cast<scalar_t>(kLanes - 1);
@@ -526,8 +561,13 @@ template <typename scalar_t, typename Channels> struct BackwardVisitor {
     }
     void end_tile(int64_t tile, int64_t length) {
         scalar_t *entries = entry_sums + offsets[tile] * stride();
-        for (int64_t k = 0; k < length * stride(); ++k)
-            entries[k] = static_cast<scalar_t>(lane_sum(tile_lanes.data() + k * kLanes));
+        const int64_t rows = length * stride();
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        if constexpr (std::is_same_v<scalar_t, float>)
+            for (; k + 16 <= rows; k += 16) lane_sums_16(tile_lanes.data() + k * kLanes, entries + k);
+#endif
+        for (; k < rows; ++k) entries[k] = static_cast<scalar_t>(lane_sum(tile_lanes.data() + k * kLanes));
     }
 
     void lanes(const LaneGroup<scalar_t> &g, const std::vector<Splat<scalar_t>> &splats,
