@@ -22,7 +22,8 @@ def scripts_on_path(monkeypatch):
     """The scripts import their shared helpers as a sibling module, like ``python scripts/bench_speed.py`` does."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     yield
-    for name in ("bench_speed", "bench_common", "bench_editor_options", "bench_rasterizer", "bench_loss"):
+    for name in ("bench_speed", "bench_common", "bench_editor_options", "bench_rasterizer", "bench_loss",
+                 "bench_train_cli"):
         sys.modules.pop(name, None)
 
 
@@ -214,3 +215,15 @@ def test_bench_rasterizer_times_both_cpu_rasterizers_side_by_side(scripts_on_pat
         assert all(row[backend][key] > 0 for key in ("forward_s", "backward_s", "step_s", "step_cpu_s"))
     assert row["max_abs_diff_image"] < 1e-5 and row["max_rel_diff_grads"] < 1e-4
     assert json.loads((tmp_path / "raster.json").read_text())["rows"] == json.loads(json.dumps(results["rows"]))
+
+
+def test_bench_train_cli_runs_the_train_command_with_both_rasterizers(scripts_on_path, tmp_path):
+    if choose_rasterizer("auto", torch.device("cpu")) != "cpp":
+        pytest.skip("the C++ rasterizer does not build here")
+    import bench_train_cli
+
+    args = bench_train_cli.BenchTrainCli(image_size=24, cpp_steps=3, torch_steps=2, rounds=1,
+                                         output=tmp_path / "cli.json")
+    (row,) = bench_train_cli.main(args)["rows"]
+    assert row["round"] == 1 and row["cpp"] > 0 and row["torch"] > 0
+    assert json.loads((tmp_path / "cli.json").read_text())["rows"] == [row]
