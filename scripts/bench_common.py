@@ -257,6 +257,15 @@ def progress_bar() -> Progress:
                     TimeRemainingColumn())
 
 
+def cpu_run_start() -> tuple[dict[str, Any], int]:
+    """A CPU benchmark's run record and this process's core count, both printed in one line first."""
+    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    record = run_record(torch.device("cpu"))
+    print(f"{record['machine']['cpu']}, {all_cores} cores, load {record['machine']['load_average_1m_at_start']}; "
+          f"torch {torch.__version__}; {record['date']}", flush=True)
+    return record, all_cores
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]

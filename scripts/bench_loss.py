@@ -29,7 +29,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import markdown_table, run_record, write_json  # noqa: E402
+from bench_common import cpu_run_start, markdown_table, write_json  # noqa: E402
 
 from splat2splat.kernels import build  # noqa: E402
 from splat2splat.kernels import ssim as ssim_module  # noqa: E402
@@ -156,10 +156,7 @@ def table(rows: list[dict]) -> str:
 def main(args: BenchLoss) -> dict:
     if ssim_module.cpu_ssim_extension() is None:
         raise SystemExit("the C++ SSIM kernel did not build")
-    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    record = run_record(torch.device("cpu"))
-    print(f"{record['machine']['cpu']}, {all_cores} cores, load {record['machine']['load_average_1m_at_start']}; "
-          f"torch {torch.__version__}; {record['date']}", flush=True)
+    record, all_cores = cpu_run_start()
     rows = []
     for threads in args.threads:
         for size in args.sizes:

@@ -37,7 +37,7 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import markdown_table, measure_peak_memory, memory_method, mib, run_record, write_json  # noqa: E402
+from bench_common import cpu_run_start, markdown_table, measure_peak_memory, memory_method, mib, write_json  # noqa: E402
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
@@ -319,10 +319,7 @@ def table(rows: list[dict]) -> str:
 def main(args: BenchRasterizer) -> dict:
     if R.choose_rasterizer("cpp", torch.device("cpu")) != "cpp":
         raise SystemExit("the C++ rasterizer did not build")
-    all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    record = run_record(torch.device("cpu"))
-    print(f"{record['machine']['cpu']}, {all_cores} cores, load {record['machine']['load_average_1m_at_start']}; "
-          f"torch {torch.__version__}; {record['date']}", flush=True)
+    record, all_cores = cpu_run_start()
     rows = []
     for threads in args.threads:
         for size in args.sizes:

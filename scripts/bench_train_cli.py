@@ -17,12 +17,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_common import markdown_table, run_record, write_json  # noqa: E402
+from bench_common import cpu_run_start, markdown_table, write_json  # noqa: E402
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 
@@ -54,6 +53,7 @@ def steps_per_second(scene: Path, folder: Path, rasterizer: str, steps: int) -> 
 
 
 def main(args: BenchTrainCli) -> dict:
+    record, _ = cpu_run_start()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-train-cli-") as work:
         scene = write_demo_scene(Path(work) / "demo", DemoConfig(n_views=40, image_size=args.image_size))
@@ -67,7 +67,7 @@ def main(args: BenchTrainCli) -> dict:
     print(markdown_table(["round", "cpp steps/s", "torch steps/s", "cpp / torch"],
                          [[row["round"], f"{row['cpp']:.2f}", f"{row['torch']:.3f}", f"{row['cpp'] / row['torch']:.1f}x"]
                           for row in rows]))
-    results = {"run": run_record(torch.device("cpu")), "image_size": args.image_size, "rows": rows}
+    results = {"run": record, "image_size": args.image_size, "rows": rows}
     if args.output is not None:
         write_json(args.output, results)
     return results
