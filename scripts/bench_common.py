@@ -257,6 +257,33 @@ def progress_bar() -> Progress:
                     TimeRemainingColumn())
 
 
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def git_show(commit: str, path: str) -> str:
+    """``path`` as it is in ``commit`` of this repository."""
+    return subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{commit}:{path}"], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def cpu_extension_at(commit: str, source: str, name: str):
+    """The C++ extension ``name`` built from ``commit``'s ``cuda/source`` with this tree's flags, as ``name_at_COMMIT``
+    (the source is kept in the extensions folder, so that a second run reuses the build)."""
+    from unittest import mock
+
+    from splat2splat.kernels import build
+
+    text = git_show(commit, f"cuda/{source}")
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or build._import_cpp_extension().get_default_build_root()
+    folder = Path(root) / f"bench_source_{commit}"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / source
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    with mock.patch.object(build, "cuda_source_dir", lambda: folder):
+        return build._compile(f"{name}_at_{commit}", [source], cuda=False)
+
+
 def cpu_run_start() -> tuple[dict[str, Any], int]:
     """A CPU benchmark's run record and this process's core count, both printed in one line first."""
     all_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

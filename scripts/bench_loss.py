@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import statistics
-import subprocess
 import sys
 import time
 import types
@@ -29,13 +27,11 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cpu_run_start, markdown_table, write_json  # noqa: E402
+from bench_common import cpu_extension_at, cpu_run_start, git_show, markdown_table, write_json  # noqa: E402
 
-from splat2splat.kernels import build  # noqa: E402
 from splat2splat.kernels import ssim as ssim_module  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
 
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -56,24 +52,11 @@ class BenchLoss:
     """Also write the results as JSON here."""
 
 
-def git_show(commit: str, path: str) -> str:
-    return subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{commit}:{path}"], check=True,
-                          capture_output=True, text=True).stdout
-
-
 @functools.lru_cache(maxsize=None)
 def losses_at(commit: str) -> types.ModuleType:
     """``splat2splat.losses`` of ``commit``, on that commit's SSIM wrapper and C++ kernel (loaded as modules of their
     own, so that this tree's stay as they are)."""
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or build._import_cpp_extension().get_default_build_root()
-    folder = Path(root) / f"bench_loss_source_{commit}"
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / ssim_module.CPU_SSIM_SOURCES[0]
-    text = git_show(commit, f"cuda/{source.name}")
-    if not source.exists() or source.read_text() != text:
-        source.write_text(text)
-    with mock.patch.object(build, "cuda_source_dir", lambda: folder):
-        extension = build._compile(f"{ssim_module.CPU_SSIM_EXTENSION}_at_{commit}", [source.name], cuda=False)
+    extension = cpu_extension_at(commit, ssim_module.CPU_SSIM_SOURCES[0], ssim_module.CPU_SSIM_EXTENSION)
     ssim_at = load_module(f"bench_loss_ssim_at_{commit}", commit, "splat2splat/kernels/ssim.py")
     ssim_at.cpu_ssim_extension = lambda: extension
     return load_module(f"bench_loss_losses_at_{commit}", commit, "splat2splat/losses.py",

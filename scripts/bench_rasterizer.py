@@ -23,9 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,18 +35,17 @@ import torch
 import tyro
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import cpu_run_start, markdown_table, measure_peak_memory, memory_method, mib, write_json  # noqa: E402
+from bench_common import cpu_extension_at, cpu_run_start, markdown_table, measure_peak_memory, memory_method, mib, write_json  # noqa: E402
 
 from splat2splat.data.demo import DemoConfig, write_demo_scene  # noqa: E402
 from splat2splat.data.readers import load_dataset  # noqa: E402
 from splat2splat.gaussians import rasterize as R  # noqa: E402
 from splat2splat.gaussians.backend import CPU_FUSED_ADAM, GaussianBackend, GaussianConfig  # noqa: E402
-from splat2splat.kernels import build, cpu_projection, cpu_rasterizer  # noqa: E402
+from splat2splat.kernels import cpu_projection, cpu_rasterizer  # noqa: E402
 from splat2splat.losses import LossWeights, PhotometricLoss  # noqa: E402
 
 PATHS = ("torch", "cpp")
 BASELINE = "cpp-v2"  # the C++ compositing only: PyTorch projection and SH colours, per-tensor Adam
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
@@ -60,19 +57,8 @@ def pytorch_projection():
 
 @functools.lru_cache(maxsize=None)
 def compositing_at(commit: str):
-    """The C++ compositing extension of ``commit``'s cuda/cpu_rasterizer.cpp, built like this tree's (its source is
-    kept in the extensions folder, so that a second run reuses the build)."""
-    name = cpu_rasterizer.CPU_RASTERIZER_SOURCES[0]
-    source = subprocess.run(["git", "-C", str(REPOSITORY), "show", f"{commit}:cuda/{name}"], check=True,
-                            capture_output=True, text=True).stdout
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or build._import_cpp_extension().get_default_build_root()
-    folder = Path(root) / f"bench_rasterizer_source_{commit}"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    if not path.exists() or path.read_text() != source:
-        path.write_text(source)
-    with mock.patch.object(build, "cuda_source_dir", lambda: folder):
-        return build._compile(f"{cpu_rasterizer.CPU_RASTERIZER_EXTENSION}_at_{commit}", [path.name], cuda=False)
+    """The C++ compositing extension of ``commit``'s cuda/cpu_rasterizer.cpp, built like this tree's."""
+    return cpu_extension_at(commit, cpu_rasterizer.CPU_RASTERIZER_SOURCES[0], cpu_rasterizer.CPU_RASTERIZER_EXTENSION)
 
 
 class BackgroundAfterwards:
