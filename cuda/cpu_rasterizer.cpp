@@ -86,10 +86,11 @@ inline float lane_exp(float x) {
 }
 inline double lane_exp(double x) { return std::exp(x); }
 
-// A Gaussian against the lanes of a pixel row: alpha where it blends (sigma in [0, cut], pixel inside the box,
-// alpha >= 1/255), else 0, and its parts. The exponent of a lane that does not blend (see evaluate_lanes).
+// The exponent of a lane that does not blend (see evaluate_lanes).
 template <typename scalar_t> constexpr scalar_t kMasked = scalar_t(-40);
 
+// A Gaussian against the lanes of a pixel row: alpha where it blends (sigma in [0, cut], pixel inside the box,
+// alpha >= 1/255), else 0, and its parts.
 template <typename scalar_t> struct alignas(64) LaneAlphas {
     scalar_t alpha[kLanes], falloff[kLanes], dx[kLanes], dy[kLanes];
 };

@@ -176,6 +176,35 @@ def test_any_channel_count_matches_the_pytorch_compositing(channels):
 
 
 @needs_compiler
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_background_blended_in_the_kernel_matches_the_pytorch_compositing(channels):
+    """The kernel blends the background (image + (1 - alpha) background) and the autograd function gives its
+    gradient and alpha's: against the PyTorch compositing's tensor operations, a background that needs a gradient."""
+    from splat2splat.gaussians import rasterize as rasterize_module
+    from splat2splat.kernels.cpu_rasterizer import composite
+
+    params, viewmats, Ks = hard_scene(500, torch.float32, seed=7)
+    means, quats, scales, opacities, _ = params
+    radii, means2d, depths, conics = rasterize_module.project(means, quats, scales, opacities[None], viewmats[:1],
+                                                              Ks[:1], 53, 37, 0.01, 1e10, 0.3)
+    colors = torch.rand(len(means), channels, generator=torch.Generator().manual_seed(2))
+    background = torch.linspace(0.2, 0.9, channels)
+    results = []
+    for function in (composite, rasterize_module._composite):
+        inputs = [t.detach().clone().requires_grad_(True)
+                  for t in (means2d[0], conics[0], opacities, colors, background)]
+        image, alpha = function(*inputs[:4], depths[0], radii[0], 53, 37, 16, inputs[4])
+        weights = torch.rand(37, 53, channels + 1, generator=torch.Generator().manual_seed(3))
+        (torch.cat([image, alpha], -1) * weights).sum().backward()
+        results.append((image.detach(), [t.grad for t in inputs]))
+    (image, grads), (ref_image, ref_grads) = results
+    assert (image > background).any() and (image < background).any()  # Gaussians over part of the background
+    torch.testing.assert_close(image, ref_image, rtol=0, atol=1e-5)
+    names = ("means2d", "conics", "opacities", "colors", "background")
+    assert_gradients_close(dict(zip(names, grads)), dict(zip(names, ref_grads)))
+
+
+@needs_compiler
 def test_no_visible_gaussian_gives_the_background_and_zero_gradients():
     params, viewmats, Ks = hard_scene(30, torch.float32)
     params[0][:, 2] = -10.0  # all behind the cameras
